@@ -1,0 +1,70 @@
+//! kiln-cache: kiln's content-addressed store.
+//!
+//! It knows blobs, digests, SQLite and compression, and nothing about Dockerfiles or namespaces.
+//! The store is itself a valid OCI image layout (see [`store`] for the on-disk layout and its
+//! crash-safety invariants); [`codec`] writes and reads layer blobs; [`gc`] collects garbage.
+
+pub mod blob;
+pub mod codec;
+pub mod digest;
+pub mod gc;
+pub mod store;
+
+pub use blob::Ingest;
+pub use codec::{Compression, LayerDigests, LayerEncoder};
+pub use digest::Digest;
+pub use gc::{GcOptions, GcReport, Usage};
+pub use store::{
+    chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,
+    Store,
+};
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store database")]
+    Db(#[from] rusqlite::Error),
+    #[error("digest mismatch: expected {expected}, content has {actual}")]
+    DigestMismatch { expected: Digest, actual: Digest },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} is in use")]
+    InUse(String),
+    #[error("corrupt {what}: {why}")]
+    Corrupt { what: String, why: String },
+    #[error(
+        "store {root} has format version {found}, newer than this kiln's {known}: upgrade kiln"
+    )]
+    TooNew {
+        root: PathBuf,
+        found: u32,
+        known: u32,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(context: impl Into<String>, source: std::io::Error) -> Error {
+    Error::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+impl Error {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,269 @@
+//! Store unit tests: ingest, records, migrations, GC roots, verification.
+
+use crate::*;
+use std::io::Write;
+use std::sync::Arc;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    (d, s)
+}
+
+fn layer(s: &Store, content: &[u8]) -> LayerRecord {
+    let mut enc = LayerEncoder::new(s.ingest().unwrap(), Compression::Zstd).unwrap();
+    enc.write_all(content).unwrap();
+    let (d, ingest) = enc.finish().unwrap();
+    ingest.commit(Some(d.digest)).unwrap();
+    LayerRecord {
+        digest: d.digest,
+        diff_id: d.diff_id,
+        media_type: Compression::Zstd.media_type().into(),
+        size: d.size,
+        uncompressed_size: d.uncompressed_size,
+    }
+}
+
+fn image(s: &Store, layers: Vec<LayerRecord>, salt: &str) -> NewImage {
+    let config = format!(r#"{{"salt":"{salt}"}}"#);
+    let c = s.put_blob(config.as_bytes(), None).unwrap();
+    let manifest = format!(r#"{{"config":"{c}","layers":{}}}"#, layers.len());
+    let m = s.put_blob(manifest.as_bytes(), None).unwrap();
+    NewImage {
+        manifest: BlobRef {
+            digest: m,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            size: manifest.len() as u64,
+        },
+        config: BlobRef {
+            digest: c,
+            media_type: "application/vnd.oci.image.config.v1+json".into(),
+            size: config.len() as u64,
+        },
+        layers,
+        created: Some(0),
+    }
+}
+
+#[test]
+fn ingest_is_idempotent_and_already_exists_is_success() {
+    let (_d, s) = store();
+    let a = s.put_blob(b"same bytes", None).unwrap();
+    let b = s.put_blob(b"same bytes", Some(a)).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(std::fs::read(s.blob_path(&a)).unwrap(), b"same bytes");
+    assert_eq!(
+        std::fs::read_dir(s.ingest_dir()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
+
+#[test]
+fn digest_mismatch_is_rejected_and_nothing_is_stored() {
+    let (_d, s) = store();
+    let wrong = Digest::of(b"something else");
+    let err = s.put_blob(b"content", Some(wrong)).unwrap_err();
+    assert!(
+        matches!(err, Error::DigestMismatch { expected, .. } if expected == wrong),
+        "{err}"
+    );
+    assert!(!s.has_blob(&Digest::of(b"content")));
+    assert!(!s.has_blob(&wrong));
+    assert_eq!(std::fs::read_dir(s.ingest_dir()).unwrap().count(), 0);
+}
+
+#[test]
+fn concurrent_ingest_of_the_same_blob() {
+    let (d, s) = store();
+    let s = Arc::new(s);
+    let data: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let expected = Digest::of(&data);
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let s = if i % 2 == 0 {
+                s.clone()
+            } else {
+                Arc::new(Store::open(d.path()).unwrap())
+            };
+            let data = data.clone();
+            std::thread::spawn(move || s.put_blob(&data, Some(expected)).unwrap())
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), expected);
+    }
+    assert_eq!(s.read_blob(&expected).unwrap(), data);
+    assert!(s.verify().unwrap().is_empty());
+}
+
+#[test]
+fn read_blob_detects_a_corrupted_file() {
+    let (_d, s) = store();
+    let d = s.put_blob(b"{}", None).unwrap();
+    std::fs::write(s.blob_path(&d), b"{ }").unwrap();
+    assert!(matches!(s.read_blob(&d), Err(Error::DigestMismatch { .. })));
+}
+
+#[test]
+fn migrations_run_once_and_a_newer_store_is_refused() {
+    let (d, s) = store();
+    let v: u32 = s
+        .db()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, store::schema_version());
+    drop(s);
+    // Reopening keeps data and does not re-run migrations.
+    let s = Store::open(d.path()).unwrap();
+    s.db().pragma_update(None, "user_version", 999).unwrap();
+    drop(s);
+    match Store::open(d.path()) {
+        Err(Error::TooNew { found: 999, .. }) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("opened a store from the future"),
+    }
+    std::fs::write(d.path().join("kiln-version"), "7\n").unwrap();
+    assert!(matches!(
+        Store::open(d.path()),
+        Err(Error::TooNew { found: 7, .. })
+    ));
+}
+
+#[test]
+fn images_refs_and_index_json() {
+    let (_d, s) = store();
+    let l = layer(&s, b"layer one");
+    let img = image(&s, vec![l.clone()], "a");
+    s.commit_image(&img, &["docker.io/library/a:latest".into()])
+        .unwrap();
+    let rec = s.image(&img.manifest.digest).unwrap().unwrap();
+    assert_eq!(rec.layers, vec![l]);
+    assert_eq!(rec.size(), b"layer one".len() as u64);
+    assert_eq!(
+        s.resolve_ref("docker.io/library/a:latest").unwrap(),
+        Some(img.manifest.digest)
+    );
+    s.set_ref("docker.io/library/b:1", &img.manifest.digest)
+        .unwrap();
+    assert_eq!(s.refs_of(&img.manifest.digest).unwrap().len(), 2);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.root().join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        img.manifest.digest.to_string()
+    );
+    assert!(s
+        .set_ref("x:1", &Digest::of(b"nope"))
+        .unwrap_err()
+        .is_not_found());
+    assert!(matches!(
+        s.delete_image(&img.manifest.digest),
+        Err(Error::InUse(_))
+    ));
+    assert!(s.verify().unwrap().is_empty(), "{:?}", s.verify());
+}
+
+#[test]
+fn gc_keeps_roots_and_sweeps_the_rest() {
+    let (_d, s) = store();
+    let shared = layer(&s, b"shared base layer");
+    let only_b = layer(&s, b"only in b");
+    let a = image(&s, vec![shared.clone()], "a");
+    let b = image(&s, vec![shared.clone(), only_b.clone()], "b");
+    s.commit_image(&a, &["a:1".into()]).unwrap();
+    s.commit_image(&b, &["b:1".into()]).unwrap();
+    let orphan = s.put_blob(b"orphan from a crash", None).unwrap();
+    std::fs::write(s.ingest_dir().join("blob-leftover"), b"partial").unwrap();
+
+    // A lease blocks a non-waiting GC.
+    let lease = s.lease().unwrap();
+    assert_eq!(s.gc(GcOptions::default()).unwrap(), None);
+    drop(lease);
+
+    let r = s.gc(GcOptions::default()).unwrap().unwrap();
+    assert_eq!(r.blobs_removed, 1, "only the orphan goes: {r:?}");
+    assert_eq!(r.temp_removed, 1);
+    assert!(!s.has_blob(&orphan));
+
+    // Untag b: it is dangling, kept by a plain GC, removed by a pruning one; the shared layer stays.
+    s.remove_ref("b:1").unwrap();
+    let r = s.gc(GcOptions::default()).unwrap().unwrap();
+    assert_eq!(r.blobs_removed, 0);
+    // A container keeps an untagged image alive.
+    s.add_container(&ContainerRecord {
+        id: "c1".into(),
+        name: "n1".into(),
+        image: b.manifest.digest,
+        image_ref: "b:1".into(),
+        created: 0,
+        state: "created".into(),
+    })
+    .unwrap();
+    let r = s
+        .gc(GcOptions {
+            prune_dangling: true,
+            wait: true,
+        })
+        .unwrap()
+        .unwrap();
+    assert!(r.images_removed.is_empty());
+    s.remove_container("c1").unwrap();
+    let r = s
+        .gc(GcOptions {
+            prune_dangling: true,
+            wait: true,
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.images_removed, vec![b.manifest.digest]);
+    assert_eq!(
+        r.blobs_removed, 3,
+        "b's manifest, config and own layer: {r:?}"
+    );
+    assert!(s.has_blob(&shared.digest));
+    assert!(!s.has_blob(&only_b.digest));
+    assert!(s.image(&a.manifest.digest).unwrap().is_some());
+    assert!(s.verify().unwrap().is_empty());
+}
+
+#[test]
+fn snapshots_commit_once_and_gc_follows_chain_ids() {
+    let (_d, s) = store();
+    let l = layer(&s, b"snap layer");
+    let img = image(&s, vec![l.clone()], "s");
+    s.commit_image(&img, &["s:1".into()]).unwrap();
+    let chain = chain_ids(&[l.diff_id])[0];
+    let d1 = s.prepare_snapshot_dir().unwrap();
+    std::fs::write(d1.path().join("fs/file"), b"x").unwrap();
+    let r1 = s.commit_snapshot(d1, chain, None, l.diff_id, 1).unwrap();
+    let d2 = s.prepare_snapshot_dir().unwrap();
+    let r2 = s.commit_snapshot(d2, chain, None, l.diff_id, 1).unwrap();
+    assert_eq!(r1, r2, "second commit of the same chain returns the first");
+    assert!(s.snapshot_fs(&r1).join("file").exists());
+    let stray = s.prepare_snapshot_dir().unwrap();
+    let stray_chain = Digest::of(b"stray");
+    s.commit_snapshot(stray, stray_chain, None, stray_chain, 0)
+        .unwrap();
+    let r = s
+        .gc(GcOptions {
+            prune_dangling: false,
+            wait: true,
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.snapshots_removed, 1);
+    assert!(s.snapshot(&chain).unwrap().is_some());
+    assert!(s.snapshot(&stray_chain).unwrap().is_none());
+    assert!(s.verify().unwrap().is_empty());
+}
+
+#[test]
+fn chain_ids_follow_the_image_spec() {
+    let a = Digest::of(b"a");
+    let b = Digest::of(b"b");
+    let c = chain_ids(&[a, b]);
+    assert_eq!(c[0], a);
+    assert_eq!(c[1], Digest::of(format!("{a} {b}").as_bytes()));
+}
