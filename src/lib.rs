@@ -1,1 +1,17 @@
-pub fn y() {}
+//! kiln: builds container images from Dockerfiles and runs them.
+//!
+//! The library holds every capability; `main.rs` only hands argv to [`cli::run`]. See
+//! DESIGN.md for the architecture. Module map: [`image`] (references, OCI documents, import,
+//! archives), [`snapshot`] (unpacked layers), [`diff`] (layer tars: write and apply),
+//! [`rootfs`] (in-root path resolution), [`sys`] (every unsafe syscall wrapper), [`cli`]
+//! (the only code that prints). The store itself is the `kiln-cache` crate.
+
+pub mod cli;
+pub mod diff;
+pub mod image;
+pub mod rootfs;
+pub mod snapshot;
+pub mod sys;
+pub mod timefmt;
+
+pub use kiln_cache as cache;

@@ -1,6 +1,7 @@
 //! Garbage collection and verification.
 //!
-//! GC marks from roots (tagged images, untagged images unless pruned, images used by containers)
+//! GC marks from roots (tagged images, untagged images unless pruned, images used by containers;
+//! with an image's layers, every stored encoding of the same DiffID)
 //! and sweeps rows first, then files: unreferenced blob rows and snapshot rows are deleted in one
 //! transaction, then blob files and snapshot dirs without rows, and everything in ingest/ (GC holds
 //! gc.lock exclusively, so no write is in flight and anything there is a crash's leftover).
@@ -42,6 +43,8 @@ pub struct Usage {
     pub image_reclaimable: u64,
     pub containers: u64,
     pub snapshots: u64,
+    /// Snapshots some image's layers still need.
+    pub snapshots_live: u64,
     pub snapshot_bytes: u64,
     pub snapshot_reclaimable: u64,
     /// Files without rows (crash leftovers) in blobs/ and ingest/.
@@ -111,6 +114,14 @@ impl Store {
             }
         }
         flush(&mut diffs);
+        // Other encodings of a live layer (kept for export and push) live as long as it does.
+        let mut st = tx.prepare(
+            "SELECT v.digest FROM layers v WHERE v.diff_id IN
+               (SELECT l.diff_id FROM image_layers il JOIN layers l ON l.digest = il.layer)",
+        )?;
+        for r in st.query_map([], |r| r.get::<_, String>(0))? {
+            blobs.insert(r?);
+        }
         Ok((blobs, chains))
     }
 
@@ -256,7 +267,9 @@ impl Store {
             let (chain, size) = r?;
             u.snapshots += 1;
             u.snapshot_bytes += size;
-            if !live_chains.contains(&chain) {
+            if live_chains.contains(&chain) {
+                u.snapshots_live += 1;
+            } else {
                 u.snapshot_reclaimable += size;
             }
         }

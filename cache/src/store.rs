@@ -591,6 +591,46 @@ impl Store {
             .optional()?)
     }
 
+    /// Records a layer blob already in the store (another encoding of a known DiffID, say).
+    pub fn record_layer(&self, l: &LayerRecord) -> Result<()> {
+        if !self.has_blob(&l.digest) {
+            return Err(Error::NotFound(format!("blob {}", l.digest)));
+        }
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO blobs(digest, size, media_type, created) VALUES (?1, ?2, ?3, ?4)",
+            params![l.digest.to_string(), l.size, l.media_type, now()],
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO layers(digest, diff_id, media_type, size, uncompressed_size) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![l.digest.to_string(), l.diff_id.to_string(), l.media_type, l.size, l.uncompressed_size],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A stored encoding of the layer with this DiffID and media type, if any.
+    pub fn layer_variant(&self, diff_id: &Digest, media_type: &str) -> Result<Option<LayerRecord>> {
+        let db = self.db();
+        Ok(db
+            .query_row(
+                "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layers
+                 WHERE diff_id = ?1 AND media_type = ?2 ORDER BY digest LIMIT 1",
+                params![diff_id.to_string(), media_type],
+                |r| {
+                    Ok(LayerRecord {
+                        digest: parse_digest(r.get(0)?)?,
+                        diff_id: parse_digest(r.get(1)?)?,
+                        media_type: r.get(2)?,
+                        size: r.get(3)?,
+                        uncompressed_size: r.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     pub fn snapshot(&self, chain_id: &Digest) -> Result<Option<SnapshotRecord>> {
         let db = self.db();
         Ok(db

@@ -1,0 +1,393 @@
+//! Image commands: import, load, save, images, tag, rmi, inspect.
+
+use super::{table, Ctx, Hint};
+use crate::image::archive::{self, ArchiveFormat, SaveItem};
+use crate::image::import::{import_tarball, ImportOptions};
+use crate::image::reference::Reference;
+use crate::image::{familiar_tags, parse_tags, read_config, read_manifest, resolve};
+use crate::timefmt;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use kiln_cache::{Compression, GcOptions, ImageRecord, Store};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum CompressionArg {
+    Zstd,
+    Gzip,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Compression {
+        match c {
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Gzip => Compression::Gzip,
+        }
+    }
+}
+
+/// SOURCE_DATE_EPOCH, when set (reproducible-builds.org): fixes `created` timestamps.
+pub(crate) fn source_date_epoch() -> Result<Option<i64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => Ok(Some(v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)),
+        _ => Ok(None),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Rootfs tarball (plain, gzip or zstd), or - for standard input
+    file: String,
+    /// Name the image REPOSITORY[:TAG]
+    reference: Option<String>,
+    /// Commit message for the history entry
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Layer compression
+    #[arg(long, value_enum, default_value = "zstd")]
+    compression: CompressionArg,
+}
+
+pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32> {
+    let tags = parse_tags(&a.reference.iter().cloned().collect::<Vec<_>>())?;
+    let store = ctx.store()?;
+    let opts = ImportOptions { compression: a.compression.into(), message: a.message, created: source_date_epoch()?, source: a.file.clone() };
+    let image = if a.file == "-" {
+        import_tarball(&store, std::io::stdin().lock(), &opts, &tags)
+    } else {
+        let f = std::fs::File::open(&a.file).with_context(|| format!("open {}", a.file))?;
+        import_tarball(&store, f, &opts, &tags)
+    }
+    .with_context(|| format!("import {}", a.file))?;
+    println!("{}", image.id());
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Read from an archive file or OCI layout directory instead of standard input
+    #[arg(short, long)]
+    input: Option<PathBuf>,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let loaded = match &a.input {
+        Some(p) => archive::load_path(&store, p).with_context(|| format!("load {}", p.display()))?,
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                return Err(anyhow::anyhow!("requested load from stdin, but stdin is empty"))
+                    .context(Hint("pass an archive with -i FILE, or pipe one in: kiln load < image.tar".into()));
+            }
+            archive::load_reader(&store, stdin.lock(), "standard input").context("load from standard input")?
+        }
+    };
+    if !a.quiet {
+        for l in loaded {
+            if l.tags.is_empty() {
+                println!("Loaded image ID: {}", l.image.id());
+            }
+            for t in l.tags {
+                println!("Loaded image: {}", Reference::parse(&t).map(|r| r.familiar()).unwrap_or(t));
+            }
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FormatArg {
+    Oci,
+    Docker,
+}
+
+#[derive(Args, Debug)]
+pub struct SaveArgs {
+    /// Images to save
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Write to a file instead of standard output
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Archive format: an OCI archive, or a docker-archive as `docker save` writes
+    #[arg(long, value_enum, default_value = "oci")]
+    format: FormatArg,
+    /// Layer compression in an OCI archive: gzip (default; every OCI tool reads it) or zstd (as
+    /// stored: faster, smaller, needs a recent consumer). docker-archives are always uncompressed
+    #[arg(long, value_enum, default_value = "gzip")]
+    compression: CompressionArg,
+}
+
+pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let mut items = Vec::new();
+    for name in &a.images {
+        let r = resolve(&store, name)?;
+        items.push(SaveItem { image: r.image, reference: r.reference.filter(|r| r.tag.is_some()) });
+    }
+    let format = match a.format {
+        FormatArg::Oci => ArchiveFormat::Oci,
+        FormatArg::Docker => ArchiveFormat::Docker,
+    };
+    match &a.output {
+        Some(path) => {
+            // Nothing half-written: a temp file beside the destination, renamed when complete.
+            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let tmp = tempfile::Builder::new().prefix(".kiln-save-").tempfile_in(dir).with_context(|| format!("create a file in {}", dir.display()))?;
+            let w = std::io::BufWriter::new(tmp);
+            let w = archive::save(&store, &items, format, Some(a.compression.into()), w)?;
+            let tmp = w.into_inner().map_err(|e| e.into_error()).context("write archive")?;
+            tmp.as_file().sync_all().context("fsync archive")?;
+            // A file kiln writes for the user gets the usual mode (tempfile makes 0600).
+            std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).context("chmod archive")?;
+            tmp.persist(path).with_context(|| format!("write {}", path.display()))?;
+        }
+        None => {
+            let stdout = std::io::stdout();
+            if stdout.is_terminal() {
+                return Err(anyhow::anyhow!("cowardly refusing to save to a terminal"))
+                    .context(Hint("use the -o flag or redirect standard output".into()));
+            }
+            let w = std::io::BufWriter::new(stdout.lock());
+            archive::save(&store, &items, format, Some(a.compression.into()), w)?.flush()?;
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct ImagesArgs {
+    /// Show only images of this REPOSITORY[:TAG]
+    reference: Option<String>,
+    /// Only show image IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Don't truncate output
+    #[arg(long)]
+    no_trunc: bool,
+    /// Show untagged images too (kiln always lists them; accepted for Docker compatibility)
+    #[arg(short, long)]
+    all: bool,
+    /// Output format: table (default) or json (one object per line)
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+struct Row {
+    repository: String,
+    tag: String,
+    image: ImageRecord,
+}
+
+pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let filter = match &a.reference {
+        Some(f) => {
+            let r = Reference::parse(f)?;
+            Some((r.name(), r.tag.clone()))
+        }
+        None => None,
+    };
+    let mut rows = Vec::new();
+    for image in store.images()? {
+        let tags = store.refs_of(&image.manifest.digest)?;
+        if tags.is_empty() {
+            if filter.is_none() {
+                rows.push(Row { repository: "<none>".into(), tag: "<none>".into(), image: image.clone() });
+            }
+            continue;
+        }
+        for t in tags {
+            let Ok(r) = Reference::parse(&t) else { continue };
+            if let Some((name, tag)) = &filter {
+                if r.name() != *name || tag.as_ref().is_some_and(|t| r.tag.as_ref() != Some(t)) {
+                    continue;
+                }
+            }
+            rows.push(Row { repository: r.familiar_name(), tag: r.tag.clone().unwrap_or_default(), image: image.clone() });
+        }
+    }
+    rows.sort_by(|x, y| y.image.created.cmp(&x.image.created).then(x.repository.cmp(&y.repository)).then(x.tag.cmp(&y.tag)));
+    let id = |i: &ImageRecord| if a.no_trunc { i.id().to_string() } else { i.id().short() };
+    let mut out = String::new();
+    let now = kiln_cache::store::now();
+    if a.quiet {
+        let mut seen = std::collections::HashSet::new();
+        for r in &rows {
+            if seen.insert(r.image.id()) {
+                out.push_str(&id(&r.image));
+                out.push('\n');
+            }
+        }
+    } else if a.format == "json" {
+        for r in &rows {
+            let v = serde_json::json!({
+                "ID": id(&r.image),
+                "Repository": r.repository,
+                "Tag": r.tag,
+                "Digest": r.image.manifest.digest.to_string(),
+                "CreatedAt": r.image.created.map(timefmt::rfc3339).unwrap_or_default(),
+                "CreatedSince": r.image.created.map(|c| timefmt::ago(c, now)).unwrap_or_else(|| "N/A".into()),
+                "Size": timefmt::human_size(r.image.size()),
+            });
+            out.push_str(&v.to_string());
+            out.push('\n');
+        }
+    } else if a.format == "table" {
+        let mut t = vec![vec!["REPOSITORY".into(), "TAG".into(), "IMAGE ID".into(), "CREATED".into(), "SIZE".into()]];
+        for r in &rows {
+            t.push(vec![
+                r.repository.clone(),
+                r.tag.clone(),
+                id(&r.image),
+                r.image.created.map(|c| timefmt::ago(c, now)).unwrap_or_else(|| "N/A".into()),
+                timefmt::human_size(r.image.size()),
+            ]);
+        }
+        out = table(&t);
+    } else {
+        bail!("unknown --format {:?}: use table or json", a.format);
+    }
+    print!("{out}");
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// SOURCE_IMAGE[:TAG] or image ID
+    source: String,
+    /// TARGET_IMAGE[:TAG]
+    target: String,
+}
+
+pub fn tag(ctx: &Ctx, a: TagArgs) -> Result<i32> {
+    let target = parse_tags(std::slice::from_ref(&a.target))?.remove(0);
+    let store = ctx.store()?;
+    let src = resolve(&store, &a.source)?;
+    store.set_ref(&target, &src.image.manifest.digest)?;
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct RmiArgs {
+    /// Images to remove (name, name:tag or ID)
+    #[arg(required = true)]
+    images: Vec<String>,
+    /// Untag an image with several tags by ID, and untag one that containers use
+    #[arg(short, long)]
+    force: bool,
+}
+
+pub fn rmi(ctx: &Ctx, a: RmiArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let mut failed = false;
+    for name in &a.images {
+        if let Err(e) = rmi_one(&store, name, a.force) {
+            super::report(&e);
+            failed = true;
+        }
+    }
+    // Reclaim the space now if no build or import is in flight; `system prune` does it otherwise.
+    store.gc(GcOptions { prune_dangling: false, wait: false })?;
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
+    let r = resolve(store, name)?;
+    let m = r.image.manifest.digest;
+    let tags = store.refs_of(&m)?;
+    let to_untag: Vec<String> = match &r.reference {
+        // Removing by tag: only that tag, unless it is the last one.
+        Some(reference) if tags.len() > 1 => vec![reference.to_string()],
+        _ if tags.len() > 1 && !force => {
+            bail!(
+                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
+                r.image.id().short()
+            )
+        }
+        _ => tags.clone(),
+    };
+    let users = store.containers_using(&m)?;
+    let last = to_untag.len() == tags.len();
+    if last && !users.is_empty() && !force {
+        bail!(
+            "conflict: unable to remove repository reference {name:?} (must force) - container {} is using its referenced image {}",
+            &users[0].0[..users[0].0.len().min(12)],
+            r.image.id().short()
+        );
+    }
+    for t in &to_untag {
+        store.remove_ref(t)?;
+        println!("Untagged: {}", Reference::parse(t).map(|r| r.familiar()).unwrap_or_else(|_| t.clone()));
+    }
+    if last && users.is_empty() {
+        store.delete_image(&m)?;
+        println!("Deleted: {}", r.image.id());
+    }
+    Ok(())
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Images to inspect
+    #[arg(required = true)]
+    images: Vec<String>,
+}
+
+pub fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let mut out = Vec::new();
+    let mut failed = false;
+    for name in &a.images {
+        match inspect_one(&store, name) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                super::report(&e);
+                failed = true;
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(if failed { 1 } else { 0 })
+}
+
+fn inspect_one(store: &Store, name: &str) -> Result<serde_json::Value> {
+    let r = resolve(store, name)?;
+    let img = &r.image;
+    let config = read_config(store, img)?;
+    let manifest = read_manifest(store, img)?;
+    let repo_digests: Vec<String> = store
+        .refs_of(&img.manifest.digest)?
+        .iter()
+        .filter_map(|t| Reference::parse(t).ok())
+        .map(|r| format!("{}@{}", r.familiar_name(), img.manifest.digest))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(serde_json::json!({
+        "Id": img.id().to_string(),
+        "RepoTags": familiar_tags(store, img)?,
+        "RepoDigests": repo_digests,
+        "Created": config.created,
+        "Author": config.author.clone().unwrap_or_default(),
+        "Architecture": config.architecture,
+        "Os": config.os,
+        "Variant": config.variant,
+        "Size": img.size(),
+        "Config": config.config,
+        "RootFS": {"Type": config.rootfs.kind, "Layers": config.rootfs.diff_ids},
+        "History": config.history,
+        "Manifest": {
+            "Digest": img.manifest.digest.to_string(),
+            "MediaType": img.manifest.media_type,
+            "Size": img.manifest.size,
+            "Config": manifest.config,
+            "Layers": manifest.layers,
+        },
+    }))
+}

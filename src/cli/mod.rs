@@ -1,0 +1,168 @@
+//! The command line: clap definitions, one file per command family. The only code that prints:
+//! data to stdout, progress and errors to stderr, errors as `kiln: error: ...`, then each cause on
+//! its own line, then an optional `hint:`.
+
+mod images;
+mod system;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use kiln_cache::Store;
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "Build container images from Dockerfiles, fast and reproducibly; run and share them")]
+pub struct Cli {
+    /// Store directory (default: /var/lib/kiln as root, else $XDG_DATA_HOME/kiln)
+    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace
+    #[arg(long, global = true, env = "KILN_LOG", default_value = "warn", value_name = "LEVEL")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Import a rootfs tarball (plain, gzip or zstd) as a one-layer image
+    Import(images::ImportArgs),
+    /// Load images from a docker-archive, an OCI archive or an OCI layout directory
+    Load(images::LoadArgs),
+    /// Save images to an OCI archive (default) or a docker-archive
+    Save(images::SaveArgs),
+    /// List images
+    #[command(alias = "image-ls")]
+    Images(images::ImagesArgs),
+    /// Create a tag TARGET that refers to SOURCE
+    Tag(images::TagArgs),
+    /// Remove images
+    Rmi(images::RmiArgs),
+    /// Show an image's config and manifest as JSON
+    Inspect(images::InspectArgs),
+    /// Manage the store
+    #[command(subcommand)]
+    System(system::SystemCommand),
+}
+
+/// The store root: `--root`, `$KILN_ROOT`, `/var/lib/kiln` for root, `$XDG_DATA_HOME/kiln` otherwise.
+fn default_root() -> PathBuf {
+    if crate::sys::is_root() {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    match std::env::var_os("XDG_DATA_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x).join("kiln"),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".local/share/kiln"),
+    }
+}
+
+pub(crate) struct Ctx {
+    root: PathBuf,
+}
+
+impl Ctx {
+    fn store(&self) -> Result<Store> {
+        Store::open(&self.root).map_err(|e| anyhow::Error::new(e).context(format!("open store {}", self.root.display())))
+    }
+}
+
+/// A hint for the user, attached to an error and printed after it.
+#[derive(Debug)]
+pub(crate) struct Hint(pub String);
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn hint_for(e: &anyhow::Error) -> Option<String> {
+    if let Some(h) = e.downcast_ref::<Hint>() {
+        return Some(h.0.clone());
+    }
+    for cause in e.chain() {
+        if let Some(crate::image::ImageError::NotFound(_)) = cause.downcast_ref::<crate::image::ImageError>() {
+            return Some("`kiln images` lists what the store has; `kiln import` or `kiln load` brings an image in".into());
+        }
+        if let Some(kiln_cache::Error::TooNew { .. }) = cause.downcast_ref::<kiln_cache::Error>() {
+            return Some("use a newer kiln, or another --root".into());
+        }
+    }
+    None
+}
+
+/// Parses argv, runs the command, prints any error; returns the process exit code.
+pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let level = cli.log_level.parse().unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).try_init();
+    let ctx = Ctx { root: cli.root.clone().unwrap_or_else(default_root) };
+    let result = match cli.command {
+        Command::Import(a) => images::import(&ctx, a),
+        Command::Load(a) => images::load(&ctx, a),
+        Command::Save(a) => images::save(&ctx, a),
+        Command::Images(a) => images::images(&ctx, a),
+        Command::Tag(a) => images::tag(&ctx, a),
+        Command::Rmi(a) => images::rmi(&ctx, a),
+        Command::Inspect(a) => images::inspect(&ctx, a),
+        Command::System(c) => system::run(&ctx, c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e);
+            1
+        }
+    }
+}
+
+/// Prints an error Docker-style: the message, each cause on its own line, then a hint.
+pub(crate) fn report(e: &anyhow::Error) {
+    let hint = e.downcast_ref::<Hint>().map(|h| h.0.clone());
+    let mut chain = e.chain().filter(|c| Some(c.to_string()) != hint);
+    if let Some(first) = chain.next() {
+        eprintln!("kiln: error: {first}");
+    }
+    let mut last = String::new();
+    for c in chain {
+        let s = c.to_string();
+        if s != last {
+            eprintln!("  caused by: {s}");
+        }
+        last = s;
+    }
+    if let Some(h) = hint_for(e) {
+        eprintln!("hint: {h}");
+    }
+}
+
+/// Formats rows as Docker's tabwriter does (columns padded by 3 spaces, last column unpadded).
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut widths = vec![0; cols];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            line.push_str(c);
+            if i + 1 < r.len() {
+                line.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

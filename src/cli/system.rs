@@ -1,0 +1,106 @@
+//! `kiln system`: prune (GC), df (usage by kind), check (verify the store's invariants).
+
+use super::{table, Ctx};
+use crate::timefmt::human_size;
+use anyhow::Result;
+use clap::Subcommand;
+use kiln_cache::GcOptions;
+use std::io::{BufRead, IsTerminal, Write};
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Remove untagged images and everything nothing uses (blobs, snapshots, crash leftovers)
+    Prune {
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show the store's disk usage by kind
+    Df,
+    /// Verify the store: every recorded blob present and matching its digest, every record whole
+    Check,
+}
+
+pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
+    match c {
+        SystemCommand::Prune { force } => prune(ctx, force),
+        SystemCommand::Df => df(ctx),
+        SystemCommand::Check => check(ctx),
+    }
+}
+
+fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
+    if !force {
+        eprint!(
+            "WARNING! This will remove:\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n\nAre you sure you want to continue? [y/N] "
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        if std::io::stdin().is_terminal() {
+            std::io::stdin().lock().read_line(&mut answer)?;
+        }
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            eprintln!("\nnothing removed (pass -f to skip this question)");
+            return Ok(1);
+        }
+    }
+    let store = ctx.store()?;
+    let report = match store.gc(GcOptions { prune_dangling: true, wait: false })? {
+        Some(r) => r,
+        None => {
+            eprintln!("waiting for builds and imports in progress to finish...");
+            store.gc(GcOptions { prune_dangling: true, wait: true })?.expect("a waiting GC always runs")
+        }
+    };
+    if !report.images_removed.is_empty() {
+        println!("Deleted Images:");
+        for d in &report.images_removed {
+            println!("deleted: {d}");
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", human_size(report.bytes_reclaimed));
+    Ok(0)
+}
+
+fn df(ctx: &Ctx) -> Result<i32> {
+    let store = ctx.store()?;
+    let u = store.usage()?;
+    let pct = |part: u64, whole: u64| if whole == 0 { 0 } else { part * 100 / whole };
+    let rows = vec![
+        vec!["TYPE".into(), "TOTAL".into(), "ACTIVE".into(), "SIZE".into(), "RECLAIMABLE".into()],
+        vec![
+            "Images".into(),
+            u.images.to_string(),
+            u.images_tagged.to_string(),
+            human_size(u.image_bytes),
+            format!("{} ({}%)", human_size(u.image_reclaimable), pct(u.image_reclaimable, u.image_bytes)),
+        ],
+        vec!["Containers".into(), u.containers.to_string(), u.containers.to_string(), "0B".into(), "0B (0%)".into()],
+        vec![
+            "Snapshots".into(),
+            u.snapshots.to_string(),
+            u.snapshots_live.to_string(),
+            human_size(u.snapshot_bytes),
+            format!("{} ({}%)", human_size(u.snapshot_reclaimable), pct(u.snapshot_reclaimable, u.snapshot_bytes)),
+        ],
+        vec!["Leftovers".into(), "-".into(), "0".into(), human_size(u.orphan_bytes), format!("{} ({}%)", human_size(u.orphan_bytes), if u.orphan_bytes > 0 { 100 } else { 0 })],
+    ];
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+fn check(ctx: &Ctx) -> Result<i32> {
+    let store = ctx.store()?;
+    let problems = store.verify()?;
+    for p in &problems {
+        println!("{p}");
+    }
+    if problems.is_empty() {
+        eprintln!("store {} is consistent", ctx.root.display());
+        Ok(0)
+    } else {
+        eprintln!("store {}: {} problems", ctx.root.display(), problems.len());
+        Ok(1)
+    }
+}

@@ -1,0 +1,239 @@
+//! Applying a layer: unpacking an (uncompressed) layer tar into a snapshot directory.
+//!
+//! OCI whiteouts become overlay whiteouts so the directory can serve as an overlay lower dir
+//! (image-spec layer.md "Whiteouts"; kernel overlayfs.rst "whiteouts and opaque directories"):
+//! `.wh.NAME` becomes a character device 0/0 named NAME, `.wh..wh..opq` sets
+//! `trusted.overlay.opaque=y` on its directory.
+//!
+//! Safety: every entry name is cleaned in-root (`..` above the root is an error naming the
+//! entry); parents are opened with in-root resolution; the last component is always removed and
+//! recreated with O_EXCL|O_NOFOLLOW or an `*at` call that does not follow symlinks, so nothing
+//! is ever written through a symlink; hard links resolve their target in-root and link the entry
+//! itself. Directory metadata is applied after all entries, so a read-only directory in the
+//! layer does not stop later entries from being written into it.
+
+use crate::rootfs::{self, clean, InPath, Root};
+use crate::sys;
+use kiln_cache::digest::HashReader;
+use kiln_cache::Digest;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use tar::EntryType;
+
+/// Why a layer could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("layer entry {entry:?}: {reason}")]
+    Entry { entry: String, reason: String },
+    #[error("layer entry {entry:?}")]
+    EntryIo {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read layer tar")]
+    Read(#[source] io::Error),
+}
+
+/// What an apply did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// sha256 of the whole tar stream read (the layer's DiffID).
+    pub diff_id: Digest,
+    pub tar_size: u64,
+    pub entries: u64,
+    /// Bytes of regular file content written.
+    pub bytes: u64,
+}
+
+struct DirMeta {
+    path: InPath,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+fn entry_err(entry: &Path, reason: impl Into<String>) -> ApplyError {
+    ApplyError::Entry { entry: entry.display().to_string(), reason: reason.into() }
+}
+
+fn entry_io(entry: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
+    move |source| ApplyError::EntryIo { entry: entry.display().to_string(), source }
+}
+
+/// Unpacks the layer tar read from `tar` into `root`. The whole stream is consumed and hashed,
+/// so the caller can check the returned DiffID against the one the image declares.
+pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyError> {
+    let chown = sys::is_root();
+    let mut archive = tar::Archive::new(HashReader::new(tar));
+    let mut dirs: Vec<DirMeta> = Vec::new();
+    let mut stats = ApplyStats { diff_id: Digest::of(b""), tar_size: 0, entries: 0, bytes: 0 };
+    for entry in archive.entries().map_err(ApplyError::Read)? {
+        let mut entry = entry.map_err(ApplyError::Read)?;
+        let raw_path: PathBuf = entry.path().map_err(ApplyError::Read)?.into_owned();
+        stats.entries += 1;
+        let path = clean(&raw_path).ok_or_else(|| entry_err(&raw_path, "path climbs out of the root with \"..\""))?;
+
+        // PAX records: xattrs, and uid/gid beyond the octal header range.
+        let mut xattrs = Vec::new();
+        let (mut uid, mut gid) = (
+            entry.header().uid().map_err(entry_io(&raw_path))? as u32,
+            entry.header().gid().map_err(entry_io(&raw_path))? as u32,
+        );
+        if let Some(pax) = entry.pax_extensions().map_err(entry_io(&raw_path))? {
+            for ext in pax {
+                let ext = ext.map_err(entry_io(&raw_path))?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((OsStr::from_bytes(name).to_os_string(), ext.value_bytes().to_vec()));
+                } else if key == b"uid" {
+                    uid = std::str::from_utf8(ext.value_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(uid);
+                } else if key == b"gid" {
+                    gid = std::str::from_utf8(ext.value_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(gid);
+                }
+            }
+        }
+        let header = entry.header();
+        let mode = header.mode().map_err(entry_io(&raw_path))? & 0o7777;
+        let mtime = header.mtime().map_err(entry_io(&raw_path))? as i64;
+        let kind = header.entry_type();
+
+        let Some((parent, name)) = path.split() else {
+            // The root itself ("./"): only a directory makes sense; keep its metadata for the end.
+            if kind.is_dir() {
+                dirs.push(DirMeta { path, mode, uid, gid, mtime, xattrs });
+                continue;
+            }
+            return Err(entry_err(&raw_path, "the layer root must be a directory"));
+        };
+        let name = name.to_os_string();
+        let pfd = root.mkdir_all(&parent).map_err(entry_io(&raw_path))?;
+        let pfd = pfd.as_fd();
+
+        let name_bytes = name.as_bytes();
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            sys::fsetxattr(pfd, OsStr::new(OPAQUE_XATTR), b"y").map_err(entry_io(&raw_path))?;
+            continue;
+        }
+        if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                continue; // aufs bookkeeping (.wh..wh.plnk, ...): not content
+            }
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(entry_err(&raw_path, "whiteout of an invalid name"));
+            }
+            let target = OsStr::from_bytes(target);
+            rootfs::remove_all_at(pfd, target).map_err(entry_io(&raw_path))?;
+            sys::mknodat(pfd, target, libc::S_IFCHR, 0).map_err(entry_io(&raw_path))?;
+            continue;
+        }
+
+        if kind.is_dir() {
+            match sys::lstatat(pfd, &name).map_err(entry_io(&raw_path))? {
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                Some(_) => {
+                    rootfs::remove_all_at(pfd, &name).map_err(entry_io(&raw_path))?;
+                    sys::mkdirat(pfd, &name, 0o700).map_err(entry_io(&raw_path))?;
+                }
+                None => sys::mkdirat(pfd, &name, 0o700).map_err(entry_io(&raw_path))?,
+            }
+            dirs.push(DirMeta { path, mode, uid, gid, mtime, xattrs });
+            continue;
+        }
+
+        if kind == EntryType::Link {
+            let link = entry.link_name().map_err(entry_io(&raw_path))?.ok_or_else(|| entry_err(&raw_path, "hard link without a target"))?;
+            let target = clean(&link).ok_or_else(|| entry_err(&raw_path, format!("hard link target {} climbs out of the root", link.display())))?;
+            let Some((tparent, tname)) = target.split() else {
+                return Err(entry_err(&raw_path, "hard link to the root directory"));
+            };
+            if target == path {
+                continue;
+            }
+            let tfd = root.open_dir(&tparent).map_err(entry_io(&raw_path))?;
+            match sys::lstatat(tfd.as_fd(), tname).map_err(entry_io(&raw_path))? {
+                None => return Err(entry_err(&raw_path, format!("hard link target {} is not in this layer", link.display()))),
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    return Err(entry_err(&raw_path, format!("hard link target {} is a directory", link.display())))
+                }
+                Some(_) => {}
+            }
+            rootfs::remove_all_at(pfd, &name).map_err(entry_io(&raw_path))?;
+            sys::linkat(tfd.as_fd(), tname, pfd, &name).map_err(entry_io(&raw_path))?;
+            continue;
+        }
+
+        rootfs::remove_all_at(pfd, &name).map_err(entry_io(&raw_path))?;
+        match kind {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let fd = sys::openat(pfd, &name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)
+                    .map_err(entry_io(&raw_path))?;
+                let mut f = std::fs::File::from(fd);
+                stats.bytes += io::copy(&mut entry, &mut f).map_err(entry_io(&raw_path))?;
+                finish_fd(f.as_fd(), chown, uid, gid, mode, mtime, &xattrs).map_err(entry_io(&raw_path))?;
+            }
+            EntryType::Symlink => {
+                let target = entry.link_name().map_err(entry_io(&raw_path))?.ok_or_else(|| entry_err(&raw_path, "symlink without a target"))?;
+                sys::symlinkat(target.as_os_str(), pfd, &name).map_err(entry_io(&raw_path))?;
+                finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let ft = match kind {
+                    EntryType::Char => libc::S_IFCHR,
+                    EntryType::Block => libc::S_IFBLK,
+                    _ => libc::S_IFIFO,
+                };
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                sys::mknodat(pfd, &name, ft | mode, sys::makedev(major, minor)).map_err(entry_io(&raw_path))?;
+                finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
+            }
+            other => return Err(entry_err(&raw_path, format!("unsupported tar entry type {other:?}"))),
+        }
+    }
+
+    // Directory metadata last (see module docs). Chmod after chown: chown clears set-id bits.
+    for d in dirs.iter().rev() {
+        let fd = match root.open_at(&d.path, libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            // Replaced by a non-directory later in the same layer.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::ENOENT)) => continue,
+            Err(e) => return Err(entry_io(d.path.as_path())(e)),
+        };
+        finish_fd(fd.as_fd(), chown, d.uid, d.gid, d.mode, d.mtime, &d.xattrs).map_err(entry_io(d.path.as_path()))?;
+    }
+
+    let mut inner = archive.into_inner();
+    io::copy(&mut inner, &mut io::sink()).map_err(ApplyError::Read)?;
+    let (diff_id, size) = inner.finish();
+    stats.diff_id = diff_id;
+    stats.tar_size = size;
+    Ok(stats)
+}
+
+fn finish_fd(fd: BorrowedFd<'_>, chown: bool, uid: u32, gid: u32, mode: u32, mtime: i64, xattrs: &[(OsString, Vec<u8>)]) -> io::Result<()> {
+    if chown {
+        sys::lchownat(fd, OsStr::new(""), uid, gid)?;
+    }
+    sys::fchmod(fd, mode)?;
+    for (k, v) in xattrs {
+        sys::fsetxattr(fd, k, v)?;
+    }
+    sys::lutimesat(fd, OsStr::new(""), mtime, 0)
+}
+
+fn finish_name(dir: BorrowedFd<'_>, name: &OsStr, chown: bool, uid: u32, gid: u32, mtime: i64) -> io::Result<()> {
+    if chown {
+        sys::lchownat(dir, name, uid, gid)?;
+    }
+    sys::lutimesat(dir, name, mtime, 0)
+}

@@ -1,0 +1,537 @@
+//! Image archives: `load` reads a docker-archive (`docker save`, `podman save`), an OCI archive
+//! or an OCI layout directory; `save` writes an OCI archive or a docker-archive.
+//!
+//! Archives are read by offset: the tar is indexed once (names, offsets, sizes), then each blob is
+//! read where it lies, so the order of entries does not matter and nothing is extracted to disk.
+//! Compressed archives and standard input are first spooled, decompressed, into the store's ingest
+//! dir. Every blob read from an archive is verified against its digest, and every layer against
+//! its DiffID, before the image is recorded.
+
+use super::oci::{self, Descriptor, ImageConfig, Index, Manifest};
+use super::reference::Reference;
+use super::{io_err, ImageError, Result};
+use kiln_cache::digest::HashReader;
+use kiln_cache::{codec, BlobRef, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, NewImage, Store};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Where archive members come from.
+enum Source {
+    Dir(PathBuf),
+    Tar { file: File, entries: HashMap<String, (u64, u64)>, what: String },
+}
+
+/// Reads a byte range of a file without moving any shared offset.
+struct RangeReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let max = buf.len().min((self.end - self.pos) as usize);
+        if max == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..max], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive is truncated"));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn normalize(name: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in name.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+impl Source {
+    fn tar(file: File, what: String) -> Result<Source> {
+        let bad = |e: io::Error| ImageError::Invalid(format!("{what} is not a valid tar archive: {e}"));
+        let mut entries = HashMap::new();
+        let mut links = Vec::new();
+        {
+            let mut a = tar::Archive::new(&file);
+            for e in a.entries().map_err(bad)? {
+                let e = e.map_err(bad)?;
+                let name = normalize(&e.path().map_err(bad)?.to_string_lossy());
+                match e.header().entry_type() {
+                    tar::EntryType::Regular | tar::EntryType::Continuous => {
+                        entries.insert(name, (e.raw_file_position(), e.size()));
+                    }
+                    // Older `docker save` links identical layer.tar files to each other.
+                    tar::EntryType::Symlink | tar::EntryType::Link => {
+                        if let Some(target) = e.link_name().map_err(bad)? {
+                            let t = target.to_string_lossy().into_owned();
+                            let resolved = if e.header().entry_type() == tar::EntryType::Symlink {
+                                let dir = Path::new(&name).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                                normalize(&format!("{dir}/{t}"))
+                            } else {
+                                normalize(&t)
+                            };
+                            links.push((name, resolved));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (name, target) in links {
+            if let Some(v) = entries.get(&target).copied() {
+                entries.insert(name, v);
+            }
+        }
+        Ok(Source::Tar { file, entries, what })
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Dir(p) => p.display().to_string(),
+            Source::Tar { what, .. } => what.clone(),
+        }
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        match self {
+            Source::Dir(p) => p.join(name).is_file(),
+            Source::Tar { entries, .. } => entries.contains_key(&normalize(name)),
+        }
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Read + '_>> {
+        let missing = || ImageError::Invalid(format!("{}: {name} is missing from the archive", self.describe()));
+        match self {
+            Source::Dir(p) => {
+                let f = File::open(p.join(name)).map_err(|e| if e.kind() == io::ErrorKind::NotFound { missing() } else { io_err(format!("open {}", p.join(name).display()))(e) })?;
+                Ok(Box::new(f))
+            }
+            Source::Tar { file, entries, .. } => {
+                let (off, size) = *entries.get(&normalize(name)).ok_or_else(missing)?;
+                Ok(Box::new(RangeReader { file, pos: off, end: off + size }))
+            }
+        }
+    }
+
+    /// Reads a small member whole (manifests, configs, indexes), at most 64 MiB.
+    fn read_all(&self, name: &str) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.open(name)?.take(64 << 20).read_to_end(&mut v).map_err(io_err(format!("read {name} from {}", self.describe())))?;
+        Ok(v)
+    }
+
+    /// Reads a blob by digest (OCI layout) and checks it.
+    fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let bytes = self.read_all(&blob_name(d))?;
+        let actual = Digest::of(&bytes);
+        if actual != *d {
+            return Err(ImageError::Corrupt { what: format!("blob {d} in {}", self.describe()), why: format!("content has digest {actual}") });
+        }
+        Ok(bytes)
+    }
+}
+
+fn blob_name(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// One image found in an archive.
+#[derive(Debug)]
+pub struct Loaded {
+    pub image: ImageRecord,
+    /// The full references it was tagged with.
+    pub tags: Vec<String>,
+}
+
+/// Loads from a path: an OCI layout directory or an archive file (plain, gzip or zstd).
+pub fn load_path(store: &Store, path: &Path) -> Result<Vec<Loaded>> {
+    if path.is_dir() {
+        return load_source(store, &Source::Dir(path.to_path_buf()));
+    }
+    let mut f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+    let mut head = [0u8; 4];
+    let n = f.read(&mut head).map_err(io_err(format!("read {}", path.display())))?;
+    if Compression::detect(&head[..n]) == Compression::None {
+        let f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+        return load_source(store, &Source::tar(f, path.display().to_string())?);
+    }
+    let f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
+    load_reader(store, f, &path.display().to_string())
+}
+
+/// Loads from a stream (standard input): spooled, decompressed, to a temp file first.
+pub fn load_reader<R: Read>(store: &Store, r: R, what: &str) -> Result<Vec<Loaded>> {
+    let mut tmp = tempfile::Builder::new().prefix("load-").tempfile_in(store.ingest_dir()).map_err(io_err("create temp file"))?;
+    let mut plain = codec::decompress(r).map_err(io_err(format!("read {what}")))?;
+    io::copy(&mut plain, tmp.as_file_mut()).map_err(io_err(format!("read {what}")))?;
+    let f = tmp.reopen().map_err(io_err("reopen temp file"))?;
+    load_source(store, &Source::tar(f, what.to_string())?)
+}
+
+fn load_source(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
+    let _lease = store.lease()?;
+    if src.exists("index.json") && src.exists("oci-layout") {
+        load_oci(store, src)
+    } else if src.exists("manifest.json") {
+        load_docker(store, src)
+    } else {
+        Err(ImageError::Invalid(format!(
+            "{}: neither an OCI archive (index.json, oci-layout) nor a docker-archive (manifest.json)",
+            src.describe()
+        )))
+    }
+}
+
+/// The tag an OCI index entry names, from containerd's full-name annotation or a ref.name that
+/// is a whole reference. A bare tag (`latest`) names no repository, so it cannot be a tag here.
+fn oci_entry_name(d: &Descriptor) -> Option<String> {
+    let full = d.annotations.get(oci::ANNOTATION_CONTAINERD_NAME).or_else(|| {
+        d.annotations.get(oci::ANNOTATION_REF_NAME).filter(|n| n.contains('/') || n.contains(':'))
+    })?;
+    let r = Reference::parse(full).ok()?.with_default_tag();
+    r.tag.is_some().then(|| r.to_string())
+}
+
+fn load_oci(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
+    let index: Index = serde_json::from_slice(&src.read_all("index.json")?)
+        .map_err(|e| ImageError::Corrupt { what: format!("index.json in {}", src.describe()), why: e.to_string() })?;
+    let mut out: Vec<Loaded> = Vec::new();
+    for d in &index.manifests {
+        let name = oci_entry_name(d);
+        let manifest_desc = select_manifest(src, d)?;
+        let image = import_oci_manifest(store, src, &manifest_desc)?;
+        let tags: Vec<String> = name.into_iter().collect();
+        for t in &tags {
+            store.set_ref(t, &image.manifest.digest)?;
+        }
+        match out.iter_mut().find(|l| l.image.manifest.digest == image.manifest.digest) {
+            Some(l) => l.tags.extend(tags),
+            None => out.push(Loaded { image, tags }),
+        }
+    }
+    if out.is_empty() {
+        return Err(ImageError::Invalid(format!("{}: index.json lists no images", src.describe())));
+    }
+    Ok(out)
+}
+
+/// Follows an index entry to the manifest for this host's platform.
+fn select_manifest(src: &Source, d: &Descriptor) -> Result<Descriptor> {
+    if oci::is_manifest(&d.media_type) {
+        return Ok(d.clone());
+    }
+    if !oci::is_index(&d.media_type) {
+        return Err(ImageError::Invalid(format!("{}: unsupported manifest media type {}", src.describe(), d.media_type)));
+    }
+    let idx: Index = serde_json::from_slice(&src.read_blob(&d.digest)?)
+        .map_err(|e| ImageError::Corrupt { what: format!("index {}", d.digest), why: e.to_string() })?;
+    let want = oci::host_platform();
+    let found = idx.manifests.iter().find(|m| {
+        m.platform.as_ref().is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+    });
+    match found {
+        Some(m) => select_manifest(src, m),
+        None => Err(ImageError::NotFound(format!("a {}/{} image in index {}", want.os, want.architecture, d.digest))),
+    }
+}
+
+fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<ImageRecord> {
+    if let Some(existing) = store.image(&d.digest)? {
+        return Ok(existing);
+    }
+    let manifest_bytes = src.read_blob(&d.digest)?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| ImageError::Corrupt { what: format!("manifest {}", d.digest), why: e.to_string() })?;
+    let config_bytes = src.read_blob(&manifest.config.digest)?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(|e| ImageError::Corrupt { what: format!("config {}", manifest.config.digest), why: e.to_string() })?;
+    if config.rootfs.diff_ids.len() != manifest.layers.len() {
+        return Err(ImageError::Corrupt {
+            what: format!("image {}", d.digest),
+            why: format!("{} layers but {} diff_ids", manifest.layers.len(), config.rootfs.diff_ids.len()),
+        });
+    }
+    let mut layers = Vec::with_capacity(manifest.layers.len());
+    for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+        if Compression::from_media_type(&l.media_type).is_none() {
+            return Err(ImageError::Invalid(format!("layer {}: unsupported media type {}", l.digest, l.media_type)));
+        }
+        if let Some(rec) = store.layer(&l.digest)? {
+            layers.push(rec);
+            continue;
+        }
+        let mut ingest = store.ingest()?;
+        io::copy(&mut src.open(&blob_name(&l.digest))?, &mut ingest).map_err(io_err(format!("copy layer {}", l.digest)))?;
+        ingest.commit(Some(l.digest)).map_err(|e| match e {
+            kiln_cache::Error::DigestMismatch { actual, .. } => ImageError::Corrupt { what: format!("layer {} in {}", l.digest, src.describe()), why: format!("content has digest {actual}") },
+            e => e.into(),
+        })?;
+        layers.push(verify_layer(store, &l.digest, &l.media_type, *diff_id)?);
+    }
+    store.put_blob(&config_bytes, Some(manifest.config.digest))?;
+    store.put_blob(&manifest_bytes, Some(d.digest))?;
+    let new = NewImage {
+        manifest: BlobRef { digest: d.digest, media_type: manifest.media_type.clone().unwrap_or_else(|| d.media_type.clone()), size: manifest_bytes.len() as u64 },
+        config: BlobRef { digest: manifest.config.digest, media_type: manifest.config.media_type.clone(), size: config_bytes.len() as u64 },
+        layers,
+        created: config.created.as_deref().and_then(crate::timefmt::parse_rfc3339),
+    };
+    store.commit_image(&new, &[])?;
+    store.image(&d.digest)?.ok_or_else(|| ImageError::NotFound(d.digest.to_string()))
+}
+
+/// Decompresses a stored layer blob to check its DiffID and learn its unpacked size.
+fn verify_layer(store: &Store, digest: &Digest, media_type: &str, diff_id: Digest) -> Result<LayerRecord> {
+    let mut h = HashReader::new(codec::decompress(store.open_blob(digest)?).map_err(io_err(format!("read layer {digest}")))?);
+    io::copy(&mut h, &mut io::sink()).map_err(io_err(format!("decompress layer {digest}")))?;
+    let (actual, uncompressed_size) = h.finish();
+    if actual != diff_id {
+        return Err(ImageError::Corrupt { what: format!("layer {digest}"), why: format!("uncompressed content has digest {actual}, the config says {diff_id}") });
+    }
+    let size = store.open_blob(digest)?.metadata().map_err(io_err("stat layer"))?.len();
+    Ok(LayerRecord { digest: *digest, diff_id, media_type: media_type.to_string(), size, uncompressed_size })
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifestEntry {
+    config: String,
+    #[serde(default)]
+    repo_tags: Option<Vec<String>>,
+    layers: Vec<String>,
+}
+
+fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
+    let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&src.read_all("manifest.json")?)
+        .map_err(|e| ImageError::Corrupt { what: format!("manifest.json in {}", src.describe()), why: e.to_string() })?;
+    let mut out = Vec::new();
+    for e in entries {
+        let config_bytes = src.read_all(&e.config)?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|er| ImageError::Corrupt { what: format!("{} in {}", e.config, src.describe()), why: er.to_string() })?;
+        if config.rootfs.diff_ids.len() != e.layers.len() {
+            return Err(ImageError::Corrupt {
+                what: format!("{} in {}", e.config, src.describe()),
+                why: format!("{} layers but {} diff_ids", e.layers.len(), config.rootfs.diff_ids.len()),
+            });
+        }
+        let mut layers = Vec::new();
+        for (path, diff_id) in e.layers.iter().zip(&config.rootfs.diff_ids) {
+            // Re-encode to zstd; the DiffID (uncompressed content) must come out as declared.
+            let mut plain = codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
+            let mut enc = LayerEncoder::new(store.ingest()?, Compression::Zstd).map_err(io_err("start layer encoder"))?;
+            io::copy(&mut plain, &mut enc).map_err(io_err(format!("read {path} from {}", src.describe())))?;
+            let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
+            if d.diff_id != *diff_id {
+                return Err(ImageError::Corrupt { what: format!("{path} in {}", src.describe()), why: format!("content has digest {}, the config says {diff_id}", d.diff_id) });
+            }
+            ingest.commit(Some(d.digest))?;
+            layers.push(LayerRecord { digest: d.digest, diff_id: d.diff_id, media_type: Compression::Zstd.media_type().into(), size: d.size, uncompressed_size: d.uncompressed_size });
+        }
+        // Keep the config byte for byte: the image ID is its digest.
+        let config_digest = store.put_blob(&config_bytes, None)?;
+        let tags: Vec<String> = e
+            .repo_tags
+            .unwrap_or_default()
+            .iter()
+            .map(|t| Reference::parse(t).map(|r| r.with_default_tag().to_string()))
+            .collect::<std::result::Result<_, _>>()?;
+        let image = create_image_with_config_bytes(store, config_digest, config_bytes.len() as u64, &config, layers, &tags)?;
+        out.push(Loaded { image, tags });
+    }
+    Ok(out)
+}
+
+/// Like `create_image`, but with a config blob already stored as given (not re-serialized).
+fn create_image_with_config_bytes(store: &Store, config: Digest, config_size: u64, parsed: &ImageConfig, layers: Vec<LayerRecord>, tags: &[String]) -> Result<ImageRecord> {
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
+        config: Descriptor { media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(), digest: config, size: config_size, platform: None, annotations: BTreeMap::new() },
+        layers: layers.iter().map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest, size: l.size, platform: None, annotations: BTreeMap::new() }).collect(),
+        annotations: BTreeMap::new(),
+    };
+    let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+    let digest = store.put_blob(&bytes, None)?;
+    store.commit_image(
+        &NewImage {
+            manifest: BlobRef { digest, media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(), size: bytes.len() as u64 },
+            config: BlobRef { digest: config, media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(), size: config_size },
+            layers,
+            created: parsed.created.as_deref().and_then(crate::timefmt::parse_rfc3339),
+        },
+        tags,
+    )?;
+    store.image(&digest)?.ok_or_else(|| ImageError::NotFound(digest.to_string()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    Oci,
+    Docker,
+}
+
+/// An image to save, and the reference to save it under (None: untagged).
+pub struct SaveItem {
+    pub image: ImageRecord,
+    pub reference: Option<Reference>,
+}
+
+fn header(path: &str, size: u64, dir: bool) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path).expect("archive member names are short");
+    h.set_size(size);
+    h.set_mode(if dir { 0o755 } else { 0o644 });
+    h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+    h.set_mtime(0);
+    h.set_cksum();
+    h
+}
+
+/// A stored encoding of `layer` in compression `c`, made and recorded the first time it is asked
+/// for (re-encoding is deterministic, so every machine makes the same blob).
+pub fn layer_in(store: &Store, layer: &LayerRecord, c: Compression) -> Result<LayerRecord> {
+    if Compression::from_media_type(&layer.media_type) == Some(c) {
+        return Ok(layer.clone());
+    }
+    if let Some(v) = store.layer_variant(&layer.diff_id, c.media_type())? {
+        return Ok(v);
+    }
+    let mut plain = codec::decompress(store.open_blob(&layer.digest)?).map_err(io_err(format!("read layer {}", layer.digest)))?;
+    let mut enc = LayerEncoder::new(store.ingest()?, c).map_err(io_err("start layer encoder"))?;
+    io::copy(&mut plain, &mut enc).map_err(io_err(format!("re-encode layer {}", layer.digest)))?;
+    let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
+    if d.diff_id != layer.diff_id {
+        return Err(ImageError::Corrupt { what: format!("layer {}", layer.digest), why: format!("uncompressed content has digest {}", d.diff_id) });
+    }
+    ingest.commit(Some(d.digest))?;
+    let rec = LayerRecord { digest: d.digest, diff_id: d.diff_id, media_type: c.media_type().into(), size: d.size, uncompressed_size: d.uncompressed_size };
+    store.record_layer(&rec)?;
+    Ok(rec)
+}
+
+enum Member {
+    Blob,
+    Bytes(Vec<u8>),
+}
+
+/// Writes the images as an archive. Deterministic: fixed order, mtime 0, each blob once.
+/// For OCI archives, `compression` re-encodes layers (None keeps them as stored); the manifest
+/// then describes the exported layers and so has its own digest, while the image ID (the config
+/// digest) and the DiffIDs stay the same.
+pub fn save<W: Write>(store: &Store, items: &[SaveItem], format: ArchiveFormat, compression: Option<Compression>, out: W) -> Result<W> {
+    let _lease = store.lease()?;
+    let mut b = tar::Builder::new(out);
+    match format {
+        ArchiveFormat::Oci => {
+            let mut blobs: BTreeMap<Digest, Member> = BTreeMap::new();
+            let mut manifests = Vec::new();
+            for it in items {
+                let mut manifest = super::read_manifest(store, &it.image)?;
+                let mut desc_digest = it.image.manifest.digest;
+                let mut desc_size = it.image.manifest.size;
+                let mut desc_type = it.image.manifest.media_type.clone();
+                let layers: Vec<LayerRecord> = match compression {
+                    Some(c) => it.image.layers.iter().map(|l| layer_in(store, l, c)).collect::<Result<_>>()?,
+                    None => it.image.layers.clone(),
+                };
+                if layers != it.image.layers {
+                    for (d, l) in manifest.layers.iter_mut().zip(&layers) {
+                        d.media_type = l.media_type.clone();
+                        d.digest = l.digest;
+                        d.size = l.size;
+                    }
+                    manifest.media_type = Some(oci::MEDIA_TYPE_OCI_MANIFEST.into());
+                    if manifest.config.media_type == oci::MEDIA_TYPE_DOCKER_CONFIG {
+                        manifest.config.media_type = oci::MEDIA_TYPE_OCI_CONFIG.into();
+                    }
+                    let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+                    desc_digest = Digest::of(&bytes);
+                    desc_size = bytes.len() as u64;
+                    desc_type = oci::MEDIA_TYPE_OCI_MANIFEST.into();
+                    blobs.insert(desc_digest, Member::Bytes(bytes));
+                } else {
+                    blobs.insert(desc_digest, Member::Blob);
+                }
+                blobs.insert(it.image.config, Member::Blob);
+                for l in &layers {
+                    blobs.insert(l.digest, Member::Blob);
+                }
+                let mut annotations = BTreeMap::new();
+                if let Some(r) = &it.reference {
+                    annotations.insert(oci::ANNOTATION_CONTAINERD_NAME.to_string(), r.to_string());
+                    if let Some(t) = &r.tag {
+                        annotations.insert(oci::ANNOTATION_REF_NAME.to_string(), t.clone());
+                    }
+                }
+                manifests.push(Descriptor { media_type: desc_type, digest: desc_digest, size: desc_size, platform: None, annotations });
+            }
+            b.append(&header("blobs/", 0, true), io::empty()).map_err(io_err("write archive"))?;
+            b.append(&header("blobs/sha256/", 0, true), io::empty()).map_err(io_err("write archive"))?;
+            for (d, m) in &blobs {
+                match m {
+                    Member::Blob => {
+                        let f = store.open_blob(d)?;
+                        let len = f.metadata().map_err(io_err("stat blob"))?.len();
+                        b.append(&header(&blob_name(d), len, false), f).map_err(io_err(format!("write blob {d}")))?;
+                    }
+                    Member::Bytes(bytes) => {
+                        b.append(&header(&blob_name(d), bytes.len() as u64, false), &bytes[..]).map_err(io_err("write archive"))?;
+                    }
+                }
+            }
+            let index = Index { schema_version: 2, media_type: Some(oci::MEDIA_TYPE_OCI_INDEX.into()), manifests, annotations: BTreeMap::new() };
+            let index = serde_json::to_vec(&index).expect("index serializes");
+            b.append(&header("index.json", index.len() as u64, false), &index[..]).map_err(io_err("write archive"))?;
+            let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+            b.append(&header("oci-layout", layout.len() as u64, false), &layout[..]).map_err(io_err("write archive"))?;
+        }
+        ArchiveFormat::Docker => {
+            let mut written: BTreeSet<Digest> = BTreeSet::new();
+            let mut entries = Vec::new();
+            for it in items {
+                let config_name = format!("{}.json", it.image.config.hex());
+                if written.insert(it.image.config) {
+                    let c = store.read_blob(&it.image.config)?;
+                    b.append(&header(&config_name, c.len() as u64, false), &c[..]).map_err(io_err("write archive"))?;
+                }
+                let mut layer_names = Vec::new();
+                for l in &it.image.layers {
+                    let name = format!("{}/layer.tar", l.diff_id.hex());
+                    if written.insert(l.diff_id) {
+                        b.append(&header(&format!("{}/", l.diff_id.hex()), 0, true), io::empty()).map_err(io_err("write archive"))?;
+                        let mut r = HashReader::new(codec::decompress(store.open_blob(&l.digest)?).map_err(io_err(format!("read layer {}", l.digest)))?);
+                        b.append(&header(&name, l.uncompressed_size, false), &mut r).map_err(io_err(format!("write layer {}", l.digest)))?;
+                        let (actual, n) = r.finish();
+                        if actual != l.diff_id || n != l.uncompressed_size {
+                            return Err(ImageError::Corrupt { what: format!("layer {}", l.digest), why: format!("uncompressed content has digest {actual} ({n} bytes)") });
+                        }
+                    }
+                    layer_names.push(name);
+                }
+                entries.push(DockerManifestEntry {
+                    config: config_name,
+                    repo_tags: it.reference.as_ref().map(|r| vec![r.familiar()]),
+                    layers: layer_names,
+                });
+            }
+            let m = serde_json::to_vec(&entries).expect("manifest.json serializes");
+            b.append(&header("manifest.json", m.len() as u64, false), &m[..]).map_err(io_err("write archive"))?;
+        }
+    }
+    b.into_inner().map_err(io_err("finish archive"))
+}

@@ -1,0 +1,82 @@
+//! `kiln import`: a rootfs tarball (plain, gzip or zstd) becomes a one-layer image, as
+//! `docker import` does. The tar is streamed once: decompressed, checked entry by entry, and
+//! fed to the layer encoder as it is read, byte for byte (its DiffID is the input's).
+
+use super::oci::{host_platform, History, ImageConfig, RootFs, RunConfig};
+use super::{create_image, io_err, ImageError, Result};
+use crate::timefmt;
+use kiln_cache::{codec, Compression, ImageRecord, LayerEncoder, LayerRecord, Store};
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+pub struct ImportOptions {
+    pub compression: Compression,
+    /// Shown in the history entry (`docker import -m`).
+    pub message: Option<String>,
+    /// Fixed `created` time (SOURCE_DATE_EPOCH), for reproducible imports.
+    pub created: Option<i64>,
+    /// What the tarball was (a path or "-"), for error messages and the history.
+    pub source: String,
+}
+
+/// Passes everything read through into a writer.
+struct Tee<R, W> {
+    r: R,
+    w: W,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
+pub fn import_tarball<R: Read>(store: &Store, input: R, opts: &ImportOptions, tags: &[String]) -> Result<ImageRecord> {
+    let _lease = store.lease()?;
+    let plain = codec::decompress(input).map_err(io_err(format!("read {}", opts.source)))?;
+    let enc = LayerEncoder::new(store.ingest()?, opts.compression).map_err(io_err("start layer encoder"))?;
+    let mut archive = tar::Archive::new(Tee { r: plain, w: enc });
+    let not_tar = |e: io::Error| ImageError::Invalid(format!("{} is not a valid tar archive: {e}", opts.source));
+    let mut entries = 0u64;
+    for e in archive.entries().map_err(not_tar)? {
+        let e = e.map_err(not_tar)?;
+        e.path().map_err(not_tar)?;
+        entries += 1;
+    }
+    let mut tee = archive.into_inner();
+    io::copy(&mut tee, &mut io::sink()).map_err(io_err(format!("read {}", opts.source)))?;
+    if entries == 0 {
+        return Err(ImageError::Invalid(format!("{} is empty: a rootfs tarball needs at least one entry", opts.source)));
+    }
+    let (digests, ingest) = tee.w.finish().map_err(io_err("finish layer"))?;
+    ingest.commit(Some(digests.digest))?;
+    let layer = LayerRecord {
+        digest: digests.digest,
+        diff_id: digests.diff_id,
+        media_type: opts.compression.media_type().to_string(),
+        size: digests.size,
+        uncompressed_size: digests.uncompressed_size,
+    };
+    let created = timefmt::rfc3339(opts.created.unwrap_or_else(kiln_cache::store::now));
+    let platform = host_platform();
+    let config = ImageConfig {
+        created: Some(created.clone()),
+        author: None,
+        architecture: platform.architecture,
+        os: platform.os,
+        variant: None,
+        config: RunConfig::default(),
+        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![layer.diff_id] },
+        history: vec![History {
+            created: Some(created),
+            created_by: Some(format!("kiln import {}", opts.source)),
+            comment: opts.message.clone(),
+            ..History::default()
+        }],
+        extra: BTreeMap::new(),
+    };
+    create_image(store, &config, vec![layer], tags)
+}
+

@@ -1,0 +1,136 @@
+//! RFC 3339 timestamps (image configs' `created`) and Docker's human forms ("2 hours ago", "4.2MB").
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2024-01-02T03:04:05Z`.
+pub fn rfc3339(secs: i64) -> String {
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!("{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction) to Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 => {
+            let sign = match &rest[..1] {
+                "+" => 1,
+                "-" => -1,
+                _ => return None,
+            };
+            sign * (rest[1..3].parse::<i64>().ok()? * 3600 + rest[4..6].parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    Some(days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + se - offset)
+}
+
+/// Docker's `units.HumanDuration` followed by " ago".
+pub fn ago(secs: i64, now: i64) -> String {
+    let d = (now - secs).max(0);
+    let human = if d < 1 {
+        "Less than a second".to_string()
+    } else if d == 1 {
+        "1 second".to_string()
+    } else if d < 60 {
+        format!("{d} seconds")
+    } else if d / 60 == 1 {
+        "About a minute".to_string()
+    } else if d < 3600 {
+        format!("{} minutes", d / 60)
+    } else if (d as f64 / 3600.0).round() as i64 == 1 {
+        "About an hour".to_string()
+    } else if d < 48 * 3600 {
+        format!("{} hours", (d as f64 / 3600.0).round() as i64)
+    } else if d < 7 * 24 * 3600 * 2 {
+        format!("{} days", d / 86_400)
+    } else if d < 30 * 24 * 3600 * 2 {
+        format!("{} weeks", d / (7 * 86_400))
+    } else if d < 365 * 24 * 3600 * 2 {
+        format!("{} months", d / (30 * 86_400))
+    } else {
+        format!("{} years", d / (365 * 86_400))
+    };
+    format!("{human} ago")
+}
+
+/// Docker's `units.HumanSize`: decimal units, 3 significant digits (`4.26MB`, `512B`).
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1000.0 && i < UNITS.len() - 1 {
+        v /= 1000.0;
+        i += 1;
+    }
+    // %.3g: three significant digits, no trailing zeros.
+    let digits = if v >= 100.0 { 0 } else if v >= 10.0 { 1 } else { 2 };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    format!("{s}{}", UNITS[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trip() {
+        for t in [0, 1, 951_782_400, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{t}");
+        }
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_rfc3339("2024-02-29T12:00:00.123456789Z"), Some(1_709_208_000));
+        assert_eq!(parse_rfc3339("2024-02-29T14:00:00+02:00"), Some(1_709_208_000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn human_forms_match_docker() {
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(4_261_412), "4.26MB");
+        assert_eq!(human_size(1_000_000), "1MB");
+        assert_eq!(human_size(123_456_789), "123MB");
+        assert_eq!(ago(100, 100), "Less than a second ago");
+        assert_eq!(ago(0, 7200), "2 hours ago");
+        assert_eq!(ago(0, 90), "About a minute ago");
+        assert_eq!(ago(0, 3 * 86_400), "3 days ago");
+    }
+}
