@@ -30,7 +30,11 @@ impl From<CompressionArg> for Compression {
 /// SOURCE_DATE_EPOCH, when set (reproducible-builds.org): fixes `created` timestamps.
 pub(crate) fn source_date_epoch() -> Result<Option<i64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Ok(Some(v.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))?)),
+        Ok(v) if !v.is_empty() => {
+            Ok(Some(v.trim().parse().with_context(|| {
+                format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+            })?))
+        }
         _ => Ok(None),
     }
 }
@@ -52,7 +56,12 @@ pub struct ImportArgs {
 pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32> {
     let tags = parse_tags(&a.reference.iter().cloned().collect::<Vec<_>>())?;
     let store = ctx.store()?;
-    let opts = ImportOptions { compression: a.compression.into(), message: a.message, created: source_date_epoch()?, source: a.file.clone() };
+    let opts = ImportOptions {
+        compression: a.compression.into(),
+        message: a.message,
+        created: source_date_epoch()?,
+        source: a.file.clone(),
+    };
     let image = if a.file == "-" {
         import_tarball(&store, std::io::stdin().lock(), &opts, &tags)
     } else {
@@ -77,14 +86,21 @@ pub struct LoadArgs {
 pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<i32> {
     let store = ctx.store()?;
     let loaded = match &a.input {
-        Some(p) => archive::load_path(&store, p).with_context(|| format!("load {}", p.display()))?,
+        Some(p) => {
+            archive::load_path(&store, p).with_context(|| format!("load {}", p.display()))?
+        }
         None => {
             let stdin = std::io::stdin();
             if stdin.is_terminal() {
-                return Err(anyhow::anyhow!("requested load from stdin, but stdin is empty"))
-                    .context(Hint("pass an archive with -i FILE, or pipe one in: kiln load < image.tar".into()));
+                return Err(anyhow::anyhow!(
+                    "requested load from stdin, but stdin is empty"
+                ))
+                .context(Hint(
+                    "pass an archive with -i FILE, or pipe one in: kiln load < image.tar".into(),
+                ));
             }
-            archive::load_reader(&store, stdin.lock(), "standard input").context("load from standard input")?
+            archive::load_reader(&store, stdin.lock(), "standard input")
+                .context("load from standard input")?
         }
     };
     if !a.quiet {
@@ -93,7 +109,10 @@ pub fn load(ctx: &Ctx, a: LoadArgs) -> Result<i32> {
                 println!("Loaded image ID: {}", l.image.id());
             }
             for t in l.tags {
-                println!("Loaded image: {}", Reference::parse(&t).map(|r| r.familiar()).unwrap_or(t));
+                println!(
+                    "Loaded image: {}",
+                    Reference::parse(&t).map(|r| r.familiar()).unwrap_or(t)
+                );
             }
         }
     }
@@ -128,7 +147,10 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
     let mut items = Vec::new();
     for name in &a.images {
         let r = resolve(&store, name)?;
-        items.push(SaveItem { image: r.image, reference: r.reference.filter(|r| r.tag.is_some()) });
+        items.push(SaveItem {
+            image: r.image,
+            reference: r.reference.filter(|r| r.tag.is_some()),
+        });
     }
     let format = match a.format {
         FormatArg::Oci => ArchiveFormat::Oci,
@@ -137,15 +159,29 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
     match &a.output {
         Some(path) => {
             // Nothing half-written: a temp file beside the destination, renamed when complete.
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            let tmp = tempfile::Builder::new().prefix(".kiln-save-").tempfile_in(dir).with_context(|| format!("create a file in {}", dir.display()))?;
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            let tmp = tempfile::Builder::new()
+                .prefix(".kiln-save-")
+                .tempfile_in(dir)
+                .with_context(|| format!("create a file in {}", dir.display()))?;
             let w = std::io::BufWriter::new(tmp);
             let w = archive::save(&store, &items, format, Some(a.compression.into()), w)?;
-            let tmp = w.into_inner().map_err(|e| e.into_error()).context("write archive")?;
+            let tmp = w
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .context("write archive")?;
             tmp.as_file().sync_all().context("fsync archive")?;
             // A file kiln writes for the user gets the usual mode (tempfile makes 0600).
-            std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).context("chmod archive")?;
-            tmp.persist(path).with_context(|| format!("write {}", path.display()))?;
+            std::fs::set_permissions(
+                tmp.path(),
+                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+            )
+            .context("chmod archive")?;
+            tmp.persist(path)
+                .with_context(|| format!("write {}", path.display()))?;
         }
         None => {
             let stdout = std::io::stdout();
@@ -198,22 +234,44 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
         let tags = store.refs_of(&image.manifest.digest)?;
         if tags.is_empty() {
             if filter.is_none() {
-                rows.push(Row { repository: "<none>".into(), tag: "<none>".into(), image: image.clone() });
+                rows.push(Row {
+                    repository: "<none>".into(),
+                    tag: "<none>".into(),
+                    image: image.clone(),
+                });
             }
             continue;
         }
         for t in tags {
-            let Ok(r) = Reference::parse(&t) else { continue };
+            let Ok(r) = Reference::parse(&t) else {
+                continue;
+            };
             if let Some((name, tag)) = &filter {
                 if r.name() != *name || tag.as_ref().is_some_and(|t| r.tag.as_ref() != Some(t)) {
                     continue;
                 }
             }
-            rows.push(Row { repository: r.familiar_name(), tag: r.tag.clone().unwrap_or_default(), image: image.clone() });
+            rows.push(Row {
+                repository: r.familiar_name(),
+                tag: r.tag.clone().unwrap_or_default(),
+                image: image.clone(),
+            });
         }
     }
-    rows.sort_by(|x, y| y.image.created.cmp(&x.image.created).then(x.repository.cmp(&y.repository)).then(x.tag.cmp(&y.tag)));
-    let id = |i: &ImageRecord| if a.no_trunc { i.id().to_string() } else { i.id().short() };
+    rows.sort_by(|x, y| {
+        y.image
+            .created
+            .cmp(&x.image.created)
+            .then(x.repository.cmp(&y.repository))
+            .then(x.tag.cmp(&y.tag))
+    });
+    let id = |i: &ImageRecord| {
+        if a.no_trunc {
+            i.id().to_string()
+        } else {
+            i.id().short()
+        }
+    };
     let mut out = String::new();
     let now = kiln_cache::store::now();
     if a.quiet {
@@ -239,13 +297,22 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
             out.push('\n');
         }
     } else if a.format == "table" {
-        let mut t = vec![vec!["REPOSITORY".into(), "TAG".into(), "IMAGE ID".into(), "CREATED".into(), "SIZE".into()]];
+        let mut t = vec![vec![
+            "REPOSITORY".into(),
+            "TAG".into(),
+            "IMAGE ID".into(),
+            "CREATED".into(),
+            "SIZE".into(),
+        ]];
         for r in &rows {
             t.push(vec![
                 r.repository.clone(),
                 r.tag.clone(),
                 id(&r.image),
-                r.image.created.map(|c| timefmt::ago(c, now)).unwrap_or_else(|| "N/A".into()),
+                r.image
+                    .created
+                    .map(|c| timefmt::ago(c, now))
+                    .unwrap_or_else(|| "N/A".into()),
                 timefmt::human_size(r.image.size()),
             ]);
         }
@@ -293,7 +360,10 @@ pub fn rmi(ctx: &Ctx, a: RmiArgs) -> Result<i32> {
         }
     }
     // Reclaim the space now if no build or import is in flight; `system prune` does it otherwise.
-    store.gc(GcOptions { prune_dangling: false, wait: false })?;
+    store.gc(GcOptions {
+        prune_dangling: false,
+        wait: false,
+    })?;
     Ok(if failed { 1 } else { 0 })
 }
 
@@ -323,7 +393,12 @@ fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
     }
     for t in &to_untag {
         store.remove_ref(t)?;
-        println!("Untagged: {}", Reference::parse(t).map(|r| r.familiar()).unwrap_or_else(|_| t.clone()));
+        println!(
+            "Untagged: {}",
+            Reference::parse(t)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| t.clone())
+        );
     }
     if last && users.is_empty() {
         store.delete_image(&m)?;

@@ -12,13 +12,23 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Build container images from Dockerfiles, fast and reproducibly; run and share them")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build container images from Dockerfiles, fast and reproducibly; run and share them"
+)]
 pub struct Cli {
     /// Store directory (default: /var/lib/kiln as root, else $XDG_DATA_HOME/kiln)
     #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
     root: Option<PathBuf>,
     /// Log level: error, warn, info, debug, trace
-    #[arg(long, global = true, env = "KILN_LOG", default_value = "warn", value_name = "LEVEL")]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_LOG",
+        default_value = "warn",
+        value_name = "LEVEL"
+    )]
     log_level: String,
     #[command(subcommand)]
     command: Command,
@@ -53,7 +63,8 @@ fn default_root() -> PathBuf {
     }
     match std::env::var_os("XDG_DATA_HOME") {
         Some(x) if !x.is_empty() => PathBuf::from(x).join("kiln"),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".local/share/kiln"),
+        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".local/share/kiln"),
     }
 }
 
@@ -63,7 +74,9 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn store(&self) -> Result<Store> {
-        Store::open(&self.root).map_err(|e| anyhow::Error::new(e).context(format!("open store {}", self.root.display())))
+        Store::open(&self.root).map_err(|e| {
+            anyhow::Error::new(e).context(format!("open store {}", self.root.display()))
+        })
     }
 }
 
@@ -82,7 +95,9 @@ fn hint_for(e: &anyhow::Error) -> Option<String> {
         return Some(h.0.clone());
     }
     for cause in e.chain() {
-        if let Some(crate::image::ImageError::NotFound(_)) = cause.downcast_ref::<crate::image::ImageError>() {
+        if let Some(crate::image::ImageError::NotFound(_)) =
+            cause.downcast_ref::<crate::image::ImageError>()
+        {
             return Some("`kiln images` lists what the store has; `kiln import` or `kiln load` brings an image in".into());
         }
         if let Some(kiln_cache::Error::TooNew { .. }) = cause.downcast_ref::<kiln_cache::Error>() {
@@ -102,8 +117,14 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         }
     };
     let level = cli.log_level.parse().unwrap_or(tracing::Level::WARN);
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_target(false).try_init();
-    let ctx = Ctx { root: cli.root.clone().unwrap_or_else(default_root) };
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let ctx = Ctx {
+        root: cli.root.clone().unwrap_or_else(default_root),
+    };
     let result = match cli.command {
         Command::Import(a) => images::import(&ctx, a),
         Command::Load(a) => images::load(&ctx, a),

@@ -45,11 +45,19 @@ fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
         }
     }
     let store = ctx.store()?;
-    let report = match store.gc(GcOptions { prune_dangling: true, wait: false })? {
+    let report = match store.gc(GcOptions {
+        prune_dangling: true,
+        wait: false,
+    })? {
         Some(r) => r,
         None => {
             eprintln!("waiting for builds and imports in progress to finish...");
-            store.gc(GcOptions { prune_dangling: true, wait: true })?.expect("a waiting GC always runs")
+            store
+                .gc(GcOptions {
+                    prune_dangling: true,
+                    wait: true,
+                })?
+                .expect("a waiting GC always runs")
         }
     };
     if !report.images_removed.is_empty() {
@@ -59,7 +67,10 @@ fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
         }
         println!();
     }
-    println!("Total reclaimed space: {}", human_size(report.bytes_reclaimed));
+    println!(
+        "Total reclaimed space: {}",
+        human_size(report.bytes_reclaimed)
+    );
     Ok(0)
 }
 
@@ -68,23 +79,53 @@ fn df(ctx: &Ctx) -> Result<i32> {
     let u = store.usage()?;
     let pct = |part: u64, whole: u64| if whole == 0 { 0 } else { part * 100 / whole };
     let rows = vec![
-        vec!["TYPE".into(), "TOTAL".into(), "ACTIVE".into(), "SIZE".into(), "RECLAIMABLE".into()],
+        vec![
+            "TYPE".into(),
+            "TOTAL".into(),
+            "ACTIVE".into(),
+            "SIZE".into(),
+            "RECLAIMABLE".into(),
+        ],
         vec![
             "Images".into(),
             u.images.to_string(),
             u.images_tagged.to_string(),
             human_size(u.image_bytes),
-            format!("{} ({}%)", human_size(u.image_reclaimable), pct(u.image_reclaimable, u.image_bytes)),
+            format!(
+                "{} ({}%)",
+                human_size(u.image_reclaimable),
+                pct(u.image_reclaimable, u.image_bytes)
+            ),
         ],
-        vec!["Containers".into(), u.containers.to_string(), u.containers.to_string(), "0B".into(), "0B (0%)".into()],
+        vec![
+            "Containers".into(),
+            u.containers.to_string(),
+            u.containers.to_string(),
+            "0B".into(),
+            "0B (0%)".into(),
+        ],
         vec![
             "Snapshots".into(),
             u.snapshots.to_string(),
             u.snapshots_live.to_string(),
             human_size(u.snapshot_bytes),
-            format!("{} ({}%)", human_size(u.snapshot_reclaimable), pct(u.snapshot_reclaimable, u.snapshot_bytes)),
+            format!(
+                "{} ({}%)",
+                human_size(u.snapshot_reclaimable),
+                pct(u.snapshot_reclaimable, u.snapshot_bytes)
+            ),
         ],
-        vec!["Leftovers".into(), "-".into(), "0".into(), human_size(u.orphan_bytes), format!("{} ({}%)", human_size(u.orphan_bytes), if u.orphan_bytes > 0 { 100 } else { 0 })],
+        vec![
+            "Leftovers".into(),
+            "-".into(),
+            "0".into(),
+            human_size(u.orphan_bytes),
+            format!(
+                "{} ({}%)",
+                human_size(u.orphan_bytes),
+                if u.orphan_bytes > 0 { 100 } else { 0 }
+            ),
+        ],
     ];
     print!("{}", table(&rows));
     Ok(0)

@@ -63,11 +63,17 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 fn entry_err(entry: &Path, reason: impl Into<String>) -> ApplyError {
-    ApplyError::Entry { entry: entry.display().to_string(), reason: reason.into() }
+    ApplyError::Entry {
+        entry: entry.display().to_string(),
+        reason: reason.into(),
+    }
 }
 
 fn entry_io(entry: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
-    move |source| ApplyError::EntryIo { entry: entry.display().to_string(), source }
+    move |source| ApplyError::EntryIo {
+        entry: entry.display().to_string(),
+        source,
+    }
 }
 
 /// Unpacks the layer tar read from `tar` into `root`. The whole stream is consumed and hashed,
@@ -76,12 +82,18 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
     let chown = sys::is_root();
     let mut archive = tar::Archive::new(HashReader::new(tar));
     let mut dirs: Vec<DirMeta> = Vec::new();
-    let mut stats = ApplyStats { diff_id: Digest::of(b""), tar_size: 0, entries: 0, bytes: 0 };
+    let mut stats = ApplyStats {
+        diff_id: Digest::of(b""),
+        tar_size: 0,
+        entries: 0,
+        bytes: 0,
+    };
     for entry in archive.entries().map_err(ApplyError::Read)? {
         let mut entry = entry.map_err(ApplyError::Read)?;
         let raw_path: PathBuf = entry.path().map_err(ApplyError::Read)?.into_owned();
         stats.entries += 1;
-        let path = clean(&raw_path).ok_or_else(|| entry_err(&raw_path, "path climbs out of the root with \"..\""))?;
+        let path = clean(&raw_path)
+            .ok_or_else(|| entry_err(&raw_path, "path climbs out of the root with \"..\""))?;
 
         // PAX records: xattrs, and uid/gid beyond the octal header range.
         let mut xattrs = Vec::new();
@@ -94,11 +106,20 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
                 let ext = ext.map_err(entry_io(&raw_path))?;
                 let key = ext.key_bytes();
                 if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((OsStr::from_bytes(name).to_os_string(), ext.value_bytes().to_vec()));
+                    xattrs.push((
+                        OsStr::from_bytes(name).to_os_string(),
+                        ext.value_bytes().to_vec(),
+                    ));
                 } else if key == b"uid" {
-                    uid = std::str::from_utf8(ext.value_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(uid);
+                    uid = std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(uid);
                 } else if key == b"gid" {
-                    gid = std::str::from_utf8(ext.value_bytes()).ok().and_then(|v| v.parse().ok()).unwrap_or(gid);
+                    gid = std::str::from_utf8(ext.value_bytes())
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(gid);
                 }
             }
         }
@@ -110,13 +131,25 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
         let Some((parent, name)) = path.split() else {
             // The root itself ("./"): only a directory makes sense; keep its metadata for the end.
             if kind.is_dir() {
-                dirs.push(DirMeta { path, mode, uid, gid, mtime, xattrs });
+                dirs.push(DirMeta {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    xattrs,
+                });
                 continue;
             }
             return Err(entry_err(&raw_path, "the layer root must be a directory"));
         };
         let name = name.to_os_string();
-        let pfd = root.mkdir_all(&parent).map_err(entry_io(&raw_path))?;
+        let pfd = root.mkdir_all(&parent).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
+                entry_err(&raw_path, "a parent directory is a symlink that points nowhere inside the layer, or not a directory")
+            }
+            _ => entry_io(&raw_path)(e),
+        })?;
         let pfd = pfd.as_fd();
 
         let name_bytes = name.as_bytes();
@@ -146,24 +179,59 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
                 }
                 None => sys::mkdirat(pfd, &name, 0o700).map_err(entry_io(&raw_path))?,
             }
-            dirs.push(DirMeta { path, mode, uid, gid, mtime, xattrs });
+            dirs.push(DirMeta {
+                path,
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            });
             continue;
         }
 
         if kind == EntryType::Link {
-            let link = entry.link_name().map_err(entry_io(&raw_path))?.ok_or_else(|| entry_err(&raw_path, "hard link without a target"))?;
-            let target = clean(&link).ok_or_else(|| entry_err(&raw_path, format!("hard link target {} climbs out of the root", link.display())))?;
+            let link = entry
+                .link_name()
+                .map_err(entry_io(&raw_path))?
+                .ok_or_else(|| entry_err(&raw_path, "hard link without a target"))?;
+            let target = clean(&link).ok_or_else(|| {
+                entry_err(
+                    &raw_path,
+                    format!("hard link target {} climbs out of the root", link.display()),
+                )
+            })?;
             let Some((tparent, tname)) = target.split() else {
                 return Err(entry_err(&raw_path, "hard link to the root directory"));
             };
             if target == path {
                 continue;
             }
-            let tfd = root.open_dir(&tparent).map_err(entry_io(&raw_path))?;
+            let not_here = || {
+                entry_err(
+                    &raw_path,
+                    format!("hard link target {} is not in this layer", link.display()),
+                )
+            };
+            let tfd = match root.open_dir(&tparent) {
+                Ok(fd) => fd,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                    return Err(not_here())
+                }
+                Err(e) => return Err(entry_io(&raw_path)(e)),
+            };
             match sys::lstatat(tfd.as_fd(), tname).map_err(entry_io(&raw_path))? {
-                None => return Err(entry_err(&raw_path, format!("hard link target {} is not in this layer", link.display()))),
+                None => {
+                    return Err(entry_err(
+                        &raw_path,
+                        format!("hard link target {} is not in this layer", link.display()),
+                    ))
+                }
                 Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                    return Err(entry_err(&raw_path, format!("hard link target {} is a directory", link.display())))
+                    return Err(entry_err(
+                        &raw_path,
+                        format!("hard link target {} is a directory", link.display()),
+                    ))
                 }
                 Some(_) => {}
             }
@@ -175,14 +243,23 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
         rootfs::remove_all_at(pfd, &name).map_err(entry_io(&raw_path))?;
         match kind {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
-                let fd = sys::openat(pfd, &name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW, 0o600)
-                    .map_err(entry_io(&raw_path))?;
+                let fd = sys::openat(
+                    pfd,
+                    &name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    0o600,
+                )
+                .map_err(entry_io(&raw_path))?;
                 let mut f = std::fs::File::from(fd);
                 stats.bytes += io::copy(&mut entry, &mut f).map_err(entry_io(&raw_path))?;
-                finish_fd(f.as_fd(), chown, uid, gid, mode, mtime, &xattrs).map_err(entry_io(&raw_path))?;
+                finish_fd(f.as_fd(), chown, uid, gid, mode, mtime, &xattrs)
+                    .map_err(entry_io(&raw_path))?;
             }
             EntryType::Symlink => {
-                let target = entry.link_name().map_err(entry_io(&raw_path))?.ok_or_else(|| entry_err(&raw_path, "symlink without a target"))?;
+                let target = entry
+                    .link_name()
+                    .map_err(entry_io(&raw_path))?
+                    .ok_or_else(|| entry_err(&raw_path, "symlink without a target"))?;
                 sys::symlinkat(target.as_os_str(), pfd, &name).map_err(entry_io(&raw_path))?;
                 finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
             }
@@ -194,22 +271,39 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                sys::mknodat(pfd, &name, ft | mode, sys::makedev(major, minor)).map_err(entry_io(&raw_path))?;
+                sys::mknodat(pfd, &name, ft | mode, sys::makedev(major, minor))
+                    .map_err(entry_io(&raw_path))?;
                 finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
             }
-            other => return Err(entry_err(&raw_path, format!("unsupported tar entry type {other:?}"))),
+            other => {
+                return Err(entry_err(
+                    &raw_path,
+                    format!("unsupported tar entry type {other:?}"),
+                ))
+            }
         }
     }
 
     // Directory metadata last (see module docs). Chmod after chown: chown clears set-id bits.
     for d in dirs.iter().rev() {
-        let fd = match root.open_at(&d.path, libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW) {
+        let fd = match root.open_at(
+            &d.path,
+            libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW,
+        ) {
             Ok(fd) => fd,
             // Replaced by a non-directory later in the same layer.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::ENOENT)) => continue,
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::ENOENT)
+                ) =>
+            {
+                continue
+            }
             Err(e) => return Err(entry_io(d.path.as_path())(e)),
         };
-        finish_fd(fd.as_fd(), chown, d.uid, d.gid, d.mode, d.mtime, &d.xattrs).map_err(entry_io(d.path.as_path()))?;
+        finish_fd(fd.as_fd(), chown, d.uid, d.gid, d.mode, d.mtime, &d.xattrs)
+            .map_err(entry_io(d.path.as_path()))?;
     }
 
     let mut inner = archive.into_inner();
@@ -220,7 +314,15 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
     Ok(stats)
 }
 
-fn finish_fd(fd: BorrowedFd<'_>, chown: bool, uid: u32, gid: u32, mode: u32, mtime: i64, xattrs: &[(OsString, Vec<u8>)]) -> io::Result<()> {
+fn finish_fd(
+    fd: BorrowedFd<'_>,
+    chown: bool,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: i64,
+    xattrs: &[(OsString, Vec<u8>)],
+) -> io::Result<()> {
     if chown {
         sys::lchownat(fd, OsStr::new(""), uid, gid)?;
     }
@@ -231,7 +333,14 @@ fn finish_fd(fd: BorrowedFd<'_>, chown: bool, uid: u32, gid: u32, mode: u32, mti
     sys::lutimesat(fd, OsStr::new(""), mtime, 0)
 }
 
-fn finish_name(dir: BorrowedFd<'_>, name: &OsStr, chown: bool, uid: u32, gid: u32, mtime: i64) -> io::Result<()> {
+fn finish_name(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    chown: bool,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+) -> io::Result<()> {
     if chown {
         sys::lchownat(dir, name, uid, gid)?;
     }

@@ -4,5 +4,8 @@
 pub mod apply;
 pub mod tar;
 
-pub use apply::{apply_layer, ApplyError, ApplyStats};
 pub use self::tar::{write_tree, TarOptions};
+pub use apply::{apply_layer, ApplyError, ApplyStats};
+
+#[cfg(test)]
+mod tests;

@@ -86,7 +86,11 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
             h.set_entry_type(tar::EntryType::Directory);
         } else if ft.is_symlink() {
             h.set_entry_type(tar::EntryType::Symlink);
-            set_link(&mut h, fs::read_link(&full)?.as_os_str().as_bytes(), &mut pax);
+            set_link(
+                &mut h,
+                fs::read_link(&full)?.as_os_str().as_bytes(),
+                &mut pax,
+            );
         } else if ft.is_file() {
             let key = (meta.dev(), meta.ino());
             if meta.nlink() > 1 {
@@ -101,10 +105,19 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
             if h.entry_type() != tar::EntryType::Link {
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(meta.len());
-                data = Some(fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&full)?);
+                data = Some(
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&full)?,
+                );
             }
         } else if ft.is_char_device() || ft.is_block_device() {
-            h.set_entry_type(if ft.is_char_device() { tar::EntryType::Char } else { tar::EntryType::Block });
+            h.set_entry_type(if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
             let rdev = meta.rdev();
             h.set_device_major(libc::major(rdev))?;
             h.set_device_minor(libc::minor(rdev))?;
@@ -128,7 +141,14 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
             Some(f) => {
                 let len = meta.len();
                 // The file must not change length under us: a short read would corrupt the tar.
-                b.append(&h, ExactReader { inner: f, left: len, path: &full })?
+                b.append(
+                    &h,
+                    ExactReader {
+                        inner: f,
+                        left: len,
+                        path: &full,
+                    },
+                )?
             }
             None => b.append(&h, io::empty())?,
         }

@@ -11,7 +11,9 @@ use super::oci::{self, Descriptor, ImageConfig, Index, Manifest};
 use super::reference::Reference;
 use super::{io_err, ImageError, Result};
 use kiln_cache::digest::HashReader;
-use kiln_cache::{codec, BlobRef, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, NewImage, Store};
+use kiln_cache::{
+    codec, BlobRef, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, NewImage, Store,
+};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -21,7 +23,11 @@ use std::path::{Path, PathBuf};
 /// Where archive members come from.
 enum Source {
     Dir(PathBuf),
-    Tar { file: File, entries: HashMap<String, (u64, u64)>, what: String },
+    Tar {
+        file: File,
+        entries: HashMap<String, (u64, u64)>,
+        what: String,
+    },
 }
 
 /// Reads a byte range of a file without moving any shared offset.
@@ -39,7 +45,10 @@ impl Read for RangeReader<'_> {
         }
         let n = self.file.read_at(&mut buf[..max], self.pos)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "archive is truncated"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "archive is truncated",
+            ));
         }
         self.pos += n as u64;
         Ok(n)
@@ -62,7 +71,8 @@ fn normalize(name: &str) -> String {
 
 impl Source {
     fn tar(file: File, what: String) -> Result<Source> {
-        let bad = |e: io::Error| ImageError::Invalid(format!("{what} is not a valid tar archive: {e}"));
+        let bad =
+            |e: io::Error| ImageError::Invalid(format!("{what} is not a valid tar archive: {e}"));
         let mut entries = HashMap::new();
         let mut links = Vec::new();
         {
@@ -79,7 +89,10 @@ impl Source {
                         if let Some(target) = e.link_name().map_err(bad)? {
                             let t = target.to_string_lossy().into_owned();
                             let resolved = if e.header().entry_type() == tar::EntryType::Symlink {
-                                let dir = Path::new(&name).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+                                let dir = Path::new(&name)
+                                    .parent()
+                                    .map(|p| p.to_string_lossy().into_owned())
+                                    .unwrap_or_default();
                                 normalize(&format!("{dir}/{t}"))
                             } else {
                                 normalize(&t)
@@ -96,7 +109,11 @@ impl Source {
                 entries.insert(name, v);
             }
         }
-        Ok(Source::Tar { file, entries, what })
+        Ok(Source::Tar {
+            file,
+            entries,
+            what,
+        })
     }
 
     fn describe(&self) -> String {
@@ -114,15 +131,30 @@ impl Source {
     }
 
     fn open(&self, name: &str) -> Result<Box<dyn Read + '_>> {
-        let missing = || ImageError::Invalid(format!("{}: {name} is missing from the archive", self.describe()));
+        let missing = || {
+            ImageError::Invalid(format!(
+                "{}: {name} is missing from the archive",
+                self.describe()
+            ))
+        };
         match self {
             Source::Dir(p) => {
-                let f = File::open(p.join(name)).map_err(|e| if e.kind() == io::ErrorKind::NotFound { missing() } else { io_err(format!("open {}", p.join(name).display()))(e) })?;
+                let f = File::open(p.join(name)).map_err(|e| {
+                    if e.kind() == io::ErrorKind::NotFound {
+                        missing()
+                    } else {
+                        io_err(format!("open {}", p.join(name).display()))(e)
+                    }
+                })?;
                 Ok(Box::new(f))
             }
             Source::Tar { file, entries, .. } => {
                 let (off, size) = *entries.get(&normalize(name)).ok_or_else(missing)?;
-                Ok(Box::new(RangeReader { file, pos: off, end: off + size }))
+                Ok(Box::new(RangeReader {
+                    file,
+                    pos: off,
+                    end: off + size,
+                }))
             }
         }
     }
@@ -130,7 +162,10 @@ impl Source {
     /// Reads a small member whole (manifests, configs, indexes), at most 64 MiB.
     fn read_all(&self, name: &str) -> Result<Vec<u8>> {
         let mut v = Vec::new();
-        self.open(name)?.take(64 << 20).read_to_end(&mut v).map_err(io_err(format!("read {name} from {}", self.describe())))?;
+        self.open(name)?
+            .take(64 << 20)
+            .read_to_end(&mut v)
+            .map_err(io_err(format!("read {name} from {}", self.describe())))?;
         Ok(v)
     }
 
@@ -139,7 +174,10 @@ impl Source {
         let bytes = self.read_all(&blob_name(d))?;
         let actual = Digest::of(&bytes);
         if actual != *d {
-            return Err(ImageError::Corrupt { what: format!("blob {d} in {}", self.describe()), why: format!("content has digest {actual}") });
+            return Err(ImageError::Corrupt {
+                what: format!("blob {d} in {}", self.describe()),
+                why: format!("content has digest {actual}"),
+            });
         }
         Ok(bytes)
     }
@@ -164,7 +202,9 @@ pub fn load_path(store: &Store, path: &Path) -> Result<Vec<Loaded>> {
     }
     let mut f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
     let mut head = [0u8; 4];
-    let n = f.read(&mut head).map_err(io_err(format!("read {}", path.display())))?;
+    let n = f
+        .read(&mut head)
+        .map_err(io_err(format!("read {}", path.display())))?;
     if Compression::detect(&head[..n]) == Compression::None {
         let f = File::open(path).map_err(io_err(format!("open {}", path.display())))?;
         return load_source(store, &Source::tar(f, path.display().to_string())?);
@@ -175,7 +215,10 @@ pub fn load_path(store: &Store, path: &Path) -> Result<Vec<Loaded>> {
 
 /// Loads from a stream (standard input): spooled, decompressed, to a temp file first.
 pub fn load_reader<R: Read>(store: &Store, r: R, what: &str) -> Result<Vec<Loaded>> {
-    let mut tmp = tempfile::Builder::new().prefix("load-").tempfile_in(store.ingest_dir()).map_err(io_err("create temp file"))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix("load-")
+        .tempfile_in(store.ingest_dir())
+        .map_err(io_err("create temp file"))?;
     let mut plain = codec::decompress(r).map_err(io_err(format!("read {what}")))?;
     io::copy(&mut plain, tmp.as_file_mut()).map_err(io_err(format!("read {what}")))?;
     let f = tmp.reopen().map_err(io_err("reopen temp file"))?;
@@ -199,16 +242,24 @@ fn load_source(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
 /// The tag an OCI index entry names, from containerd's full-name annotation or a ref.name that
 /// is a whole reference. A bare tag (`latest`) names no repository, so it cannot be a tag here.
 fn oci_entry_name(d: &Descriptor) -> Option<String> {
-    let full = d.annotations.get(oci::ANNOTATION_CONTAINERD_NAME).or_else(|| {
-        d.annotations.get(oci::ANNOTATION_REF_NAME).filter(|n| n.contains('/') || n.contains(':'))
-    })?;
+    let full = d
+        .annotations
+        .get(oci::ANNOTATION_CONTAINERD_NAME)
+        .or_else(|| {
+            d.annotations
+                .get(oci::ANNOTATION_REF_NAME)
+                .filter(|n| n.contains('/') || n.contains(':'))
+        })?;
     let r = Reference::parse(full).ok()?.with_default_tag();
     r.tag.is_some().then(|| r.to_string())
 }
 
 fn load_oci(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
-    let index: Index = serde_json::from_slice(&src.read_all("index.json")?)
-        .map_err(|e| ImageError::Corrupt { what: format!("index.json in {}", src.describe()), why: e.to_string() })?;
+    let index: Index =
+        serde_json::from_slice(&src.read_all("index.json")?).map_err(|e| ImageError::Corrupt {
+            what: format!("index.json in {}", src.describe()),
+            why: e.to_string(),
+        })?;
     let mut out: Vec<Loaded> = Vec::new();
     for d in &index.manifests {
         let name = oci_entry_name(d);
@@ -218,13 +269,19 @@ fn load_oci(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
         for t in &tags {
             store.set_ref(t, &image.manifest.digest)?;
         }
-        match out.iter_mut().find(|l| l.image.manifest.digest == image.manifest.digest) {
+        match out
+            .iter_mut()
+            .find(|l| l.image.manifest.digest == image.manifest.digest)
+        {
             Some(l) => l.tags.extend(tags),
             None => out.push(Loaded { image, tags }),
         }
     }
     if out.is_empty() {
-        return Err(ImageError::Invalid(format!("{}: index.json lists no images", src.describe())));
+        return Err(ImageError::Invalid(format!(
+            "{}: index.json lists no images",
+            src.describe()
+        )));
     }
     Ok(out)
 }
@@ -235,17 +292,29 @@ fn select_manifest(src: &Source, d: &Descriptor) -> Result<Descriptor> {
         return Ok(d.clone());
     }
     if !oci::is_index(&d.media_type) {
-        return Err(ImageError::Invalid(format!("{}: unsupported manifest media type {}", src.describe(), d.media_type)));
+        return Err(ImageError::Invalid(format!(
+            "{}: unsupported manifest media type {}",
+            src.describe(),
+            d.media_type
+        )));
     }
-    let idx: Index = serde_json::from_slice(&src.read_blob(&d.digest)?)
-        .map_err(|e| ImageError::Corrupt { what: format!("index {}", d.digest), why: e.to_string() })?;
+    let idx: Index =
+        serde_json::from_slice(&src.read_blob(&d.digest)?).map_err(|e| ImageError::Corrupt {
+            what: format!("index {}", d.digest),
+            why: e.to_string(),
+        })?;
     let want = oci::host_platform();
     let found = idx.manifests.iter().find(|m| {
-        m.platform.as_ref().is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
+        m.platform
+            .as_ref()
+            .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
     });
     match found {
         Some(m) => select_manifest(src, m),
-        None => Err(ImageError::NotFound(format!("a {}/{} image in index {}", want.os, want.architecture, d.digest))),
+        None => Err(ImageError::NotFound(format!(
+            "a {}/{} image in index {}",
+            want.os, want.architecture, d.digest
+        ))),
     }
 }
 
@@ -254,30 +323,47 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
         return Ok(existing);
     }
     let manifest_bytes = src.read_blob(&d.digest)?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| ImageError::Corrupt { what: format!("manifest {}", d.digest), why: e.to_string() })?;
+    let manifest: Manifest =
+        serde_json::from_slice(&manifest_bytes).map_err(|e| ImageError::Corrupt {
+            what: format!("manifest {}", d.digest),
+            why: e.to_string(),
+        })?;
     let config_bytes = src.read_blob(&manifest.config.digest)?;
-    let config: ImageConfig = serde_json::from_slice(&config_bytes)
-        .map_err(|e| ImageError::Corrupt { what: format!("config {}", manifest.config.digest), why: e.to_string() })?;
+    let config: ImageConfig =
+        serde_json::from_slice(&config_bytes).map_err(|e| ImageError::Corrupt {
+            what: format!("config {}", manifest.config.digest),
+            why: e.to_string(),
+        })?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ImageError::Corrupt {
             what: format!("image {}", d.digest),
-            why: format!("{} layers but {} diff_ids", manifest.layers.len(), config.rootfs.diff_ids.len()),
+            why: format!(
+                "{} layers but {} diff_ids",
+                manifest.layers.len(),
+                config.rootfs.diff_ids.len()
+            ),
         });
     }
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (l, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
         if Compression::from_media_type(&l.media_type).is_none() {
-            return Err(ImageError::Invalid(format!("layer {}: unsupported media type {}", l.digest, l.media_type)));
+            return Err(ImageError::Invalid(format!(
+                "layer {}: unsupported media type {}",
+                l.digest, l.media_type
+            )));
         }
         if let Some(rec) = store.layer(&l.digest)? {
             layers.push(rec);
             continue;
         }
         let mut ingest = store.ingest()?;
-        io::copy(&mut src.open(&blob_name(&l.digest))?, &mut ingest).map_err(io_err(format!("copy layer {}", l.digest)))?;
+        io::copy(&mut src.open(&blob_name(&l.digest))?, &mut ingest)
+            .map_err(io_err(format!("copy layer {}", l.digest)))?;
         ingest.commit(Some(l.digest)).map_err(|e| match e {
-            kiln_cache::Error::DigestMismatch { actual, .. } => ImageError::Corrupt { what: format!("layer {} in {}", l.digest, src.describe()), why: format!("content has digest {actual}") },
+            kiln_cache::Error::DigestMismatch { actual, .. } => ImageError::Corrupt {
+                what: format!("layer {} in {}", l.digest, src.describe()),
+                why: format!("content has digest {actual}"),
+            },
             e => e.into(),
         })?;
         layers.push(verify_layer(store, &l.digest, &l.media_type, *diff_id)?);
@@ -285,25 +371,62 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
     store.put_blob(&config_bytes, Some(manifest.config.digest))?;
     store.put_blob(&manifest_bytes, Some(d.digest))?;
     let new = NewImage {
-        manifest: BlobRef { digest: d.digest, media_type: manifest.media_type.clone().unwrap_or_else(|| d.media_type.clone()), size: manifest_bytes.len() as u64 },
-        config: BlobRef { digest: manifest.config.digest, media_type: manifest.config.media_type.clone(), size: config_bytes.len() as u64 },
+        manifest: BlobRef {
+            digest: d.digest,
+            media_type: manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| d.media_type.clone()),
+            size: manifest_bytes.len() as u64,
+        },
+        config: BlobRef {
+            digest: manifest.config.digest,
+            media_type: manifest.config.media_type.clone(),
+            size: config_bytes.len() as u64,
+        },
         layers,
-        created: config.created.as_deref().and_then(crate::timefmt::parse_rfc3339),
+        created: config
+            .created
+            .as_deref()
+            .and_then(crate::timefmt::parse_rfc3339),
     };
     store.commit_image(&new, &[])?;
-    store.image(&d.digest)?.ok_or_else(|| ImageError::NotFound(d.digest.to_string()))
+    store
+        .image(&d.digest)?
+        .ok_or_else(|| ImageError::NotFound(d.digest.to_string()))
 }
 
 /// Decompresses a stored layer blob to check its DiffID and learn its unpacked size.
-fn verify_layer(store: &Store, digest: &Digest, media_type: &str, diff_id: Digest) -> Result<LayerRecord> {
-    let mut h = HashReader::new(codec::decompress(store.open_blob(digest)?).map_err(io_err(format!("read layer {digest}")))?);
+fn verify_layer(
+    store: &Store,
+    digest: &Digest,
+    media_type: &str,
+    diff_id: Digest,
+) -> Result<LayerRecord> {
+    let mut h = HashReader::new(
+        codec::decompress(store.open_blob(digest)?)
+            .map_err(io_err(format!("read layer {digest}")))?,
+    );
     io::copy(&mut h, &mut io::sink()).map_err(io_err(format!("decompress layer {digest}")))?;
     let (actual, uncompressed_size) = h.finish();
     if actual != diff_id {
-        return Err(ImageError::Corrupt { what: format!("layer {digest}"), why: format!("uncompressed content has digest {actual}, the config says {diff_id}") });
+        return Err(ImageError::Corrupt {
+            what: format!("layer {digest}"),
+            why: format!("uncompressed content has digest {actual}, the config says {diff_id}"),
+        });
     }
-    let size = store.open_blob(digest)?.metadata().map_err(io_err("stat layer"))?.len();
-    Ok(LayerRecord { digest: *digest, diff_id, media_type: media_type.to_string(), size, uncompressed_size })
+    let size = store
+        .open_blob(digest)?
+        .metadata()
+        .map_err(io_err("stat layer"))?
+        .len();
+    Ok(LayerRecord {
+        digest: *digest,
+        diff_id,
+        media_type: media_type.to_string(),
+        size,
+        uncompressed_size,
+    })
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -317,30 +440,55 @@ struct DockerManifestEntry {
 
 fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
     let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&src.read_all("manifest.json")?)
-        .map_err(|e| ImageError::Corrupt { what: format!("manifest.json in {}", src.describe()), why: e.to_string() })?;
+        .map_err(|e| ImageError::Corrupt {
+            what: format!("manifest.json in {}", src.describe()),
+            why: e.to_string(),
+        })?;
     let mut out = Vec::new();
     for e in entries {
         let config_bytes = src.read_all(&e.config)?;
-        let config: ImageConfig = serde_json::from_slice(&config_bytes)
-            .map_err(|er| ImageError::Corrupt { what: format!("{} in {}", e.config, src.describe()), why: er.to_string() })?;
+        let config: ImageConfig =
+            serde_json::from_slice(&config_bytes).map_err(|er| ImageError::Corrupt {
+                what: format!("{} in {}", e.config, src.describe()),
+                why: er.to_string(),
+            })?;
         if config.rootfs.diff_ids.len() != e.layers.len() {
             return Err(ImageError::Corrupt {
                 what: format!("{} in {}", e.config, src.describe()),
-                why: format!("{} layers but {} diff_ids", e.layers.len(), config.rootfs.diff_ids.len()),
+                why: format!(
+                    "{} layers but {} diff_ids",
+                    e.layers.len(),
+                    config.rootfs.diff_ids.len()
+                ),
             });
         }
         let mut layers = Vec::new();
         for (path, diff_id) in e.layers.iter().zip(&config.rootfs.diff_ids) {
             // Re-encode to zstd; the DiffID (uncompressed content) must come out as declared.
-            let mut plain = codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
-            let mut enc = LayerEncoder::new(store.ingest()?, Compression::Zstd).map_err(io_err("start layer encoder"))?;
-            io::copy(&mut plain, &mut enc).map_err(io_err(format!("read {path} from {}", src.describe())))?;
+            let mut plain =
+                codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
+            let mut enc = LayerEncoder::new(store.ingest()?, Compression::Zstd)
+                .map_err(io_err("start layer encoder"))?;
+            io::copy(&mut plain, &mut enc)
+                .map_err(io_err(format!("read {path} from {}", src.describe())))?;
             let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
             if d.diff_id != *diff_id {
-                return Err(ImageError::Corrupt { what: format!("{path} in {}", src.describe()), why: format!("content has digest {}, the config says {diff_id}", d.diff_id) });
+                return Err(ImageError::Corrupt {
+                    what: format!("{path} in {}", src.describe()),
+                    why: format!(
+                        "content has digest {}, the config says {diff_id}",
+                        d.diff_id
+                    ),
+                });
             }
             ingest.commit(Some(d.digest))?;
-            layers.push(LayerRecord { digest: d.digest, diff_id: d.diff_id, media_type: Compression::Zstd.media_type().into(), size: d.size, uncompressed_size: d.uncompressed_size });
+            layers.push(LayerRecord {
+                digest: d.digest,
+                diff_id: d.diff_id,
+                media_type: Compression::Zstd.media_type().into(),
+                size: d.size,
+                uncompressed_size: d.uncompressed_size,
+            });
         }
         // Keep the config byte for byte: the image ID is its digest.
         let config_digest = store.put_blob(&config_bytes, None)?;
@@ -350,33 +498,75 @@ fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
             .iter()
             .map(|t| Reference::parse(t).map(|r| r.with_default_tag().to_string()))
             .collect::<std::result::Result<_, _>>()?;
-        let image = create_image_with_config_bytes(store, config_digest, config_bytes.len() as u64, &config, layers, &tags)?;
+        let image = create_image_with_config_bytes(
+            store,
+            config_digest,
+            config_bytes.len() as u64,
+            &config,
+            layers,
+            &tags,
+        )?;
         out.push(Loaded { image, tags });
     }
     Ok(out)
 }
 
 /// Like `create_image`, but with a config blob already stored as given (not re-serialized).
-fn create_image_with_config_bytes(store: &Store, config: Digest, config_size: u64, parsed: &ImageConfig, layers: Vec<LayerRecord>, tags: &[String]) -> Result<ImageRecord> {
+fn create_image_with_config_bytes(
+    store: &Store,
+    config: Digest,
+    config_size: u64,
+    parsed: &ImageConfig,
+    layers: Vec<LayerRecord>,
+    tags: &[String],
+) -> Result<ImageRecord> {
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
-        config: Descriptor { media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(), digest: config, size: config_size, platform: None, annotations: BTreeMap::new() },
-        layers: layers.iter().map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest, size: l.size, platform: None, annotations: BTreeMap::new() }).collect(),
+        config: Descriptor {
+            media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(),
+            digest: config,
+            size: config_size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        },
+        layers: layers
+            .iter()
+            .map(|l| Descriptor {
+                media_type: l.media_type.clone(),
+                digest: l.digest,
+                size: l.size,
+                platform: None,
+                annotations: BTreeMap::new(),
+            })
+            .collect(),
         annotations: BTreeMap::new(),
     };
     let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let digest = store.put_blob(&bytes, None)?;
     store.commit_image(
         &NewImage {
-            manifest: BlobRef { digest, media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(), size: bytes.len() as u64 },
-            config: BlobRef { digest: config, media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(), size: config_size },
+            manifest: BlobRef {
+                digest,
+                media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(),
+                size: bytes.len() as u64,
+            },
+            config: BlobRef {
+                digest: config,
+                media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(),
+                size: config_size,
+            },
             layers,
-            created: parsed.created.as_deref().and_then(crate::timefmt::parse_rfc3339),
+            created: parsed
+                .created
+                .as_deref()
+                .and_then(crate::timefmt::parse_rfc3339),
         },
         tags,
     )?;
-    store.image(&digest)?.ok_or_else(|| ImageError::NotFound(digest.to_string()))
+    store
+        .image(&digest)?
+        .ok_or_else(|| ImageError::NotFound(digest.to_string()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -396,7 +586,11 @@ fn header(path: &str, size: u64, dir: bool) -> tar::Header {
     h.set_path(path).expect("archive member names are short");
     h.set_size(size);
     h.set_mode(if dir { 0o755 } else { 0o644 });
-    h.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+    h.set_entry_type(if dir {
+        tar::EntryType::Directory
+    } else {
+        tar::EntryType::Regular
+    });
     h.set_mtime(0);
     h.set_cksum();
     h
@@ -411,15 +605,25 @@ pub fn layer_in(store: &Store, layer: &LayerRecord, c: Compression) -> Result<La
     if let Some(v) = store.layer_variant(&layer.diff_id, c.media_type())? {
         return Ok(v);
     }
-    let mut plain = codec::decompress(store.open_blob(&layer.digest)?).map_err(io_err(format!("read layer {}", layer.digest)))?;
+    let mut plain = codec::decompress(store.open_blob(&layer.digest)?)
+        .map_err(io_err(format!("read layer {}", layer.digest)))?;
     let mut enc = LayerEncoder::new(store.ingest()?, c).map_err(io_err("start layer encoder"))?;
     io::copy(&mut plain, &mut enc).map_err(io_err(format!("re-encode layer {}", layer.digest)))?;
     let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
     if d.diff_id != layer.diff_id {
-        return Err(ImageError::Corrupt { what: format!("layer {}", layer.digest), why: format!("uncompressed content has digest {}", d.diff_id) });
+        return Err(ImageError::Corrupt {
+            what: format!("layer {}", layer.digest),
+            why: format!("uncompressed content has digest {}", d.diff_id),
+        });
     }
     ingest.commit(Some(d.digest))?;
-    let rec = LayerRecord { digest: d.digest, diff_id: d.diff_id, media_type: c.media_type().into(), size: d.size, uncompressed_size: d.uncompressed_size };
+    let rec = LayerRecord {
+        digest: d.digest,
+        diff_id: d.diff_id,
+        media_type: c.media_type().into(),
+        size: d.size,
+        uncompressed_size: d.uncompressed_size,
+    };
     store.record_layer(&rec)?;
     Ok(rec)
 }
@@ -433,7 +637,13 @@ enum Member {
 /// For OCI archives, `compression` re-encodes layers (None keeps them as stored); the manifest
 /// then describes the exported layers and so has its own digest, while the image ID (the config
 /// digest) and the DiffIDs stay the same.
-pub fn save<W: Write>(store: &Store, items: &[SaveItem], format: ArchiveFormat, compression: Option<Compression>, out: W) -> Result<W> {
+pub fn save<W: Write>(
+    store: &Store,
+    items: &[SaveItem],
+    format: ArchiveFormat,
+    compression: Option<Compression>,
+    out: W,
+) -> Result<W> {
     let _lease = store.lease()?;
     let mut b = tar::Builder::new(out);
     match format {
@@ -446,7 +656,12 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], format: ArchiveFormat, 
                 let mut desc_size = it.image.manifest.size;
                 let mut desc_type = it.image.manifest.media_type.clone();
                 let layers: Vec<LayerRecord> = match compression {
-                    Some(c) => it.image.layers.iter().map(|l| layer_in(store, l, c)).collect::<Result<_>>()?,
+                    Some(c) => it
+                        .image
+                        .layers
+                        .iter()
+                        .map(|l| layer_in(store, l, c))
+                        .collect::<Result<_>>()?,
                     None => it.image.layers.clone(),
                 };
                 if layers != it.image.layers {
@@ -478,27 +693,50 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], format: ArchiveFormat, 
                         annotations.insert(oci::ANNOTATION_REF_NAME.to_string(), t.clone());
                     }
                 }
-                manifests.push(Descriptor { media_type: desc_type, digest: desc_digest, size: desc_size, platform: None, annotations });
+                manifests.push(Descriptor {
+                    media_type: desc_type,
+                    digest: desc_digest,
+                    size: desc_size,
+                    platform: None,
+                    annotations,
+                });
             }
-            b.append(&header("blobs/", 0, true), io::empty()).map_err(io_err("write archive"))?;
-            b.append(&header("blobs/sha256/", 0, true), io::empty()).map_err(io_err("write archive"))?;
+            b.append(&header("blobs/", 0, true), io::empty())
+                .map_err(io_err("write archive"))?;
+            b.append(&header("blobs/sha256/", 0, true), io::empty())
+                .map_err(io_err("write archive"))?;
             for (d, m) in &blobs {
                 match m {
                     Member::Blob => {
                         let f = store.open_blob(d)?;
                         let len = f.metadata().map_err(io_err("stat blob"))?.len();
-                        b.append(&header(&blob_name(d), len, false), f).map_err(io_err(format!("write blob {d}")))?;
+                        b.append(&header(&blob_name(d), len, false), f)
+                            .map_err(io_err(format!("write blob {d}")))?;
                     }
                     Member::Bytes(bytes) => {
-                        b.append(&header(&blob_name(d), bytes.len() as u64, false), &bytes[..]).map_err(io_err("write archive"))?;
+                        b.append(
+                            &header(&blob_name(d), bytes.len() as u64, false),
+                            &bytes[..],
+                        )
+                        .map_err(io_err("write archive"))?;
                     }
                 }
             }
-            let index = Index { schema_version: 2, media_type: Some(oci::MEDIA_TYPE_OCI_INDEX.into()), manifests, annotations: BTreeMap::new() };
+            let index = Index {
+                schema_version: 2,
+                media_type: Some(oci::MEDIA_TYPE_OCI_INDEX.into()),
+                manifests,
+                annotations: BTreeMap::new(),
+            };
             let index = serde_json::to_vec(&index).expect("index serializes");
-            b.append(&header("index.json", index.len() as u64, false), &index[..]).map_err(io_err("write archive"))?;
+            b.append(&header("index.json", index.len() as u64, false), &index[..])
+                .map_err(io_err("write archive"))?;
             let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
-            b.append(&header("oci-layout", layout.len() as u64, false), &layout[..]).map_err(io_err("write archive"))?;
+            b.append(
+                &header("oci-layout", layout.len() as u64, false),
+                &layout[..],
+            )
+            .map_err(io_err("write archive"))?;
         }
         ArchiveFormat::Docker => {
             let mut written: BTreeSet<Digest> = BTreeSet::new();
@@ -507,18 +745,32 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], format: ArchiveFormat, 
                 let config_name = format!("{}.json", it.image.config.hex());
                 if written.insert(it.image.config) {
                     let c = store.read_blob(&it.image.config)?;
-                    b.append(&header(&config_name, c.len() as u64, false), &c[..]).map_err(io_err("write archive"))?;
+                    b.append(&header(&config_name, c.len() as u64, false), &c[..])
+                        .map_err(io_err("write archive"))?;
                 }
                 let mut layer_names = Vec::new();
                 for l in &it.image.layers {
                     let name = format!("{}/layer.tar", l.diff_id.hex());
                     if written.insert(l.diff_id) {
-                        b.append(&header(&format!("{}/", l.diff_id.hex()), 0, true), io::empty()).map_err(io_err("write archive"))?;
-                        let mut r = HashReader::new(codec::decompress(store.open_blob(&l.digest)?).map_err(io_err(format!("read layer {}", l.digest)))?);
-                        b.append(&header(&name, l.uncompressed_size, false), &mut r).map_err(io_err(format!("write layer {}", l.digest)))?;
+                        b.append(
+                            &header(&format!("{}/", l.diff_id.hex()), 0, true),
+                            io::empty(),
+                        )
+                        .map_err(io_err("write archive"))?;
+                        let mut r = HashReader::new(
+                            codec::decompress(store.open_blob(&l.digest)?)
+                                .map_err(io_err(format!("read layer {}", l.digest)))?,
+                        );
+                        b.append(&header(&name, l.uncompressed_size, false), &mut r)
+                            .map_err(io_err(format!("write layer {}", l.digest)))?;
                         let (actual, n) = r.finish();
                         if actual != l.diff_id || n != l.uncompressed_size {
-                            return Err(ImageError::Corrupt { what: format!("layer {}", l.digest), why: format!("uncompressed content has digest {actual} ({n} bytes)") });
+                            return Err(ImageError::Corrupt {
+                                what: format!("layer {}", l.digest),
+                                why: format!(
+                                    "uncompressed content has digest {actual} ({n} bytes)"
+                                ),
+                            });
                         }
                     }
                     layer_names.push(name);
@@ -530,7 +782,8 @@ pub fn save<W: Write>(store: &Store, items: &[SaveItem], format: ArchiveFormat, 
                 });
             }
             let m = serde_json::to_vec(&entries).expect("manifest.json serializes");
-            b.append(&header("manifest.json", m.len() as u64, false), &m[..]).map_err(io_err("write archive"))?;
+            b.append(&header("manifest.json", m.len() as u64, false), &m[..])
+                .map_err(io_err("write archive"))?;
         }
     }
     b.into_inner().map_err(io_err("finish archive"))

@@ -33,22 +33,52 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
     }
 }
 
-pub fn import_tarball<R: Read>(store: &Store, input: R, opts: &ImportOptions, tags: &[String]) -> Result<ImageRecord> {
+pub fn import_tarball<R: Read>(
+    store: &Store,
+    input: R,
+    opts: &ImportOptions,
+    tags: &[String],
+) -> Result<ImageRecord> {
     let _lease = store.lease()?;
     let plain = codec::decompress(input).map_err(io_err(format!("read {}", opts.source)))?;
-    let enc = LayerEncoder::new(store.ingest()?, opts.compression).map_err(io_err("start layer encoder"))?;
+    let enc = LayerEncoder::new(store.ingest()?, opts.compression)
+        .map_err(io_err("start layer encoder"))?;
     let mut archive = tar::Archive::new(Tee { r: plain, w: enc });
-    let not_tar = |e: io::Error| ImageError::Invalid(format!("{} is not a valid tar archive: {e}", opts.source));
+    let not_tar = |e: io::Error| {
+        ImageError::Invalid(format!("{} is not a valid tar archive: {e}", opts.source))
+    };
     let mut entries = 0u64;
     for e in archive.entries().map_err(not_tar)? {
         let e = e.map_err(not_tar)?;
-        e.path().map_err(not_tar)?;
+        let path = e.path().map_err(not_tar)?;
+        // Refuse what no unpack would accept (Docker's untar does the same): names climbing out.
+        if crate::rootfs::clean(&path).is_none() {
+            return Err(ImageError::Invalid(format!(
+                "{}: entry {:?} climbs out of the root with \"..\"",
+                opts.source,
+                path.display()
+            )));
+        }
+        if e.header().entry_type() == tar::EntryType::Link {
+            if let Some(link) = e.link_name().map_err(not_tar)? {
+                if crate::rootfs::clean(&link).is_none() {
+                    return Err(ImageError::Invalid(format!(
+                        "{}: hard link {:?} points out of the root",
+                        opts.source,
+                        path.display()
+                    )));
+                }
+            }
+        }
         entries += 1;
     }
     let mut tee = archive.into_inner();
     io::copy(&mut tee, &mut io::sink()).map_err(io_err(format!("read {}", opts.source)))?;
     if entries == 0 {
-        return Err(ImageError::Invalid(format!("{} is empty: a rootfs tarball needs at least one entry", opts.source)));
+        return Err(ImageError::Invalid(format!(
+            "{} is empty: a rootfs tarball needs at least one entry",
+            opts.source
+        )));
     }
     let (digests, ingest) = tee.w.finish().map_err(io_err("finish layer"))?;
     ingest.commit(Some(digests.digest))?;
@@ -68,7 +98,10 @@ pub fn import_tarball<R: Read>(store: &Store, input: R, opts: &ImportOptions, ta
         os: platform.os,
         variant: None,
         config: RunConfig::default(),
-        rootfs: RootFs { kind: "layers".into(), diff_ids: vec![layer.diff_id] },
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![layer.diff_id],
+        },
         history: vec![History {
             created: Some(created),
             created_by: Some(format!("kiln import {}", opts.source)),
@@ -79,4 +112,3 @@ pub fn import_tarball<R: Read>(store: &Store, input: R, opts: &ImportOptions, ta
     };
     create_image(store, &config, vec![layer], tags)
 }
-

@@ -55,18 +55,30 @@ pub struct Resolved {
 /// image ID (`sha256:<hex>`) or a unique prefix of one, as Docker does (reference first).
 pub fn resolve(store: &Store, input: &str) -> Result<Resolved> {
     let id_prefix = input.strip_prefix("sha256:").unwrap_or(input);
-    let hexish = !id_prefix.is_empty() && id_prefix.len() <= 64 && id_prefix.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    let hexish = !id_prefix.is_empty()
+        && id_prefix.len() <= 64
+        && id_prefix
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
     if !input.starts_with("sha256:") {
         match Reference::parse(input) {
             Ok(r) => {
                 let r = r.with_default_tag();
                 if let Some(d) = r.digest {
                     if let Some(image) = store.image(&d)? {
-                        return Ok(Resolved { image, reference: None });
+                        return Ok(Resolved {
+                            image,
+                            reference: None,
+                        });
                     }
                 } else if let Some(m) = store.resolve_ref(&r.to_string())? {
-                    let image = store.image(&m)?.ok_or_else(|| ImageError::NotFound(input.to_string()))?;
-                    return Ok(Resolved { image, reference: Some(r) });
+                    let image = store
+                        .image(&m)?
+                        .ok_or_else(|| ImageError::NotFound(input.to_string()))?;
+                    return Ok(Resolved {
+                        image,
+                        reference: Some(r),
+                    });
                 }
             }
             Err(e) if !hexish => return Err(e.into()),
@@ -74,13 +86,28 @@ pub fn resolve(store: &Store, input: &str) -> Result<Resolved> {
         }
     }
     if hexish {
-        let mut matches: Vec<ImageRecord> = store.images()?.into_iter().filter(|i| i.config.hex().starts_with(id_prefix)).collect();
+        let mut matches: Vec<ImageRecord> = store
+            .images()?
+            .into_iter()
+            .filter(|i| i.config.hex().starts_with(id_prefix))
+            .collect();
         matches.sort_by_key(|i| i.added);
-        let distinct: std::collections::HashSet<Digest> = matches.iter().map(|i| i.config).collect();
+        let distinct: std::collections::HashSet<Digest> =
+            matches.iter().map(|i| i.config).collect();
         match distinct.len() {
             0 => {}
-            1 => return Ok(Resolved { image: matches.pop().expect("one match"), reference: None }),
-            n => return Err(ImageError::Ambiguous { input: input.to_string(), count: n }),
+            1 => {
+                return Ok(Resolved {
+                    image: matches.pop().expect("one match"),
+                    reference: None,
+                })
+            }
+            n => {
+                return Err(ImageError::Ambiguous {
+                    input: input.to_string(),
+                    count: n,
+                })
+            }
         }
     }
     Err(ImageError::NotFound(input.to_string()))
@@ -88,13 +115,18 @@ pub fn resolve(store: &Store, input: &str) -> Result<Resolved> {
 
 pub fn read_manifest(store: &Store, image: &ImageRecord) -> Result<Manifest> {
     let bytes = store.read_blob(&image.manifest.digest)?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ImageError::Corrupt { what: format!("manifest {}", image.manifest.digest), why: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt {
+        what: format!("manifest {}", image.manifest.digest),
+        why: e.to_string(),
+    })
 }
 
 pub fn read_config(store: &Store, image: &ImageRecord) -> Result<ImageConfig> {
     let bytes = store.read_blob(&image.config)?;
-    serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt { what: format!("config {}", image.config), why: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt {
+        what: format!("config {}", image.config),
+        why: e.to_string(),
+    })
 }
 
 /// The tags of an image in Docker's familiar form (`busybox:latest`), sorted.
@@ -102,7 +134,11 @@ pub fn familiar_tags(store: &Store, image: &ImageRecord) -> Result<Vec<String>> 
     let mut tags: Vec<String> = store
         .refs_of(&image.manifest.digest)?
         .iter()
-        .map(|t| Reference::parse(t).map(|r| r.familiar()).unwrap_or_else(|_| t.clone()))
+        .map(|t| {
+            Reference::parse(t)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| t.clone())
+        })
         .collect();
     tags.sort();
     Ok(tags)
@@ -111,9 +147,23 @@ pub fn familiar_tags(store: &Store, image: &ImageRecord) -> Result<Vec<String>> 
 /// Writes a config and an OCI manifest for `layers` (already in the store) and records the image
 /// under `tags` (full references). The manifest is canonical JSON, so equal inputs give equal
 /// digests.
-pub fn create_image(store: &Store, config: &ImageConfig, layers: Vec<LayerRecord>, tags: &[String]) -> Result<ImageRecord> {
-    if config.rootfs.diff_ids.len() != layers.len() || config.rootfs.diff_ids.iter().zip(&layers).any(|(d, l)| *d != l.diff_id) {
-        return Err(ImageError::Invalid("image config's diff_ids do not match its layers".into()));
+pub fn create_image(
+    store: &Store,
+    config: &ImageConfig,
+    layers: Vec<LayerRecord>,
+    tags: &[String],
+) -> Result<ImageRecord> {
+    if config.rootfs.diff_ids.len() != layers.len()
+        || config
+            .rootfs
+            .diff_ids
+            .iter()
+            .zip(&layers)
+            .any(|(d, l)| *d != l.diff_id)
+    {
+        return Err(ImageError::Invalid(
+            "image config's diff_ids do not match its layers".into(),
+        ));
     }
     let config_bytes = config.to_json();
     let config_digest = store.put_blob(&config_bytes, None)?;
@@ -142,13 +192,23 @@ pub fn create_image(store: &Store, config: &ImageConfig, layers: Vec<LayerRecord
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let manifest_digest = store.put_blob(&manifest_bytes, None)?;
     let new = NewImage {
-        manifest: BlobRef { digest: manifest_digest, media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(), size: manifest_bytes.len() as u64 },
-        config: BlobRef { digest: config_digest, media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(), size: config_bytes.len() as u64 },
+        manifest: BlobRef {
+            digest: manifest_digest,
+            media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(),
+            size: manifest_bytes.len() as u64,
+        },
+        config: BlobRef {
+            digest: config_digest,
+            media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(),
+            size: config_bytes.len() as u64,
+        },
         layers,
         created: config.created.as_deref().and_then(timefmt::parse_rfc3339),
     };
     store.commit_image(&new, tags)?;
-    store.image(&manifest_digest)?.ok_or_else(|| ImageError::NotFound(manifest_digest.to_string()))
+    store
+        .image(&manifest_digest)?
+        .ok_or_else(|| ImageError::NotFound(manifest_digest.to_string()))
 }
 
 /// Parses user-given tags into the full references the store keys tags by.
@@ -157,7 +217,9 @@ pub fn parse_tags(tags: &[String]) -> Result<Vec<String>> {
         .map(|t| {
             let r = Reference::parse(t)?.with_default_tag();
             if r.digest.is_some() {
-                return Err(ImageError::Invalid(format!("{t}: a tag cannot contain a digest")));
+                return Err(ImageError::Invalid(format!(
+                    "{t}: a tag cannot contain a digest"
+                )));
             }
             Ok(r.to_string())
         })

@@ -12,7 +12,8 @@ pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -153,7 +154,11 @@ pub fn host_platform() -> Platform {
         "x86" => "386",
         other => other,
     };
-    Platform { architecture: arch.to_string(), os: "linux".to_string(), variant: None }
+    Platform {
+        architecture: arch.to_string(),
+        os: "linux".to_string(),
+        variant: None,
+    }
 }
 
 #[cfg(test)]

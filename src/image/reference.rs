@@ -70,7 +70,11 @@ fn valid_domain(d: &str) -> bool {
     let (host, port) = if let Some(rest) = d.strip_prefix('[') {
         match rest.split_once(']') {
             Some((v6, tail)) => {
-                if v6.is_empty() || !v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                if v6.is_empty()
+                    || !v6
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+                {
                     return false;
                 }
                 ("", tail.strip_prefix(':'))
@@ -93,7 +97,10 @@ fn valid_domain(d: &str) -> bool {
     }
     !host.is_empty()
         && host.split('.').all(|l| {
-            !l.is_empty() && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -103,7 +110,8 @@ pub fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 impl Reference {
@@ -123,7 +131,10 @@ impl Reference {
             Some(i) => {
                 let t = &rest[last_slash + i + 1..];
                 if !valid_tag(t) {
-                    return Err(RefError::BadTag { input: input.to_string(), tag: t.to_string() });
+                    return Err(RefError::BadTag {
+                        input: input.to_string(),
+                        tag: t.to_string(),
+                    });
                 }
                 (&rest[..last_slash + i], Some(t.to_string()))
             }
@@ -134,7 +145,10 @@ impl Reference {
         }
         let (mut domain, mut path) = match name.split_once('/') {
             Some((first, remainder))
-                if first.contains('.') || first.contains(':') || first == "localhost" || first.to_lowercase() != first =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.to_lowercase() != first =>
             {
                 (first.to_string(), remainder.to_string())
             }
@@ -161,7 +175,12 @@ impl Reference {
         if domain.len() + 1 + path.len() > 255 {
             return Err(RefError::TooLong(input.to_string()));
         }
-        Ok(Reference { domain, path, tag, digest })
+        Ok(Reference {
+            domain,
+            path,
+            tag,
+            digest,
+        })
     }
 
     /// Adds `:latest` when there is neither a tag nor a digest (Docker's `TagNameOnly`).
@@ -180,7 +199,11 @@ impl Reference {
     /// The name as Docker shows it: `busybox`, `john/app`, `localhost:5000/app`.
     pub fn familiar_name(&self) -> String {
         if self.domain == DEFAULT_DOMAIN {
-            self.path.strip_prefix("library/").filter(|p| !p.contains('/')).unwrap_or(&self.path).to_string()
+            self.path
+                .strip_prefix("library/")
+                .filter(|p| !p.contains('/'))
+                .unwrap_or(&self.path)
+                .to_string()
         } else {
             self.name()
         }
@@ -230,11 +253,23 @@ mod tests {
             ("busybox:1.36", "docker.io/library/busybox:1.36"),
             ("john/get-started:part1", "docker.io/john/get-started:part1"),
             ("docker.io/busybox", "docker.io/library/busybox:latest"),
-            ("index.docker.io/library/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/library/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("localhost/app", "localhost/app:latest"),
-            ("localhost:5000/john/get-started:part1", "localhost:5000/john/get-started:part1"),
-            ("127.0.0.1:5000/a/b/c:v1.0-rc_1", "127.0.0.1:5000/a/b/c:v1.0-rc_1"),
-            ("registry.example.com/team/app", "registry.example.com/team/app:latest"),
+            (
+                "localhost:5000/john/get-started:part1",
+                "localhost:5000/john/get-started:part1",
+            ),
+            (
+                "127.0.0.1:5000/a/b/c:v1.0-rc_1",
+                "127.0.0.1:5000/a/b/c:v1.0-rc_1",
+            ),
+            (
+                "registry.example.com/team/app",
+                "registry.example.com/team/app:latest",
+            ),
             ("Registry/app", "Registry/app:latest"),
             ("[::1]:5000/app:1", "[::1]:5000/app:1"),
             ("my_app.v2__x", "docker.io/library/my_app.v2__x:latest"),
@@ -261,14 +296,35 @@ mod tests {
     #[test]
     fn rejects_what_docker_rejects() {
         let bad = [
-            "", ":tag", "Busybox", "busybox:", "busybox:-x", "busybox:.x", "a/B", "a//b", "a/b/", "-a", "a-", "a..b",
-            "a___b", "host:port/a", "busybox@sha256:abc", "UPPER.example.com/A", "a:b:c",
+            "",
+            ":tag",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "busybox:.x",
+            "a/B",
+            "a//b",
+            "a/b/",
+            "-a",
+            "a-",
+            "a..b",
+            "a___b",
+            "host:port/a",
+            "busybox@sha256:abc",
+            "UPPER.example.com/A",
+            "a:b:c",
         ];
         for b in bad {
             assert!(Reference::parse(b).is_err(), "{b:?} should be rejected");
         }
-        assert!(matches!(Reference::parse(&"f".repeat(64)), Err(RefError::HexName(_))));
-        assert!(matches!(Reference::parse(&"a".repeat(300)), Err(RefError::TooLong(_))));
+        assert!(matches!(
+            Reference::parse(&"f".repeat(64)),
+            Err(RefError::HexName(_))
+        ));
+        assert!(matches!(
+            Reference::parse(&"a".repeat(300)),
+            Err(RefError::TooLong(_))
+        ));
         assert!(Reference::parse(&format!("a:{}", "t".repeat(129))).is_err());
     }
 }

@@ -65,9 +65,15 @@ impl Root {
     pub fn open(path: &Path) -> io::Result<Root> {
         let fd = std::fs::File::open(path)?;
         if !fd.metadata()?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a directory", path.display()),
+            ));
         }
-        Ok(Root { fd: fd.into(), path: path.to_path_buf() })
+        Ok(Root {
+            fd: fd.into(),
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -93,7 +99,9 @@ impl Root {
         match self.open_dir(p) {
             Ok(fd) => Ok(fd),
             Err(e) if is_enoent(&e) => {
-                let Some((parent, name)) = p.split() else { return Err(e) };
+                let Some((parent, name)) = p.split() else {
+                    return Err(e);
+                };
                 let pfd = self.mkdir_all(&parent)?;
                 match sys::mkdirat(pfd.as_fd(), name, 0o755) {
                     Ok(()) => {}
@@ -113,12 +121,23 @@ pub fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     match sys::unlinkat(dir, name, false) {
         Ok(()) => Ok(()),
         Err(e) if is_enoent(&e) => Ok(()),
-        Err(e) if e.raw_os_error() == Some(libc::EISDIR) || e.raw_os_error() == Some(libc::EPERM) => {
-            let sub = sys::openat(dir, name, libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+        Err(e)
+            if e.raw_os_error() == Some(libc::EISDIR) || e.raw_os_error() == Some(libc::EPERM) =>
+        {
+            let sub = sys::openat(
+                dir,
+                name,
+                libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW,
+                0,
+            )?;
             let names: Vec<std::ffi::OsString> = {
                 let dup = sub.try_clone()?;
-                let rd = std::fs::read_dir(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&dup)))?;
-                rd.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?
+                let rd = std::fs::read_dir(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&dup)
+                ))?;
+                rd.map(|e| e.map(|e| e.file_name()))
+                    .collect::<io::Result<_>>()?
             };
             for n in names {
                 remove_all_at(sub.as_fd(), &n)?;
@@ -156,10 +175,16 @@ mod tests {
         // Both links resolve to the root itself, never to the host's /.
         for link in ["up/etc", "dots/etc"] {
             let fd = r.mkdir_all(&clean(Path::new(link)).unwrap()).unwrap();
-            let real = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd))).unwrap();
+            let real = std::fs::read_link(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ))
+            .unwrap();
             assert_eq!(real, root.join("etc"), "{link}");
         }
-        let fd = r.mkdir_all(&clean(Path::new("up/new/dir")).unwrap()).unwrap();
+        let fd = r
+            .mkdir_all(&clean(Path::new("up/new/dir")).unwrap())
+            .unwrap();
         drop(fd);
         assert!(root.join("new/dir").is_dir());
     }

@@ -21,8 +21,14 @@ pub enum SnapshotError {
         #[source]
         source: ApplyError,
     },
-    #[error("layer {layer} is corrupt: its content has DiffID {actual}, the image says {expected}")]
-    DiffIdMismatch { layer: Digest, expected: Digest, actual: Digest },
+    #[error(
+        "layer {layer} is corrupt: its content has DiffID {actual}, the image says {expected}"
+    )]
+    DiffIdMismatch {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
     #[error("unpack layer {layer}")]
     Io {
         layer: Digest,
@@ -32,21 +38,40 @@ pub enum SnapshotError {
 }
 
 /// Unpacks one layer blob into a new snapshot directory and records it.
-fn unpack_layer(store: &Store, blob: &Digest, diff_id: Digest, chain: Digest, parent: Option<Digest>) -> Result<SnapshotRecord, SnapshotError> {
+fn unpack_layer(
+    store: &Store,
+    blob: &Digest,
+    diff_id: Digest,
+    chain: Digest,
+    parent: Option<Digest>,
+) -> Result<SnapshotRecord, SnapshotError> {
     let dir = store.prepare_snapshot_dir()?;
-    let io = |source| SnapshotError::Io { layer: *blob, source };
+    let io = |source| SnapshotError::Io {
+        layer: *blob,
+        source,
+    };
     let root = Root::open(&dir.path().join("fs")).map_err(io)?;
     let file = store.open_blob(blob)?;
     let reader = codec::decompress(file).map_err(io)?;
-    let stats = apply_layer(&root, reader).map_err(|source| SnapshotError::Apply { layer: *blob, source })?;
+    let stats = apply_layer(&root, reader).map_err(|source| SnapshotError::Apply {
+        layer: *blob,
+        source,
+    })?;
     if stats.diff_id != diff_id {
-        return Err(SnapshotError::DiffIdMismatch { layer: *blob, expected: diff_id, actual: stats.diff_id });
+        return Err(SnapshotError::DiffIdMismatch {
+            layer: *blob,
+            expected: diff_id,
+            actual: stats.diff_id,
+        });
     }
     Ok(store.commit_snapshot(dir, chain, parent, diff_id, stats.bytes)?)
 }
 
 /// Ensures every layer of `image` is unpacked; returns the snapshots bottom to top.
-pub fn unpack_image(store: &Store, image: &ImageRecord) -> Result<Vec<SnapshotRecord>, SnapshotError> {
+pub fn unpack_image(
+    store: &Store,
+    image: &ImageRecord,
+) -> Result<Vec<SnapshotRecord>, SnapshotError> {
     let _lease = store.lease()?;
     let chains = chain_ids(&image.diff_ids());
     let results: Vec<Result<SnapshotRecord, SnapshotError>> = image
@@ -57,7 +82,13 @@ pub fn unpack_image(store: &Store, image: &ImageRecord) -> Result<Vec<SnapshotRe
             if let Some(s) = store.snapshot(&chains[i])? {
                 return Ok(s);
             }
-            unpack_layer(store, &layer.digest, layer.diff_id, chains[i], i.checked_sub(1).map(|p| chains[p]))
+            unpack_layer(
+                store,
+                &layer.digest,
+                layer.diff_id,
+                chains[i],
+                i.checked_sub(1).map(|p| chains[p]),
+            )
         })
         .collect();
     results.into_iter().collect()

@@ -9,7 +9,8 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 fn cstr(s: &OsStr) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    CString::new(s.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -22,13 +23,26 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 
 /// openat2(2) with `RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`: `path` is resolved as if `root`
 /// were `/` (absolute symlinks and `..` cannot leave it). Always O_CLOEXEC.
-pub fn openat2_in_root(root: BorrowedFd<'_>, path: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
-    let p = cstr(if path.is_empty() { OsStr::new(".") } else { path })?;
+pub fn openat2_in_root(
+    root: BorrowedFd<'_>,
+    path: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
+    let p = cstr(if path.is_empty() {
+        OsStr::new(".")
+    } else {
+        path
+    })?;
     // SAFETY: open_how is three plain integers (libc marks it non_exhaustive for growth; the
     // kernel treats zeroed trailing fields as "not set").
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode as u64 } else { 0 };
+    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+        mode as u64
+    } else {
+        0
+    };
     how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
     // SAFETY: `p` is a valid NUL-terminated string and `how` a properly initialized open_how that
     // outlive the call; the size passed is the size of that struct. The returned fd is new and
@@ -50,10 +64,22 @@ pub fn openat2_in_root(root: BorrowedFd<'_>, path: &OsStr, flags: libc::c_int, m
 }
 
 /// openat(2) of a single name in `dir`; always O_CLOEXEC.
-pub fn openat(dir: BorrowedFd<'_>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+pub fn openat(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: libc::c_int,
+    mode: u32,
+) -> io::Result<OwnedFd> {
     let n = cstr(name)?;
     // SAFETY: `n` is a valid C string for the duration of the call; the fd returned is fresh.
-    let fd = cvt(unsafe { libc::openat(dir.as_raw_fd(), n.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) })?;
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
     // SAFETY: `fd` was just returned by the kernel and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -67,7 +93,15 @@ pub fn mkdirat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
 pub fn mknodat(dir: BorrowedFd<'_>, name: &OsStr, mode: u32, dev: u64) -> io::Result<()> {
     let n = cstr(name)?;
     // SAFETY: valid C string and fd for the duration of the call.
-    cvt(unsafe { libc::mknodat(dir.as_raw_fd(), n.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) }).map(drop)
+    cvt(unsafe {
+        libc::mknodat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            mode as libc::mode_t,
+            dev as libc::dev_t,
+        )
+    })
+    .map(drop)
 }
 
 pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
@@ -78,11 +112,25 @@ pub fn symlinkat(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> io::Resul
 }
 
 /// linkat(2) without AT_SYMLINK_FOLLOW: links the entry itself, never what a symlink points at.
-pub fn linkat(old_dir: BorrowedFd<'_>, old: &OsStr, new_dir: BorrowedFd<'_>, new: &OsStr) -> io::Result<()> {
+pub fn linkat(
+    old_dir: BorrowedFd<'_>,
+    old: &OsStr,
+    new_dir: BorrowedFd<'_>,
+    new: &OsStr,
+) -> io::Result<()> {
     let o = cstr(old)?;
     let n = cstr(new)?;
     // SAFETY: valid C strings and fds for the duration of the call.
-    cvt(unsafe { libc::linkat(old_dir.as_raw_fd(), o.as_ptr(), new_dir.as_raw_fd(), n.as_ptr(), 0) }).map(drop)
+    cvt(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// unlinkat(2); `dir_entry` selects AT_REMOVEDIR.
@@ -96,7 +144,12 @@ pub fn unlinkat(dir: BorrowedFd<'_>, name: &OsStr, dir_entry: bool) -> io::Resul
 /// fchownat(2) with AT_SYMLINK_NOFOLLOW (an empty name means `dir` itself, via AT_EMPTY_PATH).
 pub fn lchownat(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<()> {
     let n = cstr(name)?;
-    let flags = libc::AT_SYMLINK_NOFOLLOW | if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
     // SAFETY: valid C string and fd for the duration of the call.
     cvt(unsafe { libc::fchownat(dir.as_raw_fd(), n.as_ptr(), uid, gid, flags) }).map(drop)
 }
@@ -110,15 +163,27 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 /// an empty name means `dir` itself.
 pub fn lutimesat(dir: BorrowedFd<'_>, name: &OsStr, secs: i64, nsecs: i64) -> io::Result<()> {
     let n = cstr(name)?;
-    let ts = libc::timespec { tv_sec: secs as libc::time_t, tv_nsec: nsecs as libc::c_long };
+    let ts = libc::timespec {
+        tv_sec: secs as libc::time_t,
+        tv_nsec: nsecs as libc::c_long,
+    };
     let times = [ts, ts];
-    let flags = libc::AT_SYMLINK_NOFOLLOW | if name.is_empty() { libc::AT_EMPTY_PATH } else { 0 };
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
     // SAFETY: `times` is a valid two-element array and `n` a valid C string during the call.
     let ret = unsafe { libc::utimensat(dir.as_raw_fd(), n.as_ptr(), times.as_ptr(), flags) };
-    if ret < 0 && name.is_empty() && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+    if ret < 0 && name.is_empty() && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+    {
         // Older kernels lack AT_EMPTY_PATH for utimensat: a NULL path means the fd itself.
         // SAFETY: as above; a NULL path is documented to act on `dir`.
-        return cvt(unsafe { libc::utimensat(dir.as_raw_fd(), std::ptr::null(), times.as_ptr(), 0) }).map(drop);
+        return cvt(unsafe {
+            libc::utimensat(dir.as_raw_fd(), std::ptr::null(), times.as_ptr(), 0)
+        })
+        .map(drop);
     }
     cvt(ret).map(drop)
 }
@@ -126,7 +191,16 @@ pub fn lutimesat(dir: BorrowedFd<'_>, name: &OsStr, secs: i64, nsecs: i64) -> io
 pub fn fsetxattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8]) -> io::Result<()> {
     let n = cstr(name)?;
     // SAFETY: `n` and `value` are valid for the given lengths during the call.
-    cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) }).map(drop)
+    cvt(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// The extended attribute names of a path (not following a symlink).
@@ -161,7 +235,8 @@ pub fn lgetxattr(path: &std::path::Path, name: &OsStr) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
         // SAFETY: `buf` is valid for `buf.len()` bytes; `p` and `n` are valid C strings.
-        let r = unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let r =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if r >= 0 {
             buf.truncate(r as usize);
             return Ok(buf);
@@ -185,10 +260,21 @@ pub fn lstatat(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<Option<libc::sta
     let n = cstr(name)?;
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: `st` is valid writable memory for one stat struct; `n` is a valid C string.
-    let ret = unsafe { libc::fstatat(dir.as_raw_fd(), n.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let ret = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     if ret < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::ENOENT) {
+            Ok(None)
+        } else {
+            Err(e)
+        };
     }
     // SAFETY: fstatat succeeded, so it initialized `st`.
     Ok(Some(unsafe { st.assume_init() }))
