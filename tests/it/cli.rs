@@ -1,0 +1,183 @@
+//! CLI behaviour a Docker user relies on: names, tags, IDs, errors that name the thing, exit codes.
+
+use crate::common::*;
+use std::fs;
+
+fn imported() -> Option<(Kiln, String)> {
+    if !needs(&["tar"]) {
+        return None;
+    }
+    let k = Kiln::new();
+    let rootfs = k.dir.path().join("rootfs");
+    if !busybox_rootfs(&rootfs) {
+        return None;
+    }
+    let tgz = k.dir.path().join("busybox.tgz");
+    tar_gz(&rootfs, &tgz);
+    let id = k
+        .ok(&["import", tgz.to_str().unwrap(), "busybox"])
+        .trim()
+        .to_string();
+    Some((k, id))
+}
+
+#[test]
+fn tag_images_filter_and_rmi_behave_like_docker() {
+    let Some((k, id)) = imported() else { return };
+    let short = &id[7..19];
+    k.ok(&["tag", "busybox", "localhost:5000/john/get-started:part1"]);
+    k.ok(&["tag", short, "busybox:1.36"]);
+    let all = k.ok(&["images"]);
+    assert_eq!(all.lines().count(), 4, "{all}");
+    assert!(
+        all.contains("localhost:5000/john/get-started   part1"),
+        "{all}"
+    );
+    let filtered = k.ok(&["images", "busybox"]);
+    assert_eq!(filtered.lines().count(), 3, "repository filter: {filtered}");
+    assert_eq!(k.ok(&["images", "busybox:1.36"]).lines().count(), 2);
+    assert_eq!(
+        k.ok(&["images", "-q"]).trim(),
+        short,
+        "-q lists each image once"
+    );
+    assert_eq!(k.ok(&["images", "-q", "--no-trunc"]).trim(), id);
+    let j: serde_json::Value = serde_json::from_str(
+        k.ok(&["images", "--format", "json"])
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["ID"], short);
+
+    // By ID with several tags: refused without -f, as Docker does.
+    let err = k.fails(&["rmi", short]);
+    assert!(
+        err.contains("must be forced") && err.contains(short),
+        "{err}"
+    );
+    // By tag: only that tag goes.
+    assert_eq!(
+        k.ok(&["rmi", "busybox:1.36"]).trim(),
+        "Untagged: busybox:1.36"
+    );
+    assert_eq!(
+        k.ok(&["rmi", "localhost:5000/john/get-started:part1"])
+            .trim(),
+        "Untagged: localhost:5000/john/get-started:part1"
+    );
+    // The last tag: untag and delete, and the blobs go with it.
+    let out = k.ok(&["rmi", "busybox"]);
+    assert_eq!(out, format!("Untagged: busybox:latest\nDeleted: {id}\n"));
+    assert_eq!(k.ok(&["images", "-q"]), "");
+    assert_eq!(
+        fs::read_dir(k.root().join("blobs/sha256")).unwrap().count(),
+        0,
+        "rmi reclaims the blobs"
+    );
+    assert_eq!(k.ok(&["system", "check"]), "");
+}
+
+#[test]
+fn rmi_refuses_an_image_a_container_uses() {
+    let Some((k, id)) = imported() else { return };
+    let store = k.store();
+    let img = kiln::image::resolve(&store, "busybox").unwrap().image;
+    store
+        .add_container(&kiln::cache::ContainerRecord {
+            id: "0123456789abcdef".repeat(4),
+            name: "happy_kiln".into(),
+            image: img.manifest.digest,
+            image_ref: "busybox".into(),
+            created: 0,
+            state: "exited".into(),
+        })
+        .unwrap();
+    let err = k.fails(&["rmi", "busybox"]);
+    assert!(
+        err.contains("container 0123456789ab is using its referenced image"),
+        "{err}"
+    );
+    // -f untags; the image stays for the container.
+    assert_eq!(
+        k.ok(&["rmi", "-f", "busybox"]).trim(),
+        "Untagged: busybox:latest"
+    );
+    assert!(k.ok(&["images", "-q", "--no-trunc"]).contains(&id));
+    store
+        .remove_container(&"0123456789abcdef".repeat(4))
+        .unwrap();
+    let pruned = k.ok(&["system", "prune", "-f"]);
+    assert!(
+        pruned.contains(&img.manifest.digest.to_string())
+            && pruned.contains("Total reclaimed space"),
+        "{pruned}"
+    );
+    assert_eq!(k.ok(&["images", "-q"]), "");
+}
+
+#[test]
+fn errors_name_the_thing_and_exit_non_zero() {
+    let k = Kiln::new();
+    let err = k.fails(&["inspect", "nosuch:1"]);
+    assert!(
+        err.starts_with("kiln: error: no such image: nosuch:1\n"),
+        "{err}"
+    );
+    assert!(err.contains("hint: "), "{err}");
+    let err = k.fails(&["tag", "nosuch", "Bad:Name"]);
+    assert!(err.contains("must be lowercase"), "{err}");
+    let junk = k.dir.path().join("junk.tar");
+    fs::write(&junk, vec![b'x'; 4096]).unwrap();
+    let err = k.fails(&["import", junk.to_str().unwrap()]);
+    assert!(err.contains("junk.tar is not a valid tar archive"), "{err}");
+    let err = k.fails(&["load", "-i", junk.to_str().unwrap()]);
+    assert!(err.contains("junk.tar"), "{err}");
+    let err = k.fails(&["import", "/nonexistent/rootfs.tar"]);
+    assert!(err.contains("/nonexistent/rootfs.tar"), "{err}");
+    // A tarball with an entry climbing out is refused at import, naming the entry.
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..12].copy_from_slice(b"../etc/shado");
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    let mut bad = h.as_bytes().to_vec();
+    bad.extend_from_slice(&[0; 1024]);
+    let evil = k.dir.path().join("evil.tar");
+    fs::write(&evil, bad).unwrap();
+    let err = k.fails(&["import", evil.to_str().unwrap()]);
+    assert!(err.contains("../etc/shado"), "{err}");
+    assert_eq!(k.ok(&["images", "-q"]), "", "nothing was recorded");
+    // Nothing half-written: a failed save leaves no output file.
+    let out = k.dir.path().join("out.tar");
+    k.fails(&["save", "-o", out.to_str().unwrap(), "nosuch"]);
+    assert!(!out.exists());
+}
+
+#[test]
+fn import_is_reproducible_with_source_date_epoch() {
+    let Some((k, _)) = imported() else { return };
+    let tgz = k.dir.path().join("busybox.tgz");
+    let a = k
+        .cmd()
+        .args(["import", tgz.to_str().unwrap(), "r:1"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    let k2 = Kiln::new();
+    let b = k2
+        .cmd()
+        .args(["import", tgz.to_str().unwrap(), "r:1"])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap();
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(
+        a.stdout, b.stdout,
+        "same tarball, same SOURCE_DATE_EPOCH: same image ID"
+    );
+}

@@ -1,0 +1,208 @@
+//! Shared test harness: privilege and tool checks, a busybox rootfs, a kiln runner, tree compare.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn strict() -> bool {
+    std::env::var("KILN_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1")
+}
+
+/// Whether the test can go on; prints why not, or panics under KILN_REQUIRE_PRIVILEGED=1.
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if strict() {
+        panic!("KILN_REQUIRE_PRIVILEGED=1 but {what}");
+    }
+    eprintln!("skipped: {what}");
+    false
+}
+
+pub fn is_root() -> bool {
+    kiln::sys::is_root()
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Root and these tools, or skip.
+pub fn needs(tools: &[&str]) -> bool {
+    if !require(is_root(), "this test needs root") {
+        return false;
+    }
+    tools
+        .iter()
+        .all(|t| require(have(t), &format!("{t} is not installed")))
+}
+
+/// A kiln store in a temp dir, and a way to run the kiln binary on it.
+pub struct Kiln {
+    pub dir: tempfile::TempDir,
+}
+
+impl Kiln {
+    pub fn new() -> Kiln {
+        Kiln {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.arg("--root")
+            .arg(self.root())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("KILN_ROOT");
+        c
+    }
+    /// Runs kiln; returns the output whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+    /// Runs kiln and requires success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "kiln {args:?} failed: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+    /// Runs kiln and requires failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            !o.status.success(),
+            "kiln {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        String::from_utf8(o.stderr).unwrap()
+    }
+    pub fn store(&self) -> kiln::cache::Store {
+        kiln::cache::Store::open(self.root()).unwrap()
+    }
+}
+
+/// A busybox rootfs from Debian's busybox-static: /bin/busybox and a symlink per applet, a
+/// passwd and group, a sticky /tmp, a hard link, a long path (PAX), a setuid file.
+pub fn busybox_rootfs(dir: &Path) -> bool {
+    if !require(
+        Path::new("/bin/busybox").exists(),
+        "/bin/busybox is missing (apt-get install busybox-static)",
+    ) {
+        return false;
+    }
+    for d in ["bin", "etc", "tmp", "root", "usr/share/doc"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout)
+        .unwrap()
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )
+    .unwrap();
+    fs::write(dir.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let long = dir
+        .join("usr/share/doc")
+        .join("d".repeat(90))
+        .join("e".repeat(90));
+    fs::create_dir_all(&long).unwrap();
+    fs::write(
+        long.join("README"),
+        "a path longer than 100 bytes needs PAX\n",
+    )
+    .unwrap();
+    fs::write(dir.join("etc/motd"), "hello from kiln\n").unwrap();
+    fs::hard_link(dir.join("etc/motd"), dir.join("etc/motd.link")).unwrap();
+    fs::write(dir.join("bin/suid"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(dir.join("bin/suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::chown(dir.join("root"), Some(0), Some(0)).unwrap();
+    std::os::unix::fs::lchown(dir.join("etc/motd"), Some(65534), Some(65534)).unwrap();
+    true
+}
+
+/// Tars a directory with GNU tar, gzip-compressed, as a user would for `docker import`.
+pub fn tar_gz(dir: &Path, out: &Path) {
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-czf")
+        .arg(out)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Everything about a tree a layer must carry, one line per entry, sorted (the library's view).
+pub fn describe(root: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let p = root.join(&r);
+            let m = fs::symlink_metadata(&p).unwrap();
+            let what = if m.file_type().is_symlink() {
+                format!("link -> {}", fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(r.clone());
+                format!("dir {:o}", m.mode() & 0o7777)
+            } else {
+                let data = fs::read(&p).unwrap();
+                format!(
+                    "file {:o} {} {} nlink {} mtime {}",
+                    m.mode() & 0o7777,
+                    data.len(),
+                    kiln::cache::Digest::of(&data).short(),
+                    m.nlink(),
+                    m.mtime()
+                )
+            };
+            out.push(format!("{} {}:{} {what}", r.display(), m.uid(), m.gid()));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Runs a command and requires success; returns stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
