@@ -104,7 +104,14 @@ pub fn import_tarball<R: Read>(
         },
         history: vec![History {
             created: Some(created),
-            created_by: Some(format!("kiln import {}", opts.source)),
+            // The file name only: a temp directory in the path would make imports irreproducible.
+            created_by: Some(format!(
+                "kiln import {}",
+                std::path::Path::new(&opts.source)
+                    .file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            )),
             comment: opts.message.clone(),
             ..History::default()
         }],

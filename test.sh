@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs kiln's whole test suite on a Debian machine, first installing the Debian packages the tests
+# use (busybox-static for base images; skopeo, umoci and podman for interop). Extra arguments go
+# to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
+set -euo pipefail
+cd "$(dirname "$0")"
+packages=(busybox-static skopeo umoci podman tar)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "test.sh: these packages are missing: ${missing[*]}; install them as root (tests needing them will skip)" >&2
+  else
+    echo "test.sh: installing ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+exec cargo test --workspace "$@"
