@@ -512,15 +512,7 @@ impl Store {
         let mut out = Vec::with_capacity(heads.len());
         for (manifest, config, media_type, created, added, msize) in heads {
             let layers = ls
-                .query_map([manifest.to_string()], |r| {
-                    Ok(LayerRecord {
-                        digest: parse_digest(r.get(0)?)?,
-                        diff_id: parse_digest(r.get(1)?)?,
-                        media_type: r.get(2)?,
-                        size: r.get(3)?,
-                        uncompressed_size: r.get(4)?,
-                    })
-                })?
+                .query_map([manifest.to_string()], layer_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             out.push(ImageRecord {
                 manifest: BlobRef {
@@ -578,15 +570,7 @@ impl Store {
             .query_row(
                 "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layers WHERE digest = ?1",
                 [digest.to_string()],
-                |r| {
-                    Ok(LayerRecord {
-                        digest: parse_digest(r.get(0)?)?,
-                        diff_id: parse_digest(r.get(1)?)?,
-                        media_type: r.get(2)?,
-                        size: r.get(3)?,
-                        uncompressed_size: r.get(4)?,
-                    })
-                },
+                layer_row,
             )
             .optional()?)
     }
@@ -618,15 +602,7 @@ impl Store {
                 "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layers
                  WHERE diff_id = ?1 AND media_type = ?2 ORDER BY digest LIMIT 1",
                 params![diff_id.to_string(), media_type],
-                |r| {
-                    Ok(LayerRecord {
-                        digest: parse_digest(r.get(0)?)?,
-                        diff_id: parse_digest(r.get(1)?)?,
-                        media_type: r.get(2)?,
-                        size: r.get(3)?,
-                        uncompressed_size: r.get(4)?,
-                    })
-                },
+                layer_row,
             )
             .optional()?)
     }
@@ -797,6 +773,16 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(&index).expect("index serializes");
         write_atomic(&self.ingest_dir(), &self.root.join("index.json"), &bytes)
     }
+}
+
+fn layer_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LayerRecord> {
+    Ok(LayerRecord {
+        digest: parse_digest(r.get(0)?)?,
+        diff_id: parse_digest(r.get(1)?)?,
+        media_type: r.get(2)?,
+        size: r.get(3)?,
+        uncompressed_size: r.get(4)?,
+    })
 }
 
 fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {

@@ -498,75 +498,11 @@ fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
             .iter()
             .map(|t| Reference::parse(t).map(|r| r.with_default_tag().to_string()))
             .collect::<std::result::Result<_, _>>()?;
-        let image = create_image_with_config_bytes(
-            store,
-            config_digest,
-            config_bytes.len() as u64,
-            &config,
-            layers,
-            &tags,
-        )?;
+        let image =
+            super::commit_manifest(store, config_digest, &config_bytes, &config, layers, &tags)?;
         out.push(Loaded { image, tags });
     }
     Ok(out)
-}
-
-/// Like `create_image`, but with a config blob already stored as given (not re-serialized).
-fn create_image_with_config_bytes(
-    store: &Store,
-    config: Digest,
-    config_size: u64,
-    parsed: &ImageConfig,
-    layers: Vec<LayerRecord>,
-    tags: &[String],
-) -> Result<ImageRecord> {
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
-        config: Descriptor {
-            media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(),
-            digest: config,
-            size: config_size,
-            platform: None,
-            annotations: BTreeMap::new(),
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                digest: l.digest,
-                size: l.size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            })
-            .collect(),
-        annotations: BTreeMap::new(),
-    };
-    let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
-    let digest = store.put_blob(&bytes, None)?;
-    store.commit_image(
-        &NewImage {
-            manifest: BlobRef {
-                digest,
-                media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(),
-                size: bytes.len() as u64,
-            },
-            config: BlobRef {
-                digest: config,
-                media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(),
-                size: config_size,
-            },
-            layers,
-            created: parsed
-                .created
-                .as_deref()
-                .and_then(crate::timefmt::parse_rfc3339),
-        },
-        tags,
-    )?;
-    store
-        .image(&digest)?
-        .ok_or_else(|| ImageError::NotFound(digest.to_string()))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

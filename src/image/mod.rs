@@ -153,6 +153,22 @@ pub fn create_image(
     layers: Vec<LayerRecord>,
     tags: &[String],
 ) -> Result<ImageRecord> {
+    let config_bytes = config.to_json();
+    let config_digest = store.put_blob(&config_bytes, None)?;
+    commit_manifest(store, config_digest, &config_bytes, config, layers, tags)
+}
+
+/// Writes an OCI manifest for a config blob already in the store (`config_bytes`, parsed as
+/// `config`) and its layers, and records the image under `tags`. Used by `create_image` and by
+/// archive loads, which keep a config byte for byte (the image ID is its digest).
+pub(crate) fn commit_manifest(
+    store: &Store,
+    config_digest: kiln_cache::Digest,
+    config_bytes: &[u8],
+    config: &ImageConfig,
+    layers: Vec<LayerRecord>,
+    tags: &[String],
+) -> Result<ImageRecord> {
     if config.rootfs.diff_ids.len() != layers.len()
         || config
             .rootfs
@@ -165,8 +181,6 @@ pub fn create_image(
             "image config's diff_ids do not match its layers".into(),
         ));
     }
-    let config_bytes = config.to_json();
-    let config_digest = store.put_blob(&config_bytes, None)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.to_string()),

@@ -4,21 +4,7 @@ use crate::common::*;
 use std::fs;
 
 fn imported() -> Option<(Kiln, String)> {
-    if !needs(&["tar"]) {
-        return None;
-    }
-    let k = Kiln::new();
-    let rootfs = k.dir.path().join("rootfs");
-    if !busybox_rootfs(&rootfs) {
-        return None;
-    }
-    let tgz = k.dir.path().join("busybox.tgz");
-    tar_gz(&rootfs, &tgz);
-    let id = k
-        .ok(&["import", tgz.to_str().unwrap(), "busybox"])
-        .trim()
-        .to_string();
-    Some((k, id))
+    busybox_image("busybox", &[]).map(|(k, _, id)| (k, id))
 }
 
 #[test]

@@ -206,3 +206,25 @@ pub fn sh(cmd: &mut Command) -> String {
     );
     String::from_utf8(o.stdout).unwrap()
 }
+
+/// A store with a busybox rootfs imported as NAME: (store, rootfs dir, image ID), when root and
+/// `tools` are available (else the test skips, or fails under KILN_REQUIRE_PRIVILEGED=1).
+pub fn busybox_image(name: &str, tools: &[&str]) -> Option<(Kiln, PathBuf, String)> {
+    let mut all = vec!["tar"];
+    all.extend_from_slice(tools);
+    if !needs(&all) {
+        return None;
+    }
+    let k = Kiln::new();
+    let rootfs = k.dir.path().join("rootfs");
+    if !busybox_rootfs(&rootfs) {
+        return None;
+    }
+    let tgz = k.dir.path().join("busybox.tgz");
+    tar_gz(&rootfs, &tgz);
+    let id = k
+        .ok(&["import", tgz.to_str().unwrap(), name])
+        .trim()
+        .to_string();
+    Some((k, rootfs, id))
+}

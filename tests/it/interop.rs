@@ -12,20 +12,9 @@ fn json(s: &str) -> serde_json::Value {
 /// kiln import -> images -> save -> skopeo inspect, umoci unpack: the tree comes back unchanged.
 #[test]
 fn import_then_save_is_read_by_skopeo_and_umoci() {
-    if !needs(&["skopeo", "umoci", "tar"]) {
+    let Some((k, rootfs, id)) = busybox_image("busybox:1.0", &["skopeo", "umoci"]) else {
         return;
-    }
-    let k = Kiln::new();
-    let rootfs = k.dir.path().join("rootfs");
-    if !busybox_rootfs(&rootfs) {
-        return;
-    }
-    let tgz = k.dir.path().join("busybox.tgz");
-    tar_gz(&rootfs, &tgz);
-    let id = k
-        .ok(&["import", tgz.to_str().unwrap(), "busybox:1.0"])
-        .trim()
-        .to_string();
+    };
     assert!(
         id.starts_with("sha256:") && id.len() == 71,
         "import prints the image ID: {id}"
@@ -101,17 +90,9 @@ fn import_then_save_is_read_by_skopeo_and_umoci() {
 /// kiln's docker-archive loads into podman.
 #[test]
 fn archives_round_trip_through_skopeo_and_podman() {
-    if !needs(&["skopeo", "podman", "tar"]) {
+    let Some((k, _, _)) = busybox_image("busybox", &["skopeo", "podman"]) else {
         return;
-    }
-    let k = Kiln::new();
-    let rootfs = k.dir.path().join("rootfs");
-    if !busybox_rootfs(&rootfs) {
-        return;
-    }
-    let tgz = k.dir.path().join("busybox.tgz");
-    tar_gz(&rootfs, &tgz);
-    k.ok(&["import", tgz.to_str().unwrap(), "busybox"]);
+    };
     let diff_ids = json(&k.ok(&["inspect", "busybox"]))[0]["RootFS"]["Layers"].clone();
     let oci = k.dir.path().join("busybox.tar");
     k.ok(&["save", "-o", oci.to_str().unwrap(), "busybox"]);
@@ -193,17 +174,9 @@ fn archives_round_trip_through_skopeo_and_podman() {
 /// Saving twice gives the same bytes (the archive is deterministic), via stdout too.
 #[test]
 fn save_is_deterministic() {
-    if !needs(&["tar"]) {
+    let Some((k, _, _)) = busybox_image("busybox", &[]) else {
         return;
-    }
-    let k = Kiln::new();
-    let rootfs = k.dir.path().join("rootfs");
-    if !busybox_rootfs(&rootfs) {
-        return;
-    }
-    let tgz = k.dir.path().join("busybox.tgz");
-    tar_gz(&rootfs, &tgz);
-    k.ok(&["import", tgz.to_str().unwrap(), "busybox"]);
+    };
     let a = k.dir.path().join("a.tar");
     k.ok(&["save", "-o", a.to_str().unwrap(), "busybox"]);
     let b = k.cmd().args(["save", "busybox"]).output().unwrap();
