@@ -359,14 +359,20 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
         let mut ingest = store.ingest()?;
         io::copy(&mut src.open(&blob_name(&l.digest))?, &mut ingest)
             .map_err(io_err(format!("copy layer {}", l.digest)))?;
-        ingest.commit(Some(l.digest)).map_err(|e| match e {
+        let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {
             kiln_cache::Error::DigestMismatch { actual, .. } => ImageError::Corrupt {
                 what: format!("layer {} in {}", l.digest, src.describe()),
                 why: format!("content has digest {actual}"),
             },
             e => e.into(),
         })?;
-        layers.push(verify_layer(store, &l.digest, &l.media_type, *diff_id)?);
+        layers.push(verify_layer(
+            store,
+            &l.digest,
+            size,
+            &l.media_type,
+            *diff_id,
+        )?);
     }
     store.put_blob(&config_bytes, Some(manifest.config.digest))?;
     store.put_blob(&manifest_bytes, Some(d.digest))?;
@@ -396,10 +402,12 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
         .ok_or_else(|| ImageError::NotFound(d.digest.to_string()))
 }
 
-/// Decompresses a stored layer blob to check its DiffID and learn its unpacked size.
+/// Decompresses a stored layer blob (of `size` bytes) to check its DiffID and learn its
+/// unpacked size.
 fn verify_layer(
     store: &Store,
     digest: &Digest,
+    size: u64,
     media_type: &str,
     diff_id: Digest,
 ) -> Result<LayerRecord> {
@@ -415,11 +423,6 @@ fn verify_layer(
             why: format!("uncompressed content has digest {actual}, the config says {diff_id}"),
         });
     }
-    let size = store
-        .open_blob(digest)?
-        .metadata()
-        .map_err(io_err("stat layer"))?
-        .len();
     Ok(LayerRecord {
         digest: *digest,
         diff_id,
