@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod diff;
+pub mod dockerfile;
 pub mod image;
 pub mod rootfs;
 pub mod snapshot;

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod conformance;
 mod crash;
 mod interop;
 mod snapshot;
