@@ -7,6 +7,7 @@
 //! (the only code that prints). The store itself is the `kiln-cache` crate.
 
 pub mod cli;
+pub mod context;
 pub mod diff;
 pub mod dockerfile;
 pub mod image;

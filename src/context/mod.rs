@@ -1,0 +1,267 @@
+//! The build context: its directory, its `.dockerignore`, and the walk that lists what a build
+//! may see.
+//!
+//! The ignore file is `<Dockerfile>.dockerignore` beside the Dockerfile when it exists (so
+//! `-f app.Dockerfile` reads `app.Dockerfile.dockerignore`), else `.dockerignore` at the
+//! context root, as BuildKit does. The walk never follows symlinks, lists entries sorted by
+//! path, and does not descend into an excluded directory unless an exception could re-include
+//! something below it; the parents of a re-included path are listed (marked `implied`) so a
+//! copy can recreate them.
+
+pub mod dockerignore;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub use dockerignore::Matcher;
+
+/// A context problem, naming the path.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The context directory or a file in it could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A bad pattern in the ignore file.
+    #[error("{file}: {source}")]
+    Pattern {
+        /// The ignore file.
+        file: PathBuf,
+        /// The cause.
+        source: dockerignore::PatternError,
+    },
+    /// The context is not a directory.
+    #[error("build context {0} is not a directory")]
+    NotADirectory(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ContextError + '_ {
+    move |source| ContextError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A device, fifo or socket.
+    Other,
+}
+
+/// One listed path.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Relative, slash-separated path.
+    pub path: String,
+    /// The type.
+    pub kind: EntryKind,
+    /// Excluded itself, listed only as the parent of a re-included path.
+    pub implied: bool,
+}
+
+/// An opened build context.
+#[derive(Debug, Clone)]
+pub struct Context {
+    root: PathBuf,
+    matcher: Matcher,
+    ignore_file: Option<PathBuf>,
+}
+
+impl Context {
+    /// Opens `root`, reading the ignore file that applies to `dockerfile`.
+    pub fn open(root: &Path, dockerfile: Option<&Path>) -> Result<Context, ContextError> {
+        let meta = fs::metadata(root).map_err(io(root))?;
+        if !meta.is_dir() {
+            return Err(ContextError::NotADirectory(root.to_path_buf()));
+        }
+        let mut candidates = Vec::new();
+        if let Some(df) = dockerfile {
+            let mut name = df.as_os_str().to_os_string();
+            name.push(".dockerignore");
+            candidates.push(PathBuf::from(name));
+        }
+        candidates.push(root.join(".dockerignore"));
+        for c in candidates {
+            match fs::read(&c) {
+                Ok(bytes) => {
+                    let matcher = Matcher::from_dockerignore(&String::from_utf8_lossy(&bytes))
+                        .map_err(|source| ContextError::Pattern {
+                            file: c.clone(),
+                            source,
+                        })?;
+                    return Ok(Context {
+                        root: root.to_path_buf(),
+                        matcher,
+                        ignore_file: Some(c),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(ContextError::Io { path: c, source: e }),
+            }
+        }
+        Ok(Context {
+            root: root.to_path_buf(),
+            matcher: Matcher::default(),
+            ignore_file: None,
+        })
+    }
+
+    /// The context directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The ignore file in force, if any.
+    pub fn ignore_file(&self) -> Option<&Path> {
+        self.ignore_file.as_deref()
+    }
+
+    /// The patterns in force.
+    pub fn matcher(&self) -> &Matcher {
+        &self.matcher
+    }
+
+    /// Whether `path` (relative) is excluded by the ignore file.
+    pub fn excludes(&self, path: &str) -> bool {
+        self.matcher.excludes(path)
+    }
+
+    /// Lists every path the build may see, sorted.
+    pub fn walk(&self) -> Result<Vec<Entry>, ContextError> {
+        let mut out = Vec::new();
+        self.walk_dir("", &mut out)?;
+        Ok(out)
+    }
+
+    fn walk_dir(&self, rel: &str, out: &mut Vec<Entry>) -> Result<(), ContextError> {
+        let dir = if rel.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let mut names: Vec<(String, fs::FileType)> = Vec::new();
+        for e in fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            let ft = e.file_type().map_err(io(&e.path()))?;
+            names.push((e.file_name().to_string_lossy().into_owned(), ft));
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, ft) in names {
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let kind = if ft.is_dir() {
+                EntryKind::Dir
+            } else if ft.is_symlink() {
+                EntryKind::Symlink
+            } else if ft.is_file() {
+                EntryKind::File
+            } else {
+                EntryKind::Other
+            };
+            let excluded = self.matcher.excludes(&path);
+            if kind == EntryKind::Dir {
+                if !excluded {
+                    out.push(Entry {
+                        path: path.clone(),
+                        kind,
+                        implied: false,
+                    });
+                    self.walk_dir(&path, out)?;
+                } else if self.matcher.may_include_below(&path) {
+                    let mark = out.len();
+                    out.push(Entry {
+                        path: path.clone(),
+                        kind,
+                        implied: true,
+                    });
+                    self.walk_dir(&path, out)?;
+                    if out.len() == mark + 1 {
+                        out.pop();
+                    }
+                }
+            } else if !excluded {
+                out.push(Entry {
+                    path,
+                    kind,
+                    implied: false,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_honours_ignore_and_reincludes() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for f in [
+            "a.txt",
+            "b.log",
+            "build/out.bin",
+            "build/keep/k.txt",
+            "src/main.rs",
+            "src/x.log",
+        ] {
+            let p = r.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        fs::write(
+            r.join(".dockerignore"),
+            "*.log\nbuild\n!build/keep\n**/*.log\n",
+        )
+        .unwrap();
+        let ctx = Context::open(r, None).unwrap();
+        let got: Vec<(String, bool)> = ctx
+            .walk()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.path, e.implied))
+            .collect();
+        let want: Vec<(String, bool)> = [
+            (".dockerignore", false),
+            ("a.txt", false),
+            ("build", true),
+            ("build/keep", false),
+            ("build/keep/k.txt", false),
+            ("src", false),
+            ("src/main.rs", false),
+        ]
+        .iter()
+        .map(|(p, i)| (p.to_string(), *i))
+        .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn dockerfile_specific_ignore_file_wins() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        fs::write(r.join(".dockerignore"), "a\n").unwrap();
+        fs::write(r.join("app.Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(r.join("app.Dockerfile.dockerignore"), "b\n").unwrap();
+        let ctx = Context::open(r, Some(&r.join("app.Dockerfile"))).unwrap();
+        assert!(ctx.excludes("b") && !ctx.excludes("a"));
+        let ctx = Context::open(r, Some(&r.join("Dockerfile"))).unwrap();
+        assert!(ctx.excludes("a") && !ctx.excludes("b"));
+    }
+}
