@@ -11,6 +11,7 @@ pub mod context;
 pub mod diff;
 pub mod dockerfile;
 pub mod image;
+pub mod plan;
 pub mod rootfs;
 pub mod snapshot;
 pub mod sys;
