@@ -2,6 +2,7 @@
 //! data to stdout, progress and errors to stderr, errors as `kiln: error: ...`, then each cause on
 //! its own line, then an optional `hint:`.
 
+mod build;
 mod images;
 mod system;
 
@@ -36,6 +37,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build an image from a Dockerfile (`--check`: parse, plan and lint only)
+    Build(build::BuildArgs),
     /// Import a rootfs tarball (plain, gzip or zstd) as a one-layer image
     Import(images::ImportArgs),
     /// Load images from a docker-archive, an OCI archive or an OCI layout directory
@@ -126,6 +129,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         root: cli.root.clone().unwrap_or_else(default_root),
     };
     let result = match cli.command {
+        Command::Build(a) => build::build(&ctx, a),
         Command::Import(a) => images::import(&ctx, a),
         Command::Load(a) => images::load(&ctx, a),
         Command::Save(a) => images::save(&ctx, a),

@@ -116,7 +116,8 @@ pub fn read_patterns(text: &str) -> Vec<String> {
 }
 
 impl Pattern {
-    fn compile(raw: &str) -> Result<Option<Pattern>, PatternError> {
+    /// Compiles one pattern; `Ok(None)` for a blank one.
+    pub fn new(raw: &str) -> Result<Option<Pattern>, PatternError> {
         let p = raw.trim();
         if p.is_empty() {
             return Ok(None);
@@ -347,7 +348,7 @@ impl Matcher {
     pub fn new<S: AsRef<str>>(patterns: &[S]) -> Result<Matcher, PatternError> {
         let mut out = Vec::new();
         for p in patterns {
-            if let Some(p) = Pattern::compile(p.as_ref())? {
+            if let Some(p) = Pattern::new(p.as_ref())? {
                 out.push(p);
             }
         }
@@ -411,7 +412,7 @@ impl Matcher {
                 if pd.contains("**") {
                     return true;
                 }
-                match Pattern::compile(pd) {
+                match Pattern::new(pd) {
                     Ok(Some(cp)) if cp.matches(dc) => {}
                     _ => return false,
                 }

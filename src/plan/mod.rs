@@ -121,6 +121,59 @@ impl Config {
     }
 }
 
+impl From<&crate::image::oci::RunConfig> for Config {
+    /// The parts of an image's config that planning needs (env, workdir, user, shell, ONBUILD
+    /// triggers...), read from the OCI/Docker config JSON.
+    fn from(rc: &crate::image::oci::RunConfig) -> Config {
+        let strings = |v: Option<&serde_json::Value>| -> Vec<String> {
+            v.and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Config {
+            env: rc
+                .env
+                .iter()
+                .flatten()
+                .map(|e| match e.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (e.clone(), String::new()),
+                })
+                .collect(),
+            cmd: rc.cmd.clone(),
+            entrypoint: rc.entrypoint.clone(),
+            user: rc.user.clone().unwrap_or_default(),
+            workdir: rc.working_dir.clone().unwrap_or_default(),
+            labels: rc.labels.clone().unwrap_or_default(),
+            exposed: rc
+                .exposed_ports
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .collect(),
+            volumes: rc.volumes.iter().flat_map(|m| m.keys().cloned()).collect(),
+            stop_signal: rc.stop_signal.clone(),
+            healthcheck: rc.extra.get("Healthcheck").map(|h| {
+                let n = |k: &str| h.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+                Healthcheck {
+                    test: strings(h.get("Test")),
+                    interval: n("Interval"),
+                    timeout: n("Timeout"),
+                    start_period: n("StartPeriod"),
+                    start_interval: n("StartInterval"),
+                    retries: n("Retries"),
+                }
+            }),
+            shell: strings(rc.extra.get("Shell")),
+            onbuild: strings(rc.extra.get("OnBuild")),
+            author: None,
+        }
+    }
+}
+
 /// What a stage starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Base {

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod check;
 mod cli;
 mod conformance;
 mod crash;
