@@ -11,6 +11,8 @@
 //! every error, and collects lint warnings (which a `# check=` directive can skip or make
 //! fatal).
 
+#[cfg(test)]
+mod fuzz;
 pub mod instructions;
 pub mod parser;
 pub mod quote;
