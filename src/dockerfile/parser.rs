@@ -305,11 +305,22 @@ struct Lines<'a> {
 }
 
 impl<'a> Lines<'a> {
-    /// The next physical line with its line ending, as BuildKit's `scanLines`.
-    fn scan(&mut self) -> Option<&'a str> {
+    /// The next physical line with its line ending, as BuildKit's `scanLines`; a line longer
+    /// than Go's scanner buffer is an error there, so it is one here.
+    fn scan(&mut self) -> Result<Option<&'a str>, ParseError> {
         let l = self.lines.get(self.next).copied();
         self.next += 1;
-        l
+        match l {
+            Some(l) if trim_newline(l).len() >= MAX_LINE => Err(ParseError {
+                message: format!(
+                    "dockerfile line greater than max allowed size of {}",
+                    MAX_LINE - 1
+                ),
+                line: self.next,
+                end_line: self.next,
+            }),
+            l => Ok(l),
+        }
     }
 }
 
@@ -354,17 +365,7 @@ pub fn parse(text: &str) -> Result<Ast, ParseError> {
         end_line,
     };
 
-    while let Some(physical) = lines.scan() {
-        if trim_newline(physical).len() >= MAX_LINE {
-            return Err(err(
-                format!(
-                    "dockerfile line greater than max allowed size of {}",
-                    MAX_LINE - 1
-                ),
-                current + 1,
-                current + 1,
-            ));
-        }
+    while let Some(physical) = lines.scan()? {
         let mut bytes = physical;
         if current == 0 {
             bytes = bytes.strip_prefix('\u{feff}').unwrap_or(bytes);
@@ -411,17 +412,7 @@ pub fn parse(text: &str) -> Result<Ast, ParseError> {
         let mut logical = first;
         let mut empty_continuation = false;
         while !end_of_line {
-            let Some(next) = lines.scan() else { break };
-            if trim_newline(next).len() >= MAX_LINE {
-                return Err(err(
-                    format!(
-                        "dockerfile line greater than max allowed size of {}",
-                        MAX_LINE - 1
-                    ),
-                    current + 1,
-                    current + 1,
-                ));
-            }
+            let Some(next) = lines.scan()? else { break };
             // Directive scanning is over by now; BuildKit still feeds it the line.
             let _ = dparser.parse_line(trim_newline(next));
             current += 1;
@@ -451,7 +442,7 @@ pub fn parse(text: &str) -> Result<Ast, ParseError> {
             let docs = heredocs_from_line(&logical).map_err(|m| err(m, start, current))?;
             for mut doc in docs {
                 let mut terminated = false;
-                while let Some(body) = lines.scan() {
+                while let Some(body) = lines.scan()? {
                     current += 1;
                     let mut candidate = trim_newline(body);
                     if doc.chomp {
