@@ -381,19 +381,15 @@ impl Matcher {
         if path == "." {
             return false;
         }
-        let parents: Vec<&str> = match path.rfind('/') {
-            Some(i) => path[..i].split('/').collect(),
-            None => Vec::new(),
-        };
+        // The parent directories `a`, `a/b`, ... as slices of the path, made once per path
+        // rather than joined again for every pattern.
+        let parents: Vec<&str> = path.match_indices('/').map(|(i, _)| &path[..i]).collect();
         let mut matched = false;
         for p in &self.patterns {
             if p.exclusion != matched {
                 continue;
             }
-            let mut m = p.matches(&path);
-            if !m {
-                m = (1..=parents.len()).any(|n| p.matches(&parents[..n].join("/")));
-            }
+            let m = p.matches(&path) || parents.iter().any(|d| p.matches(d));
             if m {
                 matched = !p.exclusion;
             }

@@ -297,6 +297,20 @@ impl State<'_> {
         Ok((result, words.finish()))
     }
 
+    /// A modifier's word up to `stop`; running out of input reports `missing` (BuildKit's
+    /// wording), any other failure inside the word is passed on.
+    fn word_until(&mut self, stop: char, raw_escapes: bool, missing: &str) -> Res<String> {
+        self.process_stop_on(Some(stop), raw_escapes)
+            .map(|(w, _)| w)
+            .map_err(|e| {
+                if self.peek().is_none() {
+                    missing.to_string()
+                } else {
+                    e
+                }
+            })
+    }
+
     fn process_single_quote(&mut self) -> Res<String> {
         let mut out = String::new();
         let open = self.next().unwrap_or('\'');
@@ -431,16 +445,7 @@ impl State<'_> {
                     }
                 }
                 let raw = matches!(op, Some('#') | Some('%'));
-                let word = match self.process_stop_on(Some('}'), raw) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        return Err(if self.peek().is_none() {
-                            "syntax error: missing '}'".into()
-                        } else {
-                            e
-                        })
-                    }
-                };
+                let word = self.word_until('}', raw, "syntax error: missing '}'")?;
                 if !matches!(op, Some('-') | Some('+') | Some('?'))
                     && (null_is_unset || !matches!(op, Some('#') | Some('%')))
                 {
@@ -499,26 +504,8 @@ impl State<'_> {
                 if all {
                     self.next();
                 }
-                let pattern = match self.process_stop_on(Some('/'), true) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        return Err(if self.peek().is_none() {
-                            "syntax error: missing '/' in ${}".into()
-                        } else {
-                            e
-                        })
-                    }
-                };
-                let replacement = match self.process_stop_on(Some('}'), true) {
-                    Ok((w, _)) => w,
-                    Err(e) => {
-                        return Err(if self.peek().is_none() {
-                            "syntax error: missing '}'".into()
-                        } else {
-                            e
-                        })
-                    }
-                };
+                let pattern = self.word_until('/', true, "syntax error: missing '/' in ${}")?;
+                let replacement = self.word_until('}', true, "syntax error: missing '}'")?;
                 let value = self.get_env(&name);
                 if self.lx.skip_unset && value.is_none() {
                     return Ok(format!("${{{name}/{pattern}/{replacement}}}"));
