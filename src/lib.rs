@@ -6,6 +6,7 @@
 //! [`rootfs`] (in-root path resolution), [`sys`] (every unsafe syscall wrapper), [`cli`]
 //! (the only code that prints). The store itself is the `kiln-cache` crate.
 
+pub mod build;
 pub mod cli;
 pub mod context;
 pub mod diff;
@@ -13,6 +14,7 @@ pub mod dockerfile;
 pub mod image;
 pub mod plan;
 pub mod rootfs;
+pub mod runtime;
 pub mod snapshot;
 pub mod sys;
 pub mod timefmt;

@@ -114,13 +114,40 @@ impl Store {
             }
         }
         flush(&mut diffs);
+        // The step cache: its layers and the snapshot stacks after each step stay until
+        // the row goes (`kiln cache prune`).
+        let mut st = tx.prepare("SELECT layer, chain_id FROM step_cache")?;
+        for r in st.query_map([], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+            ))
+        })? {
+            let (layer, chain) = r?;
+            blobs.extend(layer);
+            chains.extend(chain);
+        }
         // Other encodings of a live layer (kept for export and push) live as long as it does.
         let mut st = tx.prepare(
             "SELECT v.digest FROM layers v WHERE v.diff_id IN
-               (SELECT l.diff_id FROM image_layers il JOIN layers l ON l.digest = il.layer)",
+               (SELECT l.diff_id FROM image_layers il JOIN layers l ON l.digest = il.layer
+                UNION SELECT l.diff_id FROM step_cache s JOIN layers l ON l.digest = s.layer)",
         )?;
         for r in st.query_map([], |r| r.get::<_, String>(0))? {
             blobs.insert(r?);
+        }
+        // A live snapshot needs the ones below it (step-cache chains name only the top).
+        let mut st = tx.prepare("SELECT chain_id, parent FROM snapshots")?;
+        let parents: std::collections::HashMap<String, Option<String>> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut todo: Vec<String> = chains.iter().cloned().collect();
+        while let Some(c) = todo.pop() {
+            if let Some(Some(p)) = parents.get(&c) {
+                if chains.insert(p.clone()) {
+                    todo.push(p.clone());
+                }
+            }
         }
         Ok((blobs, chains))
     }

@@ -8,12 +8,14 @@ pub mod blob;
 pub mod codec;
 pub mod digest;
 pub mod gc;
+pub mod steps;
 pub mod store;
 
 pub use blob::Ingest;
 pub use codec::{Compression, LayerDigests, LayerEncoder};
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
+pub use steps::{StatTuple, StepRecord};
 pub use store::{
     chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,
     Store,

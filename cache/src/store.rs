@@ -84,6 +84,29 @@ const MIGRATIONS: &[&str] = &[
         created INTEGER NOT NULL,
         state TEXT NOT NULL
      );",
+    // 2: the build step cache and the context stat cache.
+    "CREATE TABLE step_cache(
+        key TEXT PRIMARY KEY,
+        slot TEXT NOT NULL,
+        parent TEXT NOT NULL,
+        layer TEXT REFERENCES layers(digest),
+        chain_id TEXT,
+        instruction TEXT NOT NULL,
+        inputs TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        last_used INTEGER NOT NULL,
+        hits INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX step_cache_slot ON step_cache(slot, created);
+     CREATE TABLE stat_cache(
+        path BLOB PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        mode INTEGER NOT NULL,
+        hash BLOB NOT NULL
+     );",
 ];
 
 /// Seconds since the Unix epoch, now.
@@ -300,6 +323,19 @@ impl Store {
 
     /// Writes a small blob in one call.
     pub fn put_blob(&self, bytes: &[u8], expected: Option<Digest>) -> Result<Digest> {
+        let d = Digest::of(bytes);
+        if let Some(e) = expected {
+            if e != d {
+                return Err(Error::DigestMismatch {
+                    expected: e,
+                    actual: d,
+                });
+            }
+        }
+        // Already stored (a rebuild writing the same manifest): nothing to write or fsync.
+        if self.has_blob(&d) {
+            return Ok(d);
+        }
         let mut w = self.ingest()?;
         w.write_all(bytes).map_err(|e| io_err("write blob", e))?;
         Ok(w.commit(expected)?.0)

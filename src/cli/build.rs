@@ -1,17 +1,24 @@
-//! `kiln build`. With `--check`: parse, plan and lint without executing anything, printing each
-//! finding as `FILE:LINE: severity: message`; exit 0 when the file would build, 1 otherwise.
+//! `kiln build`: builds the image and prints its ID on the last stdout line, with progress on
+//! stderr (`--progress tty|plain|quiet`). With `--check`: parse, plan and lint without executing
+//! anything, printing each finding as `FILE:LINE: severity: message`; exit 0 when the file would
+//! build, 1 otherwise.
 
 use anyhow::{Context as _, Result};
 use clap::Args;
-use std::collections::BTreeMap;
-use std::io::Read;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use super::{Ctx, Hint};
+use crate::build::{BuildError, BuildOptions, Event, Progress, Snapshotter};
 use crate::context::dockerignore::{clean, Pattern};
 use crate::context::{Context, ContextError, EntryKind};
 use crate::dockerfile::{Dockerfile, DockerfileError, Warning};
 use crate::plan::{self, Plan, PlanOptions, Source, StepKind};
+use kiln_cache::Compression;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -30,6 +37,27 @@ pub struct BuildArgs {
     /// Parse, plan and lint without building; exit 1 if the build would fail
     #[arg(long)]
     check: bool,
+    /// Execute every step, ignoring the step cache
+    #[arg(long)]
+    no_cache: bool,
+    /// Network for RUN steps: host (default) or none
+    #[arg(long, value_name = "MODE", default_value = "host", value_parser = ["host", "none", "default"])]
+    network: String,
+    /// Progress output: auto, tty, plain or quiet
+    #[arg(long, value_name = "TYPE", default_value = "auto", value_parser = ["auto", "tty", "plain", "quiet"])]
+    progress: String,
+    /// Print only the image ID
+    #[arg(short, long)]
+    quiet: bool,
+    /// Layer compression: zstd (default) or gzip
+    #[arg(long, value_name = "ALGO", default_value = "zstd", value_parser = ["zstd", "gzip"])]
+    compression: String,
+    /// Set a label on the image (KEY=VALUE); may be repeated
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// How RUN gets its filesystem: overlay (default) or native (copies and a walk differ)
+    #[arg(long, env = "KILN_SNAPSHOTTER", value_name = "NAME", default_value = "overlay", value_parser = ["overlay", "native"])]
+    snapshotter: String,
     /// The build context directory
     context: PathBuf,
 }
@@ -83,13 +111,11 @@ fn read_dockerfile(
 }
 
 pub fn build(ctx: &Ctx, args: BuildArgs) -> Result<i32> {
-    if !args.check {
-        return Err(anyhow::anyhow!("executing builds is not available yet").context(Hint(
-            "`kiln build --check CONTEXT` parses, plans and lints a Dockerfile without building".into(),
-        )));
-    }
     // Tags are checked now so a bad -t fails before any work.
-    crate::image::parse_tags(&args.tags)?;
+    let tags = crate::image::parse_tags(&args.tags)?;
+    if !args.check {
+        return run_build(ctx, args, tags);
+    }
     let build_args = build_arg_map(&args.build_args)?;
     let (name, path, bytes) = read_dockerfile(args.file.as_deref(), &args.context)?;
     let outcome = check(
@@ -297,4 +323,245 @@ fn check_sources(df: &Dockerfile, plan: &Plan, ctx: &Context) -> Result<(), Dock
         }
     }
     Ok(())
+}
+
+/// Renders build progress: plain lines, one spinner per running step on a TTY, or nothing.
+enum Render {
+    Quiet,
+    Plain(Mutex<()>),
+    Tty {
+        multi: MultiProgress,
+        bars: Mutex<HashMap<usize, ProgressBar>>,
+        labels: Mutex<HashMap<usize, String>>,
+    },
+}
+
+impl Progress for Render {
+    fn event(&self, e: Event<'_>) {
+        match self {
+            Render::Quiet => {}
+            Render::Plain(lock) => {
+                let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let mut err = std::io::stderr().lock();
+                let _ = match e {
+                    Event::Start { n, label, text } => writeln!(err, "#{n} [{label}] {text}"),
+                    Event::Cached { n } => writeln!(err, "#{n} CACHED"),
+                    Event::Miss { n, why } => writeln!(err, "#{n} {why}"),
+                    Event::Output { n, line } => writeln!(err, "#{n} {line}"),
+                    Event::Done { n, secs } => writeln!(err, "#{n} DONE {secs:.1}s"),
+                    Event::Failed { n } => writeln!(err, "#{n} ERROR"),
+                };
+            }
+            Render::Tty {
+                multi,
+                bars,
+                labels,
+            } => {
+                let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+                let mut labels = labels.lock().unwrap_or_else(|p| p.into_inner());
+                match e {
+                    Event::Start { n, label, text } => {
+                        let pb = multi.add(ProgressBar::new_spinner());
+                        pb.set_style(
+                            ProgressStyle::with_template("{spinner} {prefix} {msg} {elapsed}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        let head = format!("#{n} [{label}] {text}");
+                        pb.set_prefix(truncate(&head, 70));
+                        pb.enable_steady_tick(Duration::from_millis(100));
+                        labels.insert(n, head);
+                        bars.insert(n, pb);
+                    }
+                    Event::Cached { n } => {
+                        if let Some(pb) = bars.remove(&n) {
+                            pb.finish_with_message("CACHED");
+                        }
+                    }
+                    Event::Miss { n, why } => {
+                        if let Some(pb) = bars.get(&n) {
+                            pb.set_message(truncate(why, 60));
+                        }
+                    }
+                    Event::Output { n, line } => {
+                        if let Some(pb) = bars.get(&n) {
+                            pb.set_message(format!("| {}", truncate(line, 60)));
+                        }
+                    }
+                    Event::Done { n, secs } => {
+                        if let Some(pb) = bars.remove(&n) {
+                            pb.set_style(
+                                ProgressStyle::with_template("✓ {prefix} {msg}")
+                                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            );
+                            pb.finish_with_message(format!("DONE {secs:.1}s"));
+                        }
+                    }
+                    Event::Failed { n } => {
+                        if let Some(pb) = bars.remove(&n) {
+                            pb.abandon_with_message("ERROR");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(max.saturating_sub(1)).collect();
+        format!("{t}…")
+    }
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in labels {
+        match l.split_once('=') {
+            Some(("", _)) | None => anyhow::bail!("invalid --label {l:?}: want KEY=VALUE"),
+            Some((k, v)) => {
+                out.insert(k.to_string(), v.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
+    let build_args = build_arg_map(&args.build_args)?;
+    let labels = parse_labels(&args.labels)?;
+    let source_date_epoch =
+        match build_args
+            .get("SOURCE_DATE_EPOCH")
+            .cloned()
+            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        {
+            Some(v) if !v.is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
+                anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+            })?),
+            _ => None,
+        };
+    let (name, path, bytes) = read_dockerfile(args.file.as_deref(), &args.context)?;
+    let df = Dockerfile::parse(&name, &bytes).map_err(|e| anyhow::anyhow!(fmt_df_error(&e)))?;
+    let context = Context::open(&args.context, path.as_deref())
+        .with_context(|| format!("open build context {}", args.context.display()))?;
+    let store = ctx.store()?;
+    let dockerfile_id = match &path {
+        Some(p) => std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.clone())
+            .display()
+            .to_string(),
+        None => format!("stdin:{}", args.context.display()),
+    };
+    let opts = BuildOptions {
+        tags,
+        build_args,
+        target: args.target.clone(),
+        no_cache: args.no_cache,
+        network_none: args.network == "none",
+        compression: if args.compression == "gzip" {
+            Compression::Gzip
+        } else {
+            Compression::Zstd
+        },
+        labels,
+        snapshotter: if args.snapshotter == "native" {
+            Snapshotter::Native
+        } else {
+            Snapshotter::Overlay
+        },
+        source_date_epoch,
+        dockerfile_id,
+    };
+    let mode = if args.quiet {
+        "quiet"
+    } else {
+        args.progress.as_str()
+    };
+    let render = match mode {
+        "quiet" => Render::Quiet,
+        "plain" => Render::Plain(Mutex::new(())),
+        "tty" => tty_render(),
+        _ if std::io::stderr().is_terminal() => tty_render(),
+        _ => Render::Plain(Mutex::new(())),
+    };
+    for w in &df.warnings {
+        if !args.quiet {
+            eprintln!("{name}:{}: warning: {}: {}", w.line, w.rule, w.message);
+        }
+    }
+    let t0 = std::time::Instant::now();
+    let outcome = match crate::build::build(&store, &df, &context, &opts, &render) {
+        Ok(o) => o,
+        Err(e) => {
+            if let Render::Tty { multi, .. } = &render {
+                let _ = multi.clear();
+            }
+            return Err(build_failure(e));
+        }
+    };
+    if let Render::Tty { multi, .. } = &render {
+        let _ = multi.clear();
+    }
+    if !args.quiet {
+        for w in &outcome.warnings {
+            eprintln!("{name}:{}: warning: {}: {}", w.line, w.rule, w.message);
+        }
+        let all = outcome.steps;
+        let summary = if all > 0 && outcome.cached == all {
+            format!("all {all} steps cached")
+        } else {
+            format!("{} of {all} steps cached", outcome.cached)
+        };
+        eprintln!(
+            "built {} in {:.2}s ({summary})",
+            outcome.image.id().short(),
+            t0.elapsed().as_secs_f64()
+        );
+        for t in &opts.tags {
+            let r = crate::image::reference::Reference::parse(t)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| t.clone());
+            eprintln!("tagged {r}");
+        }
+    }
+    println!("{}", outcome.image.id());
+    Ok(0)
+}
+
+fn tty_render() -> Render {
+    Render::Tty {
+        multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+        bars: Mutex::new(HashMap::new()),
+        labels: Mutex::new(HashMap::new()),
+    }
+}
+
+/// Turns a build error into the CLI's error, with the failing RUN's last output lines.
+fn build_failure(e: BuildError) -> anyhow::Error {
+    match e {
+        BuildError::Dockerfile(d) => anyhow::anyhow!(fmt_df_error(&d)),
+        BuildError::RunFailed {
+            file,
+            line,
+            text,
+            code,
+            tail,
+        } => {
+            let mut msg = format!("{file}:{line}: {text}: the command did not complete successfully: exit code {code}");
+            if !tail.is_empty() {
+                msg.push_str("\n  last output:");
+                for l in &tail {
+                    msg.push_str(&format!("\n    > {l}"));
+                }
+            }
+            anyhow::anyhow!(msg)
+        }
+        BuildError::MissingImage { .. } => anyhow::Error::new(e).context(Hint(
+            "`kiln images` lists the local images; bring the base in with `kiln pull`, `kiln import` or `kiln load`".into(),
+        )),
+        e => anyhow::Error::new(e),
+    }
 }

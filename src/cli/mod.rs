@@ -112,6 +112,11 @@ fn hint_for(e: &anyhow::Error) -> Option<String> {
 
 /// Parses argv, runs the command, prints any error; returns the process exit code.
 pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
+    let args: Vec<OsString> = args.into_iter().collect();
+    if args.get(1).is_some_and(|a| a == crate::runtime::INIT_ARG) {
+        // The container init helper: single-threaded, before anything else starts.
+        crate::runtime::init::main();
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {

@@ -9,6 +9,7 @@
 //! copy can recreate them.
 
 pub mod dockerignore;
+pub mod hash;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,12 @@
-//! Changes to and from layers: the deterministic layer tar writer, and applying a layer tar to a
-//! directory (unpack). The snapshot differs (overlay upper dir, parallel walk) come with the builder.
+//! Changes to and from layers: the deterministic layer tar writer, the two snapshot differs
+//! (overlay upper dir, parallel walk of two trees), and applying a layer tar to a directory.
 
 pub mod apply;
+pub mod overlay;
 pub mod tar;
+pub mod walk;
 
-pub use self::tar::{write_tree, TarOptions};
+pub use self::tar::{write_entries, write_tree, EntrySource, TarEntry, TarOptions};
 pub use apply::{apply_layer, ApplyError, ApplyStats};
 
 #[cfg(test)]

@@ -5,6 +5,11 @@
 //! targets over 100 bytes and all xattrs go in PAX records (never GNU long-name entries), hard
 //! links are preserved (the first path in sort order holds the data), sockets are skipped, and
 //! with `source_date_epoch` every mtime is clamped to it (reproducible-builds.org's definition).
+//!
+//! The differs hand [`write_entries`] a sorted change list; whiteouts (`.wh.NAME`) and opaque
+//! markers (`.wh..wh..opq`) are empty regular files with mode 0, owner 0:0 and mtime 0 (as
+//! containerd writes them), so they never carry a build's timestamp. `trusted.overlay.*` xattrs
+//! are overlayfs bookkeeping and never reach a layer.
 
 use crate::sys;
 use std::collections::HashMap;
@@ -21,8 +26,30 @@ pub struct TarOptions {
     pub source_date_epoch: Option<i64>,
 }
 
+/// One entry of a layer tar, by relative path (no trailing slash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TarEntry {
+    pub name: Vec<u8>,
+    pub source: EntrySource,
+}
+
+/// Where an entry's header and data come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntrySource {
+    /// A file, directory, symlink or device on the host, described as it is.
+    Host(PathBuf),
+    /// `.wh.NAME`: NAME is deleted (the entry's name is the marker's own path).
+    Whiteout,
+    /// `.wh..wh..opq`: the directory hides everything below it.
+    Opaque,
+}
+
+pub(crate) fn sort_entries(v: &mut [TarEntry]) {
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+}
+
 /// Every path below `dir` (relative, sorted by bytes), not following symlinks.
-fn walk_sorted(dir: &Path) -> io::Result<Vec<PathBuf>> {
+fn walk_sorted(dir: &Path) -> io::Result<Vec<TarEntry>> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -32,10 +59,13 @@ fn walk_sorted(dir: &Path) -> io::Result<Vec<PathBuf>> {
             if e.file_type()?.is_dir() {
                 stack.push(p.clone());
             }
-            out.push(p);
+            out.push(TarEntry {
+                name: p.as_os_str().as_bytes().to_vec(),
+                source: EntrySource::Host(dir.join(&p)),
+            });
         }
     }
-    out.sort_by(|a, b| a.as_os_str().as_bytes().cmp(b.as_os_str().as_bytes()));
+    sort_entries(&mut out);
     Ok(out)
 }
 
@@ -59,16 +89,44 @@ fn set_link(h: &mut tar::Header, link: &[u8], pax: &mut Vec<(String, Vec<u8>)>) 
 
 /// Writes the tree under `dir` as a layer tar into `out`; returns `out`.
 pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result<W> {
+    write_entries(&walk_sorted(dir)?, out, opts)
+}
+
+/// Writes `entries` (sorted by name) as a layer tar into `out`; returns `out`.
+pub fn write_entries<W: Write>(entries: &[TarEntry], out: W, opts: &TarOptions) -> io::Result<W> {
     let mut b = tar::Builder::new(out);
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for rel in walk_sorted(dir)? {
-        let full = dir.join(&rel);
-        let meta = fs::symlink_metadata(&full)?;
+    for entry in entries {
+        let full = match &entry.source {
+            EntrySource::Host(p) => p,
+            EntrySource::Whiteout | EntrySource::Opaque => {
+                let mut h = tar::Header::new_ustar();
+                let mut pax = Vec::new();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
+                h.set_size(0);
+                set_name(&mut h, &entry.name, &mut pax);
+                if !pax.is_empty() {
+                    b.append_pax_extensions(
+                        pax.iter()
+                            .map(|(k, v): &(String, Vec<u8>)| (k.as_str(), v.as_slice())),
+                    )?;
+                }
+                h.set_cksum();
+                b.append(&h, io::empty())?;
+                continue;
+            }
+        };
+        let full = full.as_path();
+        let meta = fs::symlink_metadata(full)?;
         let ft = meta.file_type();
         if ft.is_socket() {
             continue;
         }
-        let mut name = rel.as_os_str().as_bytes().to_vec();
+        let mut name = entry.name.clone();
         let mut h = tar::Header::new_ustar();
         let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         h.set_mode(meta.mode() & 0o7777);
@@ -88,7 +146,7 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
             h.set_entry_type(tar::EntryType::Symlink);
             set_link(
                 &mut h,
-                fs::read_link(&full)?.as_os_str().as_bytes(),
+                fs::read_link(full)?.as_os_str().as_bytes(),
                 &mut pax,
             );
         } else if ft.is_file() {
@@ -109,7 +167,7 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
                     fs::OpenOptions::new()
                         .read(true)
                         .custom_flags(libc::O_NOFOLLOW)
-                        .open(&full)?,
+                        .open(full)?,
                 );
             }
         } else if ft.is_char_device() || ft.is_block_device() {
@@ -126,10 +184,13 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
         }
         set_name(&mut h, &name, &mut pax);
         if h.entry_type() != tar::EntryType::Link {
-            let mut names: Vec<OsString> = sys::llistxattr(&full)?;
+            let mut names: Vec<OsString> = sys::llistxattr(full)?;
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             for n in names {
-                let v = sys::lgetxattr(&full, &n)?;
+                if n.as_bytes().starts_with(b"trusted.overlay.") {
+                    continue;
+                }
+                let v = sys::lgetxattr(full, &n)?;
                 pax.push((format!("SCHILY.xattr.{}", n.to_string_lossy()), v));
             }
         }
@@ -146,7 +207,7 @@ pub fn write_tree<W: Write>(dir: &Path, out: W, opts: &TarOptions) -> io::Result
                     ExactReader {
                         inner: f,
                         left: len,
-                        path: &full,
+                        path: full,
                     },
                 )?
             }

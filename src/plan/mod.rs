@@ -248,8 +248,9 @@ pub enum StepKind {
     Run(RunStep),
     /// COPY/ADD.
     Copy(CopyStep),
-    /// WORKDIR: make sure the directory exists.
-    Workdir(String),
+    /// WORKDIR: make sure the directory (absolute) exists, created owned by the USER in force
+    /// (as BuildKit does).
+    Workdir(String, String),
 }
 
 /// One layer-making step.
@@ -634,7 +635,7 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, DockerfileError
             match &mut step.kind {
                 StepKind::Copy(c) => fix(&mut c.source),
                 StepKind::Run(r) => r.mount_sources.iter_mut().for_each(fix),
-                StepKind::Workdir(_) => {}
+                StepKind::Workdir(..) => {}
             }
         }
         stages.push(st);
@@ -859,11 +860,14 @@ fn plan_stage(
                 stage.config.workdir = abs.clone();
                 let mut def = Canon::new();
                 def.str(0, "WORKDIR").str(1, &abs);
+                if !stage.config.user.is_empty() {
+                    def.str(2, &stage.config.user);
+                }
                 stage.steps.push(Step {
                     line: l.line,
                     end_line: l.end_line,
                     text: text.clone(),
-                    kind: StepKind::Workdir(abs),
+                    kind: StepKind::Workdir(abs, stage.config.user.clone()),
                     definition: def,
                 });
                 stage.history.push((l.line, text, true));

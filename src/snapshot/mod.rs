@@ -5,6 +5,8 @@
 //! once stacked by overlay), checked against its DiffID, and only then moved into snapshots/ and
 //! recorded; a failure leaves nothing behind. Missing layers unpack in parallel.
 
+pub mod view;
+
 use crate::diff::{apply_layer, ApplyError};
 use crate::rootfs::Root;
 use kiln_cache::{chain_ids, codec, Digest, ImageRecord, SnapshotRecord, Store};
@@ -65,6 +67,21 @@ fn unpack_layer(
         });
     }
     Ok(store.commit_snapshot(dir, chain, parent, diff_id, stats.bytes)?)
+}
+
+/// Unpacks a recorded layer as the snapshot `chain` (on top of `parent`), or returns the
+/// snapshot already recorded under that ChainID.
+pub fn unpack_layer_record(
+    store: &Store,
+    layer: &kiln_cache::LayerRecord,
+    chain: Digest,
+    parent: Option<Digest>,
+) -> Result<SnapshotRecord, SnapshotError> {
+    if let Some(s) = store.snapshot(&chain)? {
+        return Ok(s);
+    }
+    let _lease = store.lease()?;
+    unpack_layer(store, &layer.digest, layer.diff_id, chain, parent)
 }
 
 /// Ensures every layer of `image` is unpacked; returns the snapshots bottom to top.

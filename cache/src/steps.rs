@@ -1,0 +1,219 @@
+//! The build step cache and the context stat cache, both rows in `kiln.db`.
+//!
+//! A step-cache row maps a step key (blake3, hex) to what executing the step produced: the layer
+//! (a row in `layers`, absent when the step changed nothing) and the ChainID of the snapshot stack
+//! after it. `slot` names "the same step" across builds (Dockerfile, stage, step position) so a miss
+//! can be explained against the nearest earlier row of that slot; `inputs` is the JSON record of
+//! what formed the key, kept for that explanation and for `kiln cache inspect`.
+//!
+//! Rows are inserted only after the layer blob and snapshot they name are durable and recorded
+//! (the store's invariant); GC keeps every step-cache layer and snapshot alive until the row goes.
+//!
+//! The stat cache maps an absolute context path to its stat tuple (size, mtime ns, ctime ns,
+//! inode, mode) and the blake3 of its content. A hit needs every field equal: mtime alone is never
+//! trusted (a same-size edit within one mtime tick still changes ctime).
+
+use crate::digest::Digest;
+use crate::store::{now, LayerRecord, Store};
+use crate::Result;
+use rusqlite::{params, OptionalExtension};
+use std::collections::HashMap;
+
+/// A step-cache row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRecord {
+    pub key: String,
+    pub slot: String,
+    pub parent: String,
+    pub layer: Option<LayerRecord>,
+    pub chain_id: Option<Digest>,
+    pub instruction: String,
+    pub inputs: String,
+    pub created: i64,
+    pub last_used: i64,
+    pub hits: i64,
+}
+
+/// A file's stat tuple, as the stat cache compares it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatTuple {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub mode: u32,
+}
+
+const STEP_COLUMNS: &str =
+    "s.key, s.slot, s.parent, s.chain_id, s.instruction, s.inputs, s.created, s.last_used, s.hits,
+     l.digest, l.diff_id, l.media_type, l.size, l.uncompressed_size";
+
+fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRecord> {
+    let digest = |i: usize| -> rusqlite::Result<Option<Digest>> {
+        r.get::<_, Option<String>>(i)?
+            .map(|s| {
+                s.parse().map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let layer = match (digest(9)?, digest(10)?) {
+        (Some(d), Some(diff)) => Some(LayerRecord {
+            digest: d,
+            diff_id: diff,
+            media_type: r.get(11)?,
+            size: r.get(12)?,
+            uncompressed_size: r.get(13)?,
+        }),
+        _ => None,
+    };
+    Ok(StepRecord {
+        key: r.get(0)?,
+        slot: r.get(1)?,
+        parent: r.get(2)?,
+        layer,
+        chain_id: digest(3)?,
+        instruction: r.get(4)?,
+        inputs: r.get(5)?,
+        created: r.get(6)?,
+        last_used: r.get(7)?,
+        hits: r.get(8)?,
+    })
+}
+
+impl Store {
+    /// The step-cache row for `key`, if any.
+    pub fn step(&self, key: &str) -> Result<Option<StepRecord>> {
+        let db = self.db();
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer WHERE s.key = ?1"
+        );
+        Ok(db.query_row(&sql, [key], step_row).optional()?)
+    }
+
+    /// The most recent row of `slot` other than `key` (what the last build of this step used).
+    pub fn previous_step(&self, slot: &str, key: &str) -> Result<Option<StepRecord>> {
+        let db = self.db();
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer
+             WHERE s.slot = ?1 AND s.key != ?2 ORDER BY s.last_used DESC, s.created DESC LIMIT 1"
+        );
+        Ok(db.query_row(&sql, [slot, key], step_row).optional()?)
+    }
+
+    /// Every step-cache row, most recently used first.
+    pub fn steps(&self) -> Result<Vec<StepRecord>> {
+        let db = self.db();
+        let sql = format!(
+            "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer
+             ORDER BY s.last_used DESC, s.key"
+        );
+        let mut st = db.prepare(&sql)?;
+        let rows = st.query_map([], step_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a step's result. Its layer (if any) must already be a recorded layer and its
+    /// snapshot committed. An existing row for the key (a concurrent build) is kept.
+    pub fn record_step(&self, rec: &StepRecord) -> Result<()> {
+        if let Some(l) = &rec.layer {
+            self.record_layer(l)?;
+        }
+        let db = self.db();
+        db.execute(
+            "INSERT OR IGNORE INTO step_cache(key, slot, parent, layer, chain_id, instruction, inputs, created, last_used, hits)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+            params![
+                rec.key,
+                rec.slot,
+                rec.parent,
+                rec.layer.as_ref().map(|l| l.digest.to_string()),
+                rec.chain_id.map(|c| c.to_string()),
+                rec.instruction,
+                rec.inputs,
+                rec.created,
+                rec.last_used
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Counts a cache hit.
+    pub fn touch_step(&self, key: &str) -> Result<()> {
+        let db = self.db();
+        db.execute(
+            "UPDATE step_cache SET hits = hits + 1, last_used = ?2 WHERE key = ?1",
+            params![key, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Stat-cache rows for every path under `prefix` (an absolute directory, no trailing slash).
+    pub fn stat_cache_under(
+        &self,
+        prefix: &[u8],
+    ) -> Result<HashMap<Vec<u8>, (StatTuple, [u8; 32])>> {
+        let db = self.db();
+        let mut lo = prefix.to_vec();
+        lo.push(b'/');
+        let mut hi = prefix.to_vec();
+        hi.push(b'/' + 1);
+        let mut st = db.prepare_cached(
+            "SELECT path, size, mtime_ns, ctime_ns, ino, mode, hash FROM stat_cache WHERE path >= ?1 AND path < ?2",
+        )?;
+        let rows = st.query_map(params![lo, hi], |r| {
+            let hash: Vec<u8> = r.get(6)?;
+            let mut h = [0u8; 32];
+            if hash.len() == 32 {
+                h.copy_from_slice(&hash);
+            }
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                (
+                    StatTuple {
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                        ctime_ns: r.get(3)?,
+                        ino: r.get::<_, i64>(4)? as u64,
+                        mode: r.get(5)?,
+                    },
+                    h,
+                ),
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores freshly computed hashes, in one transaction.
+    pub fn stat_cache_put(&self, rows: &[(Vec<u8>, StatTuple, [u8; 32])]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO stat_cache(path, size, mtime_ns, ctime_ns, ino, mode, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (p, t, h) in rows {
+                st.execute(params![
+                    p,
+                    t.size as i64,
+                    t.mtime_ns,
+                    t.ctime_ns,
+                    t.ino as i64,
+                    t.mode,
+                    &h[..]
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

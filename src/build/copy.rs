@@ -1,0 +1,708 @@
+//! COPY and ADD: selecting sources, the content digest that keys them, and writing them straight
+//! into the step's upper directory.
+//!
+//! Selection follows Docker: a source is a path relative to the context (or the `--from` root),
+//! wildcards (`*`, `?`, `[...]`, as Go's filepath.Match, never crossing `/`) may match nothing;
+//! a directory source copies its *contents*; a file goes to `DEST/NAME` when DEST ends in `/`,
+//! names an existing directory, or there are several sources, else to DEST itself. Context
+//! files become root-owned (BuildKit resets ownership), `--from` files keep theirs; `--chown`
+//! and `--chmod` override. Missing parents of the destination are created 0755; existing ones
+//! are resolved through the parent's merged view (symlinks followed in-root) and copied up with
+//! their metadata, as overlayfs would. ADD unpacks local tar archives (plain, gzip, zstd,
+//! bzip2, xz) into the destination directory.
+
+use crate::context::dockerignore::Pattern;
+use crate::context::hash::Hasher;
+use crate::context::{Entry, EntryKind};
+use crate::plan::Canon;
+use crate::rootfs::{clean, InPath, Root};
+use crate::snapshot::view::{Found, View};
+use crate::sys;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// What a copied item is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink(PathBuf),
+    /// Device or fifo (from a stage or image).
+    Special(u32, u64),
+}
+
+/// Where an item's data comes from.
+#[derive(Clone, Debug)]
+pub enum Data {
+    Host(PathBuf),
+    Inline(Vec<u8>),
+}
+
+/// One item to copy, relative to its source root.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Path below the root ("" for a file root itself).
+    pub rel: String,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub data: Data,
+    /// blake3 of the content (context files only; the key uses it).
+    pub hash: [u8; 32],
+}
+
+/// A matched source: a file (copied under its name) or a directory (its contents).
+#[derive(Clone, Debug)]
+pub struct Root_ {
+    pub name: String,
+    pub is_dir: bool,
+    pub items: Vec<Item>,
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Cleans a source path into a context-relative one ("" is the root); `None` if it climbs out.
+fn clean_source(src: &str) -> Option<String> {
+    clean(Path::new(src)).map(|p| p.as_path().to_string_lossy().into_owned())
+}
+
+fn base_name(p: &str) -> String {
+    p.rsplit('/').next().unwrap_or(p).to_string()
+}
+
+/// Selects context sources from the walk (`entries`, sorted, ignore-aware), hashing what they
+/// select with `hasher`.
+pub fn select_context(
+    srcs: &[String],
+    entries: &[Entry],
+    hasher: &Hasher<'_>,
+) -> Result<Vec<Root_>, String> {
+    let by_path: HashMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
+    // (root name, is_dir, [(rel, entry path)])
+    let mut picked: Vec<(String, bool, Vec<(String, String)>)> = Vec::new();
+    for src in srcs {
+        let Some(c) = clean_source(src) else {
+            return Err(format!("source {src:?} is outside the build context"));
+        };
+        let matched: Vec<String> = if c.is_empty() {
+            vec![String::new()]
+        } else if has_wildcard(&c) {
+            let pat = Pattern::new(&c)
+                .map_err(|e| format!("bad source pattern {src:?}: {}", e.why))?
+                .ok_or_else(|| format!("empty source {src:?}"))?;
+            entries
+                .iter()
+                .filter(|e| !e.implied && pat.matches(&e.path))
+                .map(|e| e.path.clone())
+                .collect()
+        } else {
+            match by_path.get(c.as_str()) {
+                Some(e) if !e.implied || e.kind == EntryKind::Dir => vec![c.clone()],
+                _ => {
+                    return Err(format!(
+                        "{src:?} not found in the build context (or excluded by .dockerignore)"
+                    ))
+                }
+            }
+        };
+        for m in matched {
+            let is_dir = m.is_empty()
+                || by_path
+                    .get(m.as_str())
+                    .is_some_and(|e| e.kind == EntryKind::Dir);
+            let mut items = Vec::new();
+            if is_dir {
+                let prefix = if m.is_empty() {
+                    String::new()
+                } else {
+                    format!("{m}/")
+                };
+                let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
+                for e in &entries[start..] {
+                    if !e.path.starts_with(&prefix) {
+                        break;
+                    }
+                    items.push((e.path[prefix.len()..].to_string(), e.path.clone()));
+                }
+                items.insert(0, (String::new(), m.clone()));
+            } else {
+                items.push((String::new(), m.clone()));
+            }
+            picked.push((base_name(&m), is_dir, items));
+        }
+    }
+    // Hash every selected path once, in parallel.
+    let mut all: Vec<String> = picked
+        .iter()
+        .flat_map(|(_, _, it)| it.iter().map(|(_, p)| p.clone()))
+        .filter(|p| !p.is_empty())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    let hashes = hasher.hash(&refs).map_err(|e| e.to_string())?;
+    let index: HashMap<&str, usize> = refs.iter().enumerate().map(|(i, p)| (*p, i)).collect();
+    let root = hasher.root().to_path_buf();
+    let mut out = Vec::new();
+    for (name, is_dir, items) in picked {
+        let mut v = Vec::new();
+        for (rel, path) in items {
+            let host = if path.is_empty() {
+                root.clone()
+            } else {
+                root.join(&path)
+            };
+            let (stat, hash) = match index.get(path.as_str()) {
+                Some(i) => (hashes[*i].stat, hashes[*i].hash),
+                None => {
+                    let m = fs::symlink_metadata(&host).map_err(|e| e.to_string())?;
+                    (
+                        kiln_cache::StatTuple {
+                            size: m.size(),
+                            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+                            ctime_ns: 0,
+                            ino: 0,
+                            mode: m.mode(),
+                        },
+                        [0; 32],
+                    )
+                }
+            };
+            let fmt = stat.mode & libc::S_IFMT;
+            let kind = match fmt {
+                libc::S_IFDIR => Kind::Dir,
+                libc::S_IFLNK => Kind::Symlink(fs::read_link(&host).map_err(|e| e.to_string())?),
+                libc::S_IFREG => Kind::File,
+                // Sockets, fifos and devices in a context are not copied (BuildKit skips them).
+                _ => continue,
+            };
+            v.push(Item {
+                rel,
+                kind,
+                mode: stat.mode & 0o7777,
+                uid: 0,
+                gid: 0,
+                mtime: (
+                    stat.mtime_ns.div_euclid(1_000_000_000),
+                    stat.mtime_ns.rem_euclid(1_000_000_000),
+                ),
+                data: Data::Host(host),
+                hash,
+            });
+        }
+        out.push(Root_ {
+            name,
+            is_dir,
+            items: v,
+        });
+    }
+    Ok(out)
+}
+
+fn view_item(rel: String, f: &Found) -> Result<Item, String> {
+    let m = &f.meta;
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        Kind::Dir
+    } else if ft.is_symlink() {
+        Kind::Symlink(fs::read_link(&f.host).map_err(|e| e.to_string())?)
+    } else if ft.is_file() {
+        Kind::File
+    } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+        Kind::Special(m.mode() & libc::S_IFMT, m.rdev())
+    } else {
+        return Err(format!("cannot copy {}", f.path.as_path().display()));
+    };
+    Ok(Item {
+        rel,
+        kind,
+        mode: m.mode() & 0o7777,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        data: Data::Host(f.host.clone()),
+        hash: [0; 32],
+    })
+}
+
+fn view_tree(view: &View, dir: &Found, rel: &str, out: &mut Vec<Item>) -> Result<(), String> {
+    for (name, f) in view.read_dir(dir).map_err(|e| e.to_string())? {
+        let r = if rel.is_empty() {
+            name.to_string_lossy().into_owned()
+        } else {
+            format!("{rel}/{}", name.to_string_lossy())
+        };
+        out.push(view_item(r.clone(), &f)?);
+        if f.is_dir() {
+            view_tree(view, &f, &r, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// Selects sources from a stage's or image's merged view.
+pub fn select_view(srcs: &[String], view: &View, what: &str) -> Result<Vec<Root_>, String> {
+    let mut out = Vec::new();
+    for src in srcs {
+        let Some(c) = clean_source(src) else {
+            return Err(format!("source {src:?} climbs out of {what}"));
+        };
+        let matched: Vec<String> = if has_wildcard(&c) {
+            // Expand component by component against the merged directory listings.
+            let mut cands = vec![String::new()];
+            for comp in c.split('/') {
+                let pat = Pattern::new(comp)
+                    .map_err(|e| format!("bad source pattern {src:?}: {}", e.why))?
+                    .ok_or_else(|| format!("empty source {src:?}"))?;
+                let mut next = Vec::new();
+                for cand in cands {
+                    let Some(d) = view.resolve(&cand, true).map_err(|e| e.to_string())? else {
+                        continue;
+                    };
+                    if !d.is_dir() {
+                        continue;
+                    }
+                    for name in view.read_dir(&d).map_err(|e| e.to_string())?.into_keys() {
+                        let n = name.to_string_lossy();
+                        if pat.matches(&n) {
+                            next.push(if cand.is_empty() {
+                                n.into_owned()
+                            } else {
+                                format!("{cand}/{n}")
+                            });
+                        }
+                    }
+                }
+                cands = next;
+            }
+            cands
+        } else {
+            vec![c]
+        };
+        for m in matched {
+            let Some(f) = view.resolve(&m, true).map_err(|e| e.to_string())? else {
+                return Err(format!("{src:?} not found in {what}"));
+            };
+            let mut items = vec![view_item(String::new(), &f)?];
+            if f.is_dir() {
+                view_tree(view, &f, "", &mut items)?;
+            }
+            out.push(Root_ {
+                name: base_name(&m),
+                is_dir: f.is_dir(),
+                items,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The key input for context sources: every selected path with its type, mode, link target and
+/// content hash. Ownership is fixed (root, or `--chown`, which the definition keys); mtimes,
+/// inode numbers and ctimes never are.
+pub fn inputs_digest(roots: &[Root_]) -> Canon {
+    let mut c = Canon::new();
+    for r in roots {
+        let mut rc = Canon::new();
+        rc.str(0, &r.name).flag(1, r.is_dir);
+        for it in &r.items {
+            let mut ic = Canon::new();
+            let kind = match &it.kind {
+                Kind::File => "f".to_string(),
+                Kind::Dir => "d".to_string(),
+                Kind::Symlink(t) => format!("l:{}", t.display()),
+                Kind::Special(t, d) => format!("s:{t}:{d}"),
+            };
+            ic.str(0, &it.rel)
+                .str(1, &kind)
+                .str(2, &format!("{:o}", it.mode))
+                .bytes(3, &it.hash);
+            rc.nested(2, &ic);
+        }
+        c.nested(0, &rc);
+    }
+    c
+}
+
+/// Resolved COPY options.
+pub struct WriteOptions {
+    pub chown: Option<(u32, u32)>,
+    pub chmod: Option<u32>,
+    /// ADD: unpack local archives.
+    pub unpack: bool,
+    /// mtime for files made from nothing (heredocs, created parents).
+    pub now: i64,
+}
+
+struct DirFix {
+    path: InPath,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, i64),
+}
+
+/// Writes into a fresh upper directory, consulting the parent's merged view.
+pub struct Writer<'a> {
+    upper: Root,
+    view: &'a View,
+    opts: WriteOptions,
+    dirs: HashMap<String, InPath>,
+    fixes: Vec<DirFix>,
+}
+
+fn io_s(e: io::Error) -> String {
+    e.to_string()
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(upper: &Path, view: &'a View, opts: WriteOptions) -> Result<Writer<'a>, String> {
+        Ok(Writer {
+            upper: Root::open(upper).map_err(io_s)?,
+            view,
+            opts,
+            dirs: HashMap::new(),
+            fixes: Vec::new(),
+        })
+    }
+
+    /// Makes sure directory `path` (absolute, in the image) exists in the upper dir, following
+    /// symlinks of the merged view; returns its resolved in-root path.
+    pub fn ensure_dir(&mut self, path: &str) -> Result<InPath, String> {
+        let key = path.trim_end_matches('/').to_string();
+        if let Some(p) = self.dirs.get(&key) {
+            return Ok(p.clone());
+        }
+        let mut resolved = clean(Path::new("")).expect("root");
+        let mut created_any = false;
+        for comp in key.split('/').filter(|c| !c.is_empty() && *c != ".") {
+            let candidate = resolved.as_path().join(comp);
+            let cand_str = format!("/{}", candidate.display());
+            let found = if created_any {
+                None
+            } else {
+                self.view.resolve(&cand_str, true).map_err(io_s)?
+            };
+            match found {
+                Some(f) if f.is_dir() => {
+                    resolved = f.path.clone();
+                    self.mkdir(
+                        &resolved,
+                        f.meta.mode() & 0o7777,
+                        f.meta.uid(),
+                        f.meta.gid(),
+                        (f.meta.mtime(), f.meta.mtime_nsec()),
+                    )?;
+                }
+                Some(_) => {
+                    return Err(format!("{cand_str} exists and is not a directory"));
+                }
+                None => {
+                    created_any = true;
+                    resolved = clean(&candidate).ok_or("path climbs out of the root")?;
+                    let (uid, gid) = self.opts.chown.unwrap_or((0, 0));
+                    self.mkdir(&resolved, 0o755, uid, gid, (self.opts.now, 0))?;
+                }
+            }
+        }
+        self.dirs.insert(key, resolved.clone());
+        Ok(resolved)
+    }
+
+    fn mkdir(
+        &mut self,
+        p: &InPath,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: (i64, i64),
+    ) -> Result<(), String> {
+        let Some((parent, name)) = p.split() else {
+            return Ok(());
+        };
+        let pfd = self.upper.open_dir(&parent).map_err(io_s)?;
+        match sys::lstatat(pfd.as_fd(), name).map_err(io_s)? {
+            Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => return Ok(()),
+            Some(_) => crate::rootfs::remove_all_at(pfd.as_fd(), name).map_err(io_s)?,
+            None => {}
+        }
+        sys::mkdirat(pfd.as_fd(), name, 0o700).map_err(io_s)?;
+        self.fixes.push(DirFix {
+            path: p.clone(),
+            mode,
+            uid,
+            gid,
+            mtime,
+        });
+        Ok(())
+    }
+
+    /// Copies the matched roots to `dest` (absolute; a trailing `/` means a directory).
+    pub fn copy(&mut self, roots: &[Root_], dest: &str) -> Result<(), String> {
+        let files = roots.iter().filter(|r| !r.is_dir).count();
+        let dest_dir = dest.ends_with('/')
+            || roots.len() > 1
+            || files == 0
+            || self
+                .view
+                .resolve(dest, true)
+                .map_err(io_s)?
+                .is_some_and(|f| f.is_dir());
+        for r in roots {
+            if r.is_dir {
+                let base = self.ensure_dir(dest)?;
+                for it in &r.items {
+                    if it.rel.is_empty() {
+                        continue;
+                    }
+                    self.put(&base, it)?;
+                }
+            } else {
+                let Some(it) = r.items.first() else { continue };
+                let (dir, name) = if dest_dir {
+                    (dest.trim_end_matches('/').to_string(), r.name.clone())
+                } else {
+                    let d = dest.trim_end_matches('/');
+                    match d.rsplit_once('/') {
+                        Some((p, n)) => (p.to_string(), n.to_string()),
+                        None => (String::new(), d.to_string()),
+                    }
+                };
+                let base = self.ensure_dir(if dir.is_empty() { "/" } else { &dir })?;
+                if self.opts.unpack && it.kind == Kind::File {
+                    if let Data::Host(p) = &it.data {
+                        if let Some(kind) = archive_kind(p).map_err(io_s)? {
+                            let target = self.ensure_dir(dest)?;
+                            self.unpack(p, kind, &target)?;
+                            continue;
+                        }
+                    }
+                }
+                let mut one = it.clone();
+                one.rel = name;
+                self.put(&base, &one)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one item at `base/item.rel` in the upper dir.
+    fn put(&mut self, base: &InPath, it: &Item) -> Result<(), String> {
+        let path = clean(&base.as_path().join(&it.rel)).ok_or("path climbs out of the root")?;
+        let Some((parent, name)) = path.split() else {
+            return Ok(());
+        };
+        let parent_str = format!("/{}", parent.as_path().display());
+        let parent = self.ensure_dir(&parent_str)?;
+        let pfd = self.upper.open_dir(&parent).map_err(io_s)?;
+        let pfd = pfd.as_fd();
+        let (uid, gid) = self.opts.chown.unwrap_or((it.uid, it.gid));
+        let mode = self.opts.chmod.unwrap_or(it.mode);
+        let name = name.to_os_string();
+        if it.kind == Kind::Dir {
+            match sys::lstatat(pfd, &name).map_err(io_s)? {
+                Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+                Some(_) => {
+                    crate::rootfs::remove_all_at(pfd, &name).map_err(io_s)?;
+                    sys::mkdirat(pfd, &name, 0o700).map_err(io_s)?;
+                }
+                None => sys::mkdirat(pfd, &name, 0o700).map_err(io_s)?,
+            }
+            let full = clean(&parent.as_path().join(&name)).expect("clean");
+            self.dirs
+                .insert(format!("/{}", full.as_path().display()), full.clone());
+            self.fixes.push(DirFix {
+                path: full,
+                mode,
+                uid,
+                gid,
+                mtime: it.mtime,
+            });
+            return Ok(());
+        }
+        crate::rootfs::remove_all_at(pfd, &name).map_err(io_s)?;
+        match &it.kind {
+            Kind::File => {
+                let fd = sys::openat(
+                    pfd,
+                    &name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    0o600,
+                )
+                .map_err(io_s)?;
+                let mut out = fs::File::from(fd);
+                match &it.data {
+                    Data::Host(p) => {
+                        let mut src =
+                            fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                        io::copy(&mut src, &mut out).map_err(io_s)?;
+                    }
+                    Data::Inline(b) => {
+                        io::Write::write_all(&mut out, b).map_err(io_s)?;
+                    }
+                }
+                sys::lchownat(out.as_fd(), OsStr::new(""), uid, gid).map_err(io_s)?;
+                sys::fchmod(out.as_fd(), mode).map_err(io_s)?;
+                sys::lutimesat(out.as_fd(), OsStr::new(""), it.mtime.0, it.mtime.1)
+                    .map_err(io_s)?;
+            }
+            Kind::Symlink(t) => {
+                sys::symlinkat(t.as_os_str(), pfd, &name).map_err(io_s)?;
+                sys::lchownat(pfd, &name, uid, gid).map_err(io_s)?;
+                sys::lutimesat(pfd, &name, it.mtime.0, it.mtime.1).map_err(io_s)?;
+            }
+            Kind::Special(t, dev) => {
+                sys::mknodat(pfd, &name, t | mode, *dev).map_err(io_s)?;
+                sys::lchownat(pfd, &name, uid, gid).map_err(io_s)?;
+                sys::lutimesat(pfd, &name, it.mtime.0, it.mtime.1).map_err(io_s)?;
+            }
+            Kind::Dir => unreachable!("handled above"),
+        }
+        Ok(())
+    }
+
+    fn unpack(&mut self, archive: &Path, kind: Archive, target: &InPath) -> Result<(), String> {
+        let f = fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+        let reader: Box<dyn Read> = match kind {
+            Archive::Bzip2 => Box::new(bzip2_rs::DecoderReader::new(f)),
+            Archive::Xz => {
+                let mut out = Vec::new();
+                let mut r = io::BufReader::new(f);
+                lzma_rs::xz_decompress(&mut r, &mut out)
+                    .map_err(|e| format!("{}: xz: {e}", archive.display()))?;
+                Box::new(io::Cursor::new(out))
+            }
+            Archive::Other => kiln_cache::codec::decompress(f).map_err(io_s)?,
+        };
+        let dir = self.upper.path().join(target.as_path());
+        let root = Root::open(&dir).map_err(io_s)?;
+        crate::diff::apply_layer(&root, reader)
+            .map_err(|e| format!("unpack {}: {e}", archive.display()))?;
+        Ok(())
+    }
+
+    /// Sets directory metadata last (writing entries changed their mtimes).
+    pub fn finish(self) -> Result<(), String> {
+        for d in self.fixes.iter().rev() {
+            let fd = self
+                .upper
+                .open_at(
+                    &d.path,
+                    libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW,
+                )
+                .map_err(io_s)?;
+            sys::lchownat(fd.as_fd(), OsStr::new(""), d.uid, d.gid).map_err(io_s)?;
+            sys::fchmod(fd.as_fd(), d.mode).map_err(io_s)?;
+            sys::lutimesat(fd.as_fd(), OsStr::new(""), d.mtime.0, d.mtime.1).map_err(io_s)?;
+        }
+        Ok(())
+    }
+}
+
+/// How a local ADD source is compressed, if it is a tar archive at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Archive {
+    Bzip2,
+    Xz,
+    /// Plain, gzip or zstd (the layer codec reads these).
+    Other,
+}
+
+/// Whether `p` is a tar archive (Docker's `archive.IsArchivePath`: decompress the head and look
+/// for a tar header).
+fn archive_kind(p: &Path) -> io::Result<Option<Archive>> {
+    let mut head = vec![0u8; 512];
+    let n = {
+        let mut f = fs::File::open(p)?;
+        let mut n = 0;
+        while n < head.len() {
+            let k = f.read(&mut head[n..])?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+        }
+        n
+    };
+    head.truncate(n);
+    let kind = if head.starts_with(b"BZh") {
+        Archive::Bzip2
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        Archive::Xz
+    } else {
+        Archive::Other
+    };
+    let f = fs::File::open(p)?;
+    let mut r: Box<dyn Read> = match kind {
+        Archive::Bzip2 => Box::new(bzip2_rs::DecoderReader::new(f)),
+        Archive::Xz => {
+            let mut out = Vec::new();
+            if lzma_rs::xz_decompress(&mut io::BufReader::new(f), &mut out).is_err() {
+                return Ok(None);
+            }
+            out.truncate(512);
+            Box::new(io::Cursor::new(out))
+        }
+        Archive::Other => kiln_cache::codec::decompress(f)?,
+    };
+    let mut block = vec![0u8; 512];
+    let mut got = 0;
+    while got < 512 {
+        match r.read(&mut block[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(_) => return Ok(None),
+        }
+    }
+    if got < 512 {
+        return Ok(None);
+    }
+    // A tar header: "ustar" magic, or a valid old-style checksum.
+    let magic = &block[257..262] == b"ustar";
+    let h = tar::Header::from_byte_slice(&block[..512]);
+    let sum_ok = h.cksum().ok().is_some_and(|c| {
+        let mut s: u32 = 0;
+        for (i, b) in block.iter().enumerate() {
+            s += if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u32
+            };
+        }
+        s == c
+    });
+    Ok((magic || sum_ok).then_some(kind))
+}
+
+/// Resolves `--chown` with the destination image's passwd/group: `user[:group]`.
+pub fn resolve_chown(spec: &str, view: &View) -> Result<(u32, u32), String> {
+    let passwd = view.read_string("/etc/passwd");
+    let group = view.read_string("/etc/group");
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let ids = crate::runtime::user::resolve(u, passwd.as_deref(), group.as_deref())
+        .map_err(|e| e.to_string())?;
+    let gid = match g {
+        Some(g) if !g.is_empty() => {
+            crate::runtime::user::resolve(&format!("0:{g}"), passwd.as_deref(), group.as_deref())
+                .map_err(|e| e.to_string())?
+                .gid
+        }
+        // BuildKit (file/user_linux.go readUser): a name takes its passwd gid, a number is
+        // used for both.
+        _ if u.parse::<u32>().is_ok() => ids.uid,
+        _ => ids.gid,
+    };
+    Ok((ids.uid, gid))
+}

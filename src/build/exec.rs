@@ -1,0 +1,270 @@
+//! Executing RUN: the step's root filesystem, the container process, and what it left.
+//!
+//! Overlay snapshotter: lower dirs = the parent chain's snapshots, upper = the new snapshot's
+//! `fs/`, so the upper dir is both the change set the overlay differ reads and, once committed,
+//! the snapshot later steps stack on. Native snapshotter: the parent's merged tree is copied twice
+//! (the step runs in one copy), and the walk differ compares them.
+//!
+//! /proc, /sys, /dev, /etc/hosts, /etc/resolv.conf and /etc/hostname are mounted for the step
+//! and never reach the layer: mount points the image lacks are created as stubs and removed
+//! afterwards (as BuildKit's mount-stub cleaner does), together with a parent directory that
+//! only the stub's creation copied up.
+
+use super::{Produced, Snapshotter};
+use crate::diff;
+use crate::plan::RunStep;
+use crate::runtime::{self, Net, Rootfs, Spec};
+use crate::snapshot::view::View;
+use kiln_cache::Store;
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// The hostname RUN steps see (BuildKit's, so scripts that record it produce the same files).
+pub const BUILD_HOSTNAME: &str = "buildkitsandbox";
+
+/// Lines of output kept to show when a step fails.
+const TAIL: usize = 12;
+
+/// One RUN to execute.
+pub struct RunRequest<'a> {
+    pub run: &'a RunStep,
+    /// Snapshot fs dirs, bottom to top.
+    pub lowers: &'a [PathBuf],
+    pub view: &'a View,
+    /// The prepared snapshot dir (its `fs/` is the upper dir).
+    pub snapshot_dir: &'a Path,
+    pub network_none: bool,
+    pub snapshotter: Snapshotter,
+}
+
+/// Why a RUN failed.
+#[derive(Debug)]
+pub enum RunError {
+    /// The command exited non-zero; the last lines of its output.
+    Exit { code: i32, tail: Vec<String> },
+    /// The container could not be set up.
+    Setup(String),
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
+    move |e| RunError::Setup(format!("{what}: {e}"))
+}
+
+/// Runs the step; output lines go to `out` as they come.
+pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Produced, RunError> {
+    let r = req.run;
+    let view = req.view;
+    let passwd = view.read_string("/etc/passwd");
+    let group = view.read_string("/etc/group");
+    let ids = runtime::user::resolve(&r.user, passwd.as_deref(), group.as_deref())
+        .map_err(|e| RunError::Setup(e.to_string()))?;
+
+    let files = req.snapshot_dir.join("files");
+    fs::create_dir_all(files.join("empty")).map_err(setup("create run files"))?;
+    fs::write(files.join("hosts"), runtime::hosts_file(BUILD_HOSTNAME))
+        .map_err(setup("write hosts"))?;
+    fs::write(files.join("resolv.conf"), runtime::resolv_conf())
+        .map_err(setup("write resolv.conf"))?;
+    fs::write(files.join("hostname"), format!("{BUILD_HOSTNAME}\n"))
+        .map_err(setup("write hostname"))?;
+
+    let mut stubs = Vec::new();
+    for (p, dir) in runtime::MOUNT_POINTS {
+        let abs = format!("/{p}");
+        if view
+            .resolve(&abs, false)
+            .map_err(setup("look up mount points"))?
+            .is_none()
+        {
+            stubs.push((abs, *dir));
+        }
+    }
+
+    let upper = req.snapshot_dir.join("fs");
+    let mut keep = Vec::new();
+    let (rootfs, tree) = match req.snapshotter {
+        Snapshotter::Overlay => {
+            let work = req.snapshot_dir.join("work");
+            let target = req.snapshot_dir.join("rootfs");
+            fs::create_dir_all(&work).map_err(setup("create overlay work dir"))?;
+            fs::create_dir_all(&target).map_err(setup("create mount point"))?;
+            let base = store.root().join("snapshots");
+            let mut lower: Vec<String> = req
+                .lowers
+                .iter()
+                .rev()
+                .map(|p| {
+                    p.strip_prefix(&base)
+                        .map(|r| r.display().to_string())
+                        .unwrap_or_else(|_| p.display().to_string())
+                })
+                .collect();
+            if lower.is_empty() {
+                lower.push(files.join("empty").display().to_string());
+            }
+            (
+                Rootfs::Overlay {
+                    base,
+                    lower,
+                    upper: upper.clone(),
+                    work,
+                    target,
+                },
+                upper.clone(),
+            )
+        }
+        Snapshotter::Native => {
+            let old = tempfile::Builder::new()
+                .prefix("native-old-")
+                .tempdir_in(store.ingest_dir())
+                .map_err(setup("create a temp dir"))?;
+            let new = tempfile::Builder::new()
+                .prefix("native-new-")
+                .tempdir_in(store.ingest_dir())
+                .map_err(setup("create a temp dir"))?;
+            materialize(view, old.path()).map_err(setup("copy the parent tree"))?;
+            materialize(view, new.path()).map_err(setup("copy the parent tree"))?;
+            let dir = new.path().to_path_buf();
+            keep.push(old);
+            keep.push(new);
+            (Rootfs::Dir(dir.clone()), dir)
+        }
+    };
+
+    let mut env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    if !r.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(format!("PATH={}", crate::plan::DEFAULT_PATH));
+    }
+    let spec = Spec {
+        rootfs,
+        argv: r.argv.clone(),
+        env,
+        cwd: r.workdir.clone(),
+        ids,
+        hostname: BUILD_HOSTNAME.into(),
+        net: if req.network_none {
+            Net::Private
+        } else {
+            Net::Host
+        },
+        files: vec![
+            ("/etc/hosts".into(), files.join("hosts")),
+            ("/etc/resolv.conf".into(), files.join("resolv.conf")),
+            ("/etc/hostname".into(), files.join("hostname")),
+        ],
+        stubs: stubs.clone(),
+        script: r.script.clone(),
+        no_new_privs: false,
+        mask_proc: true,
+    };
+
+    let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;
+    let wr2 = wr.try_clone().map_err(setup("dup a pipe"))?;
+    let mut child = runtime::spawn(&spec, Stdio::from(wr), Stdio::from(wr2))
+        .map_err(setup("start the container helper"))?;
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let reader = BufReader::new(fs::File::from(rd));
+    for line in reader.split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line);
+        let line = line.trim_end_matches('\r');
+        out(line);
+        if tail.len() == TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line.to_string());
+    }
+    let status = child.wait().map_err(setup("wait for the step"))?;
+    let code = runtime::exit_code(status);
+    remove_stubs(&tree, view, &stubs);
+    if code != 0 {
+        return Err(RunError::Exit {
+            code,
+            tail: tail.into_iter().collect(),
+        });
+    }
+    match req.snapshotter {
+        Snapshotter::Overlay => Ok(Produced::Upper),
+        Snapshotter::Native => {
+            let entries = diff::walk::changes(keep[0].path(), keep[1].path())
+                .map_err(setup("compare the trees"))?;
+            Ok(Produced::Walked {
+                entries,
+                _trees: keep,
+            })
+        }
+    }
+}
+
+/// Removes what is left of the stubs in `tree`: empty files and empty directories the image did
+/// not have, then parents that only the stubs' creation copied up (empty, same mode and owner
+/// as below).
+fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)]) {
+    let mut parents = Vec::new();
+    for (p, dir) in stubs.iter().rev() {
+        let host = tree.join(p.trim_start_matches('/'));
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if *dir && meta.is_dir() {
+            let _ = fs::remove_dir(&host);
+        } else if !*dir && meta.is_file() && meta.len() == 0 {
+            let _ = fs::remove_file(&host);
+        }
+        if let Some(parent) = Path::new(p).parent() {
+            if parent != Path::new("/") {
+                parents.push(parent.to_path_buf());
+            }
+        }
+    }
+    parents.sort();
+    parents.dedup();
+    for parent in parents {
+        let host = tree.join(parent.strip_prefix("/").unwrap_or(&parent));
+        let Ok(meta) = fs::symlink_metadata(&host) else {
+            continue;
+        };
+        let empty = fs::read_dir(&host)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        let below = view
+            .resolve(&parent.display().to_string(), false)
+            .ok()
+            .flatten();
+        if let Some(b) = below {
+            if empty
+                && b.is_dir()
+                && b.meta.mode() == meta.mode()
+                && b.meta.uid() == meta.uid()
+                && b.meta.gid() == meta.gid()
+            {
+                let _ = fs::remove_dir(&host);
+            }
+        }
+    }
+}
+
+/// Copies the merged view into `dest` (an empty directory), keeping modes, owners and mtimes.
+pub fn materialize(view: &View, dest: &Path) -> Result<(), String> {
+    if view.layers().is_empty() {
+        return Ok(());
+    }
+    let roots = super::copy::select_view(&["/".to_string()], view, "the parent")?;
+    let empty = View::default();
+    let mut w = super::copy::Writer::new(
+        dest,
+        &empty,
+        super::copy::WriteOptions {
+            chown: None,
+            chmod: None,
+            unpack: false,
+            now: 0,
+        },
+    )?;
+    w.copy(&roots, "/")?;
+    w.finish()
+}

@@ -1,0 +1,1124 @@
+//! The build orchestrator: the only module that drives a build from a parsed Dockerfile to an
+//! image in the store (DESIGN.md "A build").
+//!
+//! 1. Plan once, resolve every base and `--from` image in the store, plan again with their
+//!    configs (ONBUILD triggers, ENV, USER, WORKDIR come from the base).
+//! 2. Stages run in waves: every stage whose dependencies are done runs at once (scoped threads),
+//!    so independent stages build in parallel; only the stages the target reaches were planned.
+//! 3. Per step: compute its inputs (COPY/ADD: the selected context files' content digest via the
+//!    stat cache, or the `--from` source's identity), its key, and look the key up. A hit reuses
+//!    the recorded layer and snapshot; a miss executes ([`exec`] for RUN and WORKDIR, [`copy`] for
+//!    COPY/ADD) into a fresh upper directory, diffs it into a layer (no layer when nothing
+//!    changed), commits the snapshot under its ChainID, and records the step.
+//! 4. The target stage's layers and config (the base's config with the stage's changes, history
+//!    with `empty_layer` for metadata instructions) become the image, tagged.
+//!
+//! Crash safety comes from the store: blobs, snapshots and rows are committed in that order, a
+//! lease keeps GC away for the whole build, and temp dirs live under ingest/ until committed.
+
+pub mod copy;
+pub mod exec;
+
+use crate::context::hash::Hasher;
+use crate::context::{Context, ContextError, Entry};
+use crate::diff::{self, TarEntry, TarOptions};
+use crate::dockerfile::{Dockerfile, DockerfileError};
+use crate::image::oci::{self, History, ImageConfig, RootFs, RunConfig};
+use crate::image::{self, ImageError};
+use crate::plan::{
+    self, Base, Canon, CopyStep, Plan, PlanOptions, Source, Stage, StepKey, StepKind,
+};
+use crate::snapshot::view::View;
+use crate::timefmt;
+use kiln_cache::{
+    chain_ids, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, StepRecord, Store,
+};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// How RUN steps get their filesystem.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Snapshotter {
+    /// overlayfs: lower dirs = the parent chain, upper = the change set (the default).
+    Overlay,
+    /// Plain copies and the walk differ, where overlay cannot be mounted.
+    Native,
+}
+
+/// What the caller asks for.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// Full references to tag the result with.
+    pub tags: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    /// `--network none` for every RUN.
+    pub network_none: bool,
+    pub compression: Compression,
+    pub labels: BTreeMap<String, String>,
+    pub snapshotter: Snapshotter,
+    pub source_date_epoch: Option<i64>,
+    /// Names the Dockerfile across builds (its absolute path), so a miss can be explained
+    /// against the last build of the same step.
+    pub dockerfile_id: String,
+}
+
+/// A progress event. Step numbers start at 1 and are stable for a plan.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A stage's FROM (number, `[stage k/n]` label, text).
+    Start {
+        n: usize,
+        label: &'a str,
+        text: &'a str,
+    },
+    Cached {
+        n: usize,
+    },
+    /// A miss, and why (one line).
+    Miss {
+        n: usize,
+        why: &'a str,
+    },
+    Output {
+        n: usize,
+        line: &'a str,
+    },
+    Done {
+        n: usize,
+        secs: f64,
+    },
+    Failed {
+        n: usize,
+    },
+}
+
+/// Receives progress; the CLI renders it.
+pub trait Progress: Sync {
+    fn event(&self, e: Event<'_>);
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Dockerfile(#[from] DockerfileError),
+    #[error("{file}:{line}: base image {reference:?} is not in the store")]
+    MissingImage {
+        file: String,
+        line: usize,
+        reference: String,
+    },
+    #[error("{file}:{line}: {text}: {message}")]
+    Step {
+        file: String,
+        line: usize,
+        text: String,
+        message: String,
+    },
+    #[error("{file}:{line}: {text}: exit code {code}")]
+    RunFailed {
+        file: String,
+        line: usize,
+        text: String,
+        code: i32,
+        tail: Vec<String>,
+    },
+    #[error(transparent)]
+    Context(#[from] ContextError),
+    #[error(transparent)]
+    Store(#[from] kiln_cache::Error),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<std::io::Error> for BuildError {
+    fn from(e: std::io::Error) -> BuildError {
+        BuildError::Io(e.to_string())
+    }
+}
+
+/// What a finished build produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub image: ImageRecord,
+    pub steps: usize,
+    pub cached: usize,
+    pub warnings: Vec<crate::dockerfile::Warning>,
+}
+
+/// A stage's state after its last step.
+#[derive(Clone, Debug)]
+struct StageState {
+    key: StepKey,
+    layers: Vec<LayerRecord>,
+    /// Snapshot fs dirs, bottom to top.
+    lowers: Vec<PathBuf>,
+    config: ImageConfig,
+    executed: bool,
+}
+
+impl StageState {
+    fn view(&self) -> View {
+        View::new(self.lowers.iter().rev().cloned().collect())
+    }
+    fn chain(&self) -> Option<Digest> {
+        chain_ids(&self.layers.iter().map(|l| l.diff_id).collect::<Vec<_>>())
+            .last()
+            .copied()
+    }
+}
+
+struct Ctx<'a> {
+    store: &'a Store,
+    df: &'a Dockerfile,
+    opts: &'a BuildOptions,
+    progress: &'a dyn Progress,
+    plan: &'a Plan,
+    images: BTreeMap<String, ImageRecord>,
+    configs: BTreeMap<String, ImageConfig>,
+    context: &'a Context,
+    entries: std::sync::OnceLock<Result<Vec<Entry>, String>>,
+    hasher: Hasher<'a>,
+    numbers: Vec<usize>,
+    now: i64,
+    cached: std::sync::atomic::AtomicUsize,
+}
+
+fn empty_config() -> ImageConfig {
+    let p = oci::host_platform();
+    ImageConfig {
+        created: None,
+        author: None,
+        architecture: p.architecture,
+        os: p.os,
+        variant: None,
+        config: RunConfig::default(),
+        rootfs: RootFs {
+            kind: "layers".into(),
+            diff_ids: vec![],
+        },
+        history: vec![],
+        extra: BTreeMap::new(),
+    }
+}
+
+/// Builds the Dockerfile `df` with `context`, reporting to `progress`.
+pub fn build(
+    store: &Store,
+    df: &Dockerfile,
+    context: &Context,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<Outcome, BuildError> {
+    let _lease = store.lease()?;
+    let mut popts = PlanOptions {
+        build_args: opts.build_args.clone(),
+        target: opts.target.clone(),
+        bases: BTreeMap::new(),
+    };
+    let first = plan::plan(df, &popts)?;
+    let mut images = BTreeMap::new();
+    let mut configs = BTreeMap::new();
+    for r in first.image_refs() {
+        let line = first
+            .stages
+            .iter()
+            .find(|s| s.base == Base::Image(r.clone()))
+            .map(|s| s.line)
+            .unwrap_or(0);
+        let resolved = match image::resolve(store, &r) {
+            Ok(res) => res.image,
+            Err(ImageError::NotFound(_)) => {
+                return Err(BuildError::MissingImage {
+                    file: df.file.clone(),
+                    line,
+                    reference: r,
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let cfg = image::read_config(store, &resolved)?;
+        popts
+            .bases
+            .insert(r.clone(), plan::Config::from(&cfg.config));
+        images.insert(r.clone(), resolved);
+        configs.insert(r, cfg);
+    }
+    let plan = plan::plan(df, &popts)?;
+    let mut numbers = Vec::new();
+    let mut n = 0;
+    for s in &plan.stages {
+        numbers.push(n + 1);
+        n += 1 + s.steps.len();
+    }
+    let now = opts
+        .source_date_epoch
+        .unwrap_or_else(kiln_cache::store::now);
+    let ctx = Ctx {
+        store,
+        df,
+        opts,
+        progress,
+        plan: &plan,
+        images,
+        configs,
+        context,
+        entries: std::sync::OnceLock::new(),
+        hasher: Hasher::new(Some(store), context.root())?,
+        numbers,
+        now,
+        cached: Default::default(),
+    };
+
+    // Waves of independent stages.
+    let count = plan.stages.len();
+    let deps: Vec<Vec<usize>> = plan.stages.iter().map(stage_deps).collect();
+    let results: Vec<Mutex<Option<StageState>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let mut done = vec![false; count];
+    while done.iter().any(|d| !d) {
+        let ready: Vec<usize> = (0..count)
+            .filter(|&i| !done[i] && deps[i].iter().all(|&d| done[d]))
+            .collect();
+        if ready.is_empty() {
+            return Err(BuildError::Internal(
+                "stages depend on each other in a cycle".into(),
+            ));
+        }
+        let outcomes: Vec<Result<StageState, BuildError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = ready
+                .iter()
+                .map(|&i| {
+                    let ctx = &ctx;
+                    let results = &results;
+                    s.spawn(move || run_stage(ctx, i, results))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(BuildError::Internal("a stage panicked".into())))
+                })
+                .collect()
+        });
+        for (i, r) in ready.iter().zip(outcomes) {
+            *results[*i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r?);
+            done[*i] = true;
+        }
+    }
+    ctx.hasher.save()?;
+
+    let state = results[plan.target]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+        .ok_or_else(|| BuildError::Internal("target stage did not run".into()))?;
+    let mut config = state.config.clone();
+    if !opts.labels.is_empty() {
+        let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &opts.labels {
+            labels.insert(k.clone(), v.clone());
+        }
+    }
+    let layers = ensure_compression(store, &state.layers, opts.compression)?;
+    let image = image::create_image(store, &config, layers, &opts.tags)?;
+    let _ = &mut config;
+    Ok(Outcome {
+        image,
+        steps: plan.stages.iter().map(|s| s.steps.len()).sum(),
+        cached: ctx.cached.load(std::sync::atomic::Ordering::Relaxed),
+        warnings: plan.warnings.clone(),
+    })
+}
+
+/// The stages a stage needs first.
+fn stage_deps(s: &Stage) -> Vec<usize> {
+    let mut d = Vec::new();
+    if let Base::Stage(i) = s.base {
+        d.push(i);
+    }
+    for st in &s.steps {
+        match &st.kind {
+            StepKind::Copy(CopyStep {
+                source: Source::Stage(i),
+                ..
+            }) => d.push(*i),
+            StepKind::Run(r) => {
+                for m in &r.mount_sources {
+                    if let Source::Stage(i) = m {
+                        d.push(*i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    d.sort_unstable();
+    d.dedup();
+    d
+}
+
+/// The stored layers in the wanted compression, transcoding a cached layer when needed (a
+/// `--compression gzip` build after zstd ones). Both encodings stay recorded under one DiffID.
+fn ensure_compression(
+    store: &Store,
+    layers: &[LayerRecord],
+    want: Compression,
+) -> Result<Vec<LayerRecord>, BuildError> {
+    let mut out = Vec::new();
+    for l in layers {
+        if Compression::from_media_type(&l.media_type) == Some(want) {
+            out.push(l.clone());
+            continue;
+        }
+        if let Some(v) = store.layer_variant(&l.diff_id, want.media_type())? {
+            out.push(v);
+            continue;
+        }
+        let blob = store.open_blob(&l.digest)?;
+        let mut r = kiln_cache::codec::decompress(blob)?;
+        let ingest = store.ingest()?;
+        let mut enc = LayerEncoder::new(ingest, want)?;
+        std::io::copy(&mut r, &mut enc)?;
+        let (d, ingest) = enc.finish()?;
+        if d.diff_id != l.diff_id {
+            return Err(BuildError::Internal(format!(
+                "layer {} decodes to {}, expected {}",
+                l.digest, d.diff_id, l.diff_id
+            )));
+        }
+        ingest.commit(Some(d.digest))?;
+        let rec = LayerRecord {
+            digest: d.digest,
+            diff_id: d.diff_id,
+            media_type: want.media_type().to_string(),
+            size: d.size,
+            uncompressed_size: d.uncompressed_size,
+        };
+        store.record_layer(&rec)?;
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+fn base_state(
+    ctx: &Ctx<'_>,
+    stage: &Stage,
+    results: &[Mutex<Option<StageState>>],
+) -> Result<StageState, BuildError> {
+    match &stage.base {
+        Base::Scratch => Ok(StageState {
+            key: plan::base_key("scratch"),
+            layers: vec![],
+            lowers: vec![],
+            config: empty_config(),
+            executed: false,
+        }),
+        Base::Image(r) => {
+            let img = &ctx.images[r];
+            let snaps = crate::snapshot::unpack_image(ctx.store, img).map_err(ImageError::from)?;
+            Ok(StageState {
+                key: plan::base_key(&img.manifest.digest.to_string()),
+                layers: img.layers.clone(),
+                lowers: snaps.iter().map(|s| ctx.store.snapshot_fs(s)).collect(),
+                config: ctx.configs[r].clone(),
+                executed: false,
+            })
+        }
+        Base::Stage(i) => {
+            let s = results[*i]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| BuildError::Internal("base stage did not run".into()))?;
+            Ok(StageState {
+                key: plan::base_key(&s.key.to_hex()),
+                ..s
+            })
+        }
+    }
+}
+
+fn history(created: &str, text: &str, empty: bool) -> History {
+    History {
+        created: Some(created.to_string()),
+        created_by: Some(text.to_string()),
+        author: None,
+        comment: Some("buildkit.dockerfile.v0".into()),
+        empty_layer: empty,
+    }
+}
+
+fn run_stage(
+    ctx: &Ctx<'_>,
+    idx: usize,
+    results: &[Mutex<Option<StageState>>],
+) -> Result<StageState, BuildError> {
+    let stage = &ctx.plan.stages[idx];
+    let total = stage.steps.len() + 1;
+    let label_for = |k: usize| match &stage.name {
+        Some(n) => format!("{n} {k}/{total}"),
+        None if ctx.plan.stages.len() > 1 => format!("stage-{} {k}/{total}", stage.position),
+        None => format!("{k}/{total}"),
+    };
+    let first = ctx.numbers[idx];
+    let from_text = ctx
+        .df
+        .instructions
+        .iter()
+        .find(|l| l.line == stage.line)
+        .map(|l| l.original.clone())
+        .unwrap_or_else(|| "FROM".into());
+    let t0 = Instant::now();
+    ctx.progress.event(Event::Start {
+        n: first,
+        label: &label_for(1),
+        text: &from_text,
+    });
+    let mut state = base_state(ctx, stage, results)?;
+    ctx.progress.event(Event::Done {
+        n: first,
+        secs: t0.elapsed().as_secs_f64(),
+    });
+    // Timestamps: a step's is when it was first built (its cache row), so a rebuild from cache
+    // gives the same image ID; metadata entries take the last step's; SOURCE_DATE_EPOCH wins.
+    let base_created = state
+        .config
+        .created
+        .as_deref()
+        .and_then(timefmt::parse_rfc3339);
+    let mut hist = state.config.history.clone();
+    let mut layer_hist: Vec<(bool, i64)> = Vec::new();
+    for (si, step) in stage.steps.iter().enumerate() {
+        let n = first + 1 + si;
+        let label = label_for(si + 2);
+        ctx.progress.event(Event::Start {
+            n,
+            label: &label,
+            text: &step.text,
+        });
+        let t = Instant::now();
+        let r = run_step(ctx, stage, si, step, &mut state, results, n).inspect_err(|_| {
+            ctx.progress.event(Event::Failed { n });
+        })?;
+        layer_hist.push((r.made, r.created));
+        if !r.cached {
+            ctx.progress.event(Event::Done {
+                n,
+                secs: t.elapsed().as_secs_f64(),
+            });
+        }
+    }
+    // History: the stage's entries in order; a step that changed nothing is an empty layer.
+    let stamp = |t: i64| timefmt::rfc3339(ctx.opts.source_date_epoch.unwrap_or(t));
+    let mut last = layer_hist
+        .first()
+        .map(|(_, t)| *t)
+        .or(base_created)
+        .unwrap_or(ctx.now);
+    let mut made = layer_hist.iter();
+    for (_, text, layer) in &stage.history {
+        let empty = if *layer {
+            let (m, t) = made.next().copied().unwrap_or((false, last));
+            last = t;
+            !m
+        } else {
+            true
+        };
+        hist.push(history(&stamp(last), text, empty));
+    }
+    let newest = layer_hist.iter().map(|(_, t)| *t).max();
+    let created = stamp(newest.or(base_created).unwrap_or(ctx.now));
+    state.config = stage_config(&state.config, stage, &state.layers, hist, &created);
+    Ok(state)
+}
+
+/// The image config after a stage: the base's config (unknown fields kept) with the stage's
+/// configuration applied, as BuildKit writes it.
+fn stage_config(
+    base: &ImageConfig,
+    stage: &Stage,
+    layers: &[LayerRecord],
+    history: Vec<History>,
+    created: &str,
+) -> ImageConfig {
+    let c = &stage.config;
+    let mut out = base.clone();
+    out.created = Some(created.to_string());
+    if c.author.is_some() {
+        out.author = c.author.clone();
+    }
+    let rc = &mut out.config;
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    rc.user = opt(&c.user);
+    rc.working_dir = opt(&c.workdir);
+    rc.env = (!c.env.is_empty()).then(|| c.env.iter().map(|(k, v)| format!("{k}={v}")).collect());
+    rc.cmd = c.cmd.clone();
+    rc.entrypoint = c.entrypoint.clone();
+    rc.labels = (!c.labels.is_empty()).then(|| c.labels.clone());
+    rc.exposed_ports = (!c.exposed.is_empty()).then(|| {
+        c.exposed
+            .iter()
+            .map(|p| (p.clone(), serde_json::json!({})))
+            .collect()
+    });
+    rc.volumes = (!c.volumes.is_empty()).then(|| {
+        c.volumes
+            .iter()
+            .map(|p| (p.clone(), serde_json::json!({})))
+            .collect()
+    });
+    rc.stop_signal = c.stop_signal.clone();
+    rc.extra.remove("OnBuild");
+    if !c.onbuild.is_empty() {
+        rc.extra
+            .insert("OnBuild".into(), serde_json::json!(c.onbuild));
+    }
+    if !c.shell.is_empty() {
+        rc.extra.insert("Shell".into(), serde_json::json!(c.shell));
+    }
+    if let Some(h) = &c.healthcheck {
+        let mut m = serde_json::Map::new();
+        m.insert("Test".into(), serde_json::json!(h.test));
+        for (k, v) in [
+            ("Interval", h.interval),
+            ("Timeout", h.timeout),
+            ("StartPeriod", h.start_period),
+            ("StartInterval", h.start_interval),
+            ("Retries", h.retries),
+        ] {
+            if v != 0 {
+                m.insert(k.into(), serde_json::json!(v));
+            }
+        }
+        rc.extra
+            .insert("Healthcheck".into(), serde_json::Value::Object(m));
+    }
+    out.rootfs = RootFs {
+        kind: "layers".into(),
+        diff_ids: layers.iter().map(|l| l.diff_id).collect(),
+    };
+    out.history = history;
+    out
+}
+
+fn slot(ctx: &Ctx<'_>, stage: &Stage, si: usize) -> String {
+    blake3::hash(format!("{}\0{}\0{}", ctx.opts.dockerfile_id, stage.position, si).as_bytes())
+        .to_hex()
+        .to_string()
+}
+
+/// The summary of a step's inputs kept in its cache row, for explaining the next miss.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Inputs {
+    definition: String,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    files: BTreeMap<String, String>,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// One line saying why `key` missed, comparing with the last build of the same step.
+fn why_missed(
+    ctx: &Ctx<'_>,
+    slot: &str,
+    key: &str,
+    parent: &str,
+    inputs: &Inputs,
+    first_step: bool,
+) -> String {
+    if ctx.opts.no_cache {
+        return "cache miss: --no-cache".into();
+    }
+    let prev = match ctx.store.previous_step(slot, key) {
+        Ok(Some(p)) => p,
+        _ => return "cache miss: not built before".into(),
+    };
+    let old: Inputs = serde_json::from_str(&prev.inputs).unwrap_or_default();
+    if prev.parent != parent {
+        return if first_step {
+            "cache miss: the base image changed".into()
+        } else {
+            "cache miss: an earlier step changed".into()
+        };
+    }
+    if old.from != inputs.from {
+        return "cache miss: the --from source changed".into();
+    }
+    if old.definition != inputs.definition {
+        // Same text, different definition: something the instruction expands changed.
+        let changed: Vec<&String> = inputs
+            .env
+            .iter()
+            .filter(|(k, v)| old.env.get(*k) != Some(v))
+            .map(|(k, _)| k)
+            .chain(old.env.keys().filter(|k| !inputs.env.contains_key(*k)))
+            .collect();
+        if !changed.is_empty() {
+            let names: Vec<&str> = changed.iter().map(|s| s.as_str()).take(3).collect();
+            return format!("cache miss: build arg or env changed: {}", names.join(", "));
+        }
+        return "cache miss: the instruction changed".into();
+    }
+    let mut changed = Vec::new();
+    let (mut added, mut removed) = (0, 0);
+    for (p, h) in &inputs.files {
+        match old.files.get(p) {
+            None => added += 1,
+            Some(o) if o != h => changed.push(p.as_str()),
+            _ => {}
+        }
+    }
+    for p in old.files.keys() {
+        if !inputs.files.contains_key(p) {
+            removed += 1;
+        }
+    }
+    let mut parts = Vec::new();
+    if !changed.is_empty() {
+        let shown: Vec<&str> = changed.iter().copied().take(3).collect();
+        let more = if changed.len() > 3 { ", ..." } else { "" };
+        parts.push(format!(
+            "{} file{} changed: {}{more}",
+            changed.len(),
+            if changed.len() == 1 { "" } else { "s" },
+            shown.join(", ")
+        ));
+    }
+    if added > 0 {
+        parts.push(format!("{added} added"));
+    }
+    if removed > 0 {
+        parts.push(format!("{removed} removed"));
+    }
+    if parts.is_empty() {
+        "cache miss: inputs changed".into()
+    } else {
+        format!("cache miss: {}", parts.join(", "))
+    }
+}
+
+fn step_error(ctx: &Ctx<'_>, step: &plan::Step, message: impl Into<String>) -> BuildError {
+    BuildError::Step {
+        file: ctx.df.file.clone(),
+        line: step.line,
+        text: step.text.clone(),
+        message: message.into(),
+    }
+}
+
+/// The view of a `--from` source and its identity.
+fn from_view(
+    ctx: &Ctx<'_>,
+    src: &Source,
+    results: &[Mutex<Option<StageState>>],
+) -> Result<(View, String), BuildError> {
+    match src {
+        Source::Stage(i) => {
+            let s = results[*i]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .ok_or_else(|| BuildError::Internal("source stage did not run".into()))?;
+            Ok((s.view(), format!("stage:{}", s.key.to_hex())))
+        }
+        Source::Image(r) => {
+            let img = &ctx.images[r];
+            let snaps = crate::snapshot::unpack_image(ctx.store, img).map_err(ImageError::from)?;
+            let lowers: Vec<PathBuf> = snaps
+                .iter()
+                .rev()
+                .map(|s| ctx.store.snapshot_fs(s))
+                .collect();
+            Ok((View::new(lowers), format!("image:{}", img.manifest.digest)))
+        }
+        Source::Context => Ok((View::default(), "context".into())),
+    }
+}
+
+/// What running one step did.
+struct StepOutcome {
+    made: bool,
+    cached: bool,
+    /// When the step was first built (seconds).
+    created: i64,
+}
+
+/// Runs (or reuses) one step.
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    ctx: &Ctx<'_>,
+    stage: &Stage,
+    si: usize,
+    step: &plan::Step,
+    state: &mut StageState,
+    results: &[Mutex<Option<StageState>>],
+    n: usize,
+) -> Result<StepOutcome, BuildError> {
+    let mut inputs = Canon::new();
+    let mut summary = Inputs {
+        definition: blake3::hash(step.definition.as_bytes())
+            .to_hex()
+            .to_string(),
+        ..Default::default()
+    };
+    let mut roots: Option<Vec<copy::Root_>> = None;
+    let mut from_src: Option<View> = None;
+    match &step.kind {
+        StepKind::Copy(c) => {
+            if c.copy
+                .sources
+                .iter()
+                .any(|s| s.contains("://") || s.starts_with("git@"))
+            {
+                return Err(step_error(
+                    ctx,
+                    step,
+                    "remote sources (URLs, git) are not supported yet",
+                ));
+            }
+            if c.copy.parents || !c.copy.exclude.is_empty() || c.copy.link {
+                // --link is only an optimization hint for the layer's independence: the
+                // copy itself is identical, so it is accepted; --parents/--exclude change
+                // what is copied and are not implemented yet.
+                if c.copy.parents || !c.copy.exclude.is_empty() {
+                    return Err(step_error(
+                        ctx,
+                        step,
+                        "--parents and --exclude are not supported yet",
+                    ));
+                }
+            }
+            match &c.source {
+                Source::Context => {
+                    let entries = ctx
+                        .entries
+                        .get_or_init(|| ctx.context.walk().map_err(|e| e.to_string()));
+                    let entries = entries
+                        .as_ref()
+                        .map_err(|e| step_error(ctx, step, e.clone()))?;
+                    let mut r = copy::select_context(&c.copy.sources, entries, &ctx.hasher)
+                        .map_err(|e| step_error(ctx, step, e))?;
+                    for src in &c.copy.inline {
+                        r.push(inline_root(src, ctx.now));
+                    }
+                    inputs.nested(0, &copy::inputs_digest(&r));
+                    for root in &r {
+                        for it in &root.items {
+                            let p = match (root.name.is_empty(), it.rel.is_empty()) {
+                                (_, true) => root.name.clone(),
+                                (true, false) => it.rel.clone(),
+                                (false, false) => format!("{}/{}", root.name, it.rel),
+                            };
+                            let h = blake3::hash(
+                                format!(
+                                    "{:?}{:o}{}",
+                                    it.kind,
+                                    it.mode,
+                                    Digest::from_bytes(it.hash).hex()
+                                )
+                                .as_bytes(),
+                            );
+                            summary.files.insert(p, h.to_hex()[..16].to_string());
+                        }
+                    }
+                    roots = Some(r);
+                }
+                other => {
+                    let (view, identity) = from_view(ctx, other, results)?;
+                    inputs.str(1, &identity);
+                    summary.from = Some(identity);
+                    from_src = Some(view);
+                }
+            }
+        }
+        StepKind::Run(r) => {
+            for (k, v) in &r.env {
+                if !r.unkeyed.contains(k) {
+                    summary.env.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        StepKind::Workdir(..) => {}
+    }
+    let key = step.key(&state.key, &inputs);
+    let slot = slot(ctx, stage, si);
+    if !ctx.opts.no_cache {
+        if let Some(rec) = ctx.store.step(&key.to_hex())? {
+            if let Some(next) = reuse(ctx, state, &rec)? {
+                ctx.store.touch_step(&rec.key)?;
+                ctx.cached
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ctx.progress.event(Event::Cached { n });
+                let made = rec.layer.is_some();
+                *state = StageState { key, ..next };
+                return Ok(StepOutcome {
+                    made,
+                    cached: true,
+                    created: rec.created,
+                });
+            }
+        }
+    }
+    let why = why_missed(
+        ctx,
+        &slot,
+        &key.to_hex(),
+        &state.key.to_hex(),
+        &summary,
+        si == 0,
+    );
+    ctx.progress.event(Event::Miss { n, why: &why });
+
+    // Execute into a fresh snapshot dir; its fs/ is the upper dir.
+    let dir = ctx.store.prepare_snapshot_dir()?;
+    let upper = dir.path().join("fs");
+    let view = state.view();
+    let produced: Produced = match &step.kind {
+        StepKind::Copy(c) => {
+            let roots = match (roots, &from_src) {
+                (Some(r), _) => r,
+                (None, Some(v)) => {
+                    let what = match &c.source {
+                        Source::Image(r) => format!("image {r}"),
+                        Source::Stage(i) => format!("stage {}", ctx.plan.stages[*i].display_name()),
+                        Source::Context => "the context".into(),
+                    };
+                    let mut r = copy::select_view(&c.copy.sources, v, &what)
+                        .map_err(|e| step_error(ctx, step, e))?;
+                    for src in &c.copy.inline {
+                        r.push(inline_root(src, ctx.now));
+                    }
+                    r
+                }
+                (None, None) => unreachable!("copy sources resolved above"),
+            };
+            let chown = c
+                .copy
+                .chown
+                .as_deref()
+                .map(|s| copy::resolve_chown(s, &view))
+                .transpose()
+                .map_err(|e| step_error(ctx, step, e))?;
+            let chmod = c
+                .copy
+                .chmod
+                .as_deref()
+                .map(|m| u32::from_str_radix(m, 8))
+                .transpose()
+                .map_err(|e| step_error(ctx, step, e.to_string()))?;
+            let mut w = copy::Writer::new(
+                &upper,
+                &view,
+                copy::WriteOptions {
+                    chown,
+                    chmod,
+                    unpack: c.copy.add && c.copy.unpack != Some(false),
+                    now: ctx.now,
+                },
+            )
+            .map_err(|e| step_error(ctx, step, e))?;
+            w.copy(&roots, &c.dest)
+                .map_err(|e| step_error(ctx, step, e))?;
+            w.finish().map_err(|e| step_error(ctx, step, e))?;
+            Produced::Upper
+        }
+        StepKind::Workdir(path, user) => {
+            let exists = view.resolve(path, true)?.is_some_and(|f| f.is_dir());
+            if !exists {
+                let chown = match user.as_str() {
+                    u if !u.is_empty() => {
+                        Some(copy::resolve_chown(u, &view).map_err(|e| step_error(ctx, step, e))?)
+                    }
+                    _ => None,
+                };
+                let mut w = copy::Writer::new(
+                    &upper,
+                    &view,
+                    copy::WriteOptions {
+                        chown,
+                        chmod: None,
+                        unpack: false,
+                        now: ctx.now,
+                    },
+                )
+                .map_err(|e| step_error(ctx, step, e))?;
+                w.ensure_dir(path).map_err(|e| step_error(ctx, step, e))?;
+                w.finish().map_err(|e| step_error(ctx, step, e))?;
+            }
+            Produced::Upper
+        }
+        StepKind::Run(r) => {
+            let network_none = ctx.opts.network_none || r.network == plan::Network::None;
+            let out = |line: &str| ctx.progress.event(Event::Output { n, line });
+            match exec::run(
+                ctx.store,
+                &exec::RunRequest {
+                    run: r,
+                    lowers: &state.lowers,
+                    view: &view,
+                    snapshot_dir: dir.path(),
+                    network_none,
+                    snapshotter: ctx.opts.snapshotter,
+                },
+                &out,
+            ) {
+                Ok(p) => p,
+                Err(exec::RunError::Exit { code, tail }) => {
+                    return Err(BuildError::RunFailed {
+                        file: ctx.df.file.clone(),
+                        line: step.line,
+                        text: step.text.clone(),
+                        code,
+                        tail,
+                    })
+                }
+                Err(exec::RunError::Setup(m)) => return Err(step_error(ctx, step, m)),
+            }
+        }
+    };
+
+    let entries: Vec<TarEntry> = match &produced {
+        Produced::Upper => diff::overlay::changes(&upper)?,
+        Produced::Walked { entries, .. } => entries.clone(),
+    };
+    let layer = if entries.is_empty() {
+        None
+    } else {
+        Some(encode(ctx, &entries)?)
+    };
+    let mut next = state.clone();
+    if let Some(l) = &layer {
+        next.layers.push(l.clone());
+        let chain = next.chain().expect("a layer");
+        let parent_chain = state.chain();
+        let snap = match produced {
+            Produced::Upper => {
+                for d in ["work", "rootfs", "files"] {
+                    let p = dir.path().join(d);
+                    if p.exists() {
+                        std::fs::remove_dir_all(&p)?;
+                    }
+                }
+                ctx.store.commit_snapshot(
+                    dir,
+                    chain,
+                    parent_chain,
+                    l.diff_id,
+                    l.uncompressed_size,
+                )?
+            }
+            Produced::Walked { .. } => {
+                drop(dir);
+                crate::snapshot::unpack_layer_record(ctx.store, l, chain, parent_chain)
+                    .map_err(ImageError::from)?
+            }
+        };
+        next.lowers.push(ctx.store.snapshot_fs(&snap));
+    } else {
+        drop(dir);
+    }
+    let built = kiln_cache::store::now();
+    let rec = StepRecord {
+        key: key.to_hex(),
+        slot,
+        parent: state.key.to_hex(),
+        layer: layer.clone(),
+        chain_id: next.chain(),
+        instruction: step.text.clone(),
+        inputs: serde_json::to_string(&summary).unwrap_or_default(),
+        created: built,
+        last_used: built,
+        hits: 0,
+    };
+    ctx.store.record_step(&rec)?;
+    next.key = key;
+    next.executed = true;
+    *state = next;
+    Ok(StepOutcome {
+        made: layer.is_some(),
+        cached: false,
+        created: built,
+    })
+}
+
+/// What an executed step left: an upper dir to diff, or the walk differ's entries.
+pub enum Produced {
+    Upper,
+    /// The entries, and the temp trees they point into (kept until the layer is written).
+    Walked {
+        entries: Vec<TarEntry>,
+        _trees: Vec<tempfile::TempDir>,
+    },
+}
+
+fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) -> copy::Root_ {
+    copy::Root_ {
+        name: src.path.clone(),
+        is_dir: false,
+        items: vec![copy::Item {
+            rel: String::new(),
+            kind: copy::Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime: (now, 0),
+            data: copy::Data::Inline(src.data.clone().into_bytes()),
+            hash: *blake3::hash(src.data.as_bytes()).as_bytes(),
+        }],
+    }
+}
+
+/// Writes a layer blob from sorted entries.
+fn encode(ctx: &Ctx<'_>, entries: &[TarEntry]) -> Result<LayerRecord, BuildError> {
+    let ingest = ctx.store.ingest()?;
+    let enc = LayerEncoder::new(ingest, ctx.opts.compression)?;
+    let opts = TarOptions {
+        source_date_epoch: ctx.opts.source_date_epoch,
+    };
+    let enc = diff::write_entries(entries, enc, &opts)?;
+    let (d, ingest) = enc.finish()?;
+    ingest.commit(Some(d.digest))?;
+    Ok(LayerRecord {
+        digest: d.digest,
+        diff_id: d.diff_id,
+        media_type: ctx.opts.compression.media_type().to_string(),
+        size: d.size,
+        uncompressed_size: d.uncompressed_size,
+    })
+}
+
+/// The state after a cached step, if its layer and snapshot can be had.
+fn reuse(
+    ctx: &Ctx<'_>,
+    state: &StageState,
+    rec: &StepRecord,
+) -> Result<Option<StageState>, BuildError> {
+    let mut next = state.clone();
+    let Some(l) = &rec.layer else {
+        return Ok(Some(next));
+    };
+    if !ctx.store.has_blob(&l.digest) {
+        return Ok(None);
+    }
+    next.layers.push(l.clone());
+    let chain = next.chain().expect("a layer");
+    let snap = match ctx.store.snapshot(&chain)? {
+        Some(s) => s,
+        None => crate::snapshot::unpack_layer_record(ctx.store, l, chain, state.chain())
+            .map_err(ImageError::from)?,
+    };
+    next.lowers.push(ctx.store.snapshot_fs(&snap));
+    next.executed = false;
+    Ok(Some(next))
+}

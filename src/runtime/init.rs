@@ -1,0 +1,468 @@
+//! The init helper: runs in a fresh single-threaded kiln process (`kiln __kiln-init`), reads its
+//! [`Spec`](super::Spec) from the environment, and follows DESIGN.md "A run" steps 3-5.
+//!
+//! Order matters and follows runc: unshare, make every mount private (nothing propagates back to
+//! the host), fork (the child is PID 1 of the new PID namespace, so the /proc it mounts is its
+//! own), mount the rootfs, create missing mount points in-root, mount /proc, /sys, /dev and the
+//! provided files onto in-root-resolved targets (through `/proc/self/fd/N`, so a symlink in the
+//! image can never redirect a mount to the host), pivot_root, mask /proc paths, set hostname,
+//! loopback, then credentials and capabilities last, and exec.
+//!
+//! Both processes die with their parent (PR_SET_PDEATHSIG), so killing kiln kills the build step.
+
+use super::{Net, Rootfs, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SPEC_ENV};
+use crate::rootfs::{clean, Root};
+use crate::sys::{self, proc as p};
+use std::ffi::{CString, OsStr, OsString};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// Docker's default capability set (moby oci/caps/defaults.go), by number.
+const DEFAULT_CAPS: &[u32] = &[
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
+/// Paths Docker masks (moby oci/defaults.go MaskedPaths) and makes read-only (ReadonlyPaths).
+const MASKED: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Device nodes bind-mounted from the host into the container's /dev tmpfs.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    let _ = writeln!(io::stderr(), "kiln: container setup: {what}: {e}");
+    std::process::exit(EXIT_SETUP)
+}
+
+/// Entry point of `kiln __kiln-init`; never returns.
+pub fn main() -> ! {
+    let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
+    let spec: Spec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
+    if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+        fail("set parent-death signal", e);
+    }
+    let mut flags =
+        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    if spec.net != Net::Host {
+        flags |= libc::CLONE_NEWNET;
+    }
+    if let Err(e) = p::unshare(flags) {
+        fail("unshare namespaces", e);
+    }
+    if let Err(e) = p::mount("", OsStr::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "") {
+        fail("make mounts private", e);
+    }
+    // SAFETY: this helper is single-threaded: it was just exec'd and starts no threads.
+    match unsafe { p::fork() } {
+        Err(e) => fail("fork", e),
+        Ok(p::Fork::Child) => child(&spec),
+        Ok(p::Fork::Parent(pid)) => {
+            // Terminal signals reach the whole process group; the workload (PID 1 of its
+            // namespace) ignores what it has no handler for, so the helper stays to reap it and
+            // the parent-death signal takes it down if the helper is killed.
+            p::ignore_signal(libc::SIGINT);
+            p::ignore_signal(libc::SIGQUIT);
+            let status = p::waitpid(pid).unwrap_or_else(|e| fail("wait", e));
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                EXIT_SETUP
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+/// An in-root target opened O_PATH, named by its /proc/self/fd path for mount(2).
+struct Target {
+    _fd: OwnedFd,
+    proc_path: OsString,
+}
+
+fn target(root: &Root, path: &str) -> io::Result<Target> {
+    let inp = clean(Path::new(path))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path climbs out of root"))?;
+    let fd = root.open_at(&inp, libc::O_PATH)?;
+    let proc_path = OsString::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    Ok(Target { _fd: fd, proc_path })
+}
+
+fn mount_at(root: &Root, path: &str, src: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let t = target(root, path).unwrap_or_else(|e| fail(&format!("open mount point {path}"), e));
+    p::mount(src, &t.proc_path, fstype, flags, data)
+        .unwrap_or_else(|e| fail(&format!("mount {fstype} on {path}"), e));
+}
+
+fn bind_at(root: &Root, path: &str, src: &Path, flags: libc::c_ulong) {
+    let t = target(root, path).unwrap_or_else(|e| fail(&format!("open mount point {path}"), e));
+    p::mount(
+        &src.to_string_lossy(),
+        &t.proc_path,
+        "",
+        libc::MS_BIND | flags,
+        "",
+    )
+    .unwrap_or_else(|e| fail(&format!("bind {} on {path}", src.display()), e));
+}
+
+/// Creates a stub mount point in-root unless something is there already.
+fn stub(root: &Root, path: &str, dir: bool) {
+    let Some(inp) = clean(Path::new(path)) else {
+        return;
+    };
+    let Some((parent, name)) = inp.split() else {
+        return;
+    };
+    let pfd = root
+        .mkdir_all(&parent)
+        .unwrap_or_else(|e| fail(&format!("create {path}"), e));
+    match sys::lstatat(pfd.as_fd(), name) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            let r = if dir {
+                sys::mkdirat(pfd.as_fd(), name, 0o755)
+            } else {
+                sys::openat(
+                    pfd.as_fd(),
+                    name,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+                    0o644,
+                )
+                .map(drop)
+            };
+            r.unwrap_or_else(|e| fail(&format!("create {path}"), e));
+        }
+        Err(e) => fail(&format!("stat {path}"), e),
+    }
+}
+
+fn mount_rootfs(spec: &Spec) -> PathBuf {
+    match &spec.rootfs {
+        Rootfs::Overlay {
+            base,
+            lower,
+            upper,
+            work,
+            target,
+        } => {
+            std::env::set_current_dir(base)
+                .unwrap_or_else(|e| fail(&format!("enter {}", base.display()), e));
+            // redirect_dir, metacopy and index off: the upper dir must hold every change as a
+            // whole file or directory, which is what the overlay differ reads (overlayfs.rst).
+            let opts = format!(
+                "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            );
+            p::mount("overlay", target.as_os_str(), "overlay", 0, &opts)
+                .unwrap_or_else(|e| fail("mount the overlay root filesystem", e));
+            target.clone()
+        }
+        Rootfs::Dir(dir) => {
+            p::mount(
+                &dir.to_string_lossy(),
+                dir.as_os_str(),
+                "",
+                libc::MS_BIND | libc::MS_REC,
+                "",
+            )
+            .unwrap_or_else(|e| fail("bind the root filesystem", e));
+            dir.clone()
+        }
+    }
+}
+
+fn setup_dev(root: &Root) {
+    mount_at(
+        root,
+        "/dev",
+        "tmpfs",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_STRICTATIME,
+        "mode=755,size=65536k",
+    );
+    let dev = root
+        .open_dir(&clean(Path::new("/dev")).expect("clean"))
+        .unwrap_or_else(|e| fail("open /dev", e));
+    let dfd = dev.as_fd();
+    for d in DEVICES {
+        if let Err(e) = sys::openat(
+            dfd,
+            OsStr::new(d),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+            0o666,
+        ) {
+            fail(&format!("create /dev/{d}"), e);
+        }
+        bind_at(root, &format!("/dev/{d}"), &Path::new("/dev").join(d), 0);
+    }
+    for (d, mode) in [
+        ("pts", 0o755),
+        ("shm", 0o1777),
+        ("mqueue", 0o755),
+        ("pipes", 0o755),
+    ] {
+        sys::mkdirat(dfd, OsStr::new(d), mode)
+            .unwrap_or_else(|e| fail(&format!("mkdir /dev/{d}"), e));
+    }
+    mount_at(
+        root,
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    );
+    mount_at(
+        root,
+        "/dev/shm",
+        "shm",
+        "tmpfs",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "mode=1777,size=65536k",
+    );
+    mount_at(
+        root,
+        "/dev/mqueue",
+        "mqueue",
+        "mqueue",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
+    for (name, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+    ] {
+        sys::symlinkat(OsStr::new(to), dfd, OsStr::new(name))
+            .unwrap_or_else(|e| fail(&format!("symlink /dev/{name}"), e));
+    }
+}
+
+fn mask_proc() {
+    for m in MASKED {
+        let path = Path::new(m);
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => {
+                let _ = p::mount(
+                    "tmpfs",
+                    path.as_os_str(),
+                    "tmpfs",
+                    libc::MS_RDONLY,
+                    "size=0k",
+                );
+            }
+            Ok(_) => {
+                let _ = p::mount("/dev/null", path.as_os_str(), "", libc::MS_BIND, "");
+            }
+            Err(_) => {}
+        }
+    }
+    for r in READONLY {
+        let path = OsStr::new(r);
+        if Path::new(r).exists() && p::mount(r, path, "", libc::MS_BIND | libc::MS_REC, "").is_ok()
+        {
+            let _ = p::mount(
+                r,
+                path,
+                "",
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_REC,
+                "",
+            );
+        }
+    }
+}
+
+fn drop_caps(ids: &super::Ids) {
+    let keep: u64 = DEFAULT_CAPS.iter().fold(0, |m, c| m | (1u64 << c));
+    for cap in 0..=p::last_cap() {
+        if keep & (1u64 << cap) == 0 {
+            p::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)
+                .unwrap_or_else(|e| fail("drop capabilities", e));
+        }
+    }
+    p::setgroups(&ids.groups).unwrap_or_else(|e| fail("setgroups", e));
+    p::setresgid(ids.gid).unwrap_or_else(|e| fail("setgid", e));
+    p::setresuid(ids.uid).unwrap_or_else(|e| fail("setuid", e));
+    // A non-root uid lost its capabilities in setresuid; root keeps exactly the default set.
+    let caps = if ids.uid == 0 { keep } else { 0 };
+    p::capset(caps).unwrap_or_else(|e| fail("set capabilities", e));
+}
+
+fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find_map(|e| e.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+/// Finds `cmd` on the container's PATH, as execvp does (but with the workload's PATH).
+fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path = env_value(env, "PATH").unwrap_or(crate::plan::DEFAULT_PATH);
+    let mut denied = None;
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = Path::new(dir).join(cmd);
+        if let Ok(meta) = std::fs::metadata(&cand) {
+            if meta.is_file() {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o111 != 0 {
+                    return Ok(cand);
+                }
+                denied = Some(cand);
+            }
+        }
+    }
+    match denied {
+        Some(p) => Ok(p),
+        None => {
+            let _ = writeln!(
+                io::stderr(),
+                "kiln: exec: {cmd:?}: executable file not found in $PATH"
+            );
+            Err(EXIT_NOT_FOUND)
+        }
+    }
+}
+
+fn child(spec: &Spec) -> ! {
+    let rootfs = mount_rootfs(spec);
+    let root = Root::open(&rootfs).unwrap_or_else(|e| fail("open the root filesystem", e));
+    for (path, dir) in &spec.stubs {
+        stub(&root, path, *dir);
+    }
+    mount_at(
+        &root,
+        "/proc",
+        "proc",
+        "proc",
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        "",
+    );
+    let sys_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    mount_at(&root, "/sys", "sysfs", "sysfs", sys_flags, "");
+    setup_dev(&root);
+    for (path, host) in &spec.files {
+        bind_at(&root, path, host, 0);
+    }
+    if let Some(script) = &spec.script {
+        let dev = root
+            .open_dir(&clean(Path::new("/dev/pipes")).expect("clean"))
+            .unwrap_or_else(|e| fail("open /dev/pipes", e));
+        let fd = sys::openat(
+            dev.as_fd(),
+            OsStr::new("script"),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+            0o755,
+        )
+        .unwrap_or_else(|e| fail("write the script", e));
+        let mut f = std::fs::File::from(fd);
+        f.write_all(script.as_bytes())
+            .unwrap_or_else(|e| fail("write the script", e));
+    }
+    drop(root);
+
+    std::env::set_current_dir(&rootfs).unwrap_or_else(|e| fail("enter the root filesystem", e));
+    p::pivot_root(OsStr::new("."), OsStr::new(".")).unwrap_or_else(|e| fail("pivot_root", e));
+    p::umount2(OsStr::new("."), libc::MNT_DETACH)
+        .unwrap_or_else(|e| fail("detach the old root", e));
+    std::env::set_current_dir("/").unwrap_or_else(|e| fail("chdir /", e));
+    if spec.mask_proc {
+        mask_proc();
+    }
+    p::sethostname(&spec.hostname).unwrap_or_else(|e| fail("set hostname", e));
+    if spec.net != Net::Host {
+        p::loopback_up().unwrap_or_else(|e| fail("bring loopback up", e));
+    }
+
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    if std::env::set_current_dir(cwd).is_err() {
+        // BuildKit and Docker create a missing working directory.
+        let _ = std::fs::create_dir_all(cwd);
+        std::env::set_current_dir(cwd)
+            .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
+    }
+    drop_caps(&spec.ids);
+    if spec.no_new_privs {
+        p::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).unwrap_or_else(|e| fail("set no_new_privs", e));
+    }
+    // Credentials changes clear the parent-death signal; set it again last.
+    p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
+        .unwrap_or_else(|e| fail("set parent-death signal", e));
+    for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGPIPE] {
+        p::default_signal(s);
+    }
+
+    let argv: Vec<String> = match &spec.script {
+        Some(_) => vec!["/dev/pipes/script".to_string()],
+        None => spec.argv.clone(),
+    };
+    let Some(cmd) = argv.first() else {
+        fail("exec", "no command given");
+    };
+    let path = match lookup(cmd, &spec.env) {
+        Ok(p) => p,
+        Err(code) => std::process::exit(code),
+    };
+    let cargs: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("argument", e)))
+        .collect();
+    let cenv: Vec<CString> = spec
+        .env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("environment", e)))
+        .collect();
+    let err = p::execve(path.as_os_str(), &cargs, &cenv);
+    let code = match err.raw_os_error() {
+        Some(libc::ENOENT) => EXIT_NOT_FOUND,
+        _ => EXIT_CANNOT_EXEC,
+    };
+    let _ = writeln!(
+        io::stderr(),
+        "kiln: exec {}: {err}",
+        String::from_utf8_lossy(path.as_os_str().as_bytes())
+    );
+    std::process::exit(code)
+}

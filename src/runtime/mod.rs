@@ -1,0 +1,139 @@
+//! The container process: what to run and how, and the helper that runs it.
+//!
+//! kiln's own process is multithreaded, so it never forks to make a container (CONVENTIONS). It
+//! spawns itself (`/proc/self/exe __kiln-init`) with a [`Spec`] in the environment; that fresh,
+//! single-threaded helper ([`init`]) unshares the namespaces, forks so the workload is PID 1 of
+//! its PID namespace, builds the root filesystem (an overlay of snapshots plus an upper dir, or a
+//! bind of a plain directory), mounts /proc, /sys, /dev and the files kiln provides, pivots root,
+//! drops capabilities and execs. The helper waits and exits with the workload's status, so the
+//! caller sees an ordinary child process. All mounts live in the private mount namespace and
+//! vanish with it: a crash leaves nothing mounted on the host.
+//!
+//! Exit codes follow Docker: 125 the helper could not set the container up, 126 the command
+//! cannot be executed, 127 it was not found, 128+N killed by signal N, else the command's own.
+
+pub mod init;
+pub mod user;
+
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// The hidden argv[1] that makes kiln act as the init helper.
+pub const INIT_ARG: &str = "__kiln-init";
+/// The environment variable that carries the spec (JSON) to the helper.
+pub const SPEC_ENV: &str = "KILN_INIT_SPEC";
+
+/// Exit code: the container could not be set up.
+pub const EXIT_SETUP: i32 = 125;
+/// Exit code: the command exists but cannot be executed.
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+/// Exit code: the command was not found.
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Where the container's root filesystem comes from.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Rootfs {
+    /// overlay: `lower` (top first, relative to `base`, which keeps the mount options short),
+    /// `upper` and `work` on the same filesystem, mounted at `target`.
+    Overlay {
+        base: PathBuf,
+        lower: Vec<String>,
+        upper: PathBuf,
+        work: PathBuf,
+        target: PathBuf,
+    },
+    /// A plain directory used as it is (the native snapshotter), bind-mounted at itself.
+    Dir(PathBuf),
+}
+
+/// The network a container gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Net {
+    /// The host's network namespace.
+    Host,
+    /// A new network namespace with only loopback, up.
+    Private,
+}
+
+/// A numeric user, resolved from the image's passwd/group files.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ids {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: Option<String>,
+}
+
+/// Everything the helper needs to start one container.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Spec {
+    pub rootfs: Rootfs,
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` strings, exactly the workload's environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub ids: Ids,
+    pub hostname: String,
+    pub net: Net,
+    /// Host files bind-mounted at in-container paths (/etc/hosts, /etc/resolv.conf, ...).
+    pub files: Vec<(String, PathBuf)>,
+    /// Mount points the image lacks: (path, is a directory). The helper creates them; the caller
+    /// removes what is left of them afterwards so they never reach a layer.
+    pub stubs: Vec<(String, bool)>,
+    /// A script to write under /dev/pipes and execute instead of `argv` (RUN's `#!` heredoc).
+    pub script: Option<String>,
+    /// Set no_new_privs (kiln run does; RUN steps don't, as BuildKit, so setuid tools work).
+    pub no_new_privs: bool,
+    /// Mask /proc paths and make /proc/sys and friends read-only, as Docker does.
+    pub mask_proc: bool,
+}
+
+/// The mount points every container needs, and whether each is a directory.
+pub const MOUNT_POINTS: &[(&str, bool)] = &[
+    ("proc", true),
+    ("sys", true),
+    ("dev", true),
+    ("etc", true),
+    ("etc/hosts", false),
+    ("etc/resolv.conf", false),
+    ("etc/hostname", false),
+];
+
+/// Starts the helper for `spec`. The child's stdin is null; stdout and stderr are as given.
+pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Child> {
+    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
+    Command::new("/proc/self/exe")
+        .arg(INIT_ARG)
+        .env_clear()
+        .env(SPEC_ENV, json)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+}
+
+/// Docker's exit code for a wait status: the code, or 128 + the signal.
+pub fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => EXIT_SETUP,
+    }
+}
+
+/// /etc/hosts for a container named `hostname` (Docker's content).
+pub fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n127.0.1.1\t{hostname}\n"
+    )
+}
+
+/// The host's resolv.conf (empty when it has none), as Docker copies it for host networking.
+pub fn resolv_conf() -> String {
+    std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+}
