@@ -309,7 +309,8 @@ impl Store {
 
     /// Checks the store's invariants; returns one line per problem (empty when the store is sound).
     /// Every blob row's file exists and hashes to its digest; every image's blobs have rows;
-    /// every snapshot row's directory exists; index.json lists exactly the tags.
+    /// every snapshot row's directory exists; every step-cache entry's layer and snapshot are
+    /// recorded; index.json lists exactly the tags.
     pub fn verify(&self) -> Result<Vec<String>> {
         let mut problems = Vec::new();
         let blobs: Vec<(String, u64)> = {
@@ -360,6 +361,14 @@ impl Store {
             (
                 "tag pointing at a missing image",
                 "SELECT name FROM refs WHERE manifest NOT IN (SELECT manifest FROM images)",
+            ),
+            (
+                "step-cache entry without its layer row",
+                "SELECT key FROM step_cache WHERE layer IS NOT NULL AND layer NOT IN (SELECT digest FROM layers)",
+            ),
+            (
+                "step-cache entry without its snapshot",
+                "SELECT key FROM step_cache WHERE layer IS NOT NULL AND chain_id NOT IN (SELECT chain_id FROM snapshots)",
             ),
         ];
         for (what, sql) in checks {

@@ -96,14 +96,18 @@ impl Store {
         Ok(db.query_row(&sql, [key], step_row).optional()?)
     }
 
-    /// The most recent row of `slot` other than `key` (what the last build of this step used).
-    pub fn previous_step(&self, slot: &str, key: &str) -> Result<Option<StepRecord>> {
+    /// The row of `slot` other than `key` to explain a miss against: one with the same `parent`
+    /// if any (then only the step's own inputs differ), else the most recently used.
+    pub fn previous_step(&self, slot: &str, key: &str, parent: &str) -> Result<Option<StepRecord>> {
         let db = self.db();
         let sql = format!(
             "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer
-             WHERE s.slot = ?1 AND s.key != ?2 ORDER BY s.last_used DESC, s.created DESC LIMIT 1"
+             WHERE s.slot = ?1 AND s.key != ?2
+             ORDER BY s.parent = ?3 DESC, s.last_used DESC, s.created DESC, s.rowid DESC LIMIT 1"
         );
-        Ok(db.query_row(&sql, [slot, key], step_row).optional()?)
+        Ok(db
+            .query_row(&sql, [slot, key, parent], step_row)
+            .optional()?)
     }
 
     /// Every step-cache row, most recently used first.

@@ -180,7 +180,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     }
     let status = child.wait().map_err(setup("wait for the step"))?;
     let code = runtime::exit_code(status);
-    remove_stubs(&tree, view, &stubs);
+    remove_stubs(&tree, view, &stubs, req.snapshotter == Snapshotter::Overlay);
     if code != 0 {
         return Err(RunError::Exit {
             code,
@@ -201,12 +201,18 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
 }
 
 /// Removes what is left of the stubs in `tree`: empty files and empty directories the image did
-/// not have, then parents that only the stubs' creation copied up (empty, same mode and owner
-/// as below).
-fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)]) {
+/// not have. A parent directory the stubs were created in gets its mtime back when the step did
+/// not add or remove entries there itself, and in an overlay upper dir it goes away entirely when
+/// only the stubs' creation had copied it up (empty, same mode and owner as below).
+fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)], overlay: bool) {
     let mut parents = Vec::new();
     for (p, dir) in stubs.iter().rev() {
         let host = tree.join(p.trim_start_matches('/'));
+        if let Some(parent) = Path::new(p).parent() {
+            if parent != Path::new("/") {
+                parents.push(parent.to_path_buf());
+            }
+        }
         let Ok(meta) = fs::symlink_metadata(&host) else {
             continue;
         };
@@ -214,11 +220,6 @@ fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)]) {
             let _ = fs::remove_dir(&host);
         } else if !*dir && meta.is_file() && meta.len() == 0 {
             let _ = fs::remove_file(&host);
-        }
-        if let Some(parent) = Path::new(p).parent() {
-            if parent != Path::new("/") {
-                parents.push(parent.to_path_buf());
-            }
         }
     }
     parents.sort();
@@ -228,22 +229,50 @@ fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)]) {
         let Ok(meta) = fs::symlink_metadata(&host) else {
             continue;
         };
-        let empty = fs::read_dir(&host)
-            .map(|mut d| d.next().is_none())
-            .unwrap_or(false);
-        let below = view
+        let Some(below) = view
             .resolve(&parent.display().to_string(), false)
             .ok()
-            .flatten();
-        if let Some(b) = below {
-            if empty
-                && b.is_dir()
-                && b.meta.mode() == meta.mode()
-                && b.meta.uid() == meta.uid()
-                && b.meta.gid() == meta.gid()
-            {
-                let _ = fs::remove_dir(&host);
-            }
+            .flatten()
+        else {
+            continue;
+        };
+        if !below.is_dir() || !meta.is_dir() {
+            continue;
+        }
+        let lower: std::collections::BTreeSet<std::ffi::OsString> = match view.read_dir(&below) {
+            Ok(m) => m.into_keys().collect(),
+            Err(_) => continue,
+        };
+        let Ok(rd) = fs::read_dir(&host) else {
+            continue;
+        };
+        let here: Vec<(std::ffi::OsString, bool)> = rd
+            .flatten()
+            .map(|e| {
+                let wh = e
+                    .metadata()
+                    .map(|m| crate::snapshot::view::is_whiteout(&m))
+                    .unwrap_or(false);
+                (e.file_name(), wh)
+            })
+            .collect();
+        let entries_changed = if overlay {
+            here.iter().any(|(n, wh)| *wh || !lower.contains(n))
+        } else {
+            here.len() != lower.len() || here.iter().any(|(n, _)| !lower.contains(n))
+        };
+        if entries_changed {
+            continue;
+        }
+        let same_owner = below.meta.mode() == meta.mode()
+            && below.meta.uid() == meta.uid()
+            && below.meta.gid() == meta.gid();
+        if overlay && here.is_empty() && same_owner {
+            let _ = fs::remove_dir(&host);
+            continue;
+        }
+        if let (Ok(f), Ok(m)) = (fs::File::open(&host), below.meta.modified()) {
+            let _ = f.set_times(fs::FileTimes::new().set_modified(m).set_accessed(m));
         }
     }
 }

@@ -640,7 +640,7 @@ fn why_missed(
     if ctx.opts.no_cache {
         return "cache miss: --no-cache".into();
     }
-    let prev = match ctx.store.previous_step(slot, key) {
+    let prev = match ctx.store.previous_step(slot, key, parent) {
         Ok(Some(p)) => p,
         _ => return "cache miss: not built before".into(),
     };

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod build;
 mod check;
 mod cli;
 mod conformance;

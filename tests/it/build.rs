@@ -1,0 +1,616 @@
+//! `kiln build`: instructions and flags checked on the image config and the files inside the
+//! image, cache behaviour, RUN isolation, both snapshotters, reproducibility, interop, crashes.
+//! Root, real overlay mounts and namespaces; the base is busybox-static imported as `base`.
+
+use crate::common::*;
+use kiln::snapshot::view::View;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// A store with the busybox base imported as `base`, and an empty context dir.
+fn setup() -> Option<(Kiln, std::path::PathBuf)> {
+    let (k, _rootfs, _id) = busybox_image("base", &[])?;
+    let ctx = k.dir.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    Some((k, ctx))
+}
+
+/// Builds `ctx` with plain progress; returns (image ID, progress on stderr).
+fn build(k: &Kiln, ctx: &Path, args: &[&str]) -> (String, String) {
+    let o = build_raw(k, ctx, args);
+    assert!(
+        o.status.success(),
+        "kiln build failed: {}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let out = stdout(&o);
+    let id = out.lines().last().unwrap_or("").trim().to_string();
+    assert!(
+        id.starts_with("sha256:"),
+        "last stdout line is the image ID: {out:?}"
+    );
+    (id, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn build_raw(k: &Kiln, ctx: &Path, args: &[&str]) -> Output {
+    let mut a = vec!["build", "--progress", "plain"];
+    a.extend_from_slice(args);
+    a.push(ctx.to_str().unwrap());
+    k.run(&a)
+}
+
+/// The merged view of an image's files (snapshots unpacked by the library).
+fn image_view(k: &Kiln, name: &str) -> View {
+    let store = k.store();
+    let img = kiln::image::resolve(&store, name).unwrap().image;
+    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect())
+}
+
+fn config(k: &Kiln, name: &str) -> kiln::image::oci::ImageConfig {
+    let store = k.store();
+    let img = kiln::image::resolve(&store, name).unwrap().image;
+    kiln::image::read_config(&store, &img).unwrap()
+}
+
+fn read(v: &View, p: &str) -> String {
+    v.read_string(p)
+        .unwrap_or_else(|| panic!("{p} missing from the image"))
+}
+
+fn meta(v: &View, p: &str) -> fs::Metadata {
+    v.resolve(p, false)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{p} missing from the image"))
+        .meta
+}
+
+/// Step lines of plain progress: how many were CACHED and how many executed (DONE).
+fn counts(progress: &str) -> (usize, usize) {
+    let cached = progress.lines().filter(|l| l.ends_with(" CACHED")).count();
+    let misses = progress
+        .lines()
+        .filter(|l| l.contains(" cache miss: "))
+        .count();
+    (cached, misses)
+}
+
+fn dockerfile(ctx: &Path, text: &str) {
+    fs::write(ctx.join("Dockerfile"), text).unwrap();
+}
+
+#[test]
+fn every_instruction_sets_the_config_and_files_as_buildkit() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::create_dir_all(ctx.join("src/sub")).unwrap();
+    fs::write(ctx.join("src/a.txt"), "a\n").unwrap();
+    fs::write(ctx.join("src/sub/b.txt"), "b\n").unwrap();
+    fs::write(ctx.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
+    fs::set_permissions(ctx.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(ctx.join("one.txt"), "one\n").unwrap();
+    // An archive ADD unpacks, in three compressions.
+    let arch = k.dir.path().join("arch");
+    fs::create_dir_all(arch.join("pkg")).unwrap();
+    fs::write(arch.join("pkg/inside.txt"), "from the tarball\n").unwrap();
+    for (flag, name) in [
+        ("-czf", "p.tar.gz"),
+        ("-cjf", "p.tar.bz2"),
+        ("-cJf", "p.tar.xz"),
+    ] {
+        let st = Command::new("tar")
+            .arg("-C")
+            .arg(&arch)
+            .arg(flag)
+            .arg(ctx.join(name))
+            .arg("pkg")
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    dockerfile(
+        &ctx,
+        r#"FROM base
+ARG VERSION=1.0
+ENV APP_HOME=/srv/app PATH=/srv/app/bin:$PATH
+LABEL org.example.version=$VERSION "description"="a test"
+MAINTAINER someone@example.com
+RUN echo 'app:x:1000:1000::/home/app:/bin/sh' >> /etc/passwd && echo 'app:x:1000:' >> /etc/group && echo 'staff:x:50:app' >> /etc/group
+WORKDIR $APP_HOME
+COPY src/ ./src/
+COPY --chown=app:staff --chmod=640 one.txt /owned/one.txt
+COPY --chown=1234 one.txt /numeric
+COPY run.sh one.txt /many/
+ADD p.tar.gz /gz/
+ADD p.tar.bz2 /bz2/
+ADD p.tar.xz /xz/
+COPY <<EOF /etc/greeting
+hello $VERSION
+EOF
+RUN <<EOF
+#!/bin/sh
+echo "script ran as $(id -u)" > /script.out
+EOF
+USER app
+WORKDIR /home/app/work
+RUN id -u > /home/app/work/uid && id -G > /home/app/work/groups && pwd > /home/app/work/pwd
+USER root
+SHELL ["/bin/sh", "-ec"]
+RUN echo "shell $0" > /shell.out
+EXPOSE 80 53/udp
+VOLUME /data
+STOPSIGNAL SIGQUIT
+HEALTHCHECK --interval=30s --timeout=5s --retries=2 CMD wget -q -O- localhost || exit 1
+ONBUILD RUN echo child
+CMD ["serve"]
+ENTRYPOINT ["/bin/sh", "-c"]
+"#,
+    );
+    let (_id, progress) = build(&k, &ctx, &["-t", "every"]);
+    assert!(!progress.contains("ERROR"), "{progress}");
+    let c = config(&k, "every");
+    let rc = &c.config;
+    let env = rc.env.clone().unwrap();
+    assert!(env.contains(&"APP_HOME=/srv/app".to_string()), "{env:?}");
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("PATH=/srv/app/bin:/usr/local/sbin")),
+        "{env:?}"
+    );
+    let labels = rc.labels.clone().unwrap();
+    assert_eq!(labels["org.example.version"], "1.0");
+    assert_eq!(labels["description"], "a test");
+    assert_eq!(c.author.as_deref(), Some("someone@example.com"));
+    assert_eq!(rc.working_dir.as_deref(), Some("/home/app/work"));
+    assert_eq!(rc.user.as_deref(), Some("root"));
+    // A CMD of the same stage survives a later ENTRYPOINT...
+    assert_eq!(rc.entrypoint.clone().unwrap(), vec!["/bin/sh", "-c"]);
+    assert_eq!(rc.cmd.clone().unwrap(), vec!["serve"]);
+    let ports: Vec<&String> = rc.exposed_ports.as_ref().unwrap().keys().collect();
+    assert_eq!(ports, vec!["53/udp", "80/tcp"]);
+    assert!(rc.volumes.as_ref().unwrap().contains_key("/data"));
+    assert_eq!(rc.stop_signal.as_deref(), Some("SIGQUIT"));
+    assert_eq!(rc.extra["Shell"], serde_json::json!(["/bin/sh", "-ec"]));
+    assert_eq!(rc.extra["OnBuild"], serde_json::json!(["RUN echo child"]));
+    let hc = &rc.extra["Healthcheck"];
+    assert_eq!(hc["Test"][0], "CMD-SHELL");
+    assert_eq!(hc["Interval"], 30_000_000_000u64);
+    assert_eq!(hc["Retries"], 2);
+    // History: every instruction, metadata ones as empty layers; one layer per changing step.
+    let layers = c.history.iter().filter(|h| !h.empty_layer).count();
+    assert_eq!(layers, c.rootfs.diff_ids.len());
+    assert!(c
+        .history
+        .iter()
+        .any(|h| h.created_by.as_deref() == Some("EXPOSE 80 53/udp") && h.empty_layer));
+
+    let v = image_view(&k, "every");
+    assert_eq!(read(&v, "/srv/app/src/a.txt"), "a\n");
+    assert_eq!(read(&v, "/srv/app/src/sub/b.txt"), "b\n");
+    let m = meta(&v, "/owned/one.txt");
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (1000, 50, 0o640));
+    let m = meta(&v, "/numeric");
+    assert_eq!((m.uid(), m.gid()), (1234, 1234));
+    let m = meta(&v, "/srv/app/src/a.txt");
+    assert_eq!((m.uid(), m.gid()), (0, 0), "context files become root's");
+    assert_eq!(meta(&v, "/many/run.sh").mode() & 0o777, 0o755);
+    assert_eq!(read(&v, "/many/one.txt"), "one\n");
+    for d in ["gz", "bz2", "xz"] {
+        assert_eq!(
+            read(&v, &format!("/{d}/pkg/inside.txt")),
+            "from the tarball\n"
+        );
+    }
+    assert_eq!(read(&v, "/etc/greeting"), "hello 1.0\n");
+    assert_eq!(read(&v, "/script.out"), "script ran as 0\n");
+    assert_eq!(read(&v, "/home/app/work/uid"), "1000\n");
+    assert_eq!(read(&v, "/home/app/work/groups"), "1000 50\n");
+    assert_eq!(read(&v, "/home/app/work/pwd"), "/home/app/work\n");
+    let m = meta(&v, "/home/app/work");
+    assert_eq!(
+        (m.uid(), m.gid()),
+        (1000, 1000),
+        "WORKDIR is created as the USER"
+    );
+    assert_eq!(read(&v, "/shell.out"), "shell /bin/sh\n");
+    // ...but an inherited one is reset by ENTRYPOINT, as BuildKit does.
+    dockerfile(&ctx, "FROM every\nENTRYPOINT [\"/bin/echo\"]\n");
+    build(&k, &ctx, &["-t", "child"]);
+    let child = config(&k, "child");
+    assert_eq!(child.config.cmd, None);
+    assert_eq!(
+        child.config.extra.get("OnBuild"),
+        None,
+        "ONBUILD triggers are not inherited"
+    );
+    assert!(read(&image_view(&k, "child"), "/etc/passwd").contains("app:x:1000"));
+
+    // Mount points of the RUN steps never reach a layer.
+    for p in [
+        "/proc",
+        "/sys",
+        "/dev",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+    ] {
+        assert!(
+            v.resolve(p, false).unwrap().is_none(),
+            "{p} leaked into the image"
+        );
+    }
+}
+
+#[test]
+fn rebuilds_redo_only_what_changed() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::create_dir_all(ctx.join("app")).unwrap();
+    fs::write(ctx.join("app/main.txt"), "v1\n").unwrap();
+    fs::write(ctx.join("app/other.txt"), "other\n").unwrap();
+    fs::write(ctx.join("config.txt"), "c1\n").unwrap();
+    fs::write(ctx.join("unused.txt"), "u\n").unwrap();
+    fs::write(ctx.join("ignored.log"), "l\n").unwrap();
+    fs::write(ctx.join(".dockerignore"), "*.log\n").unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\nCOPY config.txt /cfg/\nRUN echo step > /step\nCOPY app /app\nARG MODE=a\nRUN echo $MODE > /mode\nRUN cat /app/main.txt > /copy\n",
+    );
+    let (id1, p) = build(&k, &ctx, &["-t", "cache"]);
+    assert_eq!(counts(&p), (0, 5), "{p}");
+
+    // No change: every step CACHED, same image ID.
+    let (id2, p) = build(&k, &ctx, &["-t", "cache"]);
+    assert_eq!(id1, id2);
+    assert_eq!(counts(&p), (5, 0), "{p}");
+
+    // A file no COPY selects, and one .dockerignore excludes: nothing re-runs.
+    fs::write(ctx.join("unused.txt"), "changed\n").unwrap();
+    fs::write(ctx.join("ignored.log"), "changed\n").unwrap();
+    let (id3, p) = build(&k, &ctx, &["-t", "cache"]);
+    assert_eq!((id3.as_str(), counts(&p)), (id1.as_str(), (5, 0)), "{p}");
+
+    // One selected file: the COPY that selects it and everything after re-run, and the miss
+    // names the file.
+    fs::write(ctx.join("app/main.txt"), "v2\n").unwrap();
+    let (id4, p) = build(&k, &ctx, &["-t", "cache"]);
+    assert_ne!(id4, id1);
+    assert_eq!(counts(&p), (2, 3), "{p}");
+    assert!(
+        p.contains("cache miss: 1 file changed: app/main.txt"),
+        "{p}"
+    );
+    assert_eq!(read(&image_view(&k, "cache"), "/copy"), "v2\n");
+
+    // Same size, mtime put back: still seen (ctime and the stat cache).
+    let before = fs::metadata(ctx.join("app/main.txt")).unwrap();
+    fs::write(ctx.join("app/main.txt"), "v3\n").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(ctx.join("app/main.txt"))
+        .unwrap()
+        .set_modified(before.modified().unwrap())
+        .unwrap();
+    let (_, p) = build(&k, &ctx, &["-t", "cache"]);
+    assert_eq!(counts(&p), (2, 3), "{p}");
+    assert_eq!(read(&image_view(&k, "cache"), "/copy"), "v3\n");
+
+    // A build arg misses at the first RUN that sees it.
+    let (_, p) = build(&k, &ctx, &["-t", "cache", "--build-arg", "MODE=b"]);
+    assert_eq!(counts(&p), (3, 2), "{p}");
+    assert!(
+        p.contains("cache miss: build arg or env changed: MODE"),
+        "{p}"
+    );
+
+    // chmod of a source file misses.
+    fs::set_permissions(ctx.join("config.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (_, p) = build(&k, &ctx, &["-t", "cache", "--build-arg", "MODE=b"]);
+    assert_eq!(counts(&p), (0, 5), "{p}");
+
+    // --no-cache runs everything and says so.
+    let (_, p) = build(&k, &ctx, &["--no-cache"]);
+    assert_eq!(counts(&p), (0, 5), "{p}");
+    assert!(p.contains("cache miss: --no-cache"), "{p}");
+    let out = k.ok(&["system", "check"]);
+    assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn a_failing_run_names_the_line_the_exit_code_and_the_output() {
+    let Some((k, ctx)) = setup() else { return };
+    dockerfile(
+        &ctx,
+        "FROM base\nRUN echo fine\nRUN echo about to fail; echo on stderr >&2; exit 3\nRUN echo never\n",
+    );
+    let o = build_raw(&k, &ctx, &["-t", "bad"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Dockerfile:3: RUN echo about to fail"),
+        "{err}"
+    );
+    assert!(err.contains("exit code 3"), "{err}");
+    assert!(err.contains("> on stderr"), "{err}");
+    assert!(!err.contains("never"), "{err}");
+    assert!(k.run(&["inspect", "bad"]).status.code() != Some(0));
+
+    // Missing base: named, with the commands that bring it in.
+    dockerfile(&ctx, "FROM nosuchimage:1\nRUN true\n");
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(
+        err.contains("Dockerfile:1: base image \"nosuchimage:1\" is not in the store"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kiln pull") && err.contains("kiln import") && err.contains("kiln load"),
+        "{err}"
+    );
+
+    // A missing source names itself.
+    dockerfile(&ctx, "FROM base\nCOPY nothere.txt /\n");
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("nothere.txt"),
+        "{err}"
+    );
+
+    // Command not found: 127.
+    dockerfile(&ctx, "FROM base\nRUN [\"/no/such/cmd\"]\n");
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(err.contains("exit code 127"), "{err}");
+}
+
+#[test]
+fn run_is_isolated_and_sees_proc_dev_and_its_network_mode() {
+    let Some((k, ctx)) = setup() else { return };
+    dockerfile(
+        &ctx,
+        "FROM base\n\
+         RUN echo $$ > /pid && hostname > /hostname.out && ls /proc/self/fd > /fds && echo x > /dev/null && cat /etc/hosts > /hosts.out\n\
+         RUN --network=none ls /sys/class/net > /net.none\n\
+         RUN ls /sys/class/net > /net.host\n\
+         RUN grep CapBnd /proc/self/status > /caps\n",
+    );
+    build(&k, &ctx, &["-t", "iso"]);
+    let v = image_view(&k, "iso");
+    assert_eq!(
+        read(&v, "/pid"),
+        "1\n",
+        "RUN is PID 1 of its own PID namespace"
+    );
+    assert_eq!(read(&v, "/hostname.out"), "buildkitsandbox\n");
+    assert!(read(&v, "/hosts.out").contains("localhost"));
+    assert_eq!(read(&v, "/net.none"), "lo\n");
+    assert!(read(&v, "/net.host").lines().count() >= 1);
+    // Docker's default bounding set.
+    assert_eq!(read(&v, "/caps").trim(), "CapBnd:\t00000000a80425fb");
+
+    // --network none on the command line isolates every RUN.
+    dockerfile(&ctx, "FROM base\nRUN ls /sys/class/net > /n\n");
+    build(&k, &ctx, &["-t", "iso2", "--network", "none"]);
+    assert_eq!(read(&image_view(&k, "iso2"), "/n"), "lo\n");
+}
+
+#[test]
+fn multi_stage_builds_copy_from_stages_and_images() {
+    let Some((k, ctx)) = setup() else { return };
+    dockerfile(
+        &ctx,
+        "FROM base AS a\nRUN mkdir /out && echo from-a > /out/a.txt\n\
+         FROM base AS b\nRUN echo from-b > /b.txt\n\
+         FROM base AS unused\nRUN exit 1\n\
+         FROM scratch\nCOPY --from=a /out/ /\nCOPY --from=1 /b.txt /x/\nCOPY --from=base /bin/busybox /bin/\n",
+    );
+    let (_, p) = build(&k, &ctx, &["-t", "multi"]);
+    assert!(
+        !p.contains("unused"),
+        "an unreached stage must not run: {p}"
+    );
+    let v = image_view(&k, "multi");
+    assert_eq!(read(&v, "/a.txt"), "from-a\n");
+    assert_eq!(read(&v, "/x/b.txt"), "from-b\n");
+    assert!(meta(&v, "/bin/busybox").len() > 100_000);
+    let c = config(&k, "multi");
+    assert_eq!(c.rootfs.diff_ids.len(), 3);
+
+    // --target builds the named stage.
+    build(&k, &ctx, &["-t", "tb", "--target", "b"]);
+    assert_eq!(read(&image_view(&k, "tb"), "/b.txt"), "from-b\n");
+}
+
+#[test]
+fn both_snapshotters_give_the_same_image() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::write(ctx.join("f.txt"), "f\n").unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\nCOPY f.txt /f.txt\nRUN mkdir -p /a/b && echo x > /a/b/c && chmod 700 /a && ln -s /a/b/c /link\nRUN rm /etc/group && echo y >> /a/b/c\n",
+    );
+    let (overlay, _) = build(&k, &ctx, &["--no-cache", "--snapshotter", "overlay"]);
+    let (native, _) = build(&k, &ctx, &["--no-cache", "--snapshotter", "native"]);
+    // Timestamps differ between runs: compare with SOURCE_DATE_EPOCH clamping.
+    let sde = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let (o2, _) = build(
+        &k,
+        &ctx,
+        &[
+            &["--no-cache", "--snapshotter", "overlay", "-t", "o"][..],
+            &sde[..],
+        ]
+        .concat(),
+    );
+    let (n2, _) = build(
+        &k,
+        &ctx,
+        &[
+            &["--no-cache", "--snapshotter", "native", "-t", "n"][..],
+            &sde[..],
+        ]
+        .concat(),
+    );
+    assert!(overlay.starts_with("sha256:") && native.starts_with("sha256:"));
+    assert_eq!(
+        o2, n2,
+        "overlay and native snapshotters must produce the same layers"
+    );
+    let v = image_view(&k, "n");
+    assert!(v.resolve("/etc/group", false).unwrap().is_none());
+    assert_eq!(read(&v, "/a/b/c"), "x\ny\n");
+}
+
+#[test]
+fn source_date_epoch_builds_are_reproducible_across_context_copies() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::create_dir_all(ctx.join("d")).unwrap();
+    fs::write(ctx.join("d/one"), "1\n").unwrap();
+    fs::write(ctx.join("two"), "2\n").unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\nCOPY . /src\nRUN ls -ln /src > /listing\nWORKDIR /w\nCOPY <<EOF /inline\nx\nEOF\n",
+    );
+    let sde = "1700000000";
+    // SOURCE_DATE_EPOCH from the environment...
+    let run = |c: &Path, tag: &str| {
+        let o = k
+            .cmd()
+            .env("SOURCE_DATE_EPOCH", sde)
+            .args(["build", "-q", "--no-cache", "-t", tag, c.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        stdout(&o).trim().to_string()
+    };
+    let x = run(&ctx, "r1");
+    // ...and from a copy of the context made later (every mtime differs).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let copy = k.dir.path().join("ctx-copy");
+    let st = Command::new("cp")
+        .arg("-r")
+        .arg(&ctx)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let y = run(&copy, "r2");
+    assert_eq!(x, y, "same inputs, same image ID");
+    let store = k.store();
+    let m1 = kiln::image::resolve(&store, "r1")
+        .unwrap()
+        .image
+        .manifest
+        .digest;
+    let m2 = kiln::image::resolve(&store, "r2")
+        .unwrap()
+        .image
+        .manifest
+        .digest;
+    assert_eq!(m1, m2, "same manifest digest");
+    assert_eq!(
+        config(&k, "r1").created.as_deref(),
+        Some("2023-11-14T22:13:20Z")
+    );
+    // ...and as a build arg, as BuildKit takes it.
+    let (z, _) = build(
+        &k,
+        &copy,
+        &[
+            "--no-cache",
+            "--build-arg",
+            &format!("SOURCE_DATE_EPOCH={sde}"),
+        ],
+    );
+    assert_eq!(z, x);
+}
+
+#[test]
+fn built_images_read_the_same_in_skopeo_and_umoci() {
+    let Some((k, ctx)) = setup() else { return };
+    if !needs(&["skopeo", "umoci"]) {
+        return;
+    }
+    fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    dockerfile(&ctx, "FROM base\nCOPY hello.txt /hello.txt\nRUN echo ran > /ran && rm /etc/motd\nENV A=1\nCMD [\"cat\", \"/hello.txt\"]\n");
+    // umoci 0.4 reads gzip layers only.
+    let (id, _) = build(&k, &ctx, &["-t", "interop", "--compression", "gzip"]);
+    let archive = k.dir.path().join("interop.tar");
+    k.ok(&["save", "-o", archive.to_str().unwrap(), "interop"]);
+    let out = sh(Command::new("skopeo")
+        .arg("inspect")
+        .arg("--config")
+        .arg(format!("oci-archive:{}", archive.display())));
+    let cfg: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        cfg["config"]["Cmd"],
+        serde_json::json!(["cat", "/hello.txt"])
+    );
+    assert!(cfg["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("A=1")));
+    assert_eq!(
+        format!("sha256:{}", kiln::cache::Digest::of(out.as_bytes()).hex()).len(),
+        id.len()
+    );
+    let layout = k.dir.path().join("layout");
+    fs::create_dir_all(&layout).unwrap();
+    sh(Command::new("tar")
+        .arg("-xf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&layout));
+    let bundle = k.dir.path().join("bundle");
+    sh(Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:latest", layout.display()))
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(fs::read_to_string(rootfs.join("ran")).unwrap(), "ran\n");
+    assert!(
+        !rootfs.join("etc/motd").exists(),
+        "the whiteout applies in umoci"
+    );
+    assert!(rootfs.join("etc/passwd").exists());
+    // kiln's own view agrees file for file.
+    let v = image_view(&k, "interop");
+    for p in ["/hello.txt", "/ran", "/etc/passwd", "/etc/group"] {
+        assert_eq!(
+            v.read(p).unwrap().unwrap(),
+            fs::read(rootfs.join(&p[1..])).unwrap(),
+            "{p}"
+        );
+    }
+}
+
+#[test]
+fn two_builds_at_once_on_one_store_both_succeed() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::write(ctx.join("f"), "f\n").unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\nCOPY f /f\nRUN sleep 0.3 && echo done > /done\n",
+    );
+    let spawn = |tag: &str| {
+        k.cmd()
+            .args(["build", "-q", "-t", tag, ctx.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let a = spawn("c1");
+    let b = spawn("c2");
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    assert_eq!(read(&image_view(&k, "c1"), "/done"), "done\n");
+    assert_eq!(read(&image_view(&k, "c2"), "/done"), "done\n");
+    let out = k.ok(&["system", "check"]);
+    assert!(out.is_empty(), "{out}");
+}
