@@ -88,12 +88,69 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
         entries: 0,
         bytes: 0,
     };
-    for entry in archive.entries().map_err(ApplyError::Read)? {
+    // Raw iteration: kiln reads PAX records itself, by their length prefixes (POSIX pax
+    // "extended header"), because xattr values are binary and may contain newlines, which the
+    // tar crate's own PAX reader splits on. GNU long names are handled here too.
+    let mut pax: Option<Vec<u8>> = None;
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
+    for entry in archive.entries().map_err(ApplyError::Read)?.raw(true) {
         let mut entry = entry.map_err(ApplyError::Read)?;
-        let raw_path: PathBuf = entry.path().map_err(ApplyError::Read)?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).map_err(ApplyError::Read)?;
+            if kind.is_pax_local_extensions() {
+                pax = Some(data);
+            } else {
+                while data.last() == Some(&0) {
+                    data.pop();
+                }
+                if kind.is_gnu_longname() {
+                    long_name = Some(data);
+                } else {
+                    long_link = Some(data);
+                }
+            }
+            continue;
+        }
+        if kind.is_pax_global_extensions() {
+            continue;
+        }
+        let records = match pax.take() {
+            Some(d) => parse_pax(&d)
+                .map_err(|why| entry_err(Path::new(OsStr::from_bytes(&entry.path_bytes())), why))?,
+            None => Vec::new(),
+        };
+        let find = |k: &[u8]| {
+            records
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        let path_bytes = find(b"path")
+            .or_else(|| long_name.take())
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link_bytes = find(b"linkpath")
+            .or_else(|| long_link.take())
+            .or_else(|| entry.link_name_bytes().map(|b| b.into_owned()));
+        long_name = None;
+        long_link = None;
+        let raw_path = PathBuf::from(OsStr::from_bytes(&path_bytes));
         stats.entries += 1;
         let path = clean(&raw_path)
             .ok_or_else(|| entry_err(&raw_path, "path climbs out of the root with \"..\""))?;
+        if kind == EntryType::GNUSparse {
+            return Err(entry_err(&raw_path, "GNU sparse entries are not supported"));
+        }
+        if let Some(size) = find(b"size") {
+            let declared = std::str::from_utf8(&size)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            if declared != Some(entry.size()) {
+                return Err(entry_err(&raw_path, "PAX size differs from the header's"));
+            }
+        }
 
         // PAX records: xattrs, and uid/gid beyond the octal header range.
         let mut xattrs = Vec::new();
@@ -101,26 +158,19 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
             entry.header().uid().map_err(entry_io(&raw_path))? as u32,
             entry.header().gid().map_err(entry_io(&raw_path))? as u32,
         );
-        if let Some(pax) = entry.pax_extensions().map_err(entry_io(&raw_path))? {
-            for ext in pax {
-                let ext = ext.map_err(entry_io(&raw_path))?;
-                let key = ext.key_bytes();
-                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    xattrs.push((
-                        OsStr::from_bytes(name).to_os_string(),
-                        ext.value_bytes().to_vec(),
-                    ));
-                } else if key == b"uid" {
-                    uid = std::str::from_utf8(ext.value_bytes())
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(uid);
-                } else if key == b"gid" {
-                    gid = std::str::from_utf8(ext.value_bytes())
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(gid);
-                }
+        for (key, value) in &records {
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                xattrs.push((OsStr::from_bytes(name).to_os_string(), value.clone()));
+            } else if key == b"uid" {
+                uid = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(uid);
+            } else if key == b"gid" {
+                gid = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(gid);
             }
         }
         let header = entry.header();
@@ -191,9 +241,9 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
         }
 
         if kind == EntryType::Link {
-            let link = entry
-                .link_name()
-                .map_err(entry_io(&raw_path))?
+            let link = link_bytes
+                .as_deref()
+                .map(|b| PathBuf::from(OsStr::from_bytes(b)))
                 .ok_or_else(|| entry_err(&raw_path, "hard link without a target"))?;
             let target = clean(&link).ok_or_else(|| {
                 entry_err(
@@ -256,9 +306,9 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
                     .map_err(entry_io(&raw_path))?;
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name()
-                    .map_err(entry_io(&raw_path))?
+                let target = link_bytes
+                    .as_deref()
+                    .map(|b| PathBuf::from(OsStr::from_bytes(b)))
                     .ok_or_else(|| entry_err(&raw_path, "symlink without a target"))?;
                 sys::symlinkat(target.as_os_str(), pfd, &name).map_err(entry_io(&raw_path))?;
                 finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
@@ -345,4 +395,34 @@ fn finish_name(
         sys::lchownat(dir, name, uid, gid)?;
     }
     sys::lutimesat(dir, name, mtime, 0)
+}
+
+/// Parses a PAX extended header: records `LEN KEY=VALUE\n`, where LEN counts the whole record,
+/// so a value may hold any byte, newlines included.
+fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|b| *b == 0) {
+            break;
+        }
+        let sp = data
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or("malformed PAX record: no length")?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("malformed PAX record: bad length")?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err("malformed PAX record: length does not fit".into());
+        }
+        let kv = &data[sp + 1..len - 1];
+        let eq = kv
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or("malformed PAX record: no '='")?;
+        out.push((kv[..eq].to_vec(), kv[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
 }

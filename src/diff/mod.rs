@@ -10,4 +10,6 @@ pub use self::tar::{write_entries, write_tree, EntrySource, TarEntry, TarOptions
 pub use apply::{apply_layer, ApplyError, ApplyStats};
 
 #[cfg(test)]
+mod differ_tests;
+#[cfg(test)]
 mod tests;

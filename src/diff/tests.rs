@@ -475,3 +475,24 @@ mod prop {
         }
     }
 }
+
+/// Regression: the tar crate's PAX reader splits records on newlines, so a binary xattr value
+/// holding 0x0a (a security.capability mask can) made apply fail with "malformed pax extension".
+#[test]
+fn binary_xattr_values_with_newlines_round_trip() {
+    let src = tempfile::tempdir().unwrap();
+    let f = src.path().join("f");
+    fs::write(&f, b"x").unwrap();
+    let value = b"a\nb\n\x00\xff=c".to_vec();
+    {
+        use std::os::fd::AsFd;
+        let file = fs::File::open(&f).unwrap();
+        crate::sys::fsetxattr(file.as_fd(), std::ffi::OsStr::new("user.bin"), &value).unwrap();
+    }
+    let tar = write_tree(src.path(), Vec::new(), &TarOptions::default()).unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    apply_layer(&Root::open(dst.path()).unwrap(), &tar[..]).unwrap();
+    let got =
+        crate::sys::lgetxattr(&dst.path().join("f"), std::ffi::OsStr::new("user.bin")).unwrap();
+    assert_eq!(got, value);
+}
