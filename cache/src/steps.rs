@@ -147,13 +147,23 @@ impl Store {
         Ok(())
     }
 
-    /// Counts a cache hit.
-    pub fn touch_step(&self, key: &str) -> Result<()> {
-        let db = self.db();
-        db.execute(
-            "UPDATE step_cache SET hits = hits + 1, last_used = ?2 WHERE key = ?1",
-            params![key, now()],
-        )?;
+    /// Counts cache hits (one transaction for all of a build's).
+    pub fn touch_steps(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE step_cache SET hits = hits + 1, last_used = ?2 WHERE key = ?1",
+            )?;
+            let now = now();
+            for k in keys {
+                st.execute(params![k, now])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

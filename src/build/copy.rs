@@ -56,6 +56,11 @@ pub struct Item {
     pub data: Data,
     /// blake3 of the content (context files only; the key uses it).
     pub hash: [u8; 32],
+    /// Size in bytes (regular files).
+    pub size: u64,
+    /// Same type, mode and content as in the previous build of this step (see
+    /// [`WriteOptions::link_from`]).
+    pub unchanged: bool,
 }
 
 /// A matched source: a file (copied under its name) or a directory (its contents).
@@ -79,130 +84,141 @@ fn base_name(p: &str) -> String {
     p.rsplit('/').next().unwrap_or(p).to_string()
 }
 
-/// Selects context sources from the walk (`entries`, sorted, ignore-aware), hashing what they
-/// select with `hasher`.
+/// Selects context sources from the walk (`entries`: depth first, a directory's subtree right
+/// after it, ignore-aware), hashing what they select with `hasher`.
 pub fn select_context(
     srcs: &[String],
     entries: &[Entry],
     hasher: &Hasher<'_>,
 ) -> Result<Vec<Root_>, String> {
-    let by_path: HashMap<&str, &Entry> = entries.iter().map(|e| (e.path.as_str(), e)).collect();
-    // (root name, is_dir, [(rel, entry path)])
-    let mut picked: Vec<(String, bool, Vec<(String, String)>)> = Vec::new();
+    let by_path: HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.as_str(), i))
+        .collect();
+    // (root name, is_dir, matched entry index or None for the context root)
+    let mut picked: Vec<(String, bool, Option<usize>)> = Vec::new();
     for src in srcs {
         let Some(c) = clean_source(src) else {
             return Err(format!("source {src:?} is outside the build context"));
         };
-        let matched: Vec<String> = if c.is_empty() {
-            vec![String::new()]
+        if c.is_empty() {
+            picked.push((String::new(), true, None));
         } else if has_wildcard(&c) {
             let pat = Pattern::new(&c)
                 .map_err(|e| format!("bad source pattern {src:?}: {}", e.why))?
                 .ok_or_else(|| format!("empty source {src:?}"))?;
-            entries
-                .iter()
-                .filter(|e| !e.implied && pat.matches(&e.path))
-                .map(|e| e.path.clone())
-                .collect()
+            for (i, e) in entries.iter().enumerate() {
+                if !e.implied && pat.matches(&e.path) {
+                    picked.push((base_name(&e.path), e.kind == EntryKind::Dir, Some(i)));
+                }
+            }
         } else {
             match by_path.get(c.as_str()) {
-                Some(e) if !e.implied || e.kind == EntryKind::Dir => vec![c.clone()],
+                Some(&i) if !entries[i].implied || entries[i].kind == EntryKind::Dir => {
+                    picked.push((base_name(&c), entries[i].kind == EntryKind::Dir, Some(i)))
+                }
                 _ => {
                     return Err(format!(
                         "{src:?} not found in the build context (or excluded by .dockerignore)"
                     ))
                 }
             }
-        };
-        for m in matched {
-            let is_dir = m.is_empty()
-                || by_path
-                    .get(m.as_str())
-                    .is_some_and(|e| e.kind == EntryKind::Dir);
-            let mut items = Vec::new();
-            if is_dir {
-                let prefix = if m.is_empty() {
-                    String::new()
-                } else {
-                    format!("{m}/")
-                };
-                let start = entries.partition_point(|e| e.path.as_str() < prefix.as_str());
-                for e in &entries[start..] {
-                    if !e.path.starts_with(&prefix) {
-                        break;
-                    }
-                    items.push((e.path[prefix.len()..].to_string(), e.path.clone()));
-                }
-                items.insert(0, (String::new(), m.clone()));
-            } else {
-                items.push((String::new(), m.clone()));
-            }
-            picked.push((base_name(&m), is_dir, items));
         }
     }
-    // Hash every selected path once, in parallel.
-    let mut all: Vec<String> = picked
+    // Each pick's entries: the entry itself, then (a directory) its contiguous subtree.
+    let span = |at: Option<usize>, is_dir: bool| -> std::ops::Range<usize> {
+        match at {
+            None => 0..entries.len(),
+            Some(i) if !is_dir => i..i + 1,
+            Some(i) => {
+                let prefix = format!("{}/", entries[i].path);
+                let end = entries[i + 1..]
+                    .iter()
+                    .position(|e| !e.path.starts_with(&prefix))
+                    .map_or(entries.len(), |p| i + 1 + p);
+                i..end
+            }
+        }
+    };
+    // Hash every selected file once, in parallel, with the stat the walk took.
+    let mut wanted: Vec<usize> = picked
         .iter()
-        .flat_map(|(_, _, it)| it.iter().map(|(_, p)| p.clone()))
-        .filter(|p| !p.is_empty())
+        .flat_map(|(_, d, at)| span(*at, *d))
+        .filter(|&i| matches!(entries[i].kind, EntryKind::File | EntryKind::Symlink))
         .collect();
-    all.sort_unstable();
-    all.dedup();
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    let hashes = hasher.hash(&refs).map_err(|e| e.to_string())?;
-    let index: HashMap<&str, usize> = refs.iter().enumerate().map(|(i, p)| (*p, i)).collect();
-    let root = hasher.root().to_path_buf();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let list: Vec<(&str, kiln_cache::StatTuple)> = wanted
+        .iter()
+        .map(|&i| (entries[i].path.as_str(), entries[i].stat))
+        .collect();
+    let hashes = hasher.hash_stat(&list).map_err(|e| e.to_string())?;
+    let hash_of: HashMap<usize, [u8; 32]> = wanted
+        .iter()
+        .zip(&hashes)
+        .map(|(i, h)| (*i, h.hash))
+        .collect();
+    let root = hasher.root();
     let mut out = Vec::new();
-    for (name, is_dir, items) in picked {
-        let mut v = Vec::new();
-        for (rel, path) in items {
-            let host = if path.is_empty() {
-                root.clone()
+    for (name, is_dir, at) in picked {
+        let base_len = match at {
+            Some(i) if is_dir => entries[i].path.len() + 1,
+            _ => 0,
+        };
+        let mut items = Vec::new();
+        if at.is_none() {
+            // The context root itself: its own directory entry carries no metadata worth copying.
+            items.push(Item {
+                rel: String::new(),
+                kind: Kind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: (0, 0),
+                data: Data::Host(root.to_path_buf()),
+                hash: [0; 32],
+                size: 0,
+                unchanged: false,
+            });
+        }
+        for i in span(at, is_dir) {
+            let e = &entries[i];
+            let rel = if Some(i) == at {
+                String::new()
             } else {
-                root.join(&path)
+                e.path[base_len..].to_string()
             };
-            let (stat, hash) = match index.get(path.as_str()) {
-                Some(i) => (hashes[*i].stat, hashes[*i].hash),
-                None => {
-                    let m = fs::symlink_metadata(&host).map_err(|e| e.to_string())?;
-                    (
-                        kiln_cache::StatTuple {
-                            size: m.size(),
-                            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-                            ctime_ns: 0,
-                            ino: 0,
-                            mode: m.mode(),
-                        },
-                        [0; 32],
-                    )
-                }
-            };
-            let fmt = stat.mode & libc::S_IFMT;
-            let kind = match fmt {
-                libc::S_IFDIR => Kind::Dir,
-                libc::S_IFLNK => Kind::Symlink(fs::read_link(&host).map_err(|e| e.to_string())?),
-                libc::S_IFREG => Kind::File,
+            let host = root.join(&e.path);
+            let kind = match e.kind {
+                EntryKind::Dir => Kind::Dir,
+                EntryKind::Symlink => Kind::Symlink(
+                    fs::read_link(&host).map_err(|err| format!("{}: {err}", host.display()))?,
+                ),
+                EntryKind::File => Kind::File,
                 // Sockets, fifos and devices in a context are not copied (BuildKit skips them).
-                _ => continue,
+                EntryKind::Other => continue,
             };
-            v.push(Item {
+            items.push(Item {
                 rel,
                 kind,
-                mode: stat.mode & 0o7777,
+                mode: e.stat.mode & 0o7777,
                 uid: 0,
                 gid: 0,
                 mtime: (
-                    stat.mtime_ns.div_euclid(1_000_000_000),
-                    stat.mtime_ns.rem_euclid(1_000_000_000),
+                    e.stat.mtime_ns.div_euclid(1_000_000_000),
+                    e.stat.mtime_ns.rem_euclid(1_000_000_000),
                 ),
                 data: Data::Host(host),
-                hash,
+                hash: hash_of.get(&i).copied().unwrap_or([0; 32]),
+                size: e.stat.size,
+                unchanged: false,
             });
         }
         out.push(Root_ {
             name,
             is_dir,
-            items: v,
+            items,
         });
     }
     Ok(out)
@@ -231,6 +247,8 @@ fn view_item(rel: String, f: &Found) -> Result<Item, String> {
         mtime: (m.mtime(), m.mtime_nsec()),
         data: Data::Host(f.host.clone()),
         hash: [0; 32],
+        size: m.size(),
+        unchanged: false,
     })
 }
 
@@ -316,16 +334,17 @@ pub fn inputs_digest(roots: &[Root_]) -> Canon {
         rc.str(0, &r.name).flag(1, r.is_dir);
         for it in &r.items {
             let mut ic = Canon::new();
-            let kind = match &it.kind {
-                Kind::File => "f".to_string(),
-                Kind::Dir => "d".to_string(),
-                Kind::Symlink(t) => format!("l:{}", t.display()),
-                Kind::Special(t, d) => format!("s:{t}:{d}"),
+            let (kind, target) = match &it.kind {
+                Kind::File => ("f", String::new()),
+                Kind::Dir => ("d", String::new()),
+                Kind::Symlink(t) => ("l", t.display().to_string()),
+                Kind::Special(t, d) => ("s", format!("{t}:{d}")),
             };
             ic.str(0, &it.rel)
-                .str(1, &kind)
-                .str(2, &format!("{:o}", it.mode))
-                .bytes(3, &it.hash);
+                .str(1, kind)
+                .str(2, &target)
+                .bytes(3, &it.mode.to_le_bytes())
+                .bytes(4, &it.hash);
             rc.nested(2, &ic);
         }
         c.nested(0, &rc);
@@ -341,6 +360,10 @@ pub struct WriteOptions {
     pub unpack: bool,
     /// mtime for files made from nothing (heredocs, created parents).
     pub now: i64,
+    /// The upper dir of the previous build of this step on the same parent. An unchanged file
+    /// whose copy there has exactly the metadata this one would get is hard-linked from it:
+    /// snapshots are immutable (overlay lower dirs, never written), so sharing the inode is safe.
+    pub link_from: Option<PathBuf>,
 }
 
 struct DirFix {
@@ -531,6 +554,7 @@ impl<'a> Writer<'a> {
         }
         crate::rootfs::remove_all_at(pfd, &name).map_err(io_s)?;
         match &it.kind {
+            Kind::File if it.unchanged && self.try_link(&parent, &name, it, uid, gid, mode)? => {}
             Kind::File => {
                 let fd = sys::openat(
                     pfd,
@@ -568,6 +592,44 @@ impl<'a> Writer<'a> {
             Kind::Dir => unreachable!("handled above"),
         }
         Ok(())
+    }
+
+    /// Hard-links `name` from the previous build's upper dir when that copy has exactly the
+    /// size, mode, owner and mtime this one would get; returns whether it did.
+    fn try_link(
+        &self,
+        parent: &InPath,
+        name: &OsStr,
+        it: &Item,
+        uid: u32,
+        gid: u32,
+        mode: u32,
+    ) -> Result<bool, String> {
+        let Some(prev) = &self.opts.link_from else {
+            return Ok(false);
+        };
+        let Ok(prev) = Root::open(prev) else {
+            return Ok(false);
+        };
+        let Ok(pdir) = prev.open_dir(parent) else {
+            return Ok(false);
+        };
+        let Some(st) = sys::lstatat(pdir.as_fd(), name).map_err(io_s)? else {
+            return Ok(false);
+        };
+        let same = st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size as u64 == it.size
+            && st.st_mode & 0o7777 == mode
+            && st.st_uid == uid
+            && st.st_gid == gid
+            && st.st_mtime == it.mtime.0
+            && st.st_mtime_nsec == it.mtime.1;
+        if !same {
+            return Ok(false);
+        }
+        let dir = self.upper.open_dir(parent).map_err(io_s)?;
+        sys::linkat(pdir.as_fd(), name, dir.as_fd(), name).map_err(io_s)?;
+        Ok(true)
     }
 
     fn unpack(&mut self, archive: &Path, kind: Archive, target: &InPath) -> Result<(), String> {

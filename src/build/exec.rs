@@ -292,6 +292,7 @@ pub fn materialize(view: &View, dest: &Path) -> Result<(), String> {
             chmod: None,
             unpack: false,
             now: 0,
+            link_from: None,
         },
     )?;
     w.copy(&roots, "/")?;

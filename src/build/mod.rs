@@ -190,6 +190,8 @@ struct Ctx<'a> {
     numbers: Vec<usize>,
     now: i64,
     cached: std::sync::atomic::AtomicUsize,
+    /// Keys of cache hits, counted in one transaction at the end.
+    hits: Mutex<Vec<String>>,
 }
 
 fn empty_config() -> ImageConfig {
@@ -253,6 +255,7 @@ pub fn build(
         configs.insert(r, cfg);
     }
     let plan = plan::plan(df, &popts)?;
+    tracing::debug!("planned");
     let mut numbers = Vec::new();
     let mut n = 0;
     for s in &plan.stages {
@@ -262,6 +265,30 @@ pub fn build(
     let now = opts
         .source_date_epoch
         .unwrap_or_else(kiln_cache::store::now);
+    // When a step copies from the context, walk it while the stat cache loads.
+    let uses_context = plan.stages.iter().any(|s| {
+        s.steps.iter().any(|st| {
+            matches!(
+                &st.kind,
+                StepKind::Copy(CopyStep {
+                    source: Source::Context,
+                    ..
+                })
+            )
+        })
+    });
+    let entries = std::sync::OnceLock::new();
+    let hasher = if uses_context {
+        let (h, walked) = rayon::join(
+            || Hasher::new(Some(store), context.root()),
+            || context.walk().map_err(|e| e.to_string()),
+        );
+        tracing::debug!("context walked, stat cache loaded");
+        let _ = entries.set(walked);
+        h?
+    } else {
+        Hasher::new(None, context.root())?
+    };
     let ctx = Ctx {
         store,
         df,
@@ -271,11 +298,12 @@ pub fn build(
         images,
         configs,
         context,
-        entries: std::sync::OnceLock::new(),
-        hasher: Hasher::new(Some(store), context.root())?,
+        entries,
+        hasher,
         numbers,
         now,
         cached: Default::default(),
+        hits: Mutex::new(Vec::new()),
     };
 
     // Waves of independent stages.
@@ -314,7 +342,10 @@ pub fn build(
             done[*i] = true;
         }
     }
+    tracing::debug!("stages done");
     ctx.hasher.save()?;
+    ctx.store
+        .touch_steps(&ctx.hits.lock().unwrap_or_else(|p| p.into_inner()))?;
 
     let state = results[plan.target]
         .lock()
@@ -330,6 +361,7 @@ pub fn build(
     }
     let layers = ensure_compression(store, &state.layers, opts.compression)?;
     let image = image::create_image(store, &config, layers, &opts.tags)?;
+    tracing::debug!("image committed");
     let _ = &mut config;
     Ok(Outcome {
         image,
@@ -631,8 +663,7 @@ struct Inputs {
 /// One line saying why `key` missed, comparing with the last build of the same step.
 fn why_missed(
     ctx: &Ctx<'_>,
-    slot: &str,
-    key: &str,
+    prev: Option<&StepRecord>,
     parent: &str,
     inputs: &Inputs,
     first_step: bool,
@@ -640,9 +671,8 @@ fn why_missed(
     if ctx.opts.no_cache {
         return "cache miss: --no-cache".into();
     }
-    let prev = match ctx.store.previous_step(slot, key, parent) {
-        Ok(Some(p)) => p,
-        _ => return "cache miss: not built before".into(),
+    let Some(prev) = prev else {
+        return "cache miss: not built before".into();
     };
     let old: Inputs = serde_json::from_str(&prev.inputs).unwrap_or_default();
     if prev.parent != parent {
@@ -812,26 +842,8 @@ fn run_step(
                     for src in &c.copy.inline {
                         r.push(inline_root(src, ctx.now));
                     }
+                    tracing::debug!("context hashed");
                     inputs.nested(0, &copy::inputs_digest(&r));
-                    for root in &r {
-                        for it in &root.items {
-                            let p = match (root.name.is_empty(), it.rel.is_empty()) {
-                                (_, true) => root.name.clone(),
-                                (true, false) => it.rel.clone(),
-                                (false, false) => format!("{}/{}", root.name, it.rel),
-                            };
-                            let h = blake3::hash(
-                                format!(
-                                    "{:?}{:o}{}",
-                                    it.kind,
-                                    it.mode,
-                                    Digest::from_bytes(it.hash).hex()
-                                )
-                                .as_bytes(),
-                            );
-                            summary.files.insert(p, h.to_hex()[..16].to_string());
-                        }
-                    }
                     roots = Some(r);
                 }
                 other => {
@@ -856,7 +868,10 @@ fn run_step(
     if !ctx.opts.no_cache {
         if let Some(rec) = ctx.store.step(&key.to_hex())? {
             if let Some(next) = reuse(ctx, state, &rec)? {
-                ctx.store.touch_step(&rec.key)?;
+                ctx.hits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(rec.key.clone());
                 ctx.cached
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 ctx.progress.event(Event::Cached { n });
@@ -870,17 +885,32 @@ fn run_step(
             }
         }
     }
-    let why = why_missed(
-        ctx,
-        &slot,
-        &key.to_hex(),
-        &state.key.to_hex(),
-        &summary,
-        si == 0,
-    );
+    let prev = ctx
+        .store
+        .previous_step(&slot, &key.to_hex(), &state.key.to_hex())?;
+    // The previous build of this COPY on the same parent: files whose type, mode and content
+    // are unchanged are hard-linked from its (immutable) snapshot instead of copied again.
+    let mut link_from: Option<PathBuf> = None;
+    if let Some(r) = roots.as_mut() {
+        summary.files = file_summary(r);
+        if let Some(p) = prev.as_ref().filter(|p| p.parent == state.key.to_hex()) {
+            let old: Inputs = serde_json::from_str(&p.inputs).unwrap_or_default();
+            if let Some(snap) = p
+                .chain_id
+                .map(|c| ctx.store.snapshot(&c))
+                .transpose()?
+                .flatten()
+            {
+                link_from = Some(ctx.store.snapshot_fs(&snap));
+                mark_unchanged(r, &summary.files, &old.files);
+            }
+        }
+    }
+    let why = why_missed(ctx, prev.as_ref(), &state.key.to_hex(), &summary, si == 0);
     ctx.progress.event(Event::Miss { n, why: &why });
 
     // Execute into a fresh snapshot dir; its fs/ is the upper dir.
+    let t_exec = Instant::now();
     let dir = ctx.store.prepare_snapshot_dir()?;
     let upper = dir.path().join("fs");
     let view = state.view();
@@ -925,6 +955,7 @@ fn run_step(
                     chmod,
                     unpack: c.copy.add && c.copy.unpack != Some(false),
                     now: ctx.now,
+                    link_from: link_from.clone(),
                 },
             )
             .map_err(|e| step_error(ctx, step, e))?;
@@ -950,6 +981,7 @@ fn run_step(
                         chmod: None,
                         unpack: false,
                         now: ctx.now,
+                        link_from: None,
                     },
                 )
                 .map_err(|e| step_error(ctx, step, e))?;
@@ -988,6 +1020,8 @@ fn run_step(
         }
     };
 
+    tracing::debug!(step = %step.text, secs = t_exec.elapsed().as_secs_f64(), "executed");
+    let t_layer = Instant::now();
     let entries: Vec<TarEntry> = match &produced {
         Produced::Upper => diff::overlay::changes(&upper)?,
         Produced::Walked { entries, .. } => entries.clone(),
@@ -997,6 +1031,8 @@ fn run_step(
     } else {
         Some(encode(ctx, &entries)?)
     };
+    tracing::debug!(step = %step.text, entries = entries.len(), secs = t_layer.elapsed().as_secs_f64(), "layer written");
+    let t_commit = Instant::now();
     let mut next = state.clone();
     if let Some(l) = &layer {
         next.layers.push(l.clone());
@@ -1042,6 +1078,7 @@ fn run_step(
         hits: 0,
     };
     ctx.store.record_step(&rec)?;
+    tracing::debug!(step = %step.text, secs = t_commit.elapsed().as_secs_f64(), "committed");
     next.key = key;
     next.executed = true;
     *state = next;
@@ -1050,6 +1087,55 @@ fn run_step(
         cached: false,
         created: built,
     })
+}
+
+fn summary_path(root: &copy::Root_, it: &copy::Item) -> Option<String> {
+    match (root.name.is_empty(), it.rel.is_empty()) {
+        (true, true) => None,
+        (_, true) => Some(root.name.clone()),
+        (true, false) => Some(it.rel.clone()),
+        (false, false) => Some(format!("{}/{}", root.name, it.rel)),
+    }
+}
+
+/// Flags the items whose summary equals the previous build's.
+fn mark_unchanged(
+    roots: &mut [copy::Root_],
+    now: &BTreeMap<String, String>,
+    before: &BTreeMap<String, String>,
+) {
+    for root in roots.iter_mut() {
+        let name = root.name.clone();
+        let is_dir = root.is_dir;
+        for it in root.items.iter_mut() {
+            let probe = copy::Root_ {
+                name: name.clone(),
+                is_dir,
+                items: vec![],
+            };
+            if let Some(p) = summary_path(&probe, it) {
+                it.unchanged = now.get(&p).is_some() && now.get(&p) == before.get(&p);
+            }
+        }
+    }
+}
+
+/// Per selected file, a short digest of (type, mode, content), for explaining the next miss.
+fn file_summary(roots: &[copy::Root_]) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    for root in roots {
+        for it in &root.items {
+            let Some(p) = summary_path(root, it) else {
+                continue;
+            };
+            let mut h = blake3::Hasher::new();
+            h.update(format!("{:?}", it.kind).as_bytes());
+            h.update(&it.mode.to_le_bytes());
+            h.update(&it.hash);
+            files.insert(p, h.finalize().to_hex()[..16].to_string());
+        }
+    }
+    files
 }
 
 /// What an executed step left: an upper dir to diff, or the walk differ's entries.
@@ -1075,6 +1161,8 @@ fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) ->
             mtime: (now, 0),
             data: copy::Data::Inline(src.data.clone().into_bytes()),
             hash: *blake3::hash(src.data.as_bytes()).as_bytes(),
+            size: src.data.len() as u64,
+            unchanged: false,
         }],
     }
 }

@@ -34,7 +34,8 @@ pub struct Hasher<'a> {
     pub rehashed: std::sync::atomic::AtomicUsize,
 }
 
-fn tuple(m: &fs::Metadata) -> StatTuple {
+/// The stat tuple the cache compares.
+pub fn stat_tuple(m: &fs::Metadata) -> StatTuple {
     StatTuple {
         size: m.size(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
@@ -55,10 +56,15 @@ impl<'a> Hasher<'a> {
     /// A hasher for the context at `root` (made absolute), using the store's stat cache if given.
     pub fn new(store: Option<&'a Store>, root: &Path) -> io::Result<Hasher<'a>> {
         let root = fs::canonicalize(root)?;
+        // Keyed by context-relative path here, so a lookup needs no allocation.
+        let prefix = root.as_os_str().as_bytes().len() + 1;
         let cache = match store {
             Some(s) => s
                 .stat_cache_under(root.as_os_str().as_bytes())
-                .map_err(io::Error::other)?,
+                .map_err(io::Error::other)?
+                .into_iter()
+                .map(|(k, v)| (k[prefix.min(k.len())..].to_vec(), v))
+                .collect(),
             None => HashMap::new(),
         };
         Ok(Hasher {
@@ -72,27 +78,44 @@ impl<'a> Hasher<'a> {
 
     /// Hashes the context-relative `paths`, in parallel; results in the same order.
     pub fn hash(&self, paths: &[&str]) -> io::Result<Vec<FileHash>> {
-        paths.par_iter().map(|rel| self.one(rel)).collect()
+        paths.par_iter().map(|rel| self.one(rel, None)).collect()
     }
 
-    fn one(&self, rel: &str) -> io::Result<FileHash> {
-        let full = self.root.join(rel);
-        let meta = fs::symlink_metadata(&full)
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", full.display())))?;
-        let stat = tuple(&meta);
-        let key = full.as_os_str().as_bytes();
-        if let Some((cached, h)) = self.cache.get(key) {
+    /// Like [`Hasher::hash`] for paths whose stat tuple the walk already took.
+    pub fn hash_stat(&self, paths: &[(&str, StatTuple)]) -> io::Result<Vec<FileHash>> {
+        paths
+            .par_iter()
+            .with_min_len(256)
+            .map(|(rel, st)| self.one(rel, Some(*st)))
+            .collect()
+    }
+
+    fn one(&self, rel: &str, known: Option<StatTuple>) -> io::Result<FileHash> {
+        let stat =
+            match known {
+                Some(s) => s,
+                None => {
+                    let full = self.root.join(rel);
+                    stat_tuple(&fs::symlink_metadata(&full).map_err(|e| {
+                        io::Error::new(e.kind(), format!("{}: {e}", full.display()))
+                    })?)
+                }
+            };
+        if let Some((cached, h)) = self.cache.get(rel.as_bytes()) {
             if *cached == stat {
                 return Ok(FileHash { stat, hash: *h });
             }
         }
-        let hash = if meta.is_file() {
+        let full = self.root.join(rel);
+        let key = full.as_os_str().as_bytes();
+        let fmt = stat.mode & libc::S_IFMT;
+        let hash = if fmt == libc::S_IFREG {
             self.rehashed
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let h = hash_file(&full)
                 .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", full.display())))?;
             // The file changed while being hashed: don't remember a hash that may be torn.
-            let after = fs::symlink_metadata(&full).map(|m| tuple(&m)).ok();
+            let after = fs::symlink_metadata(&full).map(|m| stat_tuple(&m)).ok();
             if after == Some(stat) {
                 self.fresh
                     .lock()
@@ -100,7 +123,7 @@ impl<'a> Hasher<'a> {
                     .push((key.to_vec(), stat, h));
             }
             h
-        } else if meta.file_type().is_symlink() {
+        } else if fmt == libc::S_IFLNK {
             *blake3::hash(fs::read_link(&full)?.as_os_str().as_bytes()).as_bytes()
         } else {
             [0; 32]

@@ -69,6 +69,8 @@ pub struct Entry {
     pub kind: EntryKind,
     /// Excluded itself, listed only as the parent of a re-included path.
     pub implied: bool,
+    /// Its stat tuple, taken during the walk (the one stat a file costs).
+    pub stat: kiln_cache::StatTuple,
 }
 
 /// An opened build context.
@@ -138,32 +140,37 @@ impl Context {
         self.matcher.excludes(path)
     }
 
-    /// Lists every path the build may see, sorted.
+    /// Lists every path the build may see, depth first with names sorted (a directory's
+    /// subtree follows it directly), each with its stat tuple. Directories are read in parallel;
+    /// each entry is stat'ed relative to its directory (fstatat), never by a full path.
     pub fn walk(&self) -> Result<Vec<Entry>, ContextError> {
-        let mut out = Vec::new();
-        self.walk_dir("", &mut out)?;
-        Ok(out)
+        self.walk_dir("")
     }
 
-    fn walk_dir(&self, rel: &str, out: &mut Vec<Entry>) -> Result<(), ContextError> {
+    fn walk_dir(&self, rel: &str) -> Result<Vec<Entry>, ContextError> {
+        use rayon::prelude::*;
         let dir = if rel.is_empty() {
             self.root.clone()
         } else {
             self.root.join(rel)
         };
-        let mut names: Vec<(String, fs::FileType)> = Vec::new();
+        let mut listed: Vec<(String, fs::Metadata)> = Vec::new();
         for e in fs::read_dir(&dir).map_err(io(&dir))? {
             let e = e.map_err(io(&dir))?;
-            let ft = e.file_type().map_err(io(&e.path()))?;
-            names.push((e.file_name().to_string_lossy().into_owned(), ft));
+            let meta = e.metadata().map_err(io(&e.path()))?;
+            listed.push((e.file_name().to_string_lossy().into_owned(), meta));
         }
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, ft) in names {
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        let filter = !self.matcher.is_empty();
+        // This directory's entries in order; directories to descend into are marked.
+        let mut here: Vec<(Entry, bool)> = Vec::with_capacity(listed.len());
+        for (name, meta) in listed {
             let path = if rel.is_empty() {
                 name
             } else {
                 format!("{rel}/{name}")
             };
+            let ft = meta.file_type();
             let kind = if ft.is_dir() {
                 EntryKind::Dir
             } else if ft.is_symlink() {
@@ -173,36 +180,44 @@ impl Context {
             } else {
                 EntryKind::Other
             };
-            let excluded = self.matcher.excludes(&path);
-            if kind == EntryKind::Dir {
-                if !excluded {
-                    out.push(Entry {
-                        path: path.clone(),
-                        kind,
-                        implied: false,
-                    });
-                    self.walk_dir(&path, out)?;
-                } else if self.matcher.may_include_below(&path) {
-                    let mark = out.len();
-                    out.push(Entry {
-                        path: path.clone(),
-                        kind,
-                        implied: true,
-                    });
-                    self.walk_dir(&path, out)?;
-                    if out.len() == mark + 1 {
-                        out.pop();
-                    }
-                }
-            } else if !excluded {
-                out.push(Entry {
+            let excluded = filter && self.matcher.excludes(&path);
+            let descend =
+                kind == EntryKind::Dir && (!excluded || self.matcher.may_include_below(&path));
+            if excluded && !descend {
+                continue;
+            }
+            here.push((
+                Entry {
                     path,
                     kind,
-                    implied: false,
-                });
-            }
+                    implied: excluded,
+                    stat: hash::stat_tuple(&meta),
+                },
+                descend,
+            ));
         }
-        Ok(())
+        // Subdirectories in parallel, then spliced in after their own entries.
+        let below: Vec<Result<Vec<Entry>, ContextError>> = here
+            .par_iter()
+            .map(|(e, descend)| {
+                if *descend {
+                    self.walk_dir(&e.path)
+                } else {
+                    Ok(Vec::new())
+                }
+            })
+            .collect();
+        let mut out = Vec::new();
+        for ((e, _), b) in here.into_iter().zip(below) {
+            let b = b?;
+            // An excluded directory is listed only as the parent of something re-included.
+            if e.implied && b.is_empty() {
+                continue;
+            }
+            out.push(e);
+            out.extend(b);
+        }
+        Ok(out)
     }
 }
 

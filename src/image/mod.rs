@@ -204,6 +204,17 @@ pub(crate) fn commit_manifest(
         annotations: BTreeMap::new(),
     };
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
+    // A rebuild that changed nothing: the image and its tags are already recorded.
+    let digest = kiln_cache::Digest::of(&manifest_bytes);
+    if let Some(existing) = store.image(&digest)? {
+        let mut tagged = true;
+        for t in tags {
+            tagged &= store.resolve_ref(t)? == Some(digest);
+        }
+        if tagged {
+            return Ok(existing);
+        }
+    }
     let manifest_digest = store.put_blob(&manifest_bytes, None)?;
     let new = NewImage {
         manifest: BlobRef {

@@ -282,6 +282,32 @@ fn rebuilds_redo_only_what_changed() {
         "{p}"
     );
     assert_eq!(read(&image_view(&k, "cache"), "/copy"), "v2\n");
+    // The unchanged file was hard-linked from the previous build's snapshot of this COPY (not
+    // copied, and never linked to the context file itself).
+    let copy_layer = |id: &str| {
+        let store = k.store();
+        let img = kiln::image::resolve(&store, id).unwrap().image;
+        let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+        store.snapshot_fs(&snaps[3])
+    };
+    let (before, after) = (copy_layer(&id1), copy_layer(&id4));
+    let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+    assert_eq!(
+        ino(&before.join("app/other.txt")),
+        ino(&after.join("app/other.txt"))
+    );
+    assert_ne!(
+        ino(&before.join("app/main.txt")),
+        ino(&after.join("app/main.txt"))
+    );
+    assert_ne!(
+        ino(&after.join("app/other.txt")),
+        ino(&ctx.join("app/other.txt"))
+    );
+    assert_eq!(
+        fs::read_to_string(before.join("app/main.txt")).unwrap(),
+        "v1\n"
+    );
 
     // Same size, mtime put back: still seen (ctime and the stat cache).
     let before = fs::metadata(ctx.join("app/main.txt")).unwrap();

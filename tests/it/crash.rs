@@ -149,7 +149,10 @@ fn sigkill_during_build_leaves_a_consistent_store() {
     let expected_sum = {
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(format!("cat {0} {0} | md5sum | cut -c1-32", ctx.join("big.bin").display()))
+            .arg(format!(
+                "cat {0} {0} | md5sum | cut -c1-32",
+                ctx.join("big.bin").display()
+            ))
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()
@@ -185,7 +188,8 @@ fn sigkill_during_build_leaves_a_consistent_store() {
     let store = k.store();
     let img = kiln::image::resolve(&store, "crashy").unwrap().image;
     let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
-    let view = kiln::snapshot::view::View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
+    let view =
+        kiln::snapshot::view::View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
     assert_eq!(view.read_string("/count").unwrap(), "1502\n");
     assert_eq!(view.read_string("/sum").unwrap(), expected_sum);
     assert!(store.verify().unwrap().is_empty());
