@@ -855,6 +855,20 @@ fn run_step(
             }
         }
         StepKind::Run(r) => {
+            if let Some(m) = r.mounts.first() {
+                return Err(step_error(
+                    ctx,
+                    step,
+                    format!("RUN --mount=type={} is not supported yet", m.kind),
+                ));
+            }
+            if r.insecure {
+                return Err(step_error(
+                    ctx,
+                    step,
+                    "RUN --security=insecure is not supported",
+                ));
+            }
             for (k, v) in &r.env {
                 if !r.unkeyed.contains(k) {
                     summary.env.insert(k.clone(), v.clone());

@@ -296,10 +296,11 @@ fn check_sources(df: &Dockerfile, plan: &Plan, ctx: &Context) -> Result<(), Dock
                 };
                 let wildcard = rel.contains(['*', '?', '[']);
                 let found = if wildcard {
-                    let p = Pattern::new(&rel).map_err(|e| {
+                    // A wildcard may match nothing: BuildKit copies with AllowEmptyWildcard.
+                    Pattern::new(&rel).map_err(|e| {
                         df.error_at(step.line, format!("{what} source {src:?}: {e}"))
                     })?;
-                    p.is_some_and(|p| list.iter().any(|(path, _)| p.matches(path)))
+                    true
                 } else {
                     list.iter().any(|(path, _)| *path == rel)
                 };

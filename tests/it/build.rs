@@ -123,6 +123,8 @@ COPY src/ ./src/
 COPY --chown=app:staff --chmod=640 one.txt /owned/one.txt
 COPY --chown=1234 one.txt /numeric
 COPY run.sh one.txt /many/
+COPY src/*.txt /wild/
+COPY *.nothing /none/
 ADD p.tar.gz /gz/
 ADD p.tar.bz2 /bz2/
 ADD p.tar.xz /xz/
@@ -197,6 +199,11 @@ ENTRYPOINT ["/bin/sh", "-c"]
     assert_eq!((m.uid(), m.gid()), (0, 0), "context files become root's");
     assert_eq!(meta(&v, "/many/run.sh").mode() & 0o777, 0o755);
     assert_eq!(read(&v, "/many/one.txt"), "one\n");
+    assert_eq!(read(&v, "/wild/a.txt"), "a\n");
+    assert!(
+        v.resolve("/wild/sub", false).unwrap().is_none(),
+        "* does not cross /"
+    );
     for d in ["gz", "bz2", "xz"] {
         assert_eq!(
             read(&v, &format!("/{d}/pkg/inside.txt")),
@@ -379,6 +386,14 @@ fn a_failing_run_names_the_line_the_exit_code_and_the_output() {
     let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
     assert!(
         err.contains("Dockerfile:2") && err.contains("nothere.txt"),
+        "{err}"
+    );
+
+    // RUN mounts come later (a clear error, never a silent build without the mount).
+    dockerfile(&ctx, "FROM base\nRUN --mount=type=cache,target=/c true\n");
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("not supported yet"),
         "{err}"
     );
 

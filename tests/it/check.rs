@@ -140,6 +140,8 @@ const CASES: &[Case] = &[
         &["Dockerfile:2: error: COPY source \"secret.key\" is excluded by"],
     ),
     ("wildcard source", "FROM scratch\nCOPY src/*.py /app/\n", &[], 0, &["check complete"]),
+    // BuildKit copies with AllowEmptyWildcard: a wildcard matching nothing copies nothing.
+    ("empty wildcard", "FROM scratch\nCOPY *.nothing /app/\n", &[], 0, &["check complete"]),
     ("unknown target", "FROM scratch AS a\n", &["--target", "b"], 1, &["error: target stage \"b\" could not be found"]),
     ("empty file", "", &[], 1, &["Dockerfile: error: file with no instructions"]),
     ("instruction before FROM", "ENV A=1\nFROM scratch\n", &[], 1, &["Dockerfile:1: error: ENV must come after FROM"]),
