@@ -333,6 +333,7 @@ enum Render {
     Tty {
         multi: MultiProgress,
         bars: Mutex<HashMap<usize, ProgressBar>>,
+        /// Why each running step missed, shown when it finishes.
         labels: Mutex<HashMap<usize, String>>,
     },
 }
@@ -370,11 +371,14 @@ impl Progress for Render {
                         let head = format!("#{n} [{label}] {text}");
                         pb.set_prefix(truncate(&head, 70));
                         pb.enable_steady_tick(Duration::from_millis(100));
-                        labels.insert(n, head);
                         bars.insert(n, pb);
                     }
                     Event::Cached { n } => {
                         if let Some(pb) = bars.remove(&n) {
+                            pb.set_style(
+                                ProgressStyle::with_template("= {prefix} {msg}")
+                                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            );
                             pb.finish_with_message("CACHED");
                         }
                     }
@@ -382,6 +386,7 @@ impl Progress for Render {
                         if let Some(pb) = bars.get(&n) {
                             pb.set_message(truncate(why, 60));
                         }
+                        labels.insert(n, why.trim_start_matches("cache miss: ").to_string());
                     }
                     Event::Output { n, line } => {
                         if let Some(pb) = bars.get(&n) {
@@ -394,7 +399,11 @@ impl Progress for Render {
                                 ProgressStyle::with_template("✓ {prefix} {msg}")
                                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                             );
-                            pb.finish_with_message(format!("DONE {secs:.1}s"));
+                            let why = labels
+                                .remove(&n)
+                                .map(|w| format!(" ({})", truncate(&w, 50)))
+                                .unwrap_or_default();
+                            pb.finish_with_message(format!("DONE {secs:.1}s{why}"));
                         }
                     }
                     Event::Failed { n } => {
@@ -497,15 +506,9 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     let outcome = match crate::build::build(&store, &df, &context, &opts, &render) {
         Ok(o) => o,
         Err(e) => {
-            if let Render::Tty { multi, .. } = &render {
-                let _ = multi.clear();
-            }
             return Err(build_failure(e));
         }
     };
-    if let Render::Tty { multi, .. } = &render {
-        let _ = multi.clear();
-    }
     if !args.quiet {
         for w in &outcome.warnings {
             eprintln!("{name}:{}: warning: {}: {}", w.line, w.rule, w.message);
