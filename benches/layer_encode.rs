@@ -36,7 +36,7 @@ fn fill(buf: &mut [u8], seed: &mut u64) {
         *seed ^= *seed << 13;
         *seed ^= *seed >> 7;
         *seed ^= *seed << 17;
-        let w = if *seed % 5 == 0 {
+        let w = if (*seed).is_multiple_of(5) {
             &seed.to_le_bytes()[..]
         } else {
             WORDS[(*seed >> 8) as usize % WORDS.len()]

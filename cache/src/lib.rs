@@ -15,7 +15,7 @@ pub use blob::Ingest;
 pub use codec::{Compression, LayerDigests, LayerEncoder};
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
-pub use steps::{StatTuple, StepRecord};
+pub use steps::{StatRow, StatTuple, StepRecord};
 pub use store::{
     chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,
     Store,

@@ -19,6 +19,9 @@ use crate::Result;
 use rusqlite::{params, OptionalExtension};
 use std::collections::HashMap;
 
+/// A stat-cache row: the stat tuple and the content's blake3.
+pub type StatRow = (StatTuple, [u8; 32]);
+
 /// A step-cache row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepRecord {
@@ -168,10 +171,7 @@ impl Store {
     }
 
     /// Stat-cache rows for every path under `prefix` (an absolute directory, no trailing slash).
-    pub fn stat_cache_under(
-        &self,
-        prefix: &[u8],
-    ) -> Result<HashMap<Vec<u8>, (StatTuple, [u8; 32])>> {
+    pub fn stat_cache_under(&self, prefix: &[u8]) -> Result<HashMap<Vec<u8>, StatRow>> {
         let db = self.db();
         let mut lo = prefix.to_vec();
         lo.push(b'/');

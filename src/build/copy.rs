@@ -126,6 +126,17 @@ pub fn select_context(
             }
         }
     }
+    // A source that is itself a symlink is followed (BuildKit copies with FollowSymlinks; links
+    // below a copied directory stay links). The target resolves inside the context.
+    for (_, is_dir, at) in picked.iter_mut() {
+        let Some(i) = *at else { continue };
+        if entries[i].kind != EntryKind::Symlink {
+            continue;
+        }
+        let j = follow_in_context(entries, &by_path, hasher.root(), i)?;
+        *is_dir = entries[j].kind == EntryKind::Dir;
+        *at = Some(j);
+    }
     // Each pick's entries: the entry itself, then (a directory) its contiguous subtree.
     let span = |at: Option<usize>, is_dir: bool| -> std::ops::Range<usize> {
         match at {
@@ -222,6 +233,53 @@ pub fn select_context(
         });
     }
     Ok(out)
+}
+
+/// Follows the symlink `entries[i]` within the context root (absolute targets start at the
+/// root, `..` stops there), through further links; returns the index of what it names.
+fn follow_in_context(
+    entries: &[Entry],
+    by_path: &HashMap<&str, usize>,
+    root: &Path,
+    mut i: usize,
+) -> Result<usize, String> {
+    for _ in 0..40 {
+        let e = &entries[i];
+        if e.kind != EntryKind::Symlink {
+            return Ok(i);
+        }
+        let target =
+            fs::read_link(root.join(&e.path)).map_err(|err| format!("{}: {err}", e.path))?;
+        let t = target.to_string_lossy();
+        let mut parts: Vec<&str> = if t.starts_with('/') {
+            Vec::new()
+        } else {
+            e.path.split('/').collect::<Vec<_>>()[..e.path.matches('/').count()].to_vec()
+        };
+        for c in t.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        let joined = parts.join("/");
+        i = match by_path.get(joined.as_str()) {
+            Some(&j) if !entries[j].implied || entries[j].kind == EntryKind::Dir => j,
+            _ => {
+                return Err(format!(
+                    "{:?} is a symlink to {joined:?}, which is not in the build context (or is excluded by .dockerignore)",
+                    e.path
+                ))
+            }
+        };
+    }
+    Err(format!(
+        "{:?}: too many levels of symlinks",
+        entries[i].path
+    ))
 }
 
 fn view_item(rel: String, f: &Found) -> Result<Item, String> {

@@ -77,7 +77,7 @@ fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
 fn df(ctx: &Ctx) -> Result<i32> {
     let store = ctx.store()?;
     let u = store.usage()?;
-    let pct = |part: u64, whole: u64| if whole == 0 { 0 } else { part * 100 / whole };
+    let pct = |part: u64, whole: u64| (part * 100).checked_div(whole).unwrap_or(0);
     let rows = vec![
         vec![
             "TYPE".into(),

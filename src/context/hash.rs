@@ -16,6 +16,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// A stat-cache row to write: absolute path, stat tuple, blake3.
+type NewRow = (Vec<u8>, StatTuple, [u8; 32]);
+
 /// One hashed file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileHash {
@@ -29,7 +32,7 @@ pub struct Hasher<'a> {
     store: Option<&'a Store>,
     root: PathBuf,
     cache: HashMap<Vec<u8>, (StatTuple, [u8; 32])>,
-    fresh: Mutex<Vec<(Vec<u8>, StatTuple, [u8; 32])>>,
+    fresh: Mutex<Vec<NewRow>>,
     /// Files whose content was read (stat cache misses), for benchmarks and tests.
     pub rehashed: std::sync::atomic::AtomicUsize,
 }

@@ -397,9 +397,12 @@ fn finish_name(
     sys::lutimesat(dir, name, mtime, 0)
 }
 
+/// PAX records: (key, value) in order.
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Parses a PAX extended header: records `LEN KEY=VALUE\n`, where LEN counts the whole record,
 /// so a value may hold any byte, newlines included.
-fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|b| *b == 0) {

@@ -30,6 +30,7 @@ pub mod key;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::dockerfile::instructions::{self, parse_mount, Copy, Healthcheck};
+use crate::dockerfile::quote::go_quote_list;
 use crate::dockerfile::shell::{Lexer, Lookup};
 use crate::dockerfile::{
     parser, Command, Dockerfile, DockerfileError, Instruction, Located, Warning,
@@ -728,6 +729,9 @@ fn plan_stage(
         }
     }
     let mut args: Vec<(String, String)> = Vec::new();
+    // The stage's ARG declarations in order, with their values, as BuildKit lists them in a
+    // RUN's history entry (`RUN |2 A=1 B=2 /bin/sh -c ...`).
+    let mut stage_args: Vec<(String, Option<String>)> = Vec::new();
     let mut declared: BTreeSet<String> = BTreeSet::new();
     let mut cmd_set = false;
     for l in trigger_locs.iter().chain(s.body.iter()) {
@@ -740,57 +744,81 @@ fn plan_stage(
         match &l.instruction {
             Instruction::From { .. } => unreachable!("stages are split at FROM"),
             Instruction::Arg(list) => {
+                let mut shown = Vec::new();
                 for (k, default) in list {
                     used_args.insert(k.clone());
                     declared.insert(k.clone());
+                    let default = default
+                        .as_deref()
+                        .map(|d| expand(d, &stage.config.env, &args))
+                        .transpose()?;
+                    shown.push(match &default {
+                        Some(d) => format!("{k}={d}"),
+                        None => k.clone(),
+                    });
                     let v = if let Some(v) = opts.build_args.get(k) {
                         Some(v.clone())
-                    } else if let Some(d) = default {
-                        Some(expand(d, &stage.config.env, &args)?)
+                    } else if default.is_some() {
+                        default
                     } else {
                         global.lookup(k).map(str::to_string)
                     };
                     args.retain(|(ak, _)| ak != k);
+                    stage_args.push((k.clone(), v.clone()));
                     if let Some(v) = v {
                         args.push((k.clone(), v));
                     }
                 }
+                stage
+                    .history
+                    .push((l.line, format!("ARG {}", shown.join(" ")), false));
             }
             Instruction::Env(pairs) => {
                 let before = stage.config.env.clone();
+                let mut shown = String::from("ENV");
                 for (k, v) in pairs {
                     let k = expand(k, &before, &args)?;
                     let v = expand(v, &before, &args)?;
+                    shown.push_str(&format!(" {k}={v}"));
                     stage.config.set_env(&k, v);
                 }
-                stage.history.push((l.line, text, false));
+                stage.history.push((l.line, shown, false));
             }
             Instruction::Label(pairs) => {
+                let mut shown = String::from("LABEL");
                 for (k, v) in pairs {
                     let k = expand(k, &stage.config.env, &args)?;
                     let v = expand(v, &stage.config.env, &args)?;
+                    shown.push_str(&format!(" {k}={v}"));
                     stage.config.labels.insert(k, v);
                 }
-                stage.history.push((l.line, text, false));
+                stage.history.push((l.line, shown, false));
             }
             Instruction::Cmd(c) => {
                 cmd_set = true;
-                stage.config.cmd = Some(command_argv(c, &stage.config));
-                stage.history.push((l.line, text, false));
+                let argv = command_argv(c, &stage.config);
+                let shown = format!("CMD {}", go_quote_list(&argv));
+                stage.config.cmd = Some(argv);
+                stage.history.push((l.line, shown, false));
             }
             Instruction::Entrypoint(c) => {
-                stage.config.entrypoint = Some(command_argv(c, &stage.config));
+                let argv = command_argv(c, &stage.config);
+                let shown = format!("ENTRYPOINT {}", go_quote_list(&argv));
+                stage.config.entrypoint = Some(argv);
                 // Docker: a new ENTRYPOINT drops the CMD inherited from the base.
                 if !cmd_set {
                     stage.config.cmd = None;
                 }
-                stage.history.push((l.line, text, false));
+                stage.history.push((l.line, shown, false));
             }
             Instruction::Shell(sh) => {
                 stage.config.shell = sh.clone();
-                stage.history.push((l.line, text, false));
+                stage
+                    .history
+                    .push((l.line, format!("SHELL [{}]", sh.join(" ")), false));
             }
             Instruction::Expose(ports) => {
+                let mut these = BTreeSet::new();
                 for p in ports {
                     for w in lx
                         .process_words(
@@ -802,34 +830,51 @@ fn plan_stage(
                         )
                         .map_err(|e| at(e.to_string()))?
                     {
-                        stage.config.exposed.insert(normalize_port(&w).map_err(at)?);
+                        let port = normalize_port(&w).map_err(at)?;
+                        these.insert(port.clone());
+                        stage.config.exposed.insert(port);
                     }
                 }
-                stage.history.push((l.line, text, false));
+                // Go's %v of a map: sorted keys, `map[53/udp:{} 80/tcp:{}]`.
+                let shown: Vec<String> = these.iter().map(|p| format!("{p}:{{}}")).collect();
+                stage
+                    .history
+                    .push((l.line, format!("EXPOSE map[{}]", shown.join(" ")), false));
             }
             Instruction::Volume(vols) => {
+                let mut shown = Vec::new();
                 for v in vols {
                     let v = expand(v, &stage.config.env, &args)?;
                     if v.is_empty() {
                         return Err(at("VOLUME specified can not be an empty string".into()));
                     }
+                    shown.push(v.clone());
                     stage.config.volumes.insert(v);
                 }
-                stage.history.push((l.line, text, false));
+                stage
+                    .history
+                    .push((l.line, format!("VOLUME [{}]", shown.join(" ")), false));
             }
             Instruction::User(u) => {
                 stage.config.user = expand(u, &stage.config.env, &args)?;
-                stage.history.push((l.line, text, false));
+                let shown = format!("USER {}", stage.config.user);
+                stage.history.push((l.line, shown, false));
             }
             Instruction::StopSignal(sig) => {
-                stage.config.stop_signal = Some(expand(sig, &stage.config.env, &args)?);
-                stage.history.push((l.line, text, false));
+                let sig = expand(sig, &stage.config.env, &args)?;
+                stage
+                    .history
+                    .push((l.line, format!("STOPSIGNAL {sig}"), false));
+                stage.config.stop_signal = Some(sig);
             }
             Instruction::Maintainer(m) => {
                 stage.config.author = Some(m.clone());
-                stage.history.push((l.line, text, false));
+                stage
+                    .history
+                    .push((l.line, format!("MAINTAINER {m}"), false));
             }
             Instruction::Healthcheck(h) => {
+                let shown = healthcheck_history(h);
                 let mut h = h.clone();
                 // Zero durations inherit the base's, as Docker does.
                 if let Some(prev) = &stage.config.healthcheck {
@@ -848,11 +893,11 @@ fn plan_stage(
                     }
                 }
                 stage.config.healthcheck = Some(h);
-                stage.history.push((l.line, text, false));
+                stage.history.push((l.line, shown, false));
             }
             Instruction::Onbuild(t) => {
+                // BuildKit records no history entry for ONBUILD.
                 stage.config.onbuild.push(t.clone());
-                stage.history.push((l.line, text, false));
             }
             Instruction::Workdir(w) => {
                 let w = expand(w, &stage.config.env, &args)?;
@@ -867,10 +912,10 @@ fn plan_stage(
                     line: l.line,
                     end_line: l.end_line,
                     text: text.clone(),
-                    kind: StepKind::Workdir(abs, stage.config.user.clone()),
+                    kind: StepKind::Workdir(abs.clone(), stage.config.user.clone()),
                     definition: def,
                 });
-                stage.history.push((l.line, text, true));
+                stage.history.push((l.line, format!("WORKDIR {abs}"), true));
             }
             Instruction::Run(run) => {
                 let scope_args = args.clone();
@@ -908,6 +953,7 @@ fn plan_stage(
                     _ => Network::Host,
                 };
                 let (argv, script) = run_argv(run, &stage.config);
+                let shown = run_history(&argv, script.is_some(), &stage_args, &stage.config.env);
                 let mut def = Canon::new();
                 def.str(0, "RUN").list(1, &argv).opt(2, script.as_deref());
                 let keyed: Vec<(String, String)> = env
@@ -955,7 +1001,7 @@ fn plan_stage(
                     }),
                     definition: def,
                 });
-                stage.history.push((l.line, text, true));
+                stage.history.push((l.line, shown, true));
             }
             Instruction::Copy(c) => {
                 let env = stage.config.env.clone();
@@ -1022,6 +1068,15 @@ fn plan_stage(
                     ic.str(0, &src.path).str(1, &src.data);
                 }
                 def.nested(11, &ic);
+                // BuildKit: the instruction, sources and destination as expanded, no flags.
+                let mut shown = String::from(if c.add { "ADD" } else { "COPY" });
+                for src in c.sources.iter().chain(c.inline.iter().map(|i| &i.path)) {
+                    shown.push(' ');
+                    shown.push_str(src);
+                }
+                shown.push(' ');
+                shown.push_str(&c.dest);
+                shown.push_str(" # buildkit");
                 stage.steps.push(Step {
                     line: l.line,
                     end_line: l.end_line,
@@ -1033,7 +1088,7 @@ fn plan_stage(
                     }),
                     definition: def,
                 });
-                stage.history.push((l.line, text, true));
+                stage.history.push((l.line, shown, true));
             }
         }
     }
@@ -1049,6 +1104,104 @@ fn command_argv(c: &Command, config: &Config) -> Vec<String> {
             v
         }
     }
+}
+
+/// A RUN's history entry as BuildKit writes it (dockerfile2llb `runCommandString`): the stage's
+/// ARGs (an ENV of the same name wins) as `|N K=V...`, then the argv, then ` # buildkit`.
+fn run_history(
+    argv: &[String],
+    script: bool,
+    stage_args: &[(String, Option<String>)],
+    env: &[(String, String)],
+) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in stage_args {
+        let v = env
+            .iter()
+            .find(|(ek, _)| ek == k)
+            .map(|(_, ev)| ev.clone())
+            .or_else(|| v.clone())
+            .unwrap_or_default();
+        parts.push(format!("{k}={v}"));
+    }
+    if !parts.is_empty() {
+        parts.insert(0, format!("|{}", parts.len()));
+    }
+    if script {
+        parts.push("/dev/pipes/script".to_string());
+    }
+    parts.extend(argv.iter().cloned());
+    format!("RUN {} # buildkit", parts.join(" "))
+}
+
+/// HEALTHCHECK's history entry: Go's `%q` of the config struct, as BuildKit formats it.
+fn healthcheck_history(h: &Healthcheck) -> String {
+    format!(
+        "HEALTHCHECK &{{{} \"{}\" \"{}\" \"{}\" \"{}\" {}}}",
+        go_quote_list(&h.test),
+        go_duration(h.interval),
+        go_duration(h.timeout),
+        go_duration(h.start_period),
+        go_duration(h.start_interval),
+        go_quote_rune(h.retries)
+    )
+}
+
+/// Go's `time.Duration.String` for a count of nanoseconds.
+pub fn go_duration(ns: u64) -> String {
+    fn frac(v: u64, unit: u64) -> String {
+        let whole = v / unit;
+        let rest = v % unit;
+        if rest == 0 {
+            return whole.to_string();
+        }
+        let digits = unit.to_string().len() - 1;
+        let f = format!("{rest:0digits$}");
+        format!("{whole}.{}", f.trim_end_matches('0'))
+    }
+    match ns {
+        0 => "0s".into(),
+        n if n < 1_000 => format!("{n}ns"),
+        n if n < 1_000_000 => format!("{}µs", frac(n, 1_000)),
+        n if n < 1_000_000_000 => format!("{}ms", frac(n, 1_000_000)),
+        n => {
+            let secs = n / 1_000_000_000;
+            let sub = n % 1_000_000_000;
+            let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+            let sec = frac(s * 1_000_000_000 + sub, 1_000_000_000);
+            if h > 0 {
+                format!("{h}h{m}m{sec}s")
+            } else if m > 0 {
+                format!("{m}m{sec}s")
+            } else {
+                format!("{sec}s")
+            }
+        }
+    }
+}
+
+/// Go's `%q` of an integer: a quoted character literal (`strconv.QuoteRune`).
+fn go_quote_rune(n: u64) -> String {
+    let Some(c) = u32::try_from(n).ok().and_then(char::from_u32) else {
+        return "'\\ufffd'".into();
+    };
+    let body = match c {
+        '\x07' => "\\a".to_string(),
+        '\x08' => "\\b".to_string(),
+        '\x0c' => "\\f".to_string(),
+        '\n' => "\\n".to_string(),
+        '\r' => "\\r".to_string(),
+        '\t' => "\\t".to_string(),
+        '\x0b' => "\\v".to_string(),
+        '\\' => "\\\\".to_string(),
+        '\'' => "\\'".to_string(),
+        c if (c as u32) < 0x20 || c as u32 == 0x7f => format!("\\x{:02x}", c as u32),
+        c if (c as u32) < 0x80 => c.to_string(),
+        c if !c.is_control() => c.to_string(),
+        c if (c as u32) < 0x10000 => format!("\\u{:04x}", c as u32),
+        c => format!("\\U{:08x}", c as u32),
+    };
+    format!("'{body}'")
 }
 
 /// RUN's argv. A shell-form command that is exactly one heredoc runs the heredoc body as the

@@ -342,3 +342,47 @@ proptest! {
         prop_assert_eq!(step.key(&parent, &ia) == step.key(&parent, &ib), a == b);
     }
 }
+
+/// History entries as BuildKit's dockerfile2llb writes them (checked against docker 20.10's
+/// BuildKit on the same Dockerfile; HEALTHCHECK in the current five-field form).
+#[test]
+fn history_entries_read_as_buildkit_writes_them() {
+    let p = plan_of(
+        "FROM scratch\nARG VERSION=1.0 OTHER\nENV APP=/srv/app PATH=/x:$PATH\nLABEL v=$VERSION \"description\"=\"a test\"\n\
+         RUN echo hi\nWORKDIR $APP\nCOPY --chown=1:1 a b/ ./\nUSER app\nSHELL [\"/bin/sh\", \"-ec\"]\nEXPOSE 80 53/udp\n\
+         VOLUME /data /logs\nSTOPSIGNAL SIGQUIT\nHEALTHCHECK --interval=90s --timeout=1500ms --retries=2 CMD true\n\
+         ONBUILD RUN x\nCMD [\"serve\", \"it\"]\nENTRYPOINT /bin/run\nMAINTAINER me\n",
+        &[("OTHER", "o")],
+        None,
+    )
+    .unwrap();
+    let h: Vec<&str> = p.stages[0]
+        .history
+        .iter()
+        .map(|(_, t, _)| t.as_str())
+        .collect();
+    assert_eq!(
+        h,
+        vec![
+            "ARG VERSION=1.0 OTHER",
+            "ENV APP=/srv/app PATH=/x:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LABEL v=1.0 description=a test",
+            "RUN |2 VERSION=1.0 OTHER=o /bin/sh -c echo hi # buildkit",
+            "WORKDIR /srv/app",
+            "COPY a b/ ./ # buildkit",
+            "USER app",
+            "SHELL [/bin/sh -ec]",
+            "EXPOSE map[53/udp:{} 80/tcp:{}]",
+            "VOLUME [/data /logs]",
+            "STOPSIGNAL SIGQUIT",
+            "HEALTHCHECK &{[\"CMD-SHELL\" \"true\"] \"1m30s\" \"1.5s\" \"0s\" \"0s\" '\\x02'}",
+            "CMD [\"serve\" \"it\"]",
+            "ENTRYPOINT [\"/bin/sh\" \"-ec\" \"/bin/run\"]",
+            "MAINTAINER me",
+        ]
+    );
+    assert_eq!(go_duration(0), "0s");
+    assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+    assert_eq!(go_duration(1_500), "1.5µs");
+    assert_eq!(go_duration(250_000_000), "250ms");
+}
