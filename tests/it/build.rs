@@ -91,6 +91,7 @@ fn every_instruction_sets_the_config_and_files_as_buildkit() {
     fs::write(ctx.join("run.sh"), "#!/bin/sh\necho run\n").unwrap();
     fs::set_permissions(ctx.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(ctx.join("one.txt"), "one\n").unwrap();
+    std::os::unix::fs::symlink("src/a.txt", ctx.join("link.txt")).unwrap();
     // An archive ADD unpacks, in three compressions.
     let arch = k.dir.path().join("arch");
     fs::create_dir_all(arch.join("pkg")).unwrap();
@@ -122,7 +123,7 @@ WORKDIR $APP_HOME
 COPY src/ ./src/
 COPY --chown=app:staff --chmod=640 one.txt /owned/one.txt
 COPY --chown=1234 one.txt /numeric
-COPY run.sh one.txt /many/
+COPY run.sh one.txt link.txt /many/
 COPY src/*.txt /wild/
 COPY *.nothing /none/
 ADD p.tar.gz /gz/
@@ -183,10 +184,30 @@ ENTRYPOINT ["/bin/sh", "-c"]
     // History: every instruction, metadata ones as empty layers; one layer per changing step.
     let layers = c.history.iter().filter(|h| !h.empty_layer).count();
     assert_eq!(layers, c.rootfs.diff_ids.len());
-    assert!(c
+    // created_by reads as BuildKit writes it.
+    let by: Vec<&str> = c
         .history
         .iter()
-        .any(|h| h.created_by.as_deref() == Some("EXPOSE 80 53/udp") && h.empty_layer));
+        .filter_map(|h| h.created_by.as_deref())
+        .collect();
+    for want in [
+        "ARG VERSION=1.0",
+        "EXPOSE map[53/udp:{} 80/tcp:{}]",
+        "COPY one.txt /owned/one.txt # buildkit",
+        "WORKDIR /srv/app",
+        "CMD [\"serve\"]",
+    ] {
+        assert!(by.contains(&want), "{want:?} not in {by:?}");
+    }
+    assert!(
+        by.iter()
+            .any(|b| b.starts_with("RUN |1 VERSION=1.0 /bin/sh -c echo")),
+        "{by:?}"
+    );
+    assert!(
+        !by.iter().any(|b| b.starts_with("ONBUILD")),
+        "BuildKit records no ONBUILD entry"
+    );
 
     let v = image_view(&k, "every");
     assert_eq!(read(&v, "/srv/app/src/a.txt"), "a\n");
@@ -199,6 +220,9 @@ ENTRYPOINT ["/bin/sh", "-c"]
     assert_eq!((m.uid(), m.gid()), (0, 0), "context files become root's");
     assert_eq!(meta(&v, "/many/run.sh").mode() & 0o777, 0o755);
     assert_eq!(read(&v, "/many/one.txt"), "one\n");
+    // A symlinked source is followed, as BuildKit does.
+    assert!(meta(&v, "/many/link.txt").is_file());
+    assert_eq!(read(&v, "/many/link.txt"), "a\n");
     assert_eq!(read(&v, "/wild/a.txt"), "a\n");
     assert!(
         v.resolve("/wild/sub", false).unwrap().is_none(),
