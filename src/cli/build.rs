@@ -55,9 +55,10 @@ pub struct BuildArgs {
     /// Set a label on the image (KEY=VALUE); may be repeated
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
-    /// How RUN gets its filesystem: overlay (default) or native (copies and a walk differ)
-    #[arg(long, env = "KILN_SNAPSHOTTER", value_name = "NAME", default_value = "overlay", value_parser = ["overlay", "native"])]
-    snapshotter: String,
+    /// How RUN gets its filesystem: overlay, or native (copies and a walk differ). Default:
+    /// overlay, native when the store itself is on overlayfs (kiln inside a container)
+    #[arg(long, env = "KILN_SNAPSHOTTER", value_name = "NAME", value_parser = ["overlay", "native"])]
+    snapshotter: Option<String>,
     /// The build context directory
     context: PathBuf,
 }
@@ -477,10 +478,20 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
             Compression::Zstd
         },
         labels,
-        snapshotter: if args.snapshotter == "native" {
-            Snapshotter::Native
-        } else {
-            Snapshotter::Overlay
+        snapshotter: match args.snapshotter.as_deref() {
+            Some("native") => Snapshotter::Native,
+            Some(_) => Snapshotter::Overlay,
+            // An overlay upper dir cannot live on overlayfs (overlayfs.rst): fall back.
+            None if crate::sys::fs_type(store.root()).ok() == Some(crate::sys::OVERLAYFS_MAGIC) => {
+                if !args.quiet {
+                    eprintln!(
+                        "kiln: the store {} is on overlayfs, so RUN steps use the native snapshotter",
+                        store.root().display()
+                    );
+                }
+                Snapshotter::Native
+            }
+            None => Snapshotter::Overlay,
         },
         source_date_epoch,
         dockerfile_id,

@@ -240,7 +240,9 @@ pub(crate) fn commit_manifest(
 pub fn parse_tags(tags: &[String]) -> Result<Vec<String>> {
     tags.iter()
         .map(|t| {
-            let r = Reference::parse(t)?.with_default_tag();
+            let r = Reference::parse(t)
+                .map_err(|e| ImageError::Invalid(format!("invalid tag {t:?}: {e}")))?
+                .with_default_tag();
             if r.digest.is_some() {
                 return Err(ImageError::Invalid(format!(
                     "{t}: a tag cannot contain a digest"

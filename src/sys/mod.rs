@@ -296,3 +296,16 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     // SAFETY: the kernel returned two fresh fds that nothing else owns.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
+
+/// The filesystem type (statfs(2) `f_type`) of the filesystem holding `path`.
+pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
+    let p = cstr(path.as_os_str())?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `st` is valid writable memory for one statfs struct; `p` is a valid C string.
+    cvt(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded, so it initialized `st`.
+    Ok(unsafe { st.assume_init() }.f_type as i64)
+}
+
+/// `f_type` of overlayfs (linux/magic.h OVERLAYFS_SUPER_MAGIC).
+pub const OVERLAYFS_MAGIC: i64 = 0x794c_7630;

@@ -96,15 +96,17 @@ fn every_instruction_sets_the_config_and_files_as_buildkit() {
     let arch = k.dir.path().join("arch");
     fs::create_dir_all(arch.join("pkg")).unwrap();
     fs::write(arch.join("pkg/inside.txt"), "from the tarball\n").unwrap();
-    for (flag, name) in [
-        ("-czf", "p.tar.gz"),
-        ("-cjf", "p.tar.bz2"),
-        ("-cJf", "p.tar.xz"),
+    for (flags, name) in [
+        (&["-czf"][..], "p.tar.gz"),
+        (&["-cjf"][..], "p.tar.bz2"),
+        (&["-cJf"][..], "p.tar.xz"),
+        (&["--zstd", "-cf"][..], "p.tar.zst"),
+        (&["-cf"][..], "p.tar"),
     ] {
         let st = Command::new("tar")
             .arg("-C")
             .arg(&arch)
-            .arg(flag)
+            .args(flags)
             .arg(ctx.join(name))
             .arg("pkg")
             .status()
@@ -129,6 +131,9 @@ COPY *.nothing /none/
 ADD p.tar.gz /gz/
 ADD p.tar.bz2 /bz2/
 ADD p.tar.xz /xz/
+ADD p.tar.zst /zst/
+ADD p.tar /plain/
+ADD --unpack=false p.tar.gz /kept/
 COPY <<EOF /etc/greeting
 hello $VERSION
 EOF
@@ -228,12 +233,16 @@ ENTRYPOINT ["/bin/sh", "-c"]
         v.resolve("/wild/sub", false).unwrap().is_none(),
         "* does not cross /"
     );
-    for d in ["gz", "bz2", "xz"] {
+    for d in ["gz", "bz2", "xz", "zst", "plain"] {
         assert_eq!(
             read(&v, &format!("/{d}/pkg/inside.txt")),
             "from the tarball\n"
         );
     }
+    assert!(
+        meta(&v, "/kept/p.tar.gz").is_file(),
+        "--unpack=false keeps the archive"
+    );
     assert_eq!(read(&v, "/etc/greeting"), "hello 1.0\n");
     assert_eq!(read(&v, "/script.out"), "script ran as 0\n");
     assert_eq!(read(&v, "/home/app/work/uid"), "1000\n");
@@ -678,4 +687,69 @@ fn two_builds_at_once_on_one_store_both_succeed() {
     assert_eq!(read(&image_view(&k, "c2"), "/done"), "done\n");
     let out = k.ok(&["system", "check"]);
     assert!(out.is_empty(), "{out}");
+}
+
+#[test]
+fn command_line_flags_tags_labels_file_and_quiet() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::create_dir_all(ctx.join("docker")).unwrap();
+    let file = ctx.join("docker/app.Dockerfile");
+    fs::write(
+        &file,
+        "FROM base\nLABEL from.file=yes\nRUN echo $GREETING > /greeting\nARG GREETING=hi\nRUN echo $GREETING > /greeting2\n",
+    )
+    .unwrap();
+    let (file, ctxs) = (file.to_str().unwrap(), ctx.to_str().unwrap());
+    let out = k.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "one:1",
+        "-t",
+        "two",
+        "--label",
+        "org.example.team=build",
+        "--label",
+        "from.file=overridden",
+        "-f",
+        file,
+        "--build-arg",
+        "GREETING=bonjour",
+        ctxs,
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "-q prints only the image ID: {out:?}");
+    assert!(lines[0].starts_with("sha256:") && lines[0].len() == 71);
+    let images = k.ok(&["images"]);
+    assert!(images.contains("one") && images.contains("two"), "{images}");
+    let c = config(&k, "two:latest");
+    let labels = c.config.labels.unwrap();
+    assert_eq!(labels["org.example.team"], "build");
+    assert_eq!(labels["from.file"], "overridden", "--label wins over LABEL");
+    let v = image_view(&k, "one:1");
+    assert_eq!(
+        read(&v, "/greeting"),
+        "\n",
+        "an ARG is not visible before its declaration"
+    );
+    assert_eq!(read(&v, "/greeting2"), "bonjour\n");
+
+    // --progress quiet prints no progress; bad flags fail before any work.
+    let o = k.run(&[
+        "build",
+        "--progress",
+        "quiet",
+        "-t",
+        "three",
+        "-f",
+        file,
+        ctxs,
+    ]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("#1"), "{err}");
+    let err = k.fails(&["build", "-t", "Bad:Tag:x", ctxs]);
+    assert!(err.contains("Bad:Tag:x"), "{err}");
+    let err = k.fails(&["build", "--label", "novalue", ctxs]);
+    assert!(err.contains("--label"), "{err}");
 }
