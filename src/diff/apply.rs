@@ -47,6 +47,9 @@ pub struct ApplyStats {
     pub entries: u64,
     /// Bytes of regular file content written.
     pub bytes: u64,
+    /// The filesystem refused overlay whiteouts (a store on overlayfs), so whiteouts and opaque
+    /// markers were kept in their OCI form (`.wh.NAME` files); see `snapshot::view`.
+    pub oci_whiteouts: bool,
 }
 
 struct DirMeta {
@@ -87,6 +90,7 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
         tar_size: 0,
         entries: 0,
         bytes: 0,
+        oci_whiteouts: false,
     };
     // Raw iteration: kiln reads PAX records itself, by their length prefixes (POSIX pax
     // "extended header"), because xattr values are binary and may contain newlines, which the
@@ -204,7 +208,14 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
 
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_MARKER.as_bytes() {
-            sys::fsetxattr(pfd, OsStr::new(OPAQUE_XATTR), b"y").map_err(entry_io(&raw_path))?;
+            match sys::fsetxattr(pfd, OsStr::new(OPAQUE_XATTR), b"y") {
+                Ok(()) => {}
+                Err(e) if refused(&e) => {
+                    oci_marker(pfd, &name).map_err(entry_io(&raw_path))?;
+                    stats.oci_whiteouts = true;
+                }
+                Err(e) => return Err(entry_io(&raw_path)(e)),
+            }
             continue;
         }
         if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
@@ -216,7 +227,14 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
             }
             let target = OsStr::from_bytes(target);
             rootfs::remove_all_at(pfd, target).map_err(entry_io(&raw_path))?;
-            sys::mknodat(pfd, target, libc::S_IFCHR, 0).map_err(entry_io(&raw_path))?;
+            match sys::mknodat(pfd, target, libc::S_IFCHR, 0) {
+                Ok(()) => {}
+                Err(e) if refused(&e) => {
+                    oci_marker(pfd, &name).map_err(entry_io(&raw_path))?;
+                    stats.oci_whiteouts = true;
+                }
+                Err(e) => return Err(entry_io(&raw_path)(e)),
+            }
             continue;
         }
 
@@ -362,6 +380,27 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
     stats.diff_id = diff_id;
     stats.tar_size = size;
     Ok(stats)
+}
+
+/// Whether the filesystem refuses overlay whiteouts or trusted.overlay xattrs (overlayfs itself
+/// does, for a store inside a container).
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) | Some(libc::EXDEV)
+    )
+}
+
+/// Keeps a whiteout or opaque marker in its OCI form: an empty file of that name, mode 0.
+fn oci_marker(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+    rootfs::remove_all_at(dir, name)?;
+    sys::openat(
+        dir,
+        name,
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW,
+        0,
+    )
+    .map(drop)
 }
 
 fn finish_fd(

@@ -66,6 +66,9 @@ fn unpack_layer(
             actual: stats.diff_id,
         });
     }
+    if stats.oci_whiteouts {
+        std::fs::write(dir.path().join(view::OCI_WHITEOUTS), b"").map_err(io)?;
+    }
     Ok(store.commit_snapshot(dir, chain, parent, diff_id, stats.bytes)?)
 }
 

@@ -8,6 +8,10 @@
 //!
 //! COPY/ADD read their `--from` sources and check their destination through this, and the build
 //! reads /etc/passwd and /etc/group of an image with it.
+//!
+//! A snapshot whose filesystem refused overlay whiteouts (a store on overlayfs, where kiln uses
+//! the native snapshotter) keeps them in their OCI form, `.wh.NAME` and `.wh..wh..opq` files, and
+//! says so with an `oci-whiteouts` file beside its `fs/`; the view reads both forms.
 
 use crate::rootfs::{clean, InPath};
 use std::collections::BTreeMap;
@@ -21,10 +25,15 @@ use std::path::{Path, PathBuf};
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const MAX_SYMLINKS: usize = 40;
 
+/// The marker file, beside a snapshot's `fs/`, of a snapshot that keeps OCI-form whiteouts.
+pub const OCI_WHITEOUTS: &str = "oci-whiteouts";
+
 /// The layers, top first.
 #[derive(Clone, Debug, Default)]
 pub struct View {
     layers: Vec<PathBuf>,
+    /// Per layer: whiteouts are `.wh.` files.
+    oci: Vec<bool>,
 }
 
 /// A path found in the view.
@@ -65,7 +74,26 @@ fn lstat(p: &Path) -> io::Result<Option<Metadata>> {
 impl View {
     /// A view of `layers`, given top first.
     pub fn new(layers: Vec<PathBuf>) -> View {
-        View { layers }
+        let oci = layers
+            .iter()
+            .map(|l| l.parent().is_some_and(|p| p.join(OCI_WHITEOUTS).exists()))
+            .collect();
+        View { layers, oci }
+    }
+
+    /// Whether `name` in directory `dir` of layer `i` is hidden by a whiteout there, or `dir`
+    /// is opaque there (OCI form only; the overlay form is the entries' own metadata).
+    fn oci_whiteout(&self, i: usize, dir: &Path, name: &OsStr) -> bool {
+        if !self.oci[i] {
+            return false;
+        }
+        let mut wh = OsString::from(".wh.");
+        wh.push(name);
+        fs::symlink_metadata(self.layers[i].join(dir).join(wh)).is_ok()
+    }
+
+    fn oci_opaque(&self, i: usize, dir: &Path) -> bool {
+        self.oci[i] && fs::symlink_metadata(self.layers[i].join(dir).join(".wh..wh..opq")).is_ok()
     }
 
     /// The layers, top first.
@@ -90,15 +118,29 @@ impl View {
         let path = dir.path.as_path().join(name);
         let mut found: Option<(usize, Metadata)> = None;
         let mut below = Vec::new();
+        if name.as_bytes().starts_with(b".wh.") && self.oci.iter().any(|o| *o) {
+            return Ok(None);
+        }
         for &i in &dir.dir_layers {
             let host = self.layers[i].join(&path);
-            let Some(meta) = lstat(&host)? else { continue };
+            let Some(meta) = lstat(&host)? else {
+                if self.oci_whiteout(i, dir.path.as_path(), name) {
+                    if found.is_none() {
+                        return Ok(None);
+                    }
+                    break;
+                }
+                continue;
+            };
             match &found {
                 None => {
                     if is_whiteout(&meta) {
                         return Ok(None);
                     }
-                    let stop = !meta.is_dir() || is_opaque(&host);
+                    let stop = !meta.is_dir()
+                        || is_opaque(&host)
+                        || self.oci_opaque(i, &path)
+                        || self.oci_whiteout(i, dir.path.as_path(), name);
                     found = Some((i, meta));
                     if stop {
                         break;
@@ -109,7 +151,7 @@ impl View {
                         break;
                     }
                     below.push(i);
-                    if is_opaque(&host) {
+                    if is_opaque(&host) || self.oci_opaque(i, &path) {
                         break;
                     }
                 }

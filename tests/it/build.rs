@@ -753,3 +753,82 @@ fn command_line_flags_tags_labels_file_and_quiet() {
     let err = k.fails(&["build", "--label", "novalue", ctxs]);
     assert!(err.contains("--label"), "{err}");
 }
+
+/// Unmounts on drop, so a failing test leaves no mount behind.
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// kiln inside a container: the store on overlayfs, where overlay upper dirs and whiteout
+/// devices are refused. The native snapshotter is chosen, whiteouts stay in OCI form, and the
+/// image is right.
+#[test]
+fn a_store_on_overlayfs_builds_with_the_native_snapshotter() {
+    let Some((k, ctx)) = setup() else { return };
+    let d = k.dir.path().join("ov");
+    for s in ["l", "u", "w", "m"] {
+        fs::create_dir_all(d.join(s)).unwrap();
+    }
+    let st = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            d.join("l").display(),
+            d.join("u").display(),
+            d.join("w").display()
+        ))
+        .arg(d.join("m"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _m = Mount(d.join("m"));
+    let root = d.join("m/store");
+    let kiln = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .env_remove("KILN_SNAPSHOTTER")
+            .output()
+            .unwrap()
+    };
+    let archive = k.dir.path().join("base.tar");
+    k.ok(&["save", "-o", archive.to_str().unwrap(), "base"]);
+    assert!(kiln(&["load", "-i", archive.to_str().unwrap()])
+        .status
+        .success());
+    dockerfile(
+        &ctx,
+        "FROM base\nRUN echo hi > /x && rm /etc/group && rm -rf /tmp && mkdir /tmp && touch /tmp/new\nRUN test ! -e /etc/group && cat /x > /y\n",
+    );
+    let o = kiln(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "ov",
+        ctx.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("native snapshotter"), "{err}");
+    let store = kiln::cache::Store::open(&root).unwrap();
+    let img = kiln::image::resolve(&store, "ov").unwrap().image;
+    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    let v = View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
+    assert_eq!(read(&v, "/y"), "hi\n");
+    assert!(v.resolve("/etc/group", false).unwrap().is_none());
+    assert!(v.resolve("/etc/passwd", false).unwrap().is_some());
+    let tmp = v.resolve("/tmp", true).unwrap().unwrap();
+    let names: Vec<String> = v
+        .read_dir(&tmp)
+        .unwrap()
+        .into_keys()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["new"]);
+    assert!(store.verify().unwrap().is_empty());
+}
