@@ -6,6 +6,7 @@
 
 pub mod blob;
 pub mod codec;
+pub mod containers;
 pub mod digest;
 pub mod gc;
 pub mod steps;
@@ -13,6 +14,7 @@ pub mod store;
 
 pub use blob::Ingest;
 pub use codec::{Compression, LayerDigests, LayerEncoder};
+pub use containers::ContainerRow;
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
 pub use steps::{StatRow, StatTuple, StepRecord};

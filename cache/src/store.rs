@@ -107,6 +107,12 @@ const MIGRATIONS: &[&str] = &[
         mode INTEGER NOT NULL,
         hash BLOB NOT NULL
      );",
+    // 3: what the runner needs to know of a container.
+    "ALTER TABLE containers ADD COLUMN spec TEXT NOT NULL DEFAULT '{}';
+     ALTER TABLE containers ADD COLUMN pid INTEGER;
+     ALTER TABLE containers ADD COLUMN exit_code INTEGER;
+     ALTER TABLE containers ADD COLUMN started INTEGER;
+     ALTER TABLE containers ADD COLUMN finished INTEGER;",
 ];
 
 /// Seconds since the Unix epoch, now.

@@ -3,6 +3,7 @@
 //! its own line, then an optional `hint:`.
 
 mod build;
+mod containers;
 mod images;
 mod system;
 
@@ -54,6 +55,18 @@ enum Command {
     Rmi(images::RmiArgs),
     /// Show an image's config and manifest as JSON
     Inspect(images::InspectArgs),
+    /// Run a command in a new container
+    Run(containers::RunArgs),
+    /// List containers
+    Ps(containers::PsArgs),
+    /// Stop running containers (stop signal, then SIGKILL after a timeout)
+    Stop(containers::StopArgs),
+    /// Send a signal to running containers
+    Kill(containers::KillArgs),
+    /// Remove containers
+    Rm(containers::RmArgs),
+    /// Show a container's output
+    Logs(containers::LogsArgs),
     /// Manage the store
     #[command(subcommand)]
     System(system::SystemCommand),
@@ -117,6 +130,16 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         // The container init helper: single-threaded, before anything else starts.
         crate::runtime::init::main();
     }
+    if args
+        .get(1)
+        .is_some_and(|a| a == crate::container::SUPERVISE_ARG)
+    {
+        // A detached container's supervisor: `kiln __kiln-supervise ROOT ID`.
+        let (Some(root), Some(id)) = (args.get(2), args.get(3)) else {
+            return 2;
+        };
+        return crate::container::supervise_main(std::path::Path::new(root), &id.to_string_lossy());
+    }
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -142,6 +165,12 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Tag(a) => images::tag(&ctx, a),
         Command::Rmi(a) => images::rmi(&ctx, a),
         Command::Inspect(a) => images::inspect(&ctx, a),
+        Command::Run(a) => containers::run(&ctx, a),
+        Command::Ps(a) => containers::ps(&ctx, a),
+        Command::Stop(a) => containers::stop(&ctx, a),
+        Command::Kill(a) => containers::kill(&ctx, a),
+        Command::Rm(a) => containers::rm(&ctx, a),
+        Command::Logs(a) => containers::logs(&ctx, a),
         Command::System(c) => system::run(&ctx, c),
     };
     match result {

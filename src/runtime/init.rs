@@ -69,6 +69,7 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
 
 /// Entry point of `kiln __kiln-init`; never returns.
 pub fn main() -> ! {
+    p::unblock_all_signals();
     let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
     let spec: Spec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
     if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {

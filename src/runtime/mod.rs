@@ -103,15 +103,42 @@ pub const MOUNT_POINTS: &[(&str, bool)] = &[
 
 /// Starts the helper for `spec`. The child's stdin is null; stdout and stderr are as given.
 pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Child> {
+    spawn_with_stdin(spec, Stdio::null(), stdout, stderr)
+}
+
+/// Starts the helper for `spec` with all three standard streams as given.
+pub fn spawn_with_stdin(
+    spec: &Spec,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> io::Result<Child> {
     let json = serde_json::to_string(spec).map_err(io::Error::other)?;
     Command::new("/proc/self/exe")
         .arg(INIT_ARG)
         .env_clear()
         .env(SPEC_ENV, json)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr)
         .spawn()
+}
+
+/// The host PID of the container's init (the helper's only child), once it exists.
+pub fn init_pid(helper: u32, timeout: std::time::Duration) -> Option<i32> {
+    let path = format!("/proc/{helper}/task/{helper}/children");
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            if let Some(pid) = s.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                return Some(pid);
+            }
+        } else {
+            return None; // the helper is gone
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    None
 }
 
 /// Docker's exit code for a wait status: the code, or 128 + the signal.

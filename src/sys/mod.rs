@@ -304,7 +304,10 @@ pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
     // SAFETY: `st` is valid writable memory for one statfs struct; `p` is a valid C string.
     cvt(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) })?;
     // SAFETY: statfs succeeded, so it initialized `st`.
-    Ok(unsafe { st.assume_init() }.f_type as i64)
+    let f_type = unsafe { st.assume_init() }.f_type;
+    // f_type is i64 on x86_64 but narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    Ok(f_type as i64)
 }
 
 /// `f_type` of overlayfs (linux/magic.h OVERLAYFS_SUPER_MAGIC).

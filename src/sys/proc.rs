@@ -219,3 +219,105 @@ pub fn last_cap() -> u32 {
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
 }
+
+/// setns(2): moves the calling *thread* into the namespace `fd` refers to.
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    cvt(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
+}
+
+/// setsid(2): a new session with this process as its leader (detaches from the terminal).
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall without arguments.
+    cvt(unsafe { libc::setsid() }).map(drop)
+}
+
+/// A signal number from a name (`SIGTERM`, `TERM`) or a number, as Docker's STOPSIGNAL accepts.
+pub fn signal_number(s: &str) -> Option<libc::c_int> {
+    if let Ok(n) = s.parse::<libc::c_int>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.trim_start_matches("SIG").to_ascii_uppercase();
+    Some(match name.as_str() {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "TRAP" => libc::SIGTRAP,
+        "ABRT" | "IOT" => libc::SIGABRT,
+        "BUS" => libc::SIGBUS,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "SEGV" => libc::SIGSEGV,
+        "USR2" => libc::SIGUSR2,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "STKFLT" => libc::SIGSTKFLT,
+        "CHLD" | "CLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "WINCH" => libc::SIGWINCH,
+        "IO" | "POLL" => libc::SIGIO,
+        "PWR" => libc::SIGPWR,
+        "SYS" => libc::SIGSYS,
+        _ => return None,
+    })
+}
+
+/// Blocks `sigs` in the calling thread (and the threads it creates afterwards), so a dedicated
+/// thread can take them with [`wait_signal`].
+pub fn block_signals(sigs: &[libc::c_int]) -> io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it; pthread_sigmask reads
+    // it and may write the (NULL) old set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in sigs {
+            libc::sigaddset(&mut set, *s);
+        }
+        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+    }
+    Ok(())
+}
+
+/// sigwait(3) for one of `sigs` (which must be blocked); returns the signal taken.
+pub fn wait_signal(sigs: &[libc::c_int]) -> io::Result<libc::c_int> {
+    // SAFETY: as in block_signals; `sig` is valid writable memory.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in sigs {
+            libc::sigaddset(&mut set, *s);
+        }
+        let mut sig: libc::c_int = 0;
+        let r = libc::sigwait(&set, &mut sig);
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r));
+        }
+        Ok(sig)
+    }
+}
+
+/// Unblocks every signal in the calling thread (a child inherits its parent's mask across exec;
+/// the runner blocks SIGINT/SIGTERM to forward them, the container must not inherit that).
+pub fn unblock_all_signals() {
+    // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}

@@ -10,4 +10,5 @@ mod cli;
 mod conformance;
 mod crash;
 mod interop;
+mod run;
 mod snapshot;

@@ -1,0 +1,118 @@
+//! Containers' runtime state, rows of the `containers` table: what the runner recorded when it
+//! created, started and reaped each one. `spec` is the runner's own JSON (kiln-cache does not
+//! read it); every transition is one UPDATE, so a reader sees one state or the next, never half.
+
+use crate::store::{ContainerRecord, Store};
+use crate::{Error, Result};
+use rusqlite::{params, OptionalExtension};
+
+/// A container as the runner tracks it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRow {
+    pub record: ContainerRecord,
+    /// The runner's JSON description (command, ports, env...).
+    pub spec: String,
+    /// Host PID of the container's init process while it runs.
+    pub pid: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub started: Option<i64>,
+    pub finished: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, name, image, image_ref, created, state, spec, pid, exit_code, started, finished";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
+    let image: String = r.get(2)?;
+    Ok(ContainerRow {
+        record: ContainerRecord {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            image: image.parse().map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Text,
+                    Box::new(e),
+                )
+            })?,
+            image_ref: r.get(3)?,
+            created: r.get(4)?,
+            state: r.get(5)?,
+        },
+        spec: r.get(6)?,
+        pid: r.get(7)?,
+        exit_code: r.get(8)?,
+        started: r.get(9)?,
+        finished: r.get(10)?,
+    })
+}
+
+impl Store {
+    /// Records a new container with its spec, in state "created".
+    pub fn create_container(&self, c: &ContainerRecord, spec: &str) -> Result<()> {
+        self.add_container(c)?;
+        let db = self.db();
+        db.execute(
+            "UPDATE containers SET spec = ?2 WHERE id = ?1",
+            params![c.id, spec],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces a container's spec (the runner fills in host ports chosen at start).
+    pub fn set_container_spec(&self, id: &str, spec: &str) -> Result<()> {
+        self.update_container(
+            id,
+            "UPDATE containers SET spec = ?2 WHERE id = ?1",
+            params![id, spec],
+        )
+    }
+
+    /// Every container, newest first.
+    pub fn containers(&self) -> Result<Vec<ContainerRow>> {
+        let db = self.db();
+        let mut st = db.prepare(&format!(
+            "SELECT {COLUMNS} FROM containers ORDER BY created DESC, id"
+        ))?;
+        let rows = st.query_map([], row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One container by full ID.
+    pub fn container(&self, id: &str) -> Result<Option<ContainerRow>> {
+        let db = self.db();
+        Ok(db
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM containers WHERE id = ?1"),
+                [id],
+                row,
+            )
+            .optional()?)
+    }
+
+    /// The container started: its init's host PID.
+    pub fn container_started(&self, id: &str, pid: i64, at: i64) -> Result<()> {
+        self.update_container(
+            id,
+            "UPDATE containers SET state = 'running', pid = ?2, started = ?3, exit_code = NULL, finished = NULL WHERE id = ?1",
+            params![id, pid, at],
+        )
+    }
+
+    /// The container exited with `code` (None: unknown, its supervisor died).
+    pub fn container_exited(&self, id: &str, code: Option<i64>, at: i64) -> Result<()> {
+        self.update_container(
+            id,
+            "UPDATE containers SET state = 'exited', pid = NULL, exit_code = ?2, finished = ?3 WHERE id = ?1",
+            params![id, code, at],
+        )
+    }
+
+    fn update_container(&self, id: &str, sql: &str, p: impl rusqlite::Params) -> Result<()> {
+        let db = self.db();
+        if db.execute(sql, p)? == 0 {
+            return Err(Error::NotFound(format!("container {id}")));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,386 @@
+//! Container commands, with Docker's flags and output: run, ps, stop, kill, rm, logs.
+
+use super::{table, Ctx, Hint};
+use crate::container::{self, ports::PortSpec, ContainerError, RunOptions, Tee};
+use crate::timefmt;
+use anyhow::Result;
+use clap::Args;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Run in the background and print the container ID
+    #[arg(short, long)]
+    detach: bool,
+    /// Remove the container when it exits
+    #[arg(long)]
+    rm: bool,
+    /// Assign a name to the container
+    #[arg(long)]
+    name: Option<String>,
+    /// Publish a container's port to the host ([IP:]HOST:CTR[/tcp])
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:CTR")]
+    publish: Vec<String>,
+    /// Publish every exposed port to a free host port
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// Set an environment variable (K=V, or K to copy the host's)
+    #[arg(short = 'e', long = "env", value_name = "K[=V]")]
+    env: Vec<String>,
+    /// Read environment variables from a file
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User (name or UID, optionally :group)
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Overwrite the image's ENTRYPOINT
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Container hostname (default: the first 12 digits of its ID)
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Network: private (default; loopback only, ports published with -p), host or none
+    #[arg(long, default_value = "private")]
+    network: String,
+    /// Signal to stop the container (default: the image's STOPSIGNAL, else SIGTERM)
+    #[arg(long = "stop-signal")]
+    stop_signal: Option<String>,
+    /// Seconds to wait for the container to stop before killing it (default 10)
+    #[arg(long = "stop-timeout")]
+    stop_timeout: Option<u64>,
+    /// Keep standard input open
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY (accepted; kiln does not allocate one yet)
+    #[arg(short, long)]
+    tty: bool,
+    /// The image
+    image: String,
+    /// The command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+fn container_failure(e: ContainerError) -> anyhow::Error {
+    match e {
+        ContainerError::Image(crate::image::ImageError::NotFound(ref name)) => {
+            let msg = format!("Unable to find image '{name}' locally");
+            anyhow::Error::new(e).context(msg).context(Hint(
+                "`kiln images` lists the local images; `kiln import`, `kiln load` or `kiln build` make one".into(),
+            ))
+        }
+        e => anyhow::Error::new(e),
+    }
+}
+
+/// `kiln run`: exit code 125 for kiln's own errors, else the container's.
+pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
+    // Signals are taken by a forwarding thread, never by kiln itself: block them before any
+    // thread starts (threads inherit the mask; the container helper unblocks them again).
+    if !a.detach {
+        let _ = crate::sys::proc::block_signals(&[
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGQUIT,
+        ]);
+    }
+    match run_inner(ctx, a) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            super::report(&e);
+            Ok(crate::runtime::EXIT_SETUP)
+        }
+    }
+}
+
+fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| PortSpec::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let store = ctx.store()?;
+    let opts = RunOptions {
+        image: a.image.clone(),
+        name: a.name.clone(),
+        cmd: a.cmd.clone(),
+        entrypoint: a.entrypoint.clone(),
+        env: a.env.clone(),
+        env_files: a.env_file.clone(),
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        hostname: a.hostname.clone(),
+        network: a.network.clone(),
+        ports,
+        publish_all: a.publish_all,
+        stop_signal: a.stop_signal.clone(),
+        stop_timeout: a.stop_timeout,
+        remove: a.rm,
+        interactive: a.interactive,
+    };
+    let _ = a.tty;
+    let row = container::create(&store, &opts).map_err(container_failure)?;
+    if a.detach {
+        if let Err(e) = container::start_detached(&store, &row) {
+            if a.rm {
+                let _ = container::remove(&store, &row.record.id);
+            }
+            return Err(anyhow::Error::new(e));
+        }
+        println!("{}", row.record.id);
+        return Ok(0);
+    }
+    let stdin = if a.interactive {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    let id = row.record.id.clone();
+    match container::run(&store, &row, Tee::Terminal, stdin, true) {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let _ = store.container_exited(&id, Some(125), kiln_cache::store::now());
+            if a.rm {
+                let _ = container::remove(&store, &id);
+            }
+            Err(anyhow::Error::new(e))
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show all containers (default: running ones)
+    #[arg(short, long)]
+    all: bool,
+    /// Only IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Do not truncate IDs and commands
+    #[arg(long)]
+    no_trunc: bool,
+}
+
+fn quote_command(cmd: &[String]) -> String {
+    format!("\"{}\"", cmd.join(" "))
+}
+
+pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let now = kiln_cache::store::now();
+    let mut rows = vec![vec![
+        "CONTAINER ID".to_string(),
+        "IMAGE".into(),
+        "COMMAND".into(),
+        "CREATED".into(),
+        "STATUS".into(),
+        "PORTS".into(),
+        "NAMES".into(),
+    ]];
+    let mut ids = Vec::new();
+    for c in store.containers()? {
+        let c = container::refresh(&store, c)?;
+        if !a.all && c.record.state != "running" {
+            continue;
+        }
+        let id = if a.no_trunc {
+            c.record.id.clone()
+        } else {
+            c.record.id[..12].to_string()
+        };
+        ids.push(id.clone());
+        let spec = container::spec_of(&c).ok();
+        let mut command = spec
+            .as_ref()
+            .map(|s| quote_command(&s.command))
+            .unwrap_or_default();
+        if !a.no_trunc && command.chars().count() > 22 {
+            command = format!("{}…\"", command.chars().take(20).collect::<String>());
+        }
+        let ports = if c.record.state == "running" {
+            spec.map(|s| {
+                s.ports
+                    .iter()
+                    .map(PortSpec::display)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        rows.push(vec![
+            id,
+            c.record.image_ref.clone(),
+            command,
+            timefmt::ago(c.record.created, now),
+            container::status(&c, now),
+            ports,
+            c.record.name.clone(),
+        ]);
+    }
+    if a.quiet {
+        for id in ids {
+            println!("{id}");
+        }
+    } else {
+        print!("{}", table(&rows));
+    }
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before killing (default: the container's stop timeout, 10)
+    #[arg(short = 't', long = "time")]
+    time: Option<u64>,
+    /// Containers (ID, ID prefix or name)
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// Runs `f` on each named container, printing the name as Docker does; errors are reported per
+/// container and make the exit code 1.
+fn each(
+    ctx: &Ctx,
+    names: &[String],
+    mut f: impl FnMut(&kiln_cache::Store, &kiln_cache::ContainerRow) -> Result<(), ContainerError>,
+) -> Result<i32> {
+    let store = ctx.store()?;
+    let mut code = 0;
+    for n in names {
+        let r = container::resolve(&store, n).and_then(|row| f(&store, &row));
+        match r {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                super::report(&anyhow::Error::new(e));
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub fn stop(ctx: &Ctx, a: StopArgs) -> Result<i32> {
+    each(ctx, &a.containers, |store, row| {
+        container::stop(store, row, a.time).map(drop)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Signal to send (default SIGKILL)
+    #[arg(short, long, default_value = "KILL")]
+    signal: String,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn kill(ctx: &Ctx, a: KillArgs) -> Result<i32> {
+    let Some(sig) = crate::sys::proc::signal_number(&a.signal) else {
+        anyhow::bail!("invalid signal {:?}", a.signal);
+    };
+    each(ctx, &a.containers, |store, row| {
+        container::kill(store, row, sig)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Kill and remove a running container
+    #[arg(short, long)]
+    force: bool,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+pub fn rm(ctx: &Ctx, a: RmArgs) -> Result<i32> {
+    each(ctx, &a.containers, |store, row| {
+        let row = container::refresh(store, row.clone())?;
+        if row.record.state == "running" {
+            if !a.force {
+                return Err(ContainerError::Invalid(format!(
+                    "cannot remove container {:?}: it is running: stop it first, or use rm -f",
+                    row.record.name
+                )));
+            }
+            container::kill(store, &row, libc::SIGKILL)?;
+        }
+        container::remove(store, &row.record.id)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow the output
+    #[arg(short, long)]
+    follow: bool,
+    /// Only the last N lines
+    #[arg(long = "tail", value_name = "N")]
+    tail: Option<String>,
+    /// Show timestamps
+    #[arg(short, long)]
+    timestamps: bool,
+    container: String,
+}
+
+pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let row = container::resolve(&store, &a.container)?;
+    let tail: Option<usize> = match a.tail.as_deref() {
+        None | Some("all") => None,
+        Some(n) => Some(
+            n.parse()
+                .map_err(|_| anyhow::anyhow!("invalid --tail {n:?}: a number or \"all\""))?,
+        ),
+    };
+    let print = |lines: &[container::LogLine]| {
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        for l in lines {
+            let text = if a.timestamps {
+                format!("{} {}", l.time, l.log)
+            } else {
+                l.log.clone()
+            };
+            let _ = if l.stream == "stderr" {
+                err.write_all(text.as_bytes())
+            } else {
+                out.write_all(text.as_bytes())
+            };
+        }
+        let _ = out.flush();
+    };
+    let lines = container::read_log(&store, &row.record.id)?;
+    let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    print(&lines[start..]);
+    if a.follow {
+        let mut seen = lines.len();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let lines = container::read_log(&store, &row.record.id)?;
+            if lines.len() > seen {
+                print(&lines[seen..]);
+                seen = lines.len();
+            }
+            let now = container::refresh(
+                &store,
+                store.container(&row.record.id)?.unwrap_or(row.clone()),
+            )?;
+            if now.record.state != "running" {
+                let lines = container::read_log(&store, &row.record.id)?;
+                if lines.len() > seen {
+                    print(&lines[seen..]);
+                }
+                return Ok(0);
+            }
+        }
+    }
+    Ok(0)
+}
