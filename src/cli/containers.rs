@@ -384,3 +384,148 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32> {
     }
     Ok(0)
 }
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Keep standard input open
+    #[arg(short, long)]
+    interactive: bool,
+    /// Allocate a pseudo-TTY (accepted; kiln does not allocate one yet)
+    #[arg(short, long)]
+    tty: bool,
+    /// User (name or UID, optionally :group; default: the container's)
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Set an environment variable (K=V, or K to copy the host's)
+    #[arg(short = 'e', long = "env", value_name = "K[=V]")]
+    env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// The container (ID, ID prefix or name)
+    container: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
+}
+
+/// Reads a small file inside a running container, resolved in its root (never through it).
+fn container_file(pid: i64, path: &str) -> Option<String> {
+    let root =
+        crate::rootfs::Root::open(std::path::Path::new(&format!("/proc/{pid}/root"))).ok()?;
+    let p = crate::rootfs::clean(std::path::Path::new(path))?;
+    let fd = root.open_at(&p, libc::O_RDONLY).ok()?;
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).ok()?;
+    Some(s)
+}
+
+/// `kiln exec`: the command's exit code; 125 for kiln's own errors (not running, no such
+/// container), 126/127 as `run`.
+pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
+    let go = || -> Result<i32> {
+        let store = ctx.store()?;
+        let row = container::refresh(&store, container::resolve(&store, &a.container)?)?;
+        let (Some(pid), "running") = (row.pid, row.record.state.as_str()) else {
+            anyhow::bail!("container {} is not running", row.record.name);
+        };
+        let spec = container::spec_of(&row)?;
+        let ids = match &a.user {
+            None => spec.runtime.ids.clone(),
+            Some(u) => crate::runtime::user::resolve(
+                u,
+                container_file(pid, "/etc/passwd").as_deref(),
+                container_file(pid, "/etc/group").as_deref(),
+            )?,
+        };
+        let mut env = spec.runtime.env.clone();
+        for kv in &a.env {
+            let (k, v) = match kv.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (kv.clone(), std::env::var(kv).ok()),
+            };
+            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
+            if let Some(v) = v {
+                env.push(format!("{k}={v}"));
+            }
+        }
+        let _ = a.tty;
+        let es = crate::runtime::ExecSpec {
+            pid: pid as i32,
+            argv: a.cmd.clone(),
+            env,
+            cwd: a.workdir.clone().unwrap_or(spec.runtime.cwd.clone()),
+            ids,
+            no_new_privs: spec.runtime.no_new_privs,
+        };
+        let stdin = if a.interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let status = crate::runtime::spawn_exec(&es, stdin)?.wait()?;
+        Ok(crate::runtime::exit_code(status))
+    };
+    match go() {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            super::report(&e);
+            Ok(crate::runtime::EXIT_SETUP)
+        }
+    }
+}
+
+/// `kiln inspect CONTAINER`: Docker's shape, the fields kiln knows.
+pub fn inspect_container(
+    store: &kiln_cache::Store,
+    row: kiln_cache::ContainerRow,
+) -> Result<serde_json::Value> {
+    let row = container::refresh(store, row)?;
+    let spec = container::spec_of(&row)?;
+    let time = |t: Option<i64>| {
+        t.map(timefmt::rfc3339)
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+    };
+    let ports: serde_json::Map<String, serde_json::Value> = spec
+        .ports
+        .iter()
+        .map(|p| {
+            (
+                format!("{}/{}", p.container_port, p.proto),
+                serde_json::json!([{"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}]),
+            )
+        })
+        .collect();
+    let running = row.record.state == "running";
+    Ok(serde_json::json!({
+        "Id": row.record.id,
+        "Created": timefmt::rfc3339(row.record.created),
+        "Path": spec.command.first(),
+        "Args": spec.command.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": row.record.state,
+            "Running": running,
+            "Pid": if running { row.pid.unwrap_or(0) } else { 0 },
+            "ExitCode": row.exit_code,
+            "StartedAt": time(row.started),
+            "FinishedAt": time(row.finished),
+        },
+        "Image": row.record.image.to_string(),
+        "Name": format!("/{}", row.record.name),
+        "LogPath": container::dir(store, &row.record.id).join("log.json"),
+        "Config": {
+            "Hostname": spec.runtime.hostname,
+            "User": format!("{}:{}", spec.runtime.ids.uid, spec.runtime.ids.gid),
+            "Env": spec.runtime.env,
+            "Cmd": spec.command,
+            "Image": row.record.image_ref,
+            "WorkingDir": spec.runtime.cwd,
+            "StopSignal": spec.stop_signal,
+        },
+        "HostConfig": {
+            "NetworkMode": match spec.runtime.net { crate::runtime::Net::Host => "host", crate::runtime::Net::Private => "private" },
+            "AutoRemove": spec.remove,
+        },
+        "NetworkSettings": { "Ports": ports },
+    }))
+}

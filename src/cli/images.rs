@@ -419,6 +419,11 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     let mut out = Vec::new();
     let mut failed = false;
     for name in &a.images {
+        // A container's name or ID first, as Docker does; then an image.
+        if let Ok(row) = crate::container::resolve(&store, name) {
+            out.push(super::containers::inspect_container(&store, row)?);
+            continue;
+        }
         match inspect_one(&store, name) {
             Ok(v) => out.push(v),
             Err(e) => {

@@ -53,7 +53,7 @@ enum Command {
     Tag(images::TagArgs),
     /// Remove images
     Rmi(images::RmiArgs),
-    /// Show an image's config and manifest as JSON
+    /// Show a container's or an image's details as JSON
     Inspect(images::InspectArgs),
     /// Run a command in a new container
     Run(containers::RunArgs),
@@ -67,6 +67,8 @@ enum Command {
     Rm(containers::RmArgs),
     /// Show a container's output
     Logs(containers::LogsArgs),
+    /// Run a command in a running container
+    Exec(containers::ExecArgs),
     /// Manage the store
     #[command(subcommand)]
     System(system::SystemCommand),
@@ -130,6 +132,10 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         // The container init helper: single-threaded, before anything else starts.
         crate::runtime::init::main();
     }
+    if args.get(1).is_some_and(|a| a == crate::runtime::EXEC_ARG) {
+        // The exec helper: joins a running container's namespaces.
+        crate::runtime::init::exec_main();
+    }
     if args
         .get(1)
         .is_some_and(|a| a == crate::container::SUPERVISE_ARG)
@@ -171,6 +177,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Kill(a) => containers::kill(&ctx, a),
         Command::Rm(a) => containers::rm(&ctx, a),
         Command::Logs(a) => containers::logs(&ctx, a),
+        Command::Exec(a) => containers::exec(&ctx, a),
         Command::System(c) => system::run(&ctx, c),
     };
     match result {

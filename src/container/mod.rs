@@ -760,13 +760,18 @@ fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) -> bool {
             return true;
         }
         if !alive(pid) {
-            // Give the owner a moment to record the code; else record it unknown.
-            std::thread::sleep(Duration::from_millis(50));
-            if let Ok(Some(r)) = store.container(id) {
-                if r.record.state == "running" && !r.pid.is_some_and(alive) {
-                    let _ = store.container_exited(id, None, kiln_cache::store::now());
+            // The owner (supervisor or foreground kiln) records the code as soon as it reaps
+            // the helper; give it time, then record the exit as unknown (it was killed too).
+            let t2 = std::time::Instant::now();
+            while t2.elapsed() < Duration::from_secs(3) {
+                match store.container(id) {
+                    Ok(Some(r)) if r.record.state == "running" => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => return true,
                 }
             }
+            let _ = store.container_exited(id, None, kiln_cache::store::now());
             return true;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -1,5 +1,6 @@
-//! Published ports: `-p [IP:]HOST:CTR[/tcp]` listens on the host and, for each connection,
-//! connects to the container's port from inside its network namespace, then copies both ways.
+//! Published ports: `-p [IP:]HOST:CTR[/tcp|/udp]` listens on the host and, for each TCP
+//! connection, connects to the container's port from inside its network namespace, then copies
+//! both ways; for UDP, each client address gets its own socket inside, and replies go back to it.
 //!
 //! The connecting sockets are made by one thread that has joined the container's network
 //! namespace with setns(2) (a namespace switch is per thread, so the rest of kiln stays on the
@@ -8,8 +9,9 @@
 //! fails the run cleanly.
 
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::mpsc;
 use std::thread;
@@ -77,18 +79,14 @@ impl PortSpec {
 /// Host listeners bound for a container's ports.
 pub struct Listeners {
     tcp: Vec<(TcpListener, PortSpec)>,
+    udp: Vec<(UdpSocket, PortSpec)>,
 }
 
 /// Binds every port (a port in use is an error naming it); fills in chosen host ports.
 pub fn bind(ports: &mut [PortSpec]) -> Result<Listeners, String> {
     let mut tcp = Vec::new();
+    let mut udp = Vec::new();
     for p in ports.iter_mut() {
-        if p.proto != "tcp" {
-            return Err(format!(
-                "publishing {} is not supported yet: only TCP ports can be published",
-                p.display()
-            ));
-        }
         let addr: SocketAddr = (
             p.host_ip
                 .parse::<std::net::IpAddr>()
@@ -96,31 +94,55 @@ pub fn bind(ports: &mut [PortSpec]) -> Result<Listeners, String> {
             p.host_port,
         )
             .into();
-        let l = TcpListener::bind(addr).map_err(|e| {
+        let shown = p.display();
+        let why = |e: io::Error| {
             format!(
-                "cannot publish {}: bind {addr}: {e}{}",
-                p.display(),
+                "cannot publish {shown}: bind {addr}: {e}{}",
                 if e.kind() == io::ErrorKind::AddrInUse {
                     " (the port is already allocated)"
                 } else {
                     ""
                 }
             )
-        })?;
-        p.host_port = l.local_addr().map(|a| a.port()).unwrap_or(p.host_port);
-        tcp.push((l, p.clone()));
+        };
+        if p.proto == "udp" {
+            let s = UdpSocket::bind(addr).map_err(why)?;
+            p.host_port = s.local_addr().map(|a| a.port()).unwrap_or(p.host_port);
+            udp.push((s, p.clone()));
+        } else {
+            let l = TcpListener::bind(addr).map_err(why)?;
+            p.host_port = l.local_addr().map(|a| a.port()).unwrap_or(p.host_port);
+            tcp.push((l, p.clone()));
+        }
     }
-    Ok(Listeners { tcp })
+    Ok(Listeners { tcp, udp })
+}
+
+/// A job run on the thread that lives in the container's network namespace.
+type NsJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `make` on the namespace thread and returns what it made.
+fn in_ns<T: Send + 'static>(
+    tx: &mpsc::Sender<NsJob>,
+    make: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let (rtx, rrx) = mpsc::channel();
+    tx.send(Box::new(move || {
+        let _ = rtx.send(make());
+    }))
+    .map_err(|_| io::Error::other("the port forwarder stopped"))?;
+    rrx.recv()
+        .map_err(|_| io::Error::other("the port forwarder stopped"))?
 }
 
 /// Serves every listener until the process ends: connections are forwarded to the container
 /// whose network namespace `netns` is (an fd of /proc/PID/ns/net).
 pub fn serve(listeners: Listeners, netns: OwnedFd) -> io::Result<()> {
-    if listeners.tcp.is_empty() {
+    if listeners.tcp.is_empty() && listeners.udp.is_empty() {
         return Ok(());
     }
-    // The connector thread lives in the container's network namespace.
-    let (tx, rx) = mpsc::channel::<(u16, mpsc::Sender<io::Result<TcpStream>>)>();
+    // The connector thread lives in the container's network namespace and makes its sockets.
+    let (tx, rx) = mpsc::channel::<NsJob>();
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
     thread::spawn(move || {
         use std::os::fd::AsFd;
@@ -129,8 +151,8 @@ pub fn serve(listeners: Listeners, netns: OwnedFd) -> io::Result<()> {
             return;
         }
         let _ = ready_tx.send(Ok(()));
-        for (port, reply) in rx {
-            let _ = reply.send(TcpStream::connect((Ipv4Addr::LOCALHOST, port)));
+        for job in rx {
+            job();
         }
     });
     ready_rx
@@ -141,20 +163,57 @@ pub fn serve(listeners: Listeners, netns: OwnedFd) -> io::Result<()> {
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
-                let (rtx, rrx) = mpsc::channel();
-                if tx.send((spec.container_port, rtx)).is_err() {
-                    return;
-                }
-                let Ok(Ok(upstream)) = rrx.recv() else {
+                let port = spec.container_port;
+                match in_ns(&tx, move || TcpStream::connect((Ipv4Addr::LOCALHOST, port))) {
+                    Ok(upstream) => {
+                        thread::spawn(move || splice(client, upstream));
+                    }
                     // Nothing listens in the container (yet): close, as a refused connection.
-                    drop(client);
-                    continue;
-                };
-                thread::spawn(move || splice(client, upstream));
+                    Err(_) => drop(client),
+                }
             }
         });
     }
+    for (socket, spec) in listeners.udp {
+        let tx = tx.clone();
+        thread::spawn(move || udp_relay(socket, spec.container_port, tx));
+    }
     Ok(())
+}
+
+/// UDP: each client address gets its own socket in the container's namespace, connected to the
+/// container port; what comes back on it goes to that client from the published socket.
+fn udp_relay(host: UdpSocket, port: u16, tx: mpsc::Sender<NsJob>) {
+    let mut peers: HashMap<SocketAddr, UdpSocket> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let Ok((n, from)) = host.recv_from(&mut buf) else {
+            return;
+        };
+        if !peers.contains_key(&from) {
+            let made = in_ns(&tx, move || {
+                let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
+                s.connect((Ipv4Addr::LOCALHOST, port))?;
+                Ok(s)
+            });
+            let Ok(inner) = made else { continue };
+            let (Ok(back), Ok(reply_to)) = (inner.try_clone(), host.try_clone()) else {
+                continue;
+            };
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = back.recv(&mut buf) {
+                    if reply_to.send_to(&buf[..n], from).is_err() {
+                        return;
+                    }
+                }
+            });
+            peers.insert(from, inner);
+        }
+        if let Some(s) = peers.get(&from) {
+            let _ = s.send(&buf[..n]);
+        }
+    }
 }
 
 /// Copies both ways until each side ends; half-closes so protocols that end a request with EOF
@@ -177,6 +236,81 @@ fn splice(a: TcpStream, b: TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A thread in a fresh network namespace (loopback up) running a UDP and a TCP echo server
+    /// on `port`; returns an fd of that namespace.
+    fn echo_namespace(port: u16) -> OwnedFd {
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            crate::sys::proc::unshare(libc::CLONE_NEWNET).unwrap();
+            crate::sys::proc::loopback_up().unwrap();
+            let tid = thread_id();
+            let ns = std::fs::File::open(format!("/proc/self/task/{tid}/ns/net")).unwrap();
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+            let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+            tx.send(OwnedFd::from(ns)).unwrap();
+            thread::spawn(move || {
+                for c in tcp.incoming().flatten() {
+                    let mut r = c.try_clone().unwrap();
+                    let mut w = c;
+                    thread::spawn(move || {
+                        let _ = io::copy(&mut r, &mut w);
+                    });
+                }
+            });
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(&buf[..n], from);
+            }
+        });
+        rx.recv().unwrap()
+    }
+
+    fn thread_id() -> i64 {
+        std::fs::read_link("/proc/thread-self")
+            .ok()
+            .and_then(|p| p.file_name()?.to_str()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn tcp_and_udp_reach_a_server_in_another_network_namespace() {
+        if !crate::sys::is_root() {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let ns = echo_namespace(7007);
+        let mut specs = vec![
+            PortSpec::parse("127.0.0.1::7007/tcp").unwrap(),
+            PortSpec::parse("127.0.0.1::7007/udp").unwrap(),
+        ];
+        let l = bind(&mut specs).unwrap();
+        serve(l, ns).unwrap();
+        // UDP: two clients, each answered on its own.
+        for i in 0..2 {
+            let c = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let msg = format!("ping {i}");
+            c.send_to(msg.as_bytes(), (Ipv4Addr::LOCALHOST, specs[1].host_port))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let n = c.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], msg.as_bytes());
+        }
+        // TCP, with a half-close.
+        use std::io::{Read, Write};
+        let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, specs[0].host_port)).unwrap();
+        c.write_all(b"hello tcp").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = String::new();
+        c.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "hello tcp");
+        // The same host port again: refused with a clear error.
+        let mut again = vec![specs[0].clone()];
+        let err = bind(&mut again).err().unwrap();
+        assert!(err.contains("already allocated"), "{err}");
+    }
 
     #[test]
     fn parses_dockers_port_forms() {

@@ -10,7 +10,7 @@
 //!
 //! Both processes die with their parent (PR_SET_PDEATHSIG), so killing kiln kills the build step.
 
-use super::{Net, Rootfs, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SPEC_ENV};
+use super::{ExecSpec, Net, Rootfs, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SPEC_ENV};
 use crate::rootfs::{clean, Root};
 use crate::sys::{self, proc as p};
 use std::ffi::{CString, OsStr, OsString};
@@ -94,6 +94,67 @@ pub fn main() -> ! {
             // Terminal signals reach the whole process group; the workload (PID 1 of its
             // namespace) ignores what it has no handler for, so the helper stays to reap it and
             // the parent-death signal takes it down if the helper is killed.
+            p::ignore_signal(libc::SIGINT);
+            p::ignore_signal(libc::SIGQUIT);
+            let status = p::waitpid(pid).unwrap_or_else(|e| fail("wait", e));
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else if libc::WIFSIGNALED(status) {
+                128 + libc::WTERMSIG(status)
+            } else {
+                EXIT_SETUP
+            };
+            std::process::exit(code)
+        }
+    }
+}
+
+/// Entry point of `kiln __kiln-exec`: joins a running container's namespaces (IPC, UTS,
+/// network, PID, mount: mount last, since it changes what /proc means), forks so the command is
+/// in the PID namespace, and execs it with the container's credentials. Never returns.
+pub fn exec_main() -> ! {
+    p::unblock_all_signals();
+    let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
+    let spec: ExecSpec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
+    if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+        fail("set parent-death signal", e);
+    }
+    let kinds = [
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("pid", libc::CLONE_NEWPID),
+        ("mnt", libc::CLONE_NEWNS),
+    ];
+    let fds: Vec<(OwnedFd, libc::c_int, &str)> = kinds
+        .iter()
+        .map(|(n, k)| {
+            let f = std::fs::File::open(format!("/proc/{}/ns/{n}", spec.pid))
+                .unwrap_or_else(|e| fail(&format!("open the container's {n} namespace"), e));
+            (OwnedFd::from(f), *k, *n)
+        })
+        .collect();
+    for (fd, kind, n) in &fds {
+        p::setns(fd.as_fd(), *kind).unwrap_or_else(|e| fail(&format!("join the {n} namespace"), e));
+    }
+    drop(fds);
+    // SAFETY: this helper is single-threaded: it was just exec'd and starts no threads.
+    match unsafe { p::fork() } {
+        Err(e) => fail("fork", e),
+        Ok(p::Fork::Child) => {
+            let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+            std::env::set_current_dir(cwd)
+                .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
+            drop_caps(&spec.ids);
+            if spec.no_new_privs {
+                p::prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
+                    .unwrap_or_else(|e| fail("set no_new_privs", e));
+            }
+            p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
+                .unwrap_or_else(|e| fail("set parent-death signal", e));
+            exec_argv(&spec.argv, &spec.env)
+        }
+        Ok(p::Fork::Parent(pid)) => {
             p::ignore_signal(libc::SIGINT);
             p::ignore_signal(libc::SIGQUIT);
             let status = p::waitpid(pid).unwrap_or_else(|e| fail("wait", e));
@@ -431,18 +492,23 @@ fn child(spec: &Spec) -> ! {
     // Credentials changes clear the parent-death signal; set it again last.
     p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .unwrap_or_else(|e| fail("set parent-death signal", e));
-    for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGPIPE] {
-        p::default_signal(s);
-    }
-
     let argv: Vec<String> = match &spec.script {
         Some(_) => vec!["/dev/pipes/script".to_string()],
         None => spec.argv.clone(),
     };
+    exec_argv(&argv, &spec.env)
+}
+
+/// Resets the signals a workload should see at their defaults and execs `argv` with `env`,
+/// finding the command on the workload's PATH; exits 127/126 as Docker when it cannot.
+fn exec_argv(argv: &[String], env: &[String]) -> ! {
+    for s in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGPIPE] {
+        p::default_signal(s);
+    }
     let Some(cmd) = argv.first() else {
         fail("exec", "no command given");
     };
-    let path = match lookup(cmd, &spec.env) {
+    let path = match lookup(cmd, env) {
         Ok(p) => p,
         Err(code) => std::process::exit(code),
     };
@@ -450,8 +516,7 @@ fn child(spec: &Spec) -> ! {
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("argument", e)))
         .collect();
-    let cenv: Vec<CString> = spec
-        .env
+    let cenv: Vec<CString> = env
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("environment", e)))
         .collect();

@@ -90,6 +90,32 @@ pub struct Spec {
     pub mask_proc: bool,
 }
 
+/// The hidden argv[1] that makes kiln act as the exec helper (`kiln exec`).
+pub const EXEC_ARG: &str = "__kiln-exec";
+
+/// What the exec helper needs to start a process inside a running container.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// Host PID of the container's init, whose namespaces to join.
+    pub pid: i32,
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub ids: Ids,
+    pub no_new_privs: bool,
+}
+
+/// Starts the exec helper for `spec`.
+pub fn spawn_exec(spec: &ExecSpec, stdin: Stdio) -> io::Result<Child> {
+    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
+    Command::new("/proc/self/exe")
+        .arg(EXEC_ARG)
+        .env_clear()
+        .env(SPEC_ENV, json)
+        .stdin(stdin)
+        .spawn()
+}
+
 /// The mount points every container needs, and whether each is a directory.
 pub const MOUNT_POINTS: &[(&str, bool)] = &[
     ("proc", true),
