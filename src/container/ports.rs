@@ -190,7 +190,7 @@ fn udp_relay(host: UdpSocket, port: u16, tx: mpsc::Sender<NsJob>) {
         let Ok((n, from)) = host.recv_from(&mut buf) else {
             return;
         };
-        if !peers.contains_key(&from) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = peers.entry(from) {
             let made = in_ns(&tx, move || {
                 let s = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?;
                 s.connect((Ipv4Addr::LOCALHOST, port))?;
@@ -208,7 +208,7 @@ fn udp_relay(host: UdpSocket, port: u16, tx: mpsc::Sender<NsJob>) {
                     }
                 }
             });
-            peers.insert(from, inner);
+            slot.insert(inner);
         }
         if let Some(s) = peers.get(&from) {
             let _ = s.send(&buf[..n]);
