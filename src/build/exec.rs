@@ -160,6 +160,8 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         script: r.script.clone(),
         no_new_privs: false,
         mask_proc: true,
+        tty: false,
+        winsize: None,
     };
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;

@@ -56,7 +56,7 @@ pub struct RunArgs {
     /// Keep standard input open
     #[arg(short, long)]
     interactive: bool,
-    /// Allocate a pseudo-TTY (accepted; kiln does not allocate one yet)
+    /// Allocate a pseudo-TTY
     #[arg(short, long)]
     tty: bool,
     /// The image
@@ -124,8 +124,8 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         stop_timeout: a.stop_timeout,
         remove: a.rm,
         interactive: a.interactive,
+        tty: a.tty,
     };
-    let _ = a.tty;
     let row = container::create(&store, &opts).map_err(container_failure)?;
     if a.detach {
         if let Err(e) = container::start_detached(&store, &row) {

@@ -83,6 +83,8 @@ pub struct RunOptions {
     pub stop_timeout: Option<u64>,
     pub remove: bool,
     pub interactive: bool,
+    /// `-t`: the container's standard streams are a pseudo-terminal.
+    pub tty: bool,
 }
 
 /// What the runner records about a container (the row's `spec`).
@@ -399,6 +401,8 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             script: None,
             no_new_privs: true,
             mask_proc: true,
+            tty: o.tty,
+            winsize: None,
         },
         ports,
         stop_signal,
@@ -554,8 +558,29 @@ pub fn run(
             .open(&log_path)
             .map_err(io_err(format!("open {}", log_path.display())))?,
     ));
-    let mut child = runtime::spawn_with_stdin(&spec.runtime, stdin, Stdio::piped(), Stdio::piped())
-        .map_err(io_err("start the container"))?;
+    // With -t the container's three streams are the slave side of a pseudo-terminal; kiln
+    // relays the master side (and, in the foreground, puts its own terminal in raw mode).
+    let mut pty_master: Option<fs::File> = None;
+    let mut child = if spec.runtime.tty {
+        use std::os::fd::AsFd;
+        let (ours, theirs) =
+            crate::sys::proc::socketpair().map_err(io_err("create the terminal socket"))?;
+        let mut rt = spec.runtime.clone();
+        rt.winsize =
+            crate::sys::proc::window_size(io::stdin().as_fd()).map(|w| (w.ws_row, w.ws_col));
+        drop(stdin);
+        // stderr stays a pipe until the terminal replaces it: setup errors still reach kiln.
+        let c = runtime::spawn_with_stdin(&rt, Stdio::from(theirs), Stdio::null(), Stdio::piped())
+            .map_err(io_err("start the container"))?;
+        // No terminal means the helper failed before making one; its exit code says why.
+        if let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) {
+            pty_master = Some(fs::File::from(master));
+        }
+        c
+    } else {
+        runtime::spawn_with_stdin(&spec.runtime, stdin, Stdio::piped(), Stdio::piped())
+            .map_err(io_err("start the container"))?
+    };
     let helper = child.id();
     let init = runtime::init_pid(helper, Duration::from_secs(10));
     if let Some(pid) = init {
@@ -573,12 +598,30 @@ pub fn run(
         }
     }
     let mut pumps = Vec::new();
+    let mut raw_mode = None;
+    let mut tty_reader: Option<Box<dyn io::Read + Send>> = None;
+    if let Some(master) = &pty_master {
+        use std::os::fd::AsFd;
+        tty_reader = Some(Box::new(
+            master.try_clone().map_err(io_err("dup the terminal"))?,
+        ));
+        if tee == Tee::Terminal {
+            raw_mode = crate::sys::proc::make_raw(io::stdin().as_fd()).ok();
+            let mut writer = master.try_clone().map_err(io_err("dup the terminal"))?;
+            // Keyboard input to the container, until kiln ends.
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut io::stdin().lock(), &mut writer);
+            });
+        }
+    }
     for (reader, stream) in [
         (
-            child
-                .stdout
-                .take()
-                .map(|r| Box::new(r) as Box<dyn io::Read + Send>),
+            tty_reader.or_else(|| {
+                child
+                    .stdout
+                    .take()
+                    .map(|r| Box::new(r) as Box<dyn io::Read + Send>)
+            }),
             "stdout",
         ),
         (
@@ -620,8 +663,15 @@ pub fn run(
         }));
     }
     let status = child.wait().map_err(io_err("wait for the container"))?;
+    // The terminal's reader sees EOF (EIO) once every slave copy is closed; ours went to the
+    // child, so only the master copies remain.
+    drop(pty_master);
     for p in pumps {
         let _ = p.join();
+    }
+    if let Some(t) = raw_mode {
+        use std::os::fd::AsFd;
+        crate::sys::proc::restore_terminal(io::stdin().as_fd(), &t);
     }
     let code = runtime::exit_code(status);
     store.container_exited(&id, Some(code as i64), kiln_cache::store::now())?;

@@ -492,6 +492,32 @@ fn child(spec: &Spec) -> ! {
     // Credentials changes clear the parent-death signal; set it again last.
     p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .unwrap_or_else(|e| fail("set parent-death signal", e));
+    if spec.tty {
+        // A terminal of the container's own devpts (so ttyname works inside), its master sent
+        // to the caller over fd 0, the slave as the three standard streams; then a session of
+        // its own with it as controlling terminal, so Ctrl-C typed there signals the workload.
+        let (master, slave) = sys::proc::open_pty_at(Path::new("/dev/ptmx"))
+            .unwrap_or_else(|e| fail("open a pseudo-terminal", e));
+        if let Some((rows, cols)) = spec.winsize {
+            let ws = libc::winsize {
+                ws_row: rows,
+                ws_col: cols,
+                ws_xpixel: 0,
+                ws_ypixel: 0,
+            };
+            p::set_window_size(slave.as_fd(), &ws);
+        }
+        // SAFETY: fd 0 is the socket the caller passed as stdin; it stays open for this call.
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+        p::send_fd(sock, master.as_fd()).unwrap_or_else(|e| fail("send the terminal", e));
+        drop(master);
+        for n in 0..3 {
+            p::dup2(slave.as_fd(), n).unwrap_or_else(|e| fail("attach the terminal", e));
+        }
+        drop(slave);
+        p::setsid().unwrap_or_else(|e| fail("setsid", e));
+        p::set_controlling_tty().unwrap_or_else(|e| fail("set the controlling terminal", e));
+    }
     let argv: Vec<String> = match &spec.script {
         Some(_) => vec!["/dev/pipes/script".to_string()],
         None => spec.argv.clone(),

@@ -88,6 +88,14 @@ pub struct Spec {
     pub no_new_privs: bool,
     /// Mask /proc paths and make /proc/sys and friends read-only, as Docker does.
     pub mask_proc: bool,
+    /// `-t`: the workload gets a pseudo-terminal of the container's own devpts as its standard
+    /// streams and controlling terminal; the master is sent back over fd 0 (a Unix socket the
+    /// caller passes as stdin), as runc's console socket does.
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size (rows, columns), when known.
+    #[serde(default)]
+    pub winsize: Option<(u16, u16)>,
 }
 
 /// The hidden argv[1] that makes kiln act as the exec helper (`kiln exec`).

@@ -321,3 +321,189 @@ pub fn unblock_all_signals() {
         libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
     }
 }
+
+/// A new pseudo-terminal: (master, slave).
+pub fn openpty() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: `m` and `s` are valid out-pointers; name, termios and winsize may be NULL.
+    cvt(unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    })?;
+    // SAFETY: openpty returned two fresh fds nothing else owns.
+    let fds = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    };
+    for fd in [&fds.0, &fds.1] {
+        // SAFETY: plain fcntl on a valid fd.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(fds)
+}
+
+/// Makes the terminal on fd 0 the calling session leader's controlling terminal (TIOCSCTTY).
+pub fn set_controlling_tty() -> io::Result<()> {
+    // SAFETY: ioctl TIOCSCTTY takes an integer argument.
+    cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+/// The window size of terminal `fd`, if it is one.
+pub fn window_size(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
+    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        (libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0).then_some(ws)
+    }
+}
+
+/// Sets the window size of terminal `fd`.
+pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) {
+    // SAFETY: `ws` is a valid winsize for the duration of the ioctl.
+    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws) };
+}
+
+/// Puts terminal `fd` in raw mode; returns the previous settings to restore.
+pub fn make_raw(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data filled by tcgetattr; cfmakeraw and tcsetattr read it.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        cvt(libc::tcgetattr(fd.as_raw_fd(), &mut t))?;
+        let old = t;
+        libc::cfmakeraw(&mut t);
+        cvt(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t))?;
+        Ok(old)
+    }
+}
+
+/// Restores terminal settings saved by [`make_raw`].
+pub fn restore_terminal(fd: BorrowedFd<'_>, t: &libc::termios) {
+    // SAFETY: `t` is a valid termios.
+    unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, t) };
+}
+
+/// A connected pair of Unix stream sockets, close-on-exec.
+pub fn socketpair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is valid writable memory for two ints.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: the kernel returned two fresh fds nothing else owns.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
+}
+
+/// Sends `fd` over the Unix socket `sock` (SCM_RIGHTS), with one byte of data.
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer in it refers to the live buffers above, and
+    // the control message is written within `cbuf` as CMSG_FIRSTHDR/CMSG_DATA lay it out.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
+        let r = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Receives one fd sent with [`send_fd`].
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    let mut cbuf = vec![0u8; space];
+    // SAFETY: as in send_fd; the kernel fills the buffers, and the fd read from the control
+    // message is a fresh one the kernel installed for this process.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        let r = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if r == 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "no file descriptor was sent",
+            ));
+        }
+        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
+        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Opens a new pseudo-terminal from `ptmx` (the container's /dev/ptmx): (master, slave).
+pub fn open_pty_at(
+    ptmx: &std::path::Path,
+) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let p = cstr(ptmx.as_os_str())?;
+    // SAFETY: valid C string; the fd returned is fresh.
+    let m =
+        cvt(unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    // SAFETY: `m` is the fresh fd just opened.
+    let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(m) };
+    let mut unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK takes a pointer to an int; TIOCGPTPEER takes open flags and returns a
+    // fresh fd for the slave of this master (Linux 4.13+), without a path lookup.
+    let s = unsafe {
+        cvt(libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCSPTLCK,
+            &mut unlock,
+        ))?;
+        cvt(libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?
+    };
+    // SAFETY: `s` is the fresh fd TIOCGPTPEER returned.
+    Ok((master, unsafe { std::os::fd::OwnedFd::from_raw_fd(s) }))
+}

@@ -549,3 +549,27 @@ fn exec_inspect_kill_networks_and_publish_all() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "4\n5\n");
     assert_eq!(String::from_utf8_lossy(&o.stderr), "");
 }
+
+#[test]
+fn tty_is_a_terminal_of_the_containers_own() {
+    let Some(k) = setup() else { return };
+    let (code, out, err) = run(
+        &k,
+        &[
+            "run",
+            "-t",
+            "--rm",
+            "base",
+            "sh",
+            "-c",
+            "tty; [ -t 0 ] && [ -t 1 ] && echo both-ttys; exit 6",
+        ],
+    );
+    assert_eq!(code, 6, "{err}");
+    assert_eq!(
+        out, "/dev/pts/0\r\nboth-ttys\r\n",
+        "a terminal translates newlines"
+    );
+    let (_, out, _) = run(&k, &["run", "--rm", "base", "sh", "-c", "tty"]);
+    assert_eq!(out, "not a tty\n");
+}
