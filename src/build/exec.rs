@@ -162,6 +162,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         mask_proc: true,
         tty: false,
         winsize: None,
+        cgroups: vec![],
     };
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;

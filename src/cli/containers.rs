@@ -59,6 +59,15 @@ pub struct RunArgs {
     /// Allocate a pseudo-TTY
     #[arg(short, long)]
     tty: bool,
+    /// Memory limit (e.g. 256m, 1g)
+    #[arg(short = 'm', long = "memory", value_name = "SIZE")]
+    memory: Option<String>,
+    /// Number of CPUs (a CFS quota, e.g. 1.5)
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Maximum number of processes
+    #[arg(long = "pids-limit", value_name = "N")]
+    pids_limit: Option<u64>,
     /// The image
     image: String,
     /// The command and its arguments
@@ -125,6 +134,14 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         remove: a.rm,
         interactive: a.interactive,
         tty: a.tty,
+        memory: a
+            .memory
+            .as_deref()
+            .map(container::parse_memory)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!(e))?,
+        cpus: a.cpus,
+        pids_limit: a.pids_limit,
     };
     let row = container::create(&store, &opts).map_err(container_failure)?;
     if a.detach {

@@ -85,6 +85,12 @@ pub struct RunOptions {
     pub interactive: bool,
     /// `-t`: the container's standard streams are a pseudo-terminal.
     pub tty: bool,
+    /// `-m`: memory limit in bytes.
+    pub memory: Option<u64>,
+    /// `--cpus`: CPU quota in CPUs.
+    pub cpus: Option<f64>,
+    /// `--pids-limit`.
+    pub pids_limit: Option<u64>,
 }
 
 /// What the runner records about a container (the row's `spec`).
@@ -403,6 +409,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             mask_proc: true,
             tty: o.tty,
             winsize: None,
+            cgroups: cgroups(&id, o)?,
         },
         ports,
         stop_signal,
@@ -419,20 +426,85 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         state: "created".into(),
     };
     let json = serde_json::to_string(&spec).expect("spec serializes");
-    match store.create_container(&rec, &json) {
-        Ok(()) => {}
-        Err(kiln_cache::Error::AlreadyExists(_)) => {
-            let _ = fs::remove_dir_all(&d);
-            return Err(ContainerError::NameInUse(name));
+    if let Err(e) = store.create_container(&rec, &json) {
+        let _ = fs::remove_dir_all(&d);
+        for cg in &spec.runtime.cgroups {
+            let _ = fs::remove_dir(cg);
         }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&d);
-            return Err(e.into());
-        }
+        return Err(match e {
+            kiln_cache::Error::AlreadyExists(_) => ContainerError::NameInUse(name),
+            e => e.into(),
+        });
     }
     store
         .container(&id)?
         .ok_or_else(|| ContainerError::NotFound(id.clone()))
+}
+
+/// Where the cgroup v1 controllers are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Creates the container's control groups for `-m`, `--cpus` and `--pids-limit` (cgroup v1:
+/// `/sys/fs/cgroup/<controller>/kiln/<id>`) and writes the limits; none without such flags.
+fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
+    let mut want: Vec<(&str, Vec<(&str, String)>)> = Vec::new();
+    if let Some(m) = o.memory {
+        want.push(("memory", vec![("memory.limit_in_bytes", m.to_string())]));
+    }
+    if let Some(c) = o.cpus {
+        if c <= 0.0 {
+            return Err(ContainerError::Invalid(format!(
+                "invalid --cpus {c}: must be above 0"
+            )));
+        }
+        let period = 100_000u64;
+        let quota = ((c * period as f64).round() as u64).max(1000);
+        want.push((
+            "cpu",
+            vec![
+                ("cpu.cfs_period_us", period.to_string()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ],
+        ));
+    }
+    if let Some(p) = o.pids_limit {
+        want.push(("pids", vec![("pids.max", p.to_string())]));
+    }
+    let mut out = Vec::new();
+    for (ctrl, files) in want {
+        let base = Path::new(CGROUP_ROOT).join(ctrl);
+        if !base.join("cgroup.procs").exists() {
+            return Err(ContainerError::Invalid(format!(
+                "this machine has no cgroup v1 {ctrl} controller at {}: the {ctrl} limit cannot be set",
+                base.display()
+            )));
+        }
+        let dir = base.join("kiln").join(id);
+        fs::create_dir_all(&dir).map_err(io_err(format!("create cgroup {}", dir.display())))?;
+        for (f, v) in files {
+            fs::write(dir.join(f), &v)
+                .map_err(io_err(format!("set {f}={v} in {}", dir.display())))?;
+        }
+        out.push(dir);
+    }
+    Ok(out)
+}
+
+/// Parses Docker's memory sizes: bytes, or a number with b, k, m or g.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.chars().last() {
+        Some('b') => (&t[..t.len() - 1], 1),
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t.as_str(), 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|n| *n >= 6 << 20)
+        .ok_or_else(|| format!("invalid memory limit {s:?}: a size such as 256m, at least 6m"))
 }
 
 /// The recorded spec of a container.
@@ -829,8 +901,15 @@ fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) -> bool {
     false
 }
 
-/// Removes a stopped container: its directory, then its row.
+/// Removes a stopped container: its control groups, its directory, then its row.
 pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
+    if let Some(row) = store.container(id)? {
+        if let Ok(spec) = spec_of(&row) {
+            for cg in &spec.runtime.cgroups {
+                let _ = fs::remove_dir(cg);
+            }
+        }
+    }
     let d = dir(store, id);
     if d.exists() {
         fs::remove_dir_all(&d).map_err(io_err(format!("remove {}", d.display())))?;

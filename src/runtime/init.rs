@@ -75,6 +75,11 @@ pub fn main() -> ! {
     if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
         fail("set parent-death signal", e);
     }
+    for cg in &spec.cgroups {
+        // "0" moves the writing process; its children are born inside.
+        std::fs::write(cg.join("cgroup.procs"), "0")
+            .unwrap_or_else(|e| fail(&format!("join cgroup {}", cg.display()), e));
+    }
     let mut flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
     if spec.net != Net::Host {

@@ -96,6 +96,10 @@ pub struct Spec {
     /// The terminal's size (rows, columns), when known.
     #[serde(default)]
     pub winsize: Option<(u16, u16)>,
+    /// Control groups (directories) the helper joins before it forks, so the workload and all
+    /// it starts are accounted and limited there (`-m`, `--cpus`, `--pids-limit`).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// The hidden argv[1] that makes kiln act as the exec helper (`kiln exec`).

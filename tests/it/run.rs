@@ -573,3 +573,70 @@ fn tty_is_a_terminal_of_the_containers_own() {
     let (_, out, _) = run(&k, &["run", "--rm", "base", "sh", "-c", "tty"]);
     assert_eq!(out, "not a tty\n");
 }
+
+#[test]
+fn memory_cpu_and_pids_limits_on_cgroup_v1() {
+    let Some(k) = setup() else { return };
+    if !require(
+        std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists(),
+        "cgroup v1 pids controller is not mounted",
+    ) {
+        return;
+    }
+    let (code, out, err) = run(
+        &k,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "lim",
+            "-m",
+            "64m",
+            "--cpus",
+            "0.5",
+            "--pids-limit",
+            "8",
+            "base",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let cg = |ctrl: &str, f: &str| {
+        fs::read_to_string(format!("/sys/fs/cgroup/{ctrl}/kiln/{id}/{f}")).unwrap()
+    };
+    assert_eq!(
+        cg("memory", "memory.limit_in_bytes").trim(),
+        (64u64 << 20).to_string()
+    );
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "50000");
+    assert_eq!(cg("pids", "pids.max").trim(), "8");
+    let pid = cg("pids", "cgroup.procs");
+    assert!(
+        !pid.trim().is_empty(),
+        "the container runs inside its cgroup"
+    );
+    // The pids limit holds: more processes than allowed cannot start.
+    let (_, out, _) = run(
+        &k,
+        &[
+            "exec",
+            "lim",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 1 & done 2>/dev/null; echo started",
+        ],
+    );
+    let _ = out;
+    let n: usize = cg("pids", "pids.current").trim().parse().unwrap();
+    assert!(n <= 8, "{n} processes under a limit of 8");
+    k.ok(&["rm", "-f", "lim"]);
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/pids/kiln/{id}")).exists(),
+        "rm removes the cgroups"
+    );
+    let (code, _, err) = run(&k, &["run", "--rm", "-m", "12x", "base", "true"]);
+    assert_eq!(code, 125);
+    assert!(err.contains("12x"), "{err}");
+}
