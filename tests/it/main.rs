@@ -9,6 +9,7 @@ mod check;
 mod cli;
 mod conformance;
 mod crash;
+mod demo;
 mod interop;
 mod run;
 mod snapshot;
