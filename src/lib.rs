@@ -14,6 +14,7 @@ pub mod diff;
 pub mod dockerfile;
 pub mod image;
 pub mod plan;
+pub mod registry;
 pub mod rootfs;
 pub mod runtime;
 pub mod snapshot;

@@ -55,6 +55,9 @@ pub struct BuildArgs {
     /// Set a label on the image (KEY=VALUE); may be repeated
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Pull every base image again, even when the store has it
+    #[arg(long)]
+    pull: bool,
     /// How RUN gets its filesystem: overlay, or native (copies and a walk differ). Default:
     /// overlay, native when the store itself is on overlayfs (kiln inside a container)
     #[arg(long, env = "KILN_SNAPSHOTTER", value_name = "NAME", value_parser = ["overlay", "native"])]
@@ -459,6 +462,19 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     let context = Context::open(&args.context, path.as_deref())
         .with_context(|| format!("open build context {}", args.context.display()))?;
     let store = ctx.store()?;
+    // Bases and --from images the store lacks are pulled first (all of them with --pull).
+    if let Ok(first) = plan::plan(
+        &df,
+        &PlanOptions {
+            build_args: build_args.clone(),
+            target: args.target.clone(),
+            ..PlanOptions::default()
+        },
+    ) {
+        for r in first.image_refs() {
+            super::registry::ensure_image(&store, &r, args.pull)?;
+        }
+    }
     let dockerfile_id = match &path {
         Some(p) => std::fs::canonicalize(p)
             .unwrap_or_else(|_| p.clone())

@@ -116,6 +116,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!(e))?;
     let store = ctx.store()?;
+    super::registry::ensure_image(&store, &a.image, false)?;
     let opts = RunOptions {
         image: a.image.clone(),
         name: a.name.clone(),

@@ -5,6 +5,7 @@
 mod build;
 mod containers;
 mod images;
+mod registry;
 mod system;
 
 use anyhow::Result;
@@ -69,6 +70,14 @@ enum Command {
     Logs(containers::LogsArgs),
     /// Run a command in a running container
     Exec(containers::ExecArgs),
+    /// Log in to a registry (verifies the credentials, then stores them)
+    Login(registry::LoginArgs),
+    /// Forget a registry's credentials
+    Logout(registry::LogoutArgs),
+    /// Push an image to a registry
+    Push(registry::PushArgs),
+    /// Pull an image from a registry
+    Pull(registry::PullArgs),
     /// Manage the store
     #[command(subcommand)]
     System(system::SystemCommand),
@@ -178,6 +187,10 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Rm(a) => containers::rm(&ctx, a),
         Command::Logs(a) => containers::logs(&ctx, a),
         Command::Exec(a) => containers::exec(&ctx, a),
+        Command::Login(a) => registry::login(&ctx, a),
+        Command::Logout(a) => registry::logout(&ctx, a),
+        Command::Push(a) => registry::push(&ctx, a),
+        Command::Pull(a) => registry::pull(&ctx, a),
         Command::System(c) => system::run(&ctx, c),
     };
     match result {

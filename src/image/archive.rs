@@ -404,7 +404,7 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
 
 /// Decompresses a stored layer blob (of `size` bytes) to check its DiffID and learn its
 /// unpacked size.
-fn verify_layer(
+pub(crate) fn verify_layer(
     store: &Store,
     digest: &Digest,
     size: u64,

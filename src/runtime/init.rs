@@ -67,14 +67,24 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     std::process::exit(EXIT_SETUP)
 }
 
+/// Dies (SIGKILL) when the parent does; exits at once if the parent is already gone (it may
+/// have died before the parent-death signal was set).
+fn die_with_parent() {
+    let parent = p::getppid();
+    if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
+        fail("set parent-death signal", e);
+    }
+    if p::getppid() != parent {
+        std::process::exit(EXIT_SETUP);
+    }
+}
+
 /// Entry point of `kiln __kiln-init`; never returns.
 pub fn main() -> ! {
     p::unblock_all_signals();
     let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
     let spec: Spec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
-    if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
-        fail("set parent-death signal", e);
-    }
+    die_with_parent();
     for cg in &spec.cgroups {
         // "0" moves the writing process; its children are born inside.
         std::fs::write(cg.join("cgroup.procs"), "0")
@@ -91,10 +101,18 @@ pub fn main() -> ! {
     if let Err(e) = p::mount("", OsStr::new("/"), "", libc::MS_REC | libc::MS_PRIVATE, "") {
         fail("make mounts private", e);
     }
+    // The workload learns that the helper died from this pipe's end of file (its parent-death
+    // signal is cleared by the credential change and set again only just before exec).
+    let (alive_r, alive_w) = sys::pipe().unwrap_or_else(|e| fail("create a pipe", e));
     // SAFETY: this helper is single-threaded: it was just exec'd and starts no threads.
     match unsafe { p::fork() } {
         Err(e) => fail("fork", e),
-        Ok(p::Fork::Child) => child(&spec),
+        Ok(p::Fork::Child) => {
+            drop(alive_w);
+            // Until the credentials change, the parent-death signal holds.
+            let _ = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            child(&spec, alive_r)
+        }
         Ok(p::Fork::Parent(pid)) => {
             // Terminal signals reach the whole process group; the workload (PID 1 of its
             // namespace) ignores what it has no handler for, so the helper stays to reap it and
@@ -433,7 +451,7 @@ fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
     }
 }
 
-fn child(spec: &Spec) -> ! {
+fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
     let rootfs = mount_rootfs(spec);
     let root = Root::open(&rootfs).unwrap_or_else(|e| fail("open the root filesystem", e));
     for (path, dir) in &spec.stubs {
@@ -494,9 +512,14 @@ fn child(spec: &Spec) -> ! {
     if spec.no_new_privs {
         p::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).unwrap_or_else(|e| fail("set no_new_privs", e));
     }
-    // Credentials changes clear the parent-death signal; set it again last.
+    // Credentials changes clear the parent-death signal; set it again last, then make sure
+    // the helper did not die in between (its end of the pipe closed).
     p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
         .unwrap_or_else(|e| fail("set parent-death signal", e));
+    if p::readable_now(helper_alive.as_fd()) {
+        std::process::exit(EXIT_SETUP);
+    }
+    drop(helper_alive);
     if spec.tty {
         // A terminal of the container's own devpts (so ttyname works inside), its master sent
         // to the caller over fd 0, the slave as the three standard streams; then a session of

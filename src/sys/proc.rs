@@ -507,3 +507,21 @@ pub fn open_pty_at(
     // SAFETY: `s` is the fresh fd TIOCGPTPEER returned.
     Ok((master, unsafe { std::os::fd::OwnedFd::from_raw_fd(s) }))
 }
+
+/// getppid(2).
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// Whether reading `fd` would not block (data or end of file), without waiting.
+pub fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `p` is one valid pollfd; a zero timeout never blocks.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
+}

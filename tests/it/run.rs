@@ -151,7 +151,7 @@ fn command_env_user_workdir_and_exit_codes_follow_docker() {
     let (code, _, err) = run(&k, &["run", "--rm", "no-such-image"]);
     assert_eq!(code, 125);
     assert!(
-        err.contains("Unable to find image 'no-such-image' locally"),
+        err.contains("Unable to find image 'no-such-image:latest' locally"),
         "{err}"
     );
     // 128 + N for a command killed by signal N (PID 1 itself cannot be killed from inside).
