@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs kiln's whole test suite on a Debian machine, first installing the Debian packages the tests
 # use (busybox-static for base images; skopeo, umoci and podman for interop; bzip2, xz-utils, zstd so
-# tar can make the archives ADD must unpack; mmdebstrap for the demo's Python base). Extra arguments go
+# tar can make the archives ADD must unpack; mmdebstrap for the demo's Python base; docker-registry
+# and apache2-utils (htpasswd) for the registry tests). Extra arguments go
 # to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
 set -euo pipefail
 cd "$(dirname "$0")"
-packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap)
+packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap docker-registry apache2-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,5 +11,6 @@ mod conformance;
 mod crash;
 mod demo;
 mod interop;
+mod registry;
 mod run;
 mod snapshot;
