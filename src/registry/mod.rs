@@ -79,6 +79,18 @@ enum Body<'a> {
     Empty,
     Bytes(&'a [u8]),
     File(std::path::PathBuf),
+    /// `len` bytes of a file from `offset` (one chunk of a chunked upload).
+    FileRange(std::path::PathBuf, u64, u64),
+}
+
+/// Blobs above this size are uploaded in chunks of this size (PATCH, then PUT);
+/// `KILN_UPLOAD_CHUNK` (bytes) overrides it.
+fn chunk_size() -> u64 {
+    std::env::var("KILN_UPLOAD_CHUNK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 1024)
+        .unwrap_or(64 << 20)
 }
 
 /// A client for one registry host.
@@ -146,6 +158,14 @@ impl Client {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
                 req.set("Content-Length", &len.to_string()).send(f)
             }
+            Body::FileRange(p, offset, len) => {
+                use std::io::{Seek, SeekFrom};
+                let bad = |e: io::Error| RegistryError::Invalid(format!("{}: {e}", p.display()));
+                let mut f = std::fs::File::open(p).map_err(bad)?;
+                f.seek(SeekFrom::Start(*offset)).map_err(bad)?;
+                req.set("Content-Length", &len.to_string())
+                    .send(f.take(*len))
+            }
         };
         match r {
             Ok(resp) => Ok(resp),
@@ -179,15 +199,17 @@ impl Client {
                 };
                 let mut url = realm.clone();
                 let mut sep = if url.contains('?') { '&' } else { '?' };
-                for (k, v) in [
-                    ("service", service.clone()),
-                    ("scope", Some(scope.clone()).filter(|s| !s.is_empty())),
-                ] {
-                    if let Some(v) = v {
-                        url.push(sep);
-                        url.push_str(&format!("{k}={}", query_escape(&v)));
-                        sep = '&';
-                    }
+                // One `scope` parameter per scope, as Docker sends them.
+                let params = service.iter().map(|v| ("service", v.as_str())).chain(
+                    scope
+                        .split(' ')
+                        .filter(|s| !s.is_empty())
+                        .map(|v| ("scope", v)),
+                );
+                for (k, v) in params {
+                    url.push(sep);
+                    url.push_str(&format!("{k}={}", query_escape(v)));
+                    sep = '&';
                 }
                 let mut headers = Vec::new();
                 if let Some((u, p)) = &self.creds {
@@ -688,6 +710,22 @@ pub fn push(
             media_type = oci::MEDIA_TYPE_OCI_MANIFEST.into();
         }
     }
+    // Blobs that another repository of the same registry already has (other tags in this
+    // store) are mounted from there instead of uploaded again.
+    let mut known: HashMap<Digest, String> = HashMap::new();
+    for (name, m) in store.refs()? {
+        let Ok(other) = Reference::parse(&name) else {
+            continue;
+        };
+        if other.domain != r.domain || other.path == repo {
+            continue;
+        }
+        if let Some(i) = store.image(&m)? {
+            for l in &i.layers {
+                known.entry(l.digest).or_insert_with(|| other.path.clone());
+            }
+        }
+    }
     let mut blobs: Vec<(Digest, u64)> = layers.iter().map(|l| (l.digest, l.size)).collect();
     blobs.push((
         img.config,
@@ -701,8 +739,8 @@ pub fn push(
         let handles: Vec<_> = blobs
             .iter()
             .map(|(d, _)| {
-                let (c, scope, repo) = (&c, &scope, &repo);
-                s.spawn(move || push_blob(store, c, repo, scope, d, report))
+                let (c, scope, repo, known) = (&c, &scope, &repo, &known);
+                s.spawn(move || push_blob(store, c, repo, scope, d, known.get(d), report))
             })
             .collect();
         handles
@@ -736,12 +774,14 @@ pub fn push(
     Ok((digest, manifest_bytes.len() as u64))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push_blob(
     store: &Store,
     c: &Client,
     repo: &str,
     scope: &str,
     d: &Digest,
+    mount_from: Option<&String>,
     report: Report<'_>,
 ) -> Result<()> {
     let short = &d.hex()[..12];
@@ -756,24 +796,56 @@ fn push_blob(
         report(&format!("{short}: Layer already exists"));
         return Ok(());
     }
-    let resp = c.send(
-        "POST",
-        &format!("/v2/{repo}/blobs/uploads/"),
-        scope,
-        &[],
-        Body::Empty,
-    )?;
-    let resp = c.expect(resp, &[202], &format!("start upload of {d}"))?;
-    let location = resp
-        .header("Location")
-        .ok_or_else(|| {
-            RegistryError::Invalid(format!("{}: upload started without a Location", c.host))
-        })?
-        .to_string();
-    let location = if location.starts_with('/') {
-        format!("{}{location}", c.base)
+    let start = match mount_from {
+        Some(from) => {
+            let scope = format!("{scope} repository:{from}:pull");
+            let url = format!(
+                "/v2/{repo}/blobs/uploads/?mount={}&from={}",
+                query_escape(&d.to_string()),
+                query_escape(from)
+            );
+            let resp = c.send("POST", &url, &scope, &[], Body::Empty)?;
+            if resp.status() == 201 {
+                report(&format!("{short}: Mounted from {from}"));
+                return Ok(());
+            }
+            resp
+        }
+        None => c.send(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            scope,
+            &[],
+            Body::Empty,
+        )?,
+    };
+    let resp = c.expect(start, &[202], &format!("start upload of {d}"))?;
+    let mut location = location_of(c, &resp)?;
+    let path = store.blob_path(d);
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let chunk = chunk_size();
+    let body = if size > chunk {
+        // Chunked: PATCH each range to the upload's current location, then PUT the digest.
+        let mut offset = 0;
+        while offset < size {
+            let len = chunk.min(size - offset);
+            let resp = c.send(
+                "PATCH",
+                &location,
+                scope,
+                &[
+                    ("Content-Type", "application/octet-stream".into()),
+                    ("Content-Range", format!("{offset}-{}", offset + len - 1)),
+                ],
+                Body::FileRange(path.clone(), offset, len),
+            )?;
+            let resp = c.expect(resp, &[202], &format!("upload {d} at {offset}"))?;
+            location = location_of(c, &resp)?;
+            offset += len;
+        }
+        Body::Empty
     } else {
-        location
+        Body::File(path)
     };
     let sep = if location.contains('?') { '&' } else { '?' };
     let url = format!("{location}{sep}digest={}", query_escape(&d.to_string()));
@@ -782,9 +854,21 @@ fn push_blob(
         &url,
         scope,
         &[("Content-Type", "application/octet-stream".into())],
-        Body::File(store.blob_path(d)),
+        body,
     )?;
     c.expect(resp, &[201, 204], &format!("upload {d}"))?;
     report(&format!("{short}: Pushed"));
     Ok(())
+}
+
+/// The absolute upload URL from a response's Location header.
+fn location_of(c: &Client, resp: &ureq::Response) -> Result<String> {
+    let l = resp.header("Location").ok_or_else(|| {
+        RegistryError::Invalid(format!("{}: an upload answer without a Location", c.host))
+    })?;
+    Ok(if l.starts_with('/') {
+        format!("{}{l}", c.base)
+    } else {
+        l.to_string()
+    })
 }

@@ -156,10 +156,31 @@ fn push_pull_and_peer_clients_agree_on_a_real_registry() {
     assert_eq!(v["Digest"], digest.as_str());
     // Pushing again: every blob is already there.
     assert!(ok(&k, &["push", &name]).contains("Layer already exists"));
+    // Another repository of the same registry: the layers are mounted, not uploaded.
+    let second = format!("{}/john/second:1", reg.host());
+    ok(&k, &["tag", "app", &second]);
+    let out = ok(&k, &["push", &second]);
+    assert!(out.contains("Mounted from john/get-started"), "{out}");
+    // Chunked uploads (PATCH ranges, then PUT) give the same blobs.
+    let third = format!("{}/john/chunked:1", reg.host());
+    ok(&k, &["tag", "app", &third]);
+    let o = k
+        .cmd()
+        .env("HOME", k.dir.path().join("home"))
+        .env("KILN_UPLOAD_CHUNK", "4096")
+        .args(["push", &third])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inspected = sh(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false"])
+        .arg(format!("docker://{third}")));
+    let v3: serde_json::Value = serde_json::from_str(&inspected).unwrap();
+    assert_eq!(v3["Digest"], digest.as_str());
 
     // rmi, pull: the same image ID, and it runs.
     let id = image_id(&k, "app");
-    ok(&k, &["rmi", "app", &name]);
+    ok(&k, &["rmi", "app", &name, &second, &third]);
     let out = ok(&k, &["pull", &name]);
     assert!(out.contains("Status: Downloaded newer image for"), "{out}");
     assert!(out.contains(&format!("Digest: {digest}")), "{out}");
