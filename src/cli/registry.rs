@@ -6,7 +6,91 @@ use crate::image::reference::Reference;
 use crate::registry::{self, auth, Client, RegistryError};
 use anyhow::{Context as _, Result};
 use clap::Args;
-use std::io::{BufRead, Write};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Mutex;
+
+/// Renders a pull or push: on a terminal a bar per blob, above which Docker's lines print;
+/// otherwise the lines alone, on stdout (or stderr, for the pulls `run` and `build` make).
+struct Bars {
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    to_stderr: bool,
+}
+
+impl Bars {
+    fn new(to_stderr: bool) -> Bars {
+        let tty = if to_stderr {
+            std::io::stderr().is_terminal()
+        } else {
+            std::io::stdout().is_terminal()
+        };
+        let multi = tty.then(|| {
+            MultiProgress::with_draw_target(if to_stderr {
+                ProgressDrawTarget::stderr()
+            } else {
+                ProgressDrawTarget::stdout()
+            })
+        });
+        Bars {
+            multi,
+            bars: Mutex::new(HashMap::new()),
+            to_stderr,
+        }
+    }
+}
+
+impl registry::Transfer for Bars {
+    fn line(&self, line: &str) {
+        if let Some(m) = &self.multi {
+            let short = line.split(": ").next().unwrap_or("");
+            if let Some(pb) = self
+                .bars
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(short)
+            {
+                pb.set_style(
+                    ProgressStyle::with_template("{msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                pb.finish_with_message(line.to_string());
+                return;
+            }
+            let _ = m.println(line);
+        } else if self.to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    fn start(&self, short: &str, what: &str, total: u64) {
+        let Some(m) = &self.multi else { return };
+        let pb = m.add(ProgressBar::new(total));
+        pb.set_style(
+            ProgressStyle::with_template("{prefix}: {msg} [{bar:30}] {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(short.to_string());
+        pb.set_message(what.to_string());
+        self.bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(short.to_string(), pb);
+    }
+    fn advance(&self, short: &str, n: u64) {
+        if let Some(pb) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(short)
+        {
+            pb.inc(n);
+        }
+    }
+}
 
 /// The registry host a user named (`docker.io` by default; Docker's Hub aliases map to it).
 fn registry_host(arg: Option<&str>) -> String {
@@ -66,8 +150,8 @@ pub(crate) fn ensure_image(store: &kiln_cache::Store, name: &str, always: bool) 
             reference.clone().with_default_tag().familiar()
         );
     }
-    let report = |l: &str| eprintln!("{l}");
-    registry::pull(store, &reference, &host_platform(), &report)
+    let bars = Bars::new(true);
+    registry::pull(store, &reference, &host_platform(), &bars)
         .map_err(registry_failure)
         .with_context(|| format!("pull {}", reference.familiar()))?;
     Ok(())
@@ -203,8 +287,8 @@ pub fn pull(ctx: &Ctx, a: PullArgs) -> Result<i32> {
     let store = ctx.store()?;
     let reference = Reference::parse(&a.name)?;
     let platform = parse_platform(a.platform.as_deref())?;
-    let report = |l: &str| println!("{l}");
-    registry::pull(&store, &reference, &platform, &report).map_err(registry_failure)?;
+    let bars = Bars::new(false);
+    registry::pull(&store, &reference, &platform, &bars).map_err(registry_failure)?;
     println!("{}", reference.with_default_tag());
     Ok(0)
 }

@@ -442,8 +442,41 @@ fn fetch_manifest(
     Ok((bytes, mt, digest))
 }
 
-/// One line of progress for the user (Docker's pull and push wording).
-pub type Report<'a> = &'a (dyn Fn(&str) + Sync);
+/// Where pull and push report their progress: Docker's lines, and bytes per blob (a terminal
+/// shows bars; elsewhere the lines are enough).
+pub trait Transfer: Sync {
+    /// A line of Docker's wording (`abc123: Pull complete`, `Digest: ...`).
+    fn line(&self, line: &str);
+    /// A blob transfer of `total` bytes starts (`short` is its digest's first 12 digits).
+    fn start(&self, _short: &str, _what: &str, _total: u64) {}
+    /// `n` more bytes of it moved.
+    fn advance(&self, _short: &str, _n: u64) {}
+}
+
+impl<F: Fn(&str) + Sync> Transfer for F {
+    fn line(&self, line: &str) {
+        self(line)
+    }
+}
+
+type Report<'a> = &'a dyn Transfer;
+
+/// Counts bytes read through it into a transfer's progress.
+struct Counting<'a, R> {
+    inner: R,
+    short: String,
+    report: Report<'a>,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 {
+            self.report.advance(&self.short, n as u64);
+        }
+        Ok(n)
+    }
+}
 
 /// Pulls `reference` into the store and tags it; returns the image.
 pub fn pull(
@@ -460,7 +493,7 @@ pub fn pull(
         .digest
         .map(|d| d.to_string())
         .unwrap_or_else(|| r.tag.clone().unwrap_or_default());
-    report(&format!(
+    report.line(&format!(
         "{}: Pulling from {}",
         r.tag.clone().unwrap_or_else(|| tag_or_digest.clone()),
         if r.domain == "docker.io" {
@@ -519,8 +552,8 @@ pub fn pull(
     if let Some(existing) = store.image(&digest)? {
         store.set_ref(&tag, &digest)?;
         store.write_index()?;
-        report(&format!("Digest: {digest}"));
-        report(&format!("Status: Image is up to date for {}", r.familiar()));
+        report.line(&format!("Digest: {digest}"));
+        report.line(&format!("Status: Image is up to date for {}", r.familiar()));
         return Ok(existing);
     }
     // Config.
@@ -610,8 +643,8 @@ pub fn pull(
             .and_then(crate::timefmt::parse_rfc3339),
     };
     store.commit_image(&new, &[tag])?;
-    report(&format!("Digest: {digest}"));
-    report(&format!(
+    report.line(&format!("Digest: {digest}"));
+    report.line(&format!(
         "Status: Downloaded newer image for {}",
         r.familiar()
     ));
@@ -637,7 +670,7 @@ fn pull_layer(
         )));
     }
     if let Some(rec) = store.layer(&l.digest)? {
-        report(&format!("{short}: Already exists"));
+        report.line(&format!("{short}: Already exists"));
         return Ok(rec);
     }
     let resp = c.send(
@@ -648,8 +681,18 @@ fn pull_layer(
         Body::Empty,
     )?;
     let resp = c.expect(resp, &[200], &format!("layer {}", l.digest))?;
+    let total = resp
+        .header("Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(l.size);
+    report.start(short, "Downloading", total);
     let mut ingest = store.ingest()?;
-    io::copy(&mut resp.into_reader(), &mut ingest)
+    let mut reader = Counting {
+        inner: resp.into_reader(),
+        short: short.to_string(),
+        report,
+    };
+    io::copy(&mut reader, &mut ingest)
         .map_err(|e| c.network(format!("download layer {}: {e}", l.digest)))?;
     let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {
         kiln_cache::Error::DigestMismatch { actual, .. } => RegistryError::Corrupt {
@@ -665,7 +708,7 @@ fn pull_layer(
             let _ = std::fs::remove_file(store.blob_path(&l.digest));
             RegistryError::Image(e)
         })?;
-    report(&format!("{short}: Pull complete"));
+    report.line(&format!("{short}: Pull complete"));
     Ok(rec)
 }
 
@@ -682,7 +725,7 @@ pub fn push(
     let c = Client::new(&r.domain);
     let repo = r.path.clone();
     let scope = format!("repository:{repo}:pull,push");
-    report(&format!("The push refers to repository [{}]", r.name()));
+    report.line(&format!("The push refers to repository [{}]", r.name()));
     let mut manifest_bytes = store.read_blob(&img.manifest.digest)?;
     let mut media_type = img.manifest.media_type.clone();
     let mut layers = img.layers.clone();
@@ -766,7 +809,7 @@ pub fn push(
     )?;
     c.expect(resp, &[200, 201], &format!("manifest {}", r.familiar()))?;
     let digest = Digest::of(&manifest_bytes);
-    report(&format!(
+    report.line(&format!(
         "{}: digest: {digest} size: {}",
         r.tag.clone().unwrap_or(target),
         manifest_bytes.len()
@@ -793,7 +836,7 @@ fn push_blob(
         Body::Empty,
     )?;
     if resp.status() == 200 {
-        report(&format!("{short}: Layer already exists"));
+        report.line(&format!("{short}: Layer already exists"));
         return Ok(());
     }
     let start = match mount_from {
@@ -806,7 +849,7 @@ fn push_blob(
             );
             let resp = c.send("POST", &url, &scope, &[], Body::Empty)?;
             if resp.status() == 201 {
-                report(&format!("{short}: Mounted from {from}"));
+                report.line(&format!("{short}: Mounted from {from}"));
                 return Ok(());
             }
             resp
@@ -823,6 +866,7 @@ fn push_blob(
     let mut location = location_of(c, &resp)?;
     let path = store.blob_path(d);
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    report.start(short, "Pushing", size);
     let chunk = chunk_size();
     let body = if size > chunk {
         // Chunked: PATCH each range to the upload's current location, then PUT the digest.
@@ -857,7 +901,7 @@ fn push_blob(
         body,
     )?;
     c.expect(resp, &[201, 204], &format!("upload {d}"))?;
-    report(&format!("{short}: Pushed"));
+    report.line(&format!("{short}: Pushed"));
     Ok(())
 }
 
