@@ -408,7 +408,7 @@ pub struct ExecArgs {
     /// Keep standard input open
     #[arg(short, long)]
     interactive: bool,
-    /// Allocate a pseudo-TTY (accepted; kiln does not allocate one yet)
+    /// Allocate a pseudo-TTY
     #[arg(short, long)]
     tty: bool,
     /// User (name or UID, optionally :group; default: the container's)
@@ -467,7 +467,7 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
                 env.push(format!("{k}={v}"));
             }
         }
-        let _ = a.tty;
+        use std::os::fd::AsFd;
         let es = crate::runtime::ExecSpec {
             pid: pid as i32,
             argv: a.cmd.clone(),
@@ -475,13 +475,51 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
             cwd: a.workdir.clone().unwrap_or(spec.runtime.cwd.clone()),
             ids,
             no_new_privs: spec.runtime.no_new_privs,
+            tty: a.tty,
+            winsize: crate::sys::proc::window_size(std::io::stdin().as_fd())
+                .map(|w| (w.ws_row, w.ws_col)),
+            cgroups: spec.runtime.cgroups.clone(),
         };
-        let stdin = if a.interactive {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
+        if !a.tty {
+            let stdin = if a.interactive {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            };
+            let status = crate::runtime::spawn_exec(&es, stdin)?.wait()?;
+            return Ok(crate::runtime::exit_code(status));
+        }
+        // -t: the helper sends the terminal's master back over a socket given as its stdin.
+        let (ours, theirs) = crate::sys::proc::socketpair()?;
+        let mut child = crate::runtime::spawn_exec(&es, Stdio::from(theirs))?;
+        let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) else {
+            return Ok(crate::runtime::exit_code(child.wait()?));
         };
-        let status = crate::runtime::spawn_exec(&es, stdin)?.wait()?;
+        let master = std::fs::File::from(master);
+        let raw = crate::sys::proc::make_raw(std::io::stdin().as_fd()).ok();
+        if a.interactive {
+            let mut w = master.try_clone()?;
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
+            });
+        }
+        let mut r = master.try_clone()?;
+        drop(master);
+        let out = std::thread::spawn(move || {
+            let mut o = std::io::stdout();
+            let mut buf = [0u8; 8192];
+            // The master reads EIO once the last slave copy closes.
+            while let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
+                if n == 0 || o.write_all(&buf[..n]).and_then(|_| o.flush()).is_err() {
+                    break;
+                }
+            }
+        });
+        let status = child.wait()?;
+        let _ = out.join();
+        if let Some(t) = raw {
+            crate::sys::proc::restore_terminal(std::io::stdin().as_fd(), &t);
+        }
         Ok(crate::runtime::exit_code(status))
     };
     match go() {

@@ -90,8 +90,11 @@ pub fn main() -> ! {
         std::fs::write(cg.join("cgroup.procs"), "0")
             .unwrap_or_else(|e| fail(&format!("join cgroup {}", cg.display()), e));
     }
-    let mut flags =
-        libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    let mut flags = libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP;
     if spec.net != Net::Host {
         flags |= libc::CLONE_NEWNET;
     }
@@ -132,6 +135,33 @@ pub fn main() -> ! {
     }
 }
 
+/// A terminal of the container's own devpts (so ttyname works inside), its master sent to the
+/// caller over fd 0, the slave as the three standard streams; then a session of its own with it
+/// as controlling terminal, so Ctrl-C typed there signals the workload.
+fn attach_tty(winsize: Option<(u16, u16)>) {
+    let (master, slave) = sys::proc::open_pty_at(Path::new("/dev/ptmx"))
+        .unwrap_or_else(|e| fail("open a pseudo-terminal", e));
+    if let Some((rows, cols)) = winsize {
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        p::set_window_size(slave.as_fd(), &ws);
+    }
+    // SAFETY: fd 0 is the socket the caller passed as stdin; it stays open for this call.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    p::send_fd(sock, master.as_fd()).unwrap_or_else(|e| fail("send the terminal", e));
+    drop(master);
+    for n in 0..3 {
+        p::dup2(slave.as_fd(), n).unwrap_or_else(|e| fail("attach the terminal", e));
+    }
+    drop(slave);
+    p::setsid().unwrap_or_else(|e| fail("setsid", e));
+    p::set_controlling_tty().unwrap_or_else(|e| fail("set the controlling terminal", e));
+}
+
 /// Entry point of `kiln __kiln-exec`: joins a running container's namespaces (IPC, UTS,
 /// network, PID, mount: mount last, since it changes what /proc means), forks so the command is
 /// in the PID namespace, and execs it with the container's credentials. Never returns.
@@ -146,9 +176,13 @@ pub fn exec_main() -> ! {
         ("ipc", libc::CLONE_NEWIPC),
         ("uts", libc::CLONE_NEWUTS),
         ("net", libc::CLONE_NEWNET),
+        ("cgroup", libc::CLONE_NEWCGROUP),
         ("pid", libc::CLONE_NEWPID),
         ("mnt", libc::CLONE_NEWNS),
     ];
+    for cg in &spec.cgroups {
+        let _ = std::fs::write(cg.join("cgroup.procs"), "0");
+    }
     let fds: Vec<(OwnedFd, libc::c_int, &str)> = kinds
         .iter()
         .map(|(n, k)| {
@@ -175,6 +209,9 @@ pub fn exec_main() -> ! {
             }
             p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)
                 .unwrap_or_else(|e| fail("set parent-death signal", e));
+            if spec.tty {
+                attach_tty(spec.winsize);
+            }
             exec_argv(&spec.argv, &spec.env)
         }
         Ok(p::Fork::Parent(pid)) => {
@@ -521,30 +558,7 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
     }
     drop(helper_alive);
     if spec.tty {
-        // A terminal of the container's own devpts (so ttyname works inside), its master sent
-        // to the caller over fd 0, the slave as the three standard streams; then a session of
-        // its own with it as controlling terminal, so Ctrl-C typed there signals the workload.
-        let (master, slave) = sys::proc::open_pty_at(Path::new("/dev/ptmx"))
-            .unwrap_or_else(|e| fail("open a pseudo-terminal", e));
-        if let Some((rows, cols)) = spec.winsize {
-            let ws = libc::winsize {
-                ws_row: rows,
-                ws_col: cols,
-                ws_xpixel: 0,
-                ws_ypixel: 0,
-            };
-            p::set_window_size(slave.as_fd(), &ws);
-        }
-        // SAFETY: fd 0 is the socket the caller passed as stdin; it stays open for this call.
-        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
-        p::send_fd(sock, master.as_fd()).unwrap_or_else(|e| fail("send the terminal", e));
-        drop(master);
-        for n in 0..3 {
-            p::dup2(slave.as_fd(), n).unwrap_or_else(|e| fail("attach the terminal", e));
-        }
-        drop(slave);
-        p::setsid().unwrap_or_else(|e| fail("setsid", e));
-        p::set_controlling_tty().unwrap_or_else(|e| fail("set the controlling terminal", e));
+        attach_tty(spec.winsize);
     }
     let argv: Vec<String> = match &spec.script {
         Some(_) => vec!["/dev/pipes/script".to_string()],

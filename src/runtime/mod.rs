@@ -115,6 +115,14 @@ pub struct ExecSpec {
     pub cwd: String,
     pub ids: Ids,
     pub no_new_privs: bool,
+    /// A pseudo-terminal of the container's devpts, its master sent back over fd 0 (`-t`).
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub winsize: Option<(u16, u16)>,
+    /// The container's control groups, joined so its limits hold for this process too.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 /// Starts the exec helper for `spec`.

@@ -572,6 +572,12 @@ fn tty_is_a_terminal_of_the_containers_own() {
     );
     let (_, out, _) = run(&k, &["run", "--rm", "base", "sh", "-c", "tty"]);
     assert_eq!(out, "not a tty\n");
+    // exec -t: a terminal of the container's devpts for the exec'd process too.
+    let (code, _, err) = run(&k, &["run", "-d", "--name", "t", "base", "sleep", "1000"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run(&k, &["exec", "-t", "t", "sh", "-c", "tty; exit 3"]);
+    assert_eq!((code, out.as_str()), (3, "/dev/pts/0\r\n"));
+    k.ok(&["rm", "-f", "t"]);
 }
 
 #[test]
