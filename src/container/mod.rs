@@ -656,6 +656,8 @@ pub fn run(
     let helper = child.id();
     let init = runtime::init_pid(helper, Duration::from_secs(10));
     if let Some(pid) = init {
+        // "running" once the workload runs, so `exec` and `stop` meet a container set up.
+        runtime::wait_exec(pid, Duration::from_secs(10));
         store.container_started(&id, pid as i64, kiln_cache::store::now())?;
         if forward_signals {
             std::thread::spawn(move || {

@@ -170,6 +170,20 @@ pub fn spawn_with_stdin(
         .spawn()
 }
 
+/// Waits until process `pid` has exec'd its workload (its executable is no longer kiln's, so
+/// the container is set up: hostname, mounts, credentials), or is gone.
+pub fn wait_exec(pid: i32, timeout: std::time::Duration) {
+    let ours = std::fs::read_link("/proc/self/exe").ok();
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        match std::fs::read_link(format!("/proc/{pid}/exe")) {
+            Ok(p) if Some(&p) == ours.as_ref() => {}
+            _ => return,
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+}
+
 /// The host PID of the container's init (the helper's only child), once it exists.
 pub fn init_pid(helper: u32, timeout: std::time::Duration) -> Option<i32> {
     let path = format!("/proc/{helper}/task/{helper}/children");

@@ -646,3 +646,18 @@ fn memory_cpu_and_pids_limits_on_cgroup_v1() {
     assert_eq!(code, 125);
     assert!(err.contains("12x"), "{err}");
 }
+
+/// Regression: `run -d` returned (and `ps` said Up) as soon as the container's init existed,
+/// before it had set its hostname and mounts, so an `exec` right after could see the host's.
+#[test]
+fn exec_right_after_run_d_meets_a_container_set_up() {
+    let Some(k) = setup() else { return };
+    for _ in 0..5 {
+        let (code, out, err) = run(&k, &["run", "-d", "base", "sleep", "1000"]);
+        assert_eq!(code, 0, "{err}");
+        let id = out.trim().to_string();
+        let (code, out, _) = run(&k, &["exec", &id, "hostname"]);
+        assert_eq!((code, out.trim()), (0, &id[..12]));
+        k.ok(&["rm", "-f", &id]);
+    }
+}
