@@ -231,3 +231,37 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Deletes step-cache rows (their files go with the next GC); returns how many went.
+    pub fn delete_steps(&self, keys: &[String]) -> Result<usize> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut n = 0;
+        {
+            let mut st = tx.prepare_cached("DELETE FROM step_cache WHERE key = ?1")?;
+            for k in keys {
+                n += st.execute([k])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// The images (manifest digests) whose layers include the blob `layer`.
+    pub fn images_using_layer(&self, layer: &Digest) -> Result<Vec<Digest>> {
+        let db = self.db();
+        let mut st = db.prepare_cached(
+            "SELECT DISTINCT il.manifest FROM image_layers il JOIN layers l ON l.digest = il.layer
+             WHERE l.diff_id = (SELECT diff_id FROM layers WHERE digest = ?1) ORDER BY il.manifest",
+        )?;
+        let rows = st.query_map([layer.to_string()], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(d) = r?.parse() {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+}

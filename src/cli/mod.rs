@@ -3,6 +3,7 @@
 //! its own line, then an optional `hint:`.
 
 mod build;
+mod cache;
 mod containers;
 mod images;
 mod registry;
@@ -78,6 +79,9 @@ enum Command {
     Push(registry::PushArgs),
     /// Pull an image from a registry
     Pull(registry::PullArgs),
+    /// Look at and trim the build step cache
+    #[command(subcommand)]
+    Cache(cache::CacheCommand),
     /// Manage the store
     #[command(subcommand)]
     System(system::SystemCommand),
@@ -191,6 +195,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Logout(a) => registry::logout(&ctx, a),
         Command::Push(a) => registry::push(&ctx, a),
         Command::Pull(a) => registry::pull(&ctx, a),
+        Command::Cache(c) => cache::run(&ctx, c),
         Command::System(c) => system::run(&ctx, c),
     };
     match result {

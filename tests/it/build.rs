@@ -835,3 +835,62 @@ fn a_store_on_overlayfs_builds_with_the_native_snapshotter() {
     assert_eq!(names, vec!["new"]);
     assert!(store.verify().unwrap().is_empty());
 }
+
+#[test]
+fn cache_ls_du_inspect_and_prune() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::write(ctx.join("f"), "f\n").unwrap();
+    dockerfile(&ctx, "FROM base\nCOPY f /f\nRUN echo one > /one\n");
+    build(&k, &ctx, &["-t", "c1"]);
+    dockerfile(&ctx, "FROM base\nCOPY f /f\nRUN echo two > /two\n");
+    build(&k, &ctx, &[]);
+    k.ok(&["rmi", "-f", &build(&k, &ctx, &[]).0]);
+
+    let ls = k.ok(&["cache", "ls"]);
+    assert!(ls.starts_with("KEY"), "{ls}");
+    assert!(
+        ls.contains("COPY f /f")
+            && ls.contains("RUN echo one > /one")
+            && ls.contains("RUN echo two"),
+        "{ls}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&k.ok(&["cache", "ls", "--format", "json"])).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    let key = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["instruction"] == "RUN echo one > /one")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(&k.ok(&["cache", "inspect", &key[..12]])).unwrap();
+    assert_eq!(v["Key"], key.as_str());
+    assert!(v["UsedByImages"][0].as_str().unwrap().contains("c1"), "{v}");
+    assert!(k.ok(&["cache", "du"]).contains("Step layers"));
+
+    // Default prune: only what no image uses (the second RUN, its image removed).
+    let out = k.ok(&["cache", "prune"]);
+    assert!(out.contains("1 cache entries"), "{out}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&k.ok(&["cache", "ls", "--format", "json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // --all: everything; images keep their layers; the next build misses and works.
+    k.ok(&["cache", "prune", "--all"]);
+    assert_eq!(k.ok(&["cache", "ls"]).lines().count(), 1);
+    assert!(k.store().verify().unwrap().is_empty());
+    assert_eq!(read(&image_view(&k, "c1"), "/one"), "one\n");
+    dockerfile(&ctx, "FROM base\nCOPY f /f\nRUN echo one > /one\n");
+    let (_, p) = build(&k, &ctx, &["-t", "c1"]);
+    assert_eq!(counts(&p), (0, 2), "{p}");
+    let err = k.fails(&["cache", "inspect", "ffffffffffff"]);
+    assert!(err.contains("no cache entry"), "{err}");
+}

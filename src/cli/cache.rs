@@ -1,0 +1,327 @@
+//! `kiln cache ls|du|inspect|prune`: the build step cache, looked at and trimmed.
+
+use super::{table, Ctx};
+use crate::timefmt;
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use kiln_cache::{GcOptions, StepRecord, Store};
+use std::collections::HashSet;
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List the step cache: key, instruction, created, last used, hits, layer size
+    Ls(LsArgs),
+    /// Space the step cache uses, and what pruning would reclaim
+    Du,
+    /// A step's key inputs, its layer, and the images that use it
+    Inspect(InspectArgs),
+    /// Remove cache entries, least recently used first (images keep what they need)
+    Prune(PruneArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Output format: table or json
+    #[arg(long, default_value = "table", value_parser = ["table", "json"])]
+    format: String,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A step key or a unique prefix of one
+    key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Remove every entry (default: only those no image uses)
+    #[arg(short, long)]
+    all: bool,
+    /// Keep the most recently used entries up to this much layer data (e.g. 500mb, 2gb)
+    #[arg(long, value_name = "SIZE")]
+    keep_storage: Option<String>,
+    /// Only entries last used before this long ago: until=DURATION (e.g. until=24h, 90m, 7d)
+    #[arg(long, value_name = "until=DURATION")]
+    filter: Option<String>,
+    /// Do not prompt (kiln never prompts; accepted for Docker's habit)
+    #[arg(short, long)]
+    force: bool,
+}
+
+pub fn run(ctx: &Ctx, c: CacheCommand) -> Result<i32> {
+    match c {
+        CacheCommand::Ls(a) => ls(ctx, a),
+        CacheCommand::Du => du(ctx),
+        CacheCommand::Inspect(a) => inspect(ctx, a),
+        CacheCommand::Prune(a) => prune(ctx, a),
+    }
+}
+
+fn layer_size(r: &StepRecord) -> u64 {
+    r.layer.as_ref().map_or(0, |l| l.size)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n - 1).collect::<String>())
+    }
+}
+
+fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let steps = store.steps()?;
+    if a.format == "json" {
+        let v: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "key": s.key,
+                    "instruction": s.instruction,
+                    "created": timefmt::rfc3339(s.created),
+                    "last_used": timefmt::rfc3339(s.last_used),
+                    "hits": s.hits,
+                    "layer": s.layer.as_ref().map(|l| l.digest.to_string()),
+                    "layer_size": layer_size(s),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(0);
+    }
+    let now = kiln_cache::store::now();
+    let mut rows = vec![vec![
+        "KEY".to_string(),
+        "INSTRUCTION".into(),
+        "CREATED".into(),
+        "LAST USED".into(),
+        "HITS".into(),
+        "SIZE".into(),
+    ]];
+    for s in &steps {
+        rows.push(vec![
+            s.key[..12].to_string(),
+            truncate(&s.instruction, 40),
+            timefmt::ago(s.created, now),
+            timefmt::ago(s.last_used, now),
+            s.hits.to_string(),
+            if s.layer.is_some() {
+                timefmt::human_size(layer_size(s))
+            } else {
+                "0B".into()
+            },
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+/// The step-layer digests some image also uses (their bytes are shared, not reclaimable).
+fn shared_layers(store: &Store, steps: &[StepRecord]) -> Result<HashSet<String>> {
+    let mut out = HashSet::new();
+    for s in steps {
+        if let Some(l) = &s.layer {
+            if !store.images_using_layer(&l.digest)?.is_empty() {
+                out.insert(l.digest.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn du(ctx: &Ctx) -> Result<i32> {
+    let store = ctx.store()?;
+    let steps = store.steps()?;
+    let shared = shared_layers(&store, &steps)?;
+    let mut seen = HashSet::new();
+    let (mut total, mut shared_bytes) = (0u64, 0u64);
+    let mut snap_bytes = 0u64;
+    let mut chains = HashSet::new();
+    for s in &steps {
+        if let Some(l) = &s.layer {
+            if seen.insert(l.digest.to_string()) {
+                total += l.size;
+                if shared.contains(&l.digest.to_string()) {
+                    shared_bytes += l.size;
+                }
+            }
+        }
+        if let Some(c) = s.chain_id {
+            if s.layer.is_some() && chains.insert(c) {
+                if let Some(snap) = store.snapshot(&c)? {
+                    snap_bytes += snap.size;
+                }
+            }
+        }
+    }
+    let rows = vec![
+        vec![
+            "TYPE".to_string(),
+            "ENTRIES".into(),
+            "SIZE".into(),
+            "RECLAIMABLE".into(),
+        ],
+        vec![
+            "Step layers".into(),
+            steps.len().to_string(),
+            timefmt::human_size(total),
+            timefmt::human_size(total - shared_bytes),
+        ],
+        vec![
+            "  shared with images".into(),
+            shared.len().to_string(),
+            timefmt::human_size(shared_bytes),
+            "0B".into(),
+        ],
+        vec![
+            "Step snapshots".into(),
+            chains.len().to_string(),
+            timefmt::human_size(snap_bytes),
+            "-".into(),
+        ],
+        vec!["Cache mounts".into(), "0".into(), "0B".into(), "0B".into()],
+    ];
+    print!("{}", table(&rows));
+    Ok(0)
+}
+
+fn find(store: &Store, key: &str) -> Result<StepRecord> {
+    let hits: Vec<StepRecord> = store
+        .steps()?
+        .into_iter()
+        .filter(|s| s.key.starts_with(key))
+        .collect();
+    match hits.len() {
+        1 => Ok(hits.into_iter().next().expect("one")),
+        0 => anyhow::bail!("no cache entry with key {key:?}: `kiln cache ls` lists them"),
+        n => anyhow::bail!("key {key:?} matches {n} cache entries: give more of it"),
+    }
+}
+
+fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let s = find(&store, &a.key)?;
+    let inputs: serde_json::Value =
+        serde_json::from_str(&s.inputs).unwrap_or(serde_json::Value::Null);
+    let images: Vec<String> = match &s.layer {
+        Some(l) => store
+            .images_using_layer(&l.digest)?
+            .iter()
+            .map(|m| {
+                let tags = store.refs_of(m).unwrap_or_default();
+                if tags.is_empty() {
+                    m.to_string()
+                } else {
+                    tags.join(", ")
+                }
+            })
+            .collect(),
+        None => vec![],
+    };
+    let v = serde_json::json!({
+        "Key": s.key,
+        "Parent": s.parent,
+        "Instruction": s.instruction,
+        "Inputs": inputs,
+        "Layer": s.layer.as_ref().map(|l| serde_json::json!({
+            "Digest": l.digest.to_string(),
+            "DiffID": l.diff_id.to_string(),
+            "MediaType": l.media_type,
+            "Size": l.size,
+            "UncompressedSize": l.uncompressed_size,
+        })),
+        "ChainID": s.chain_id.map(|c| c.to_string()),
+        "Created": timefmt::rfc3339(s.created),
+        "LastUsed": timefmt::rfc3339(s.last_used),
+        "Hits": s.hits,
+        "UsedByImages": images,
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+/// Parses Docker's sizes (`500mb`, `2gb`, `1024`).
+fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        Some('t') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| *n >= 0.0)
+        .map(|n| (n * mult as f64) as u64)
+        .ok_or_else(|| anyhow::anyhow!("invalid size {s:?}: e.g. 500mb, 2gb"))
+}
+
+/// Parses `until=DURATION` (Go durations and days: `24h`, `90m`, `7d`) into seconds.
+fn parse_until(f: &str) -> Result<i64> {
+    let d = f.strip_prefix("until=").ok_or_else(|| {
+        anyhow::anyhow!("invalid --filter {f:?}: the filter kiln knows is until=DURATION")
+    })?;
+    if let Some(days) = d.strip_suffix('d') {
+        if let Ok(n) = days.parse::<i64>() {
+            return Ok(n * 86_400);
+        }
+    }
+    let ns = crate::dockerfile::instructions::parse_go_duration(d).ok_or_else(|| {
+        anyhow::anyhow!("invalid --filter {f:?}: a duration such as 24h, 90m or 7d")
+    })?;
+    Ok((ns / 1_000_000_000) as i64)
+}
+
+fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let _ = a.force;
+    let now = kiln_cache::store::now();
+    let older = a.filter.as_deref().map(parse_until).transpose()?;
+    let keep = a.keep_storage.as_deref().map(parse_size).transpose()?;
+    let mut steps = store.steps()?; // most recently used first
+    let shared = shared_layers(&store, &steps)?;
+    // With --keep-storage, the most recently used entries up to SIZE stay.
+    let mut kept_bytes = 0u64;
+    let mut doomed = Vec::new();
+    steps.sort_by_key(|s| std::cmp::Reverse(s.last_used));
+    for s in &steps {
+        let size = layer_size(s);
+        let eligible = older.is_none_or(|o| s.last_used <= now - o);
+        let used = s
+            .layer
+            .as_ref()
+            .is_some_and(|l| shared.contains(&l.digest.to_string()));
+        let wanted = match keep {
+            Some(limit) => {
+                if kept_bytes + size <= limit {
+                    kept_bytes += size;
+                    false
+                } else {
+                    true
+                }
+            }
+            None => a.all || !used,
+        };
+        if eligible && wanted {
+            doomed.push(s.key.clone());
+        }
+    }
+    let removed = store.delete_steps(&doomed)?;
+    let report = store.gc(GcOptions {
+        prune_dangling: false,
+        wait: true,
+    })?;
+    let reclaimed = report.map_or(0, |r| r.bytes_reclaimed);
+    for k in &doomed {
+        println!("Deleted cache entry {}", &k[..12]);
+    }
+    println!(
+        "Total reclaimed space: {} ({removed} cache entries)",
+        timefmt::human_size(reclaimed)
+    );
+    Ok(0)
+}
