@@ -84,6 +84,60 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         }
     }
 
+    // RUN --mount: tmpfs and cache mounts. Their targets (and missing parents) are stubs too, so
+    // nothing of them reaches the layer; a locked cache mount is held for the whole step.
+    let mut extra = Vec::new();
+    let mut _locks = Vec::new();
+    for m in &r.mounts {
+        let target =
+            m.fields.get("target").cloned().ok_or_else(|| {
+                RunError::Setup(format!("--mount=type={} needs a target", m.kind))
+            })?;
+        let target = crate::plan::resolve_path(&r.workdir, &target);
+        let mut missing = Vec::new();
+        let mut p = std::path::PathBuf::from(&target);
+        loop {
+            let s = p.display().to_string();
+            if s == "/"
+                || view
+                    .resolve(&s, true)
+                    .map_err(setup("look up mount targets"))?
+                    .is_some()
+            {
+                break;
+            }
+            missing.push((s, true));
+            if !p.pop() {
+                break;
+            }
+        }
+        missing.reverse();
+        for st in missing {
+            if !stubs.contains(&st) {
+                stubs.push(st);
+            }
+        }
+        match m.kind.as_str() {
+            "tmpfs" => {
+                let mut options = "mode=1777".to_string();
+                if let Some(size) = m.fields.get("size") {
+                    options.push_str(&format!(",size={size}"));
+                }
+                extra.push(runtime::ExtraMount::Tmpfs { target, options });
+            }
+            "cache" => {
+                let (source, lock) = cache_dir(store, m, &target)?;
+                _locks.extend(lock);
+                extra.push(runtime::ExtraMount::Bind { target, source });
+            }
+            other => {
+                return Err(RunError::Setup(format!(
+                    "RUN --mount=type={other} is not supported yet (tmpfs and cache are)"
+                )))
+            }
+        }
+    }
+
     let upper = req.snapshot_dir.join("fs");
     let mut keep = Vec::new();
     let (rootfs, tree) = match req.snapshotter {
@@ -163,6 +217,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         tty: false,
         winsize: None,
         cgroups: vec![],
+        mounts: extra,
     };
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;
@@ -200,6 +255,83 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
                 _trees: keep,
             })
         }
+    }
+}
+
+/// The host directory of a cache mount: `<root>/cache-mounts/<blake3(id)>`, made with the
+/// mount's mode, uid and gid the first time. `sharing=locked` holds an exclusive lock on it for
+/// the step; `sharing=private` takes a fresh scratch directory when another build holds it;
+/// `shared` (the default) neither. Cache mounts are never keyed and never in a layer.
+fn cache_dir(
+    store: &Store,
+    m: &crate::dockerfile::instructions::Mount,
+    target: &str,
+) -> Result<(std::path::PathBuf, Option<fs::File>), RunError> {
+    use std::os::unix::fs::PermissionsExt;
+    let id = m.fields.get("id").map(String::as_str).unwrap_or(target);
+    let base = store.root().join("cache-mounts");
+    let dir = base.join(blake3::hash(id.as_bytes()).to_hex().as_str());
+    if !dir.exists() {
+        fs::create_dir_all(&base).map_err(setup("create cache mounts"))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .tempdir_in(&base)
+            .map_err(setup("create a cache mount"))?;
+        let mode = m
+            .fields
+            .get("mode")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0o755);
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+            .map_err(setup("chmod a cache mount"))?;
+        let num = |k: &str| {
+            m.fields
+                .get(k)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        std::os::unix::fs::chown(tmp.path(), Some(num("uid")), Some(num("gid")))
+            .map_err(setup("chown a cache mount"))?;
+        let kept = tmp.keep();
+        // Another build may have made it meanwhile: theirs wins.
+        if fs::rename(&kept, &dir).is_err() {
+            let _ = fs::remove_dir_all(&kept);
+        }
+    }
+    let sharing = m
+        .fields
+        .get("sharing")
+        .map(String::as_str)
+        .unwrap_or("shared");
+    let lockfile = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.with_extension("lock"))
+            .map_err(setup("open a cache mount's lock"))
+    };
+    match sharing {
+        "locked" => {
+            let f = lockfile()?;
+            f.lock().map_err(setup("lock a cache mount"))?;
+            Ok((dir, Some(f)))
+        }
+        "private" => {
+            let f = lockfile()?;
+            match f.try_lock() {
+                Ok(()) => Ok((dir, Some(f))),
+                Err(_) => {
+                    let scratch = tempfile::Builder::new()
+                        .prefix(".private-")
+                        .tempdir_in(&base)
+                        .map_err(setup("create a private cache mount"))?
+                        .keep();
+                    Ok((scratch, None))
+                }
+            }
+        }
+        _ => Ok((dir, None)),
     }
 }
 

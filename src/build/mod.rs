@@ -855,11 +855,25 @@ fn run_step(
             }
         }
         StepKind::Run(r) => {
-            if let Some(m) = r.mounts.first() {
+            if let Some(m) = r
+                .mounts
+                .iter()
+                .find(|m| m.kind != "tmpfs" && m.kind != "cache")
+            {
                 return Err(step_error(
                     ctx,
                     step,
-                    format!("RUN --mount=type={} is not supported yet", m.kind),
+                    format!(
+                        "RUN --mount=type={} is not supported yet (tmpfs and cache are)",
+                        m.kind
+                    ),
+                ));
+            }
+            if let Some(m) = r.mounts.iter().find(|m| m.fields.contains_key("from")) {
+                return Err(step_error(
+                    ctx,
+                    step,
+                    format!("RUN --mount=type={},from=... is not supported yet", m.kind),
                 ));
             }
             if r.insecure {

@@ -180,7 +180,15 @@ fn du(ctx: &Ctx) -> Result<i32> {
             timefmt::human_size(snap_bytes),
             "-".into(),
         ],
-        vec!["Cache mounts".into(), "0".into(), "0B".into(), "0B".into()],
+        {
+            let (n, bytes) = cache_mounts(&store);
+            vec![
+                "Cache mounts".into(),
+                n.to_string(),
+                timefmt::human_size(bytes),
+                timefmt::human_size(bytes),
+            ]
+        },
     ];
     print!("{}", table(&rows));
     Ok(0)
@@ -239,6 +247,28 @@ fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !m.is_dir() {
+        return m.len();
+    }
+    std::fs::read_dir(p)
+        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// RUN cache mounts (`<root>/cache-mounts/<id>`): how many, and their bytes.
+fn cache_mounts(store: &Store) -> (usize, u64) {
+    let Ok(rd) = std::fs::read_dir(store.root().join("cache-mounts")) else {
+        return (0, 0);
+    };
+    rd.flatten()
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+        .fold((0, 0), |(n, b), e| (n + 1, b + dir_size(&e.path())))
 }
 
 /// Parses Docker's sizes (`500mb`, `2gb`, `1024`).
@@ -311,11 +341,36 @@ fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
         }
     }
     let removed = store.delete_steps(&doomed)?;
+    // --all drops the RUN cache mounts too (taking each one's lock, so no build is using it).
+    let mut mounts_bytes = 0;
+    if a.all && older.is_none() && keep.is_none() {
+        let dir = store.root().join("cache-mounts");
+        if let Ok(rd) = std::fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if !p.is_dir() {
+                    continue;
+                }
+                let lock = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(p.with_extension("lock"));
+                if let Ok(l) = &lock {
+                    if l.try_lock().is_err() {
+                        continue;
+                    }
+                }
+                mounts_bytes += dir_size(&p);
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        }
+    }
     let report = store.gc(GcOptions {
         prune_dangling: false,
         wait: true,
     })?;
-    let reclaimed = report.map_or(0, |r| r.bytes_reclaimed);
+    let reclaimed = report.map_or(0, |r| r.bytes_reclaimed) + mounts_bytes;
     for k in &doomed {
         println!("Deleted cache entry {}", &k[..12]);
     }

@@ -410,6 +410,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             tty: o.tty,
             winsize: None,
             cgroups: cgroups(&id, o)?,
+            mounts: vec![],
         },
         ports,
         stop_signal,

@@ -508,6 +508,19 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
     for (path, host) in &spec.files {
         bind_at(&root, path, host, 0);
     }
+    for m in &spec.mounts {
+        match m {
+            super::ExtraMount::Tmpfs { target, options } => mount_at(
+                &root,
+                target,
+                "tmpfs",
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                options,
+            ),
+            super::ExtraMount::Bind { target, source } => bind_at(&root, target, source, 0),
+        }
+    }
     if let Some(script) = &spec.script {
         let dev = root
             .open_dir(&clean(Path::new("/dev/pipes")).expect("clean"))

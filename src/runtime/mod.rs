@@ -100,6 +100,18 @@ pub struct Spec {
     /// it starts are accounted and limited there (`-m`, `--cpus`, `--pids-limit`).
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// Extra mounts (RUN --mount): tmpfs, or a host directory bound read-write.
+    #[serde(default)]
+    pub mounts: Vec<ExtraMount>,
+}
+
+/// A mount added to a container's root filesystem at `target`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ExtraMount {
+    /// A tmpfs; `options` as mount(8) takes them (`size=...`).
+    Tmpfs { target: String, options: String },
+    /// A host directory, bound read-write (a cache mount).
+    Bind { target: String, source: PathBuf },
 }
 
 /// The hidden argv[1] that makes kiln act as the exec helper (`kiln exec`).

@@ -426,7 +426,7 @@ fn a_failing_run_names_the_line_the_exit_code_and_the_output() {
     );
 
     // RUN mounts come later (a clear error, never a silent build without the mount).
-    dockerfile(&ctx, "FROM base\nRUN --mount=type=cache,target=/c true\n");
+    dockerfile(&ctx, "FROM base\nRUN --mount=type=secret,id=s true\n");
     let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
     assert!(
         err.contains("Dockerfile:2") && err.contains("not supported yet"),
@@ -893,4 +893,77 @@ fn cache_ls_du_inspect_and_prune() {
     assert_eq!(counts(&p), (0, 2), "{p}");
     let err = k.fails(&["cache", "inspect", "ffffffffffff"]);
     assert!(err.contains("no cache entry"), "{err}");
+}
+
+#[test]
+fn run_cache_and_tmpfs_mounts() {
+    let Some((k, ctx)) = setup() else { return };
+    // A cache mount persists across builds and --no-cache, is shared by id, and never reaches
+    // a layer; its target does not appear in the image either.
+    dockerfile(
+        &ctx,
+        "FROM base\nRUN --mount=type=cache,id=c,target=/root/.cache/x echo run >> /root/.cache/x/log && wc -l < /root/.cache/x/log > /count\n\
+         RUN --mount=type=cache,id=c,target=/other wc -l < /other/log > /seen\n\
+         RUN --mount=type=tmpfs,target=/scratch,size=1m echo t > /scratch/t && df -k /scratch | tail -1 > /df\n",
+    );
+    build(&k, &ctx, &["-t", "m1"]);
+    build(&k, &ctx, &["-t", "m2", "--no-cache"]);
+    let v = image_view(&k, "m2");
+    assert_eq!(read(&v, "/count").trim(), "2");
+    assert_eq!(read(&v, "/seen").trim(), "2", "shared by id");
+    assert!(read(&v, "/df").contains("1024"), "tmpfs size");
+    for p in ["/root/.cache", "/other", "/scratch"] {
+        assert!(
+            v.resolve(p, false).unwrap().is_none(),
+            "{p} leaked into the image"
+        );
+    }
+    let du = k.ok(&["cache", "du"]);
+    assert!(
+        du.lines()
+            .any(|l| l.starts_with("Cache mounts") && l.contains(" 1 ")),
+        "{du}"
+    );
+    // sharing=locked serializes two concurrent builds on the same id.
+    dockerfile(
+        &ctx,
+        "FROM base\nARG N\nRUN --mount=type=cache,id=l,target=/l,sharing=locked echo start $N >> /l/log && sleep 0.3 && echo end $N >> /l/log\n",
+    );
+    let spawn = |n: &str| {
+        k.cmd()
+            .args([
+                "build",
+                "-q",
+                "--build-arg",
+                &format!("N={n}"),
+                ctx.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    dockerfile(
+        &ctx,
+        "FROM base\nRUN --mount=type=cache,id=l,target=/l cat /l/log > /log\n",
+    );
+    build(&k, &ctx, &["-t", "log", "--no-cache"]);
+    let log = read(&image_view(&k, "log"), "/log");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert!(
+        lines[0].starts_with("start")
+            && lines[1].starts_with("end")
+            && lines[0][6..] == lines[1][4..],
+        "interleaved: {log}"
+    );
+    // prune --all drops the cache mounts.
+    k.ok(&["cache", "prune", "--all"]);
+    assert!(k
+        .ok(&["cache", "du"])
+        .lines()
+        .any(|l| l.starts_with("Cache mounts") && l.contains(" 0 ")));
 }
