@@ -39,6 +39,10 @@ pub struct RunRequest<'a> {
     pub snapshot_dir: &'a Path,
     pub network_none: bool,
     pub snapshotter: Snapshotter,
+    /// `kiln build --secret` values by id (never keyed, logged or written to the store).
+    pub secrets: &'a std::collections::BTreeMap<String, Vec<u8>>,
+    /// Bind mount sources by mount index: a prepared copy, and whether it is a directory.
+    pub binds: &'a std::collections::BTreeMap<usize, (std::path::PathBuf, bool)>,
 }
 
 /// Why a RUN failed.
@@ -88,35 +92,72 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     // nothing of them reaches the layer; a locked cache mount is held for the whole step.
     let mut extra = Vec::new();
     let mut _locks = Vec::new();
-    for m in &r.mounts {
-        let target =
-            m.fields.get("target").cloned().ok_or_else(|| {
-                RunError::Setup(format!("--mount=type={} needs a target", m.kind))
-            })?;
+    let mut secret_env = Vec::new();
+    // Secret files live outside the store, readable by root only, gone after the step.
+    let secret_dir = tempfile::Builder::new()
+        .prefix("kiln-secrets-")
+        .tempdir()
+        .map_err(setup("create the secrets directory"))?;
+    for (i, m) in r.mounts.iter().enumerate() {
+        let target = m.fields.get("target").cloned();
+        if m.kind == "secret" {
+            let id = m
+                .fields
+                .get("id")
+                .cloned()
+                .or_else(|| {
+                    target
+                        .as_deref()
+                        .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
+                })
+                .ok_or_else(|| RunError::Setup("--mount=type=secret needs an id".into()))?;
+            let required = m.fields.get("required").is_some_and(|v| v != "false");
+            let Some(value) = req.secrets.get(&id) else {
+                if required {
+                    return Err(RunError::Setup(format!(
+                        "secret {id:?} is required but was not given: kiln build --secret id={id},src=FILE"
+                    )));
+                }
+                continue;
+            };
+            if let Some(var) = m.fields.get("env") {
+                secret_env.push(format!("{var}={}", String::from_utf8_lossy(value)));
+                if target.is_none() {
+                    continue;
+                }
+            }
+            let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
+            let target = crate::plan::resolve_path(&r.workdir, &target);
+            add_stubs(view, &target, false, &mut stubs)?;
+            let file = secret_dir
+                .path()
+                .join(blake3::hash(id.as_bytes()).to_hex().as_str());
+            write_secret(&file, value, m)?;
+            extra.push(runtime::ExtraMount::ReadOnly {
+                target,
+                source: file,
+            });
+            continue;
+        }
+        let target = target
+            .ok_or_else(|| RunError::Setup(format!("--mount=type={} needs a target", m.kind)))?;
         let target = crate::plan::resolve_path(&r.workdir, &target);
-        let mut missing = Vec::new();
-        let mut p = std::path::PathBuf::from(&target);
-        loop {
-            let s = p.display().to_string();
-            if s == "/"
-                || view
-                    .resolve(&s, true)
-                    .map_err(setup("look up mount targets"))?
-                    .is_some()
-            {
-                break;
+        if m.kind == "bind" {
+            let (source, is_dir) = req
+                .binds
+                .get(&i)
+                .cloned()
+                .ok_or_else(|| RunError::Setup("bind mount source not prepared".into()))?;
+            add_stubs(view, &target, is_dir, &mut stubs)?;
+            let rw = m.fields.get("rw").or(m.fields.get("readwrite"));
+            if rw.is_some_and(|v| v != "false") {
+                extra.push(runtime::ExtraMount::Bind { target, source });
+            } else {
+                extra.push(runtime::ExtraMount::ReadOnly { target, source });
             }
-            missing.push((s, true));
-            if !p.pop() {
-                break;
-            }
+            continue;
         }
-        missing.reverse();
-        for st in missing {
-            if !stubs.contains(&st) {
-                stubs.push(st);
-            }
-        }
+        add_stubs(view, &target, true, &mut stubs)?;
         match m.kind.as_str() {
             "tmpfs" => {
                 let mut options = "mode=1777".to_string();
@@ -132,8 +173,8 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             }
             other => {
                 return Err(RunError::Setup(format!(
-                    "RUN --mount=type={other} is not supported yet (tmpfs and cache are)"
-                )))
+                "RUN --mount=type={other} is not supported yet (bind, cache, tmpfs and secret are)"
+            )))
             }
         }
     }
@@ -190,6 +231,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     };
 
     let mut env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.extend(secret_env);
     if !r.env.iter().any(|(k, _)| k == "PATH") {
         env.push(format!("PATH={}", crate::plan::DEFAULT_PATH));
     }
@@ -256,6 +298,72 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             })
         }
     }
+}
+
+/// Adds `target` (a directory or a file) and its missing parents to the stubs, shallowest first.
+fn add_stubs(
+    view: &View,
+    target: &str,
+    dir: bool,
+    stubs: &mut Vec<(String, bool)>,
+) -> Result<(), RunError> {
+    let mut missing = Vec::new();
+    let mut p = std::path::PathBuf::from(target);
+    let mut is_dir = dir;
+    loop {
+        let s = p.display().to_string();
+        if s == "/"
+            || view
+                .resolve(&s, true)
+                .map_err(setup("look up mount targets"))?
+                .is_some()
+        {
+            break;
+        }
+        missing.push((s, is_dir));
+        is_dir = true;
+        if !p.pop() {
+            break;
+        }
+    }
+    missing.reverse();
+    for st in missing {
+        if !stubs.contains(&st) {
+            stubs.push(st);
+        }
+    }
+    Ok(())
+}
+
+/// Writes a secret file with the mount's mode (default 0400) and owner.
+fn write_secret(
+    file: &Path,
+    value: &[u8],
+    m: &crate::dockerfile::instructions::Mount,
+) -> Result<(), RunError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = m
+        .fields
+        .get("mode")
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .unwrap_or(0o400);
+    let mut f = fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(mode)
+        .open(file)
+        .map_err(setup("write a secret"))?;
+    f.write_all(value).map_err(setup("write a secret"))?;
+    let num = |k: &str| {
+        m.fields
+            .get(k)
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    std::os::unix::fs::fchown(&f, Some(num("uid")), Some(num("gid")))
+        .map_err(setup("chown a secret"))?;
+    Ok(())
 }
 
 /// The host directory of a cache mount: `<root>/cache-mounts/<blake3(id)>`, made with the

@@ -64,6 +64,8 @@ pub struct BuildOptions {
     /// Names the Dockerfile across builds (its absolute path), so a miss can be explained
     /// against the last build of the same step.
     pub dockerfile_id: String,
+    /// `--secret` values by id, for RUN --mount=type=secret (never keyed or stored).
+    pub secrets: BTreeMap<String, Vec<u8>>,
 }
 
 /// A progress event. Step numbers start at 1 and are stable for a plan.
@@ -804,6 +806,7 @@ fn run_step(
     };
     let mut roots: Option<Vec<copy::Root_>> = None;
     let mut from_src: Option<View> = None;
+    let mut binds: Vec<(usize, Vec<copy::Root_>)> = Vec::new();
     match &step.kind {
         StepKind::Copy(c) => {
             if c.copy
@@ -858,23 +861,67 @@ fn run_step(
             if let Some(m) = r
                 .mounts
                 .iter()
-                .find(|m| m.kind != "tmpfs" && m.kind != "cache")
+                .find(|m| !matches!(m.kind.as_str(), "tmpfs" | "cache" | "secret" | "bind"))
             {
                 return Err(step_error(
                     ctx,
                     step,
                     format!(
-                        "RUN --mount=type={} is not supported yet (tmpfs and cache are)",
+                        "RUN --mount=type={} is not supported yet (bind, cache, tmpfs and secret are)",
                         m.kind
                     ),
                 ));
             }
-            if let Some(m) = r.mounts.iter().find(|m| m.fields.contains_key("from")) {
+            if let Some(m) = r
+                .mounts
+                .iter()
+                .find(|m| m.kind == "cache" && m.fields.contains_key("from"))
+            {
                 return Err(step_error(
                     ctx,
                     step,
                     format!("RUN --mount=type={},from=... is not supported yet", m.kind),
                 ));
+            }
+            // Bind mounts are keyed by what they expose: the selected context files' digests,
+            // or a stage's key / an image's digest with the source path.
+            let mut from_sources = r.mount_sources.iter();
+            for (i, m) in r.mounts.iter().enumerate() {
+                if m.kind != "bind" {
+                    if m.fields.contains_key("from") {
+                        from_sources.next();
+                    }
+                    continue;
+                }
+                let source = m.fields.get("source").map_or(".", |s| s.as_str());
+                let source = source.trim_start_matches('/');
+                let source = if source.is_empty() { "." } else { source };
+                let mut mc = Canon::new();
+                mc.str(0, &i.to_string());
+                let roots = if m.fields.contains_key("from") {
+                    let src = from_sources
+                        .next()
+                        .ok_or_else(|| BuildError::Internal("mount source not resolved".into()))?;
+                    let (view, identity) = from_view(ctx, src, results)?;
+                    mc.str(1, &identity).str(2, source);
+                    let what = format!("the --mount from={}", m.fields["from"]);
+                    copy::select_view(&[source.to_string()], &view, &what)
+                        .map_err(|e| step_error(ctx, step, e))?
+                } else {
+                    let entries = ctx
+                        .entries
+                        .get_or_init(|| ctx.context.walk().map_err(|e| e.to_string()));
+                    let entries = entries
+                        .as_ref()
+                        .map_err(|e| step_error(ctx, step, e.clone()))?;
+                    let r = copy::select_context(&[source.to_string()], entries, &ctx.hasher)
+                        .map_err(|e| step_error(ctx, step, format!("--mount=type=bind: {e}")))?;
+                    mc.nested(3, &copy::inputs_digest(&r));
+                    summary.files.extend(file_summary(&r));
+                    r
+                };
+                inputs.nested(2, &mc);
+                binds.push((i, roots));
             }
             if r.insecure {
                 return Err(step_error(
@@ -1020,6 +1067,33 @@ fn run_step(
         }
         StepKind::Run(r) => {
             let network_none = ctx.opts.network_none || r.network == plan::Network::None;
+            // Bind sources are copied into the step's scratch files (never into the layer), so
+            // the RUN sees exactly what was keyed and `rw` writes are discarded.
+            let mut bind_dirs = BTreeMap::new();
+            for (i, roots) in &binds {
+                let base = dir.path().join("files").join("binds").join(i.to_string());
+                std::fs::create_dir_all(&base)?;
+                let empty = View::default();
+                let mut w = copy::Writer::new(
+                    &base,
+                    &empty,
+                    copy::WriteOptions {
+                        chown: None,
+                        chmod: None,
+                        unpack: false,
+                        now: ctx.now,
+                        link_from: None,
+                    },
+                )
+                .map_err(|e| step_error(ctx, step, e))?;
+                w.copy(roots, "/").map_err(|e| step_error(ctx, step, e))?;
+                w.finish().map_err(|e| step_error(ctx, step, e))?;
+                let (path, is_dir) = match roots.as_slice() {
+                    [r] if !r.is_dir => (base.join(&r.name), false),
+                    _ => (base, true),
+                };
+                bind_dirs.insert(*i, (path, is_dir));
+            }
             let out = |line: &str| ctx.progress.event(Event::Output { n, line });
             match exec::run(
                 ctx.store,
@@ -1030,6 +1104,8 @@ fn run_step(
                     snapshot_dir: dir.path(),
                     network_none,
                     snapshotter: ctx.opts.snapshotter,
+                    secrets: &ctx.opts.secrets,
+                    binds: &bind_dirs,
                 },
                 &out,
             ) {

@@ -62,8 +62,60 @@ pub struct BuildArgs {
     /// overlay, native when the store itself is on overlayfs (kiln inside a container)
     #[arg(long, env = "KILN_SNAPSHOTTER", value_name = "NAME", value_parser = ["overlay", "native"])]
     snapshotter: Option<String>,
+    /// A secret for RUN --mount=type=secret: id=NAME[,src=FILE | ,env=VAR] (with neither, the
+    /// environment variable NAME); may be repeated
+    #[arg(long = "secret", value_name = "id=NAME[,src=FILE|,env=VAR]")]
+    secrets: Vec<String>,
     /// The build context directory
     context: PathBuf,
+}
+
+/// Reads every `--secret` value now, so a missing file fails before any work. The values are
+/// kept in memory only.
+fn secret_map(specs: &[String]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let (mut id, mut src, mut env, mut kind) = (None, None, None, None);
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(v.to_string()),
+                Some(("env", v)) => env = Some(v.to_string()),
+                Some(("type", v @ ("file" | "env"))) => kind = Some(v.to_string()),
+                _ => anyhow::bail!(
+                    "invalid --secret {spec:?}: unexpected {field:?} (expected id=NAME[,src=FILE|,env=VAR])"
+                ),
+            }
+        }
+        let id = match id {
+            Some(id) if !id.is_empty() => id,
+            _ => anyhow::bail!("invalid --secret {spec:?}: id=NAME is required"),
+        };
+        let value = match (src, env) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("invalid --secret {spec:?}: give src= or env=, not both")
+            }
+            (Some(file), None) => {
+                std::fs::read(&file).with_context(|| format!("read secret {id:?} from {file}"))?
+            }
+            (None, env) => {
+                let var = env.unwrap_or_else(|| id.clone());
+                if kind.as_deref() == Some("file") {
+                    std::fs::read(&var).with_context(|| format!("read secret {id:?} from {var}"))?
+                } else {
+                    std::env::var_os(&var)
+                        .map(|v| std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec())
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "secret {id:?}: the environment variable {var} is not set (give src=FILE or env=VAR)"
+                            )
+                        })?
+                }
+            }
+        };
+        out.insert(id, value);
+    }
+    Ok(out)
 }
 
 /// `KEY=VALUE` or `KEY` (from the environment; dropped when unset, as Docker does).
@@ -483,6 +535,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         None => format!("stdin:{}", args.context.display()),
     };
     let opts = BuildOptions {
+        secrets: secret_map(&args.secrets)?,
         tags,
         build_args,
         target: args.target.clone(),

@@ -519,6 +519,19 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
                 options,
             ),
             super::ExtraMount::Bind { target, source } => bind_at(&root, target, source, 0),
+            super::ExtraMount::ReadOnly { target, source } => {
+                bind_at(&root, target, source, 0);
+                let t = self::target(&root, target)
+                    .unwrap_or_else(|e| fail(&format!("open mount point {target}"), e));
+                p::mount(
+                    "",
+                    &t.proc_path,
+                    "",
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    "",
+                )
+                .unwrap_or_else(|e| fail(&format!("make {target} read-only"), e));
+            }
         }
     }
     if let Some(script) = &spec.script {

@@ -112,6 +112,8 @@ pub enum ExtraMount {
     Tmpfs { target: String, options: String },
     /// A host directory, bound read-write (a cache mount).
     Bind { target: String, source: PathBuf },
+    /// A host file or directory, bound read-only (a secret).
+    ReadOnly { target: String, source: PathBuf },
 }
 
 /// The hidden argv[1] that makes kiln act as the exec helper (`kiln exec`).

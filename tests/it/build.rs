@@ -5,6 +5,7 @@
 use crate::common::*;
 use kiln::snapshot::view::View;
 use std::fs;
+use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -426,7 +427,7 @@ fn a_failing_run_names_the_line_the_exit_code_and_the_output() {
     );
 
     // RUN mounts come later (a clear error, never a silent build without the mount).
-    dockerfile(&ctx, "FROM base\nRUN --mount=type=secret,id=s true\n");
+    dockerfile(&ctx, "FROM base\nRUN --mount=type=ssh true\n");
     let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
     assert!(
         err.contains("Dockerfile:2") && err.contains("not supported yet"),
@@ -966,4 +967,201 @@ fn run_cache_and_tmpfs_mounts() {
         .ok(&["cache", "du"])
         .lines()
         .any(|l| l.starts_with("Cache mounts") && l.contains(" 0 ")));
+}
+
+/// Every file under `dir` whose bytes contain `needle` (compressed blobs are searched both raw
+/// and decompressed).
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for e in walkdir(dir) {
+        let Ok(bytes) = fs::read(&e) else { continue };
+        let mut found = bytes.windows(needle.len()).any(|w| w == needle);
+        if !found {
+            let plain = kiln_cache::codec::decompress(&bytes[..])
+                .ok()
+                .and_then(|mut r| {
+                    let mut out = Vec::new();
+                    r.read_to_end(&mut out).ok().map(|_| out)
+                });
+            found = plain.is_some_and(|p| p.windows(needle.len()).any(|w| w == needle));
+        }
+        if found {
+            hits.push(e.display().to_string());
+        }
+    }
+    hits
+}
+
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn run_secret_mounts_never_reach_the_store_or_the_output() {
+    let Some((k, ctx)) = setup() else { return };
+    let file_secret = "s3cr3t-from-a-file-5d1c";
+    let env_secret = "s3cr3t-from-the-env-9a7e";
+    let src = k.dir.path().join("token");
+    fs::write(&src, file_secret).unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\n\
+         RUN --mount=type=secret,id=tok touch /len-$(cat /run/secrets/tok | wc -c) && stat -c %a /run/secrets/tok > /mode\n\
+         RUN --mount=type=secret,id=api,env=API_KEY,required test \"${API_KEY%-the-env-9a7e}\" = s3cr3t-from && echo ok > /env-ok\n\
+         RUN --mount=type=secret,id=tok,target=/etc/app/key,uid=1,mode=0440 stat -c '%u %a' /etc/app/key > /owner\n\
+         RUN --mount=type=secret,id=absent ls /run/secrets > /absent 2>&1 || true\n",
+    );
+    let o = k
+        .cmd()
+        .env("MY_API", env_secret)
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "sec",
+            "--secret",
+            &format!("id=tok,src={}", src.display()),
+            "--secret",
+            "id=api,env=MY_API",
+            ctx.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    // The progress shows the instructions with their mount flags, never a value.
+    assert!(
+        !err.contains(file_secret) && !err.contains(env_secret),
+        "{err}"
+    );
+    let v = image_view(&k, "sec");
+    assert!(
+        v.resolve("/len-23", false).unwrap().is_some(),
+        "the secret file was readable"
+    );
+    assert_eq!(read(&v, "/mode").trim(), "400");
+    assert_eq!(read(&v, "/env-ok").trim(), "ok");
+    assert_eq!(read(&v, "/owner").trim(), "1 440");
+    assert!(
+        read(&v, "/absent").contains("No such file"),
+        "an absent optional secret mounts nothing"
+    );
+    for p in [
+        "/run/secrets/tok",
+        "/run/secrets",
+        "/etc/app/key",
+        "/etc/app",
+    ] {
+        assert!(
+            v.resolve(p, false).unwrap().is_none(),
+            "{p} is in the image"
+        );
+    }
+    let hist = serde_json::to_string(&config(&k, "sec")).unwrap();
+    assert!(
+        !hist.contains(file_secret) && !hist.contains(env_secret),
+        "{hist}"
+    );
+    // Nowhere in the store: blobs (decompressed too), snapshots, the database.
+    for needle in [file_secret, env_secret] {
+        let hits = files_containing(&k.root(), needle.as_bytes());
+        assert!(hits.is_empty(), "{needle} found in {hits:?}");
+    }
+    // A secret never keys the step: another value hits the cache.
+    fs::write(&src, "another-value-entirely!").unwrap();
+    let o = k
+        .cmd()
+        .env("MY_API", env_secret)
+        .args(["build", "--progress", "plain", "--secret"])
+        .arg(format!("id=tok,src={}", src.display()))
+        .args(["--secret", "id=api,env=MY_API", ctx.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(counts(&String::from_utf8_lossy(&o.stderr)).1, 0);
+    // required and missing: an error naming the secret and the line.
+    let err = k.fails(&[
+        "build",
+        "--no-cache",
+        "--secret",
+        &format!("id=tok,src={}", src.display()),
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("Dockerfile:3") && err.contains("\"api\""),
+        "{err}"
+    );
+    // A missing --secret file is named before any work.
+    let err = k.fails(&[
+        "build",
+        "--secret",
+        "id=tok,src=/no/such/file",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(err.contains("/no/such/file"), "{err}");
+}
+
+#[test]
+fn run_bind_mounts_are_keyed_by_what_they_expose() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::create_dir_all(ctx.join("src")).unwrap();
+    fs::write(ctx.join("src/a.txt"), "alpha\n").unwrap();
+    fs::write(ctx.join("src/secret.key"), "no\n").unwrap();
+    fs::write(ctx.join("other.txt"), "unrelated\n").unwrap();
+    fs::write(ctx.join(".dockerignore"), "src/*.key\n").unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base AS gen\nRUN mkdir /out && echo generated > /out/g.txt && echo junk > /junk\n\
+         FROM base\n\
+         RUN --mount=type=bind,source=src,target=/mnt/src cat /mnt/src/a.txt > /a && ls /mnt/src > /ls && (touch /mnt/src/new 2>/dev/null && echo writable || echo read-only) > /ro\n\
+         RUN --mount=type=bind,from=gen,source=/out,target=/g,rw cat /g/g.txt > /g.txt && echo scribble > /g/g.txt && touch /g/extra\n\
+         RUN --mount=type=bind,from=gen,source=/out/g.txt,target=/one.txt cat /one.txt > /again.txt\n\
+         RUN --mount=target=/ctx ls /ctx > /ctx-ls\n",
+    );
+    let (_, out) = build(&k, &ctx, &["-t", "b1"]);
+    let v = image_view(&k, "b1");
+    assert_eq!(read(&v, "/a"), "alpha\n");
+    assert_eq!(read(&v, "/ls"), "a.txt\n", ".dockerignore applies: {out}");
+    assert_eq!(read(&v, "/ro").trim(), "read-only");
+    assert_eq!(read(&v, "/g.txt"), "generated\n");
+    assert_eq!(
+        read(&v, "/again.txt"),
+        "generated\n",
+        "the write of the rw mount was discarded"
+    );
+    assert!(read(&v, "/ctx-ls").contains("other.txt"));
+    for p in ["/mnt", "/g", "/one.txt", "/ctx"] {
+        assert!(
+            v.resolve(p, false).unwrap().is_none(),
+            "{p} leaked into the image"
+        );
+    }
+    // An unrelated file only misses the step that binds the whole context.
+    fs::write(ctx.join("other.txt"), "changed\n").unwrap();
+    let (_, out) = build(&k, &ctx, &[]);
+    assert_eq!(counts(&out).1, 1, "{out}");
+    assert!(out.contains("1 file changed: other.txt"), "{out}");
+    // The bound file misses its step (and, through it, the ones after).
+    fs::write(ctx.join("src/a.txt"), "beta\n").unwrap();
+    let (_, out) = build(&k, &ctx, &["-t", "b2"]);
+    assert!(out.contains("1 file changed: src/a.txt"), "{out}");
+    assert_eq!(read(&image_view(&k, "b2"), "/a"), "beta\n");
+    // The excluded file changing changes nothing.
+    fs::write(ctx.join("src/secret.key"), "still no\n").unwrap();
+    let (_, out) = build(&k, &ctx, &[]);
+    assert_eq!(counts(&out).1, 0, "{out}");
 }
