@@ -67,6 +67,9 @@ pub struct Item {
 #[derive(Clone, Debug)]
 pub struct Root_ {
     pub name: String,
+    /// The source's path as selected, relative to its root ("" for the whole context or an
+    /// inline heredoc): what `--parents` keeps.
+    pub path: String,
     pub is_dir: bool,
     pub items: Vec<Item>,
 }
@@ -128,6 +131,10 @@ pub fn select_context(
     }
     // A source that is itself a symlink is followed (BuildKit copies with FollowSymlinks; links
     // below a copied directory stay links). The target resolves inside the context.
+    let paths: Vec<String> = picked
+        .iter()
+        .map(|(_, _, at)| at.map(|i| entries[i].path.clone()).unwrap_or_default())
+        .collect();
     for (_, is_dir, at) in picked.iter_mut() {
         let Some(i) = *at else { continue };
         if entries[i].kind != EntryKind::Symlink {
@@ -172,7 +179,7 @@ pub fn select_context(
         .collect();
     let root = hasher.root();
     let mut out = Vec::new();
-    for (name, is_dir, at) in picked {
+    for ((name, is_dir, at), path) in picked.into_iter().zip(paths) {
         let base_len = match at {
             Some(i) if is_dir => entries[i].path.len() + 1,
             _ => 0,
@@ -228,6 +235,7 @@ pub fn select_context(
         }
         out.push(Root_ {
             name,
+            path,
             is_dir,
             items,
         });
@@ -374,10 +382,84 @@ pub fn select_view(srcs: &[String], view: &View, what: &str) -> Result<Vec<Root_
             }
             out.push(Root_ {
                 name: base_name(&m),
+                path: m.clone(),
                 is_dir: f.is_dir(),
                 items,
             });
         }
+    }
+    Ok(out)
+}
+
+/// `COPY --exclude` and `--parents`, applied to selected roots before they are keyed.
+///
+/// Exclusions use `.dockerignore` syntax (with `!` exceptions) and match a directory source's
+/// paths relative to it, and a file source by its name; an excluded directory takes its
+/// contents with it. `--parents` places each source at its full selected path below the
+/// destination (`COPY --parents a/b/c.txt /d/` writes `/d/a/b/c.txt`) instead of its base name.
+pub fn apply_parents_exclude(
+    roots: Vec<Root_>,
+    parents: bool,
+    exclude: &[String],
+) -> Result<Vec<Root_>, String> {
+    let matcher = crate::context::dockerignore::Matcher::new(exclude)
+        .map_err(|e| format!("bad --exclude pattern: {}", e.why))?;
+    let mut out = Vec::new();
+    for mut r in roots {
+        if !matcher.is_empty() {
+            if !r.is_dir && matcher.excludes(&r.name) {
+                continue;
+            }
+            let mut dropped: Vec<String> = Vec::new();
+            r.items.retain(|it| {
+                if it.rel.is_empty() || !r.is_dir {
+                    return true;
+                }
+                if dropped.iter().any(|d| {
+                    it.rel.starts_with(d.as_str()) && it.rel.as_bytes().get(d.len()) == Some(&b'/')
+                }) {
+                    return false;
+                }
+                if matcher.excludes(&it.rel) {
+                    if it.kind == Kind::Dir {
+                        dropped.push(it.rel.clone());
+                    }
+                    return false;
+                }
+                true
+            });
+        }
+        if parents && !r.path.is_empty() {
+            let prefix = r.path.clone();
+            for it in r.items.iter_mut() {
+                it.rel = if it.rel.is_empty() {
+                    prefix.clone()
+                } else {
+                    format!("{prefix}/{}", it.rel)
+                };
+            }
+            if !r.is_dir {
+                r.is_dir = true;
+                r.items.insert(
+                    0,
+                    Item {
+                        rel: String::new(),
+                        kind: Kind::Dir,
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                        mtime: (0, 0),
+                        data: Data::Inline(Vec::new()),
+                        hash: [0; 32],
+                        size: 0,
+                        unchanged: false,
+                    },
+                );
+            }
+            r.name = String::new();
+            r.path = String::new();
+        }
+        out.push(r);
     }
     Ok(out)
 }

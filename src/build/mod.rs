@@ -820,18 +820,6 @@ fn run_step(
                     "remote sources (URLs, git) are not supported yet",
                 ));
             }
-            if c.copy.parents || !c.copy.exclude.is_empty() || c.copy.link {
-                // --link is only an optimization hint for the layer's independence: the
-                // copy itself is identical, so it is accepted; --parents/--exclude change
-                // what is copied and are not implemented yet.
-                if c.copy.parents || !c.copy.exclude.is_empty() {
-                    return Err(step_error(
-                        ctx,
-                        step,
-                        "--parents and --exclude are not supported yet",
-                    ));
-                }
-            }
             match &c.source {
                 Source::Context => {
                     let entries = ctx
@@ -840,7 +828,9 @@ fn run_step(
                     let entries = entries
                         .as_ref()
                         .map_err(|e| step_error(ctx, step, e.clone()))?;
-                    let mut r = copy::select_context(&c.copy.sources, entries, &ctx.hasher)
+                    let r = copy::select_context(&c.copy.sources, entries, &ctx.hasher)
+                        .map_err(|e| step_error(ctx, step, e))?;
+                    let mut r = copy::apply_parents_exclude(r, c.copy.parents, &c.copy.exclude)
                         .map_err(|e| step_error(ctx, step, e))?;
                     for src in &c.copy.inline {
                         r.push(inline_root(src, ctx.now));
@@ -940,9 +930,45 @@ fn run_step(
     }
     let key = step.key(&state.key, &inputs);
     let slot = slot(ctx, stage, si);
+    // COPY --link: the layer is written against an empty tree, so it does not depend on the
+    // layers below; a second key without the parent finds it again after the base changed.
+    // Owners named by --chown are resolved in the base and keyed as numbers.
+    let link_key = match &step.kind {
+        StepKind::Copy(c) if c.copy.link => {
+            let mut li = inputs.clone();
+            if let Some(spec) = c.copy.chown.as_deref() {
+                let (u, g) = copy::resolve_chown(spec, &state.view())
+                    .map_err(|e| step_error(ctx, step, e))?;
+                li.str(5, &format!("{u}:{g}"));
+            }
+            Some(plan::step_key(None, &step.definition, &li))
+        }
+        _ => None,
+    };
     if !ctx.opts.no_cache {
-        if let Some(rec) = ctx.store.step(&key.to_hex())? {
+        let linked = match &link_key {
+            Some(lk) => ctx.store.step(&lk.to_hex())?.map(|mut r| {
+                // Reused on this parent: record it under the full key too.
+                r.key = key.to_hex();
+                r.slot = slot.clone();
+                r.parent = state.key.to_hex();
+                r
+            }),
+            None => None,
+        };
+        let found = match ctx.store.step(&key.to_hex())? {
+            Some(r) => Some((r, false)),
+            None => linked.map(|r| (r, true)),
+        };
+        if let Some((rec, relinked)) = found {
             if let Some(next) = reuse(ctx, state, &rec)? {
+                if relinked {
+                    ctx.store.record_step(&StepRecord {
+                        chain_id: next.chain(),
+                        hits: 0,
+                        ..rec.clone()
+                    })?;
+                }
                 ctx.hits
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -999,7 +1025,9 @@ fn run_step(
                         Source::Stage(i) => format!("stage {}", ctx.plan.stages[*i].display_name()),
                         Source::Context => "the context".into(),
                     };
-                    let mut r = copy::select_view(&c.copy.sources, v, &what)
+                    let r = copy::select_view(&c.copy.sources, v, &what)
+                        .map_err(|e| step_error(ctx, step, e))?;
+                    let mut r = copy::apply_parents_exclude(r, c.copy.parents, &c.copy.exclude)
                         .map_err(|e| step_error(ctx, step, e))?;
                     for src in &c.copy.inline {
                         r.push(inline_root(src, ctx.now));
@@ -1022,9 +1050,10 @@ fn run_step(
                 .map(|m| u32::from_str_radix(m, 8))
                 .transpose()
                 .map_err(|e| step_error(ctx, step, e.to_string()))?;
+            let empty = View::default();
             let mut w = copy::Writer::new(
                 &upper,
-                &view,
+                if c.copy.link { &empty } else { &view },
                 copy::WriteOptions {
                     chown,
                     chmod,
@@ -1182,6 +1211,17 @@ fn run_step(
         hits: 0,
     };
     ctx.store.record_step(&rec)?;
+    if let Some(lk) = &link_key {
+        let link_slot = blake3::hash(format!("{}:link", rec.slot).as_bytes())
+            .to_hex()
+            .to_string();
+        ctx.store.record_step(&StepRecord {
+            key: lk.to_hex(),
+            slot: link_slot,
+            parent: String::new(),
+            ..rec.clone()
+        })?;
+    }
     tracing::debug!(step = %step.text, secs = t_commit.elapsed().as_secs_f64(), "committed");
     next.key = key;
     next.executed = true;
@@ -1214,6 +1254,7 @@ fn mark_unchanged(
         for it in root.items.iter_mut() {
             let probe = copy::Root_ {
                 name: name.clone(),
+                path: String::new(),
                 is_dir,
                 items: vec![],
             };
@@ -1255,6 +1296,7 @@ pub enum Produced {
 fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) -> copy::Root_ {
     copy::Root_ {
         name: src.path.clone(),
+        path: String::new(),
         is_dir: false,
         items: vec![copy::Item {
             rel: String::new(),

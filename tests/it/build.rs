@@ -1165,3 +1165,79 @@ fn run_bind_mounts_are_keyed_by_what_they_expose() {
     let (_, out) = build(&k, &ctx, &[]);
     assert_eq!(counts(&out).1, 0, "{out}");
 }
+
+#[test]
+fn copy_link_parents_and_exclude() {
+    let Some((k, ctx)) = setup() else { return };
+    for (p, body) in [
+        ("web/index.html", "<h1>hi</h1>\n"),
+        ("web/app.js", "js\n"),
+        ("web/notes.md", "md\n"),
+        ("web/tmp/scratch.txt", "scratch\n"),
+        ("web/img/logo.svg", "svg\n"),
+        ("pkg/a/go.mod", "module a\n"),
+        ("pkg/b/go.mod", "module b\n"),
+        ("pkg/b/main.go", "package main\n"),
+    ] {
+        fs::create_dir_all(ctx.join(p).parent().unwrap()).unwrap();
+        fs::write(ctx.join(p), body).unwrap();
+    }
+    // A second base: the busybox base plus one file.
+    let base2 = k.dir.path().join("base2");
+    fs::create_dir_all(&base2).unwrap();
+    fs::write(
+        base2.join("Dockerfile"),
+        "FROM base\nRUN echo two > /base2\n",
+    )
+    .unwrap();
+    build(&k, &base2, &["-t", "base2"]);
+
+    dockerfile(
+        &ctx,
+        "ARG B=base\nFROM $B\n\
+         COPY --exclude=*.md --exclude=tmp web /site/\n\
+         COPY --parents pkg/*/go.mod /src/\n\
+         COPY --link --chown=1:1 web/index.html /app/\n\
+         RUN ls -R /site /src > /listing && stat -c '%u %n' /app/index.html > /owner\n",
+    );
+    let (_, out) = build(&k, &ctx, &["-t", "l1"]);
+    let v = image_view(&k, "l1");
+    let listing = read(&v, "/listing");
+    for want in ["app.js", "index.html", "logo.svg", "go.mod"] {
+        assert!(listing.contains(want), "{want} missing: {listing}");
+    }
+    for gone in ["notes.md", "scratch.txt", "tmp", "main.go"] {
+        assert!(!listing.contains(gone), "{gone} copied: {listing}");
+    }
+    assert_eq!(read(&v, "/src/pkg/a/go.mod"), "module a\n");
+    assert_eq!(read(&v, "/src/pkg/b/go.mod"), "module b\n");
+    assert_eq!(read(&v, "/owner").trim(), "1 /app/index.html");
+    assert!(out.contains("COPY --link"), "{out}");
+
+    // An excluded file changing does not miss.
+    fs::write(ctx.join("web/notes.md"), "changed\n").unwrap();
+    fs::write(ctx.join("pkg/b/main.go"), "package main // changed\n").unwrap();
+    let (_, out) = build(&k, &ctx, &[]);
+    assert_eq!(counts(&out).1, 0, "{out}");
+
+    // The base changes: every step misses except the linked COPY, whose layer is reused.
+    let (_, out) = build(&k, &ctx, &["-t", "l2", "--build-arg", "B=base2"]);
+    let copy_line = out.lines().position(|l| l.contains("COPY --link")).unwrap();
+    assert!(
+        out.lines().nth(copy_line + 1).unwrap().ends_with("CACHED"),
+        "{out}"
+    );
+    assert_eq!(counts(&out), (1, 3), "{out}");
+    let (c1, c2) = (config(&k, "l1"), config(&k, "l2"));
+    let n1 = c1.rootfs.diff_ids.len();
+    let n2 = c2.rootfs.diff_ids.len();
+    assert_eq!(
+        c1.rootfs.diff_ids[n1 - 2],
+        c2.rootfs.diff_ids[n2 - 2],
+        "the linked layer is the same"
+    );
+    let v = image_view(&k, "l2");
+    assert_eq!(read(&v, "/app/index.html"), "<h1>hi</h1>\n");
+    assert_eq!(read(&v, "/base2"), "two\n");
+    assert_eq!(read(&v, "/owner").trim(), "1 /app/index.html");
+}
