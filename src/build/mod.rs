@@ -66,6 +66,9 @@ pub struct BuildOptions {
     pub dockerfile_id: String,
     /// `--secret` values by id, for RUN --mount=type=secret (never keyed or stored).
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--explain`: report every step's key inputs, and for a miss what differs from the
+    /// nearest earlier build of the same step.
+    pub explain: bool,
 }
 
 /// A progress event. Step numbers start at 1 and are stable for a plan.
@@ -88,6 +91,11 @@ pub enum Event<'a> {
     Output {
         n: usize,
         line: &'a str,
+    },
+    /// `--explain` lines for a step (its key inputs, and for a miss what differs).
+    Explain {
+        n: usize,
+        lines: &'a [String],
     },
     Done {
         n: usize,
@@ -160,6 +168,8 @@ pub struct Outcome {
 #[derive(Clone, Debug)]
 struct StageState {
     key: StepKey,
+    /// What the stage is built on, for explaining a changed base.
+    base: String,
     layers: Vec<LayerRecord>,
     /// Snapshot fs dirs, bottom to top.
     lowers: Vec<PathBuf>,
@@ -451,6 +461,7 @@ fn base_state(
     match &stage.base {
         Base::Scratch => Ok(StageState {
             key: plan::base_key("scratch"),
+            base: "scratch".into(),
             layers: vec![],
             lowers: vec![],
             config: empty_config(),
@@ -461,6 +472,7 @@ fn base_state(
             let snaps = crate::snapshot::unpack_image(ctx.store, img).map_err(ImageError::from)?;
             Ok(StageState {
                 key: plan::base_key(&img.manifest.digest.to_string()),
+                base: format!("image {r} ({})", img.manifest.digest),
                 layers: img.layers.clone(),
                 lowers: snaps.iter().map(|s| ctx.store.snapshot_fs(s)).collect(),
                 config: ctx.configs[r].clone(),
@@ -475,6 +487,11 @@ fn base_state(
                 .ok_or_else(|| BuildError::Internal("base stage did not run".into()))?;
             Ok(StageState {
                 key: plan::base_key(&s.key.to_hex()),
+                base: format!(
+                    "stage {} (key {})",
+                    ctx.plan.stages[*i].display_name(),
+                    &s.key.to_hex()[..12]
+                ),
                 ..s
             })
         }
@@ -660,6 +677,12 @@ struct Inputs {
     files: BTreeMap<String, String>,
     #[serde(default)]
     from: Option<String>,
+    /// The instruction's canonical form, readable (`--explain`).
+    #[serde(default)]
+    canonical: Vec<String>,
+    /// The stage's base, for its first step.
+    #[serde(default)]
+    base: Option<String>,
 }
 
 /// One line saying why `key` missed, comparing with the last build of the same step.
@@ -679,7 +702,16 @@ fn why_missed(
     let old: Inputs = serde_json::from_str(&prev.inputs).unwrap_or_default();
     if prev.parent != parent {
         return if first_step {
-            "cache miss: the base image changed".into()
+            match (&old.base, &inputs.base) {
+                (Some(a), Some(b)) if a != b => {
+                    format!(
+                        "cache miss: the base changed: {} -> {}",
+                        short_ids(a),
+                        short_ids(b)
+                    )
+                }
+                _ => "cache miss: the base image changed".into(),
+            }
         } else {
             "cache miss: an earlier step changed".into()
         };
@@ -738,6 +770,225 @@ fn why_missed(
     } else {
         format!("cache miss: {}", parts.join(", "))
     }
+}
+
+/// Shortens every `sha256:<64 hex>` in `s` to 12 hex digits.
+fn short_ids(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("sha256:") {
+        out.push_str(&rest[..i + 7]);
+        let hex = &rest[i + 7..];
+        let n = hex.bytes().take_while(u8::is_ascii_hexdigit).count();
+        out.push_str(&hex[..n.min(12)]);
+        rest = &hex[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The instruction's canonical definition, one readable line per field (what the key hashes,
+/// besides the parent and the selected files).
+fn describe(step: &plan::Step) -> Vec<String> {
+    let q = |v: &[String]| serde_json::to_string(v).unwrap_or_default();
+    let mut out = Vec::new();
+    match &step.kind {
+        StepKind::Run(r) => {
+            out.push(format!("run: {}", q(&r.argv)));
+            if let Some(sc) = &r.script {
+                out.push(format!(
+                    "script: {} bytes, blake3 {}",
+                    sc.len(),
+                    &blake3::hash(sc.as_bytes()).to_hex()[..12]
+                ));
+            }
+            out.push(format!("workdir: {}", r.workdir));
+            out.push(format!(
+                "user: {}",
+                if r.user.is_empty() { "root" } else { &r.user }
+            ));
+            out.push(format!(
+                "network: {}",
+                if r.network == plan::Network::None {
+                    "none"
+                } else {
+                    "host"
+                }
+            ));
+            for m in &r.mounts {
+                let f: Vec<String> = m.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.push(format!("mount: type={},{}", m.kind, f.join(",")));
+            }
+        }
+        StepKind::Copy(c) => {
+            let cp = &c.copy;
+            out.push(format!(
+                "{}: {} -> {}",
+                if cp.add { "add" } else { "copy" },
+                q(&cp.sources),
+                c.dest
+            ));
+            match &c.source {
+                Source::Context => {}
+                Source::Stage(i) => out.push(format!("from: stage {i}")),
+                Source::Image(r) => out.push(format!("from: image {r}")),
+            }
+            for h in &cp.inline {
+                out.push(format!(
+                    "heredoc {}: {} bytes, blake3 {}",
+                    h.path,
+                    h.data.len(),
+                    &blake3::hash(h.data.as_bytes()).to_hex()[..12]
+                ));
+            }
+            let mut flags = Vec::new();
+            if let Some(v) = &cp.chown {
+                flags.push(format!("--chown={v}"));
+            }
+            if let Some(v) = &cp.chmod {
+                flags.push(format!("--chmod={v}"));
+            }
+            if cp.link {
+                flags.push("--link".into());
+            }
+            if cp.parents {
+                flags.push("--parents".into());
+            }
+            for e in &cp.exclude {
+                flags.push(format!("--exclude={e}"));
+            }
+            if let Some(v) = &cp.checksum {
+                flags.push(format!("--checksum={v}"));
+            }
+            if let Some(v) = cp.unpack {
+                flags.push(format!("--unpack={v}"));
+            }
+            if !flags.is_empty() {
+                out.push(format!("flags: {}", flags.join(" ")));
+            }
+        }
+        StepKind::Workdir(path, user) => {
+            out.push(format!("workdir: {path}"));
+            if !user.is_empty() {
+                out.push(format!("owner: {user}"));
+            }
+        }
+    }
+    out
+}
+
+/// `--explain`: the step's key and what formed it; for a miss (`prev` given), the nearest
+/// earlier build of the same step and what differs from it.
+fn explain(
+    key: &StepKey,
+    parent: &StepKey,
+    now: &Inputs,
+    prev: Option<Option<&StepRecord>>,
+    relinked: bool,
+) -> Vec<String> {
+    const MAX: usize = 20;
+    let mut out = vec![format!(
+        "key {} = blake3(parent {} | definition | inputs){}",
+        &key.to_hex()[..12],
+        &parent.to_hex()[..12],
+        if relinked {
+            ", found by its --link key (base-independent)"
+        } else {
+            ""
+        }
+    )];
+    for c in &now.canonical {
+        out.push(format!("  {c}"));
+    }
+    if let Some(b) = &now.base {
+        out.push(format!("  base: {b}"));
+    }
+    if let Some(f) = &now.from {
+        out.push(format!("  from: {f}"));
+    }
+    if !now.env.is_empty() {
+        let env: Vec<String> = now.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push(format!("  env: {}", env.join(" ")));
+    }
+    if !now.files.is_empty() {
+        out.push(format!("  files: {}", now.files.len()));
+        for (p, d) in now.files.iter().take(MAX) {
+            out.push(format!("    {p} {d}"));
+        }
+        if now.files.len() > MAX {
+            out.push(format!("    ... and {} more", now.files.len() - MAX));
+        }
+    }
+    let Some(prev) = prev else { return out };
+    let Some(prev) = prev else {
+        out.push("  no earlier build of this step is in the cache".into());
+        return out;
+    };
+    let old: Inputs = serde_json::from_str(&prev.inputs).unwrap_or_default();
+    out.push(format!(
+        "  nearest earlier: key {}, built {}; differs in:",
+        &prev.key[..12.min(prev.key.len())],
+        crate::timefmt::ago(prev.created, kiln_cache::store::now()).to_lowercase()
+    ));
+    let before = out.len();
+    if prev.parent != parent.to_hex() {
+        match (&old.base, &now.base) {
+            (Some(a), Some(b)) if a != b => out.push(format!("    base: {a} -> {b}")),
+            _ => out.push(format!(
+                "    parent: {} -> {} (an earlier step or the base changed)",
+                &prev.parent[..12.min(prev.parent.len())],
+                &parent.to_hex()[..12]
+            )),
+        }
+    }
+    if old.from != now.from {
+        out.push(format!(
+            "    from: {} -> {}",
+            old.from.as_deref().unwrap_or("-"),
+            now.from.as_deref().unwrap_or("-")
+        ));
+    }
+    for c in old.canonical.iter().filter(|c| !now.canonical.contains(c)) {
+        out.push(format!("    - {c}"));
+    }
+    for c in now.canonical.iter().filter(|c| !old.canonical.contains(c)) {
+        out.push(format!("    + {c}"));
+    }
+    for (k, v) in &now.env {
+        match old.env.get(k) {
+            Some(o) if o != v => out.push(format!("    env {k}: {o:?} -> {v:?}")),
+            None => out.push(format!("    env {k}: unset -> {v:?}")),
+            _ => {}
+        }
+    }
+    for (k, o) in &old.env {
+        if !now.env.contains_key(k) {
+            out.push(format!("    env {k}: {o:?} -> unset"));
+        }
+    }
+    let mut file_lines = Vec::new();
+    for (p, d) in &now.files {
+        match old.files.get(p) {
+            Some(o) if o != d => file_lines.push(format!("    changed {p}: {o} -> {d}")),
+            None => file_lines.push(format!("    added {p}")),
+            _ => {}
+        }
+    }
+    for p in old.files.keys().filter(|p| !now.files.contains_key(*p)) {
+        file_lines.push(format!("    removed {p}"));
+    }
+    let n = file_lines.len();
+    out.extend(file_lines.into_iter().take(MAX));
+    if n > MAX {
+        out.push(format!("    ... and {} more file changes", n - MAX));
+    }
+    if out.len() == before {
+        out.push(
+            "    nothing recorded: the same inputs (the entry's layer was pruned, or --no-cache)"
+                .into(),
+        );
+    }
+    out
 }
 
 fn step_error(ctx: &Ctx<'_>, step: &plan::Step, message: impl Into<String>) -> BuildError {
@@ -930,6 +1181,13 @@ fn run_step(
     }
     let key = step.key(&state.key, &inputs);
     let slot = slot(ctx, stage, si);
+    summary.canonical = describe(step);
+    if si == 0 {
+        summary.base = Some(state.base.clone());
+    }
+    if let Some(r) = roots.as_ref() {
+        summary.files.extend(file_summary(r));
+    }
     // COPY --link: the layer is written against an empty tree, so it does not depend on the
     // layers below; a second key without the parent finds it again after the base changed.
     // Owners named by --chown are resolved in the base and keyed as numbers.
@@ -975,6 +1233,10 @@ fn run_step(
                     .push(rec.key.clone());
                 ctx.cached
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if ctx.opts.explain {
+                    let lines = explain(&key, &state.key, &summary, None, relinked);
+                    ctx.progress.event(Event::Explain { n, lines: &lines });
+                }
                 ctx.progress.event(Event::Cached { n });
                 let made = rec.layer.is_some();
                 *state = StageState { key, ..next };
@@ -993,7 +1255,6 @@ fn run_step(
     // are unchanged are hard-linked from its (immutable) snapshot instead of copied again.
     let mut link_from: Option<PathBuf> = None;
     if let Some(r) = roots.as_mut() {
-        summary.files = file_summary(r);
         if let Some(p) = prev.as_ref().filter(|p| p.parent == state.key.to_hex()) {
             let old: Inputs = serde_json::from_str(&p.inputs).unwrap_or_default();
             if let Some(snap) = p
@@ -1008,6 +1269,10 @@ fn run_step(
         }
     }
     let why = why_missed(ctx, prev.as_ref(), &state.key.to_hex(), &summary, si == 0);
+    if ctx.opts.explain {
+        let lines = explain(&key, &state.key, &summary, Some(prev.as_ref()), false);
+        ctx.progress.event(Event::Explain { n, lines: &lines });
+    }
     ctx.progress.event(Event::Miss { n, why: &why });
 
     // Execute into a fresh snapshot dir; its fs/ is the upper dir.

@@ -66,6 +66,10 @@ pub struct BuildArgs {
     /// environment variable NAME); may be repeated
     #[arg(long = "secret", value_name = "id=NAME[,src=FILE|,env=VAR]")]
     secrets: Vec<String>,
+    /// Report every step's key and the inputs that formed it, and for a miss what differs
+    /// from the nearest earlier build of the same step
+    #[arg(long)]
+    explain: bool,
     /// The build context directory
     context: PathBuf,
 }
@@ -406,6 +410,9 @@ impl Progress for Render {
                     Event::Cached { n } => writeln!(err, "#{n} CACHED"),
                     Event::Miss { n, why } => writeln!(err, "#{n} {why}"),
                     Event::Output { n, line } => writeln!(err, "#{n} {line}"),
+                    Event::Explain { n, lines } => lines
+                        .iter()
+                        .try_for_each(|line| writeln!(err, "#{n} {line}")),
                     Event::Done { n, secs } => writeln!(err, "#{n} DONE {secs:.1}s"),
                     Event::Failed { n } => writeln!(err, "#{n} ERROR"),
                 };
@@ -443,6 +450,11 @@ impl Progress for Render {
                             pb.set_message(truncate(why, 60));
                         }
                         labels.insert(n, why.trim_start_matches("cache miss: ").to_string());
+                    }
+                    Event::Explain { n, lines } => {
+                        for line in lines {
+                            let _ = multi.println(format!("#{n} {line}"));
+                        }
                     }
                     Event::Output { n, line } => {
                         if let Some(pb) = bars.get(&n) {
@@ -536,6 +548,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     };
     let opts = BuildOptions {
         secrets: secret_map(&args.secrets)?,
+        explain: args.explain,
         tags,
         build_args,
         target: args.target.clone(),

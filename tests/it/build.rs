@@ -1241,3 +1241,92 @@ fn copy_link_parents_and_exclude() {
     assert_eq!(read(&v, "/base2"), "two\n");
     assert_eq!(read(&v, "/owner").trim(), "1 /app/index.html");
 }
+
+#[test]
+fn explain_names_the_inputs_and_what_changed() {
+    let Some((k, ctx)) = setup() else { return };
+    let base2 = k.dir.path().join("base2");
+    fs::create_dir_all(&base2).unwrap();
+    fs::write(
+        base2.join("Dockerfile"),
+        "FROM base\nRUN echo two > /base2\n",
+    )
+    .unwrap();
+    build(&k, &base2, &["-t", "base2"]);
+    fs::write(ctx.join("a.txt"), "one\n").unwrap();
+    fs::write(ctx.join("b.txt"), "bee\n").unwrap();
+    dockerfile(
+        &ctx,
+        "ARG B=base\nFROM $B\nARG V=1\nCOPY *.txt /d/\nRUN echo $V > /v\n",
+    );
+    let (_, out) = build(&k, &ctx, &["--explain"]);
+    let step = |out: &str, n: usize| -> String {
+        out.lines()
+            .filter(|l| l.starts_with(&format!("#{n} ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let copy = step(&out, 2);
+    assert!(copy.contains("#2 key "), "{copy}");
+    assert!(copy.contains("copy: [\"*.txt\"] -> /d/"), "{copy}");
+    assert!(copy.contains("base: image base (sha256:"), "{copy}");
+    assert!(
+        copy.contains("    a.txt ") && copy.contains("    b.txt "),
+        "{copy}"
+    );
+    assert!(copy.contains("no earlier build"), "{copy}");
+    assert!(step(&out, 3).contains("env: ") && step(&out, 3).contains(" V=1"));
+
+    // Cached: the key and inputs, no comparison.
+    let (_, out) = build(&k, &ctx, &["--explain"]);
+    assert!(
+        step(&out, 2).contains("CACHED") && !out.contains("nearest earlier"),
+        "{out}"
+    );
+
+    // A changed file, an added file, a changed build arg.
+    fs::write(ctx.join("a.txt"), "uno\n").unwrap();
+    fs::write(ctx.join("c.txt"), "sea\n").unwrap();
+    let (_, out) = build(&k, &ctx, &["--explain", "--build-arg", "V=2"]);
+    let copy = step(&out, 2);
+    assert!(copy.contains("nearest earlier: key "), "{copy}");
+    assert!(copy.contains("    changed a.txt: "), "{copy}");
+    assert!(copy.contains("    added c.txt"), "{copy}");
+    assert!(!copy.contains("b.txt:"), "{copy}");
+    let run = step(&out, 3);
+    assert!(run.contains("    env V: \"1\" -> \"2\""), "{run}");
+    assert!(run.contains("    parent: "), "{run}");
+
+    // A removed file.
+    fs::remove_file(ctx.join("c.txt")).unwrap();
+    let (_, out) = build(&k, &ctx, &["--explain", "--build-arg", "V=2"]);
+    assert!(step(&out, 2).contains("    removed c.txt"), "{out}");
+
+    // The base changed: named on both sides, in the explanation and the one-line reason.
+    let (_, out) = build(
+        &k,
+        &ctx,
+        &["--explain", "--build-arg", "V=2", "--build-arg", "B=base2"],
+    );
+    let copy = step(&out, 2);
+    assert!(
+        copy.contains("    base: image base (sha256:") && copy.contains("-> image base2 (sha256:"),
+        "{copy}"
+    );
+    assert!(
+        copy.contains("cache miss: the base changed: image base (sha256:"),
+        "{copy}"
+    );
+    // An instruction change shows the old and the new canonical line.
+    dockerfile(
+        &ctx,
+        "ARG B=base\nFROM $B\nARG V=1\nCOPY *.txt /e/\nRUN echo $V > /v\n",
+    );
+    let (_, out) = build(&k, &ctx, &["--explain", "--build-arg", "B=base2"]);
+    let copy = step(&out, 2);
+    assert!(
+        copy.contains("    - copy: [\"*.txt\"] -> /d/")
+            && copy.contains("    + copy: [\"*.txt\"] -> /e/"),
+        "{copy}"
+    );
+}
