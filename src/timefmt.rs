@@ -78,6 +78,75 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     Some(days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + se - offset)
 }
 
+/// Parses an HTTP date (RFC 9110: IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, and the
+/// obsolete RFC 850 `Sunday, 06-Nov-94 08:49:37 GMT` and asctime `Sun Nov  6 08:49:37 1994`
+/// forms) to Unix seconds.
+pub fn parse_http_date(s: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = |m: &str| MONTHS.iter().position(|x| *x == m).map(|i| i as u32 + 1);
+    let hms = |t: &str| -> Option<i64> {
+        let mut it = t.split(':').map(|p| p.parse::<i64>().ok());
+        let (h, m, s) = (it.next()??, it.next()??, it.next()??);
+        (h < 24 && m < 60 && s <= 60).then_some(h * 3600 + m * 60 + s)
+    };
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let (y, mo, d, t) = match words.as_slice() {
+        // IMF-fixdate
+        [_, d, m, y, t, "GMT"] => (
+            y.parse::<i64>().ok()?,
+            month(m)?,
+            d.parse::<u32>().ok()?,
+            *t,
+        ),
+        // RFC 850
+        [_, dmy, t, "GMT"] => {
+            let mut p = dmy.split('-');
+            let (d, m, y) = (p.next()?, p.next()?, p.next()?.parse::<i64>().ok()?);
+            let y = if y < 70 {
+                2000 + y
+            } else if y < 100 {
+                1900 + y
+            } else {
+                y
+            };
+            (y, month(m)?, d.parse::<u32>().ok()?, *t)
+        }
+        // asctime
+        [_, m, d, t, y] => (
+            y.parse::<i64>().ok()?,
+            month(m)?,
+            d.parse::<u32>().ok()?,
+            *t,
+        ),
+        _ => return None,
+    };
+    if !(1..=31).contains(&d) {
+        return None;
+    }
+    Some(days_from_civil(y, mo, d) * 86_400 + hms(t)?)
+}
+
+/// Formats Unix seconds as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(secs: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs.div_euclid(86_400);
+    let (y, mo, d) = civil_from_days(days);
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{}, {d:02} {} {y:04} {:02}:{:02}:{:02} GMT",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[mo as usize - 1],
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 /// Docker's `units.HumanDuration` followed by " ago".
 pub fn ago(secs: i64, now: i64) -> String {
     let d = (now - secs).max(0);
@@ -136,6 +205,20 @@ pub fn human_size(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_in_all_three_forms() {
+        let t = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example)
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(t));
+        for x in [0, 1_700_000_000, 4_102_444_800] {
+            assert_eq!(parse_http_date(&http_date(x)), Some(x));
+        }
+        assert_eq!(parse_http_date("yesterday"), None);
+        assert_eq!(parse_http_date("Sun, 32 Nov 1994 08:49:37 GMT"), None);
+    }
 
     #[test]
     fn rfc3339_round_trip() {

@@ -71,6 +71,8 @@ pub struct Root_ {
     /// inline heredoc): what `--parents` keeps.
     pub path: String,
     pub is_dir: bool,
+    /// Never unpacked, even by ADD (a download without `--unpack=true`, as BuildKit).
+    pub no_unpack: bool,
     pub items: Vec<Item>,
 }
 
@@ -236,6 +238,7 @@ pub fn select_context(
         out.push(Root_ {
             name,
             path,
+            no_unpack: false,
             is_dir,
             items,
         });
@@ -383,6 +386,7 @@ pub fn select_view(srcs: &[String], view: &View, what: &str) -> Result<Vec<Root_
             out.push(Root_ {
                 name: base_name(&m),
                 path: m.clone(),
+                no_unpack: false,
                 is_dir: f.is_dir(),
                 items,
             });
@@ -641,7 +645,7 @@ impl<'a> Writer<'a> {
                     }
                 };
                 let base = self.ensure_dir(if dir.is_empty() { "/" } else { &dir })?;
-                if self.opts.unpack && it.kind == Kind::File {
+                if self.opts.unpack && !r.no_unpack && it.kind == Kind::File {
                     if let Data::Host(p) = &it.data {
                         if let Some(kind) = archive_kind(p).map_err(io_s)? {
                             let target = self.ensure_dir(dest)?;

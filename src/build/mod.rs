@@ -18,6 +18,7 @@
 
 pub mod copy;
 pub mod exec;
+pub mod remote;
 
 use crate::context::hash::Hasher;
 use crate::context::{Context, ContextError, Entry};
@@ -1060,16 +1061,28 @@ fn run_step(
     let mut binds: Vec<(usize, Vec<copy::Root_>)> = Vec::new();
     match &step.kind {
         StepKind::Copy(c) => {
-            if c.copy
-                .sources
-                .iter()
-                .any(|s| s.contains("://") || s.starts_with("git@"))
-            {
+            if let Some(g) = c.copy.sources.iter().find(|s| remote::is_git(s)) {
                 return Err(step_error(
                     ctx,
                     step,
-                    "remote sources (URLs, git) are not supported yet",
+                    format!("git sources are not supported yet ({g}): clone the repository in a RUN step of an earlier stage and COPY --from it"),
                 ));
+            }
+            let urls: Vec<&String> = c
+                .copy
+                .sources
+                .iter()
+                .filter(|s| remote::is_url(s))
+                .collect();
+            if !urls.is_empty() && (!c.copy.add || !matches!(c.source, Source::Context)) {
+                return Err(step_error(
+                    ctx,
+                    step,
+                    "a URL source needs ADD, without --from",
+                ));
+            }
+            if c.copy.checksum.is_some() && urls.len() != c.copy.sources.len() {
+                return Err(step_error(ctx, step, "--checksum is only for URL sources"));
             }
             match &c.source {
                 Source::Context => {
@@ -1079,10 +1092,39 @@ fn run_step(
                     let entries = entries
                         .as_ref()
                         .map_err(|e| step_error(ctx, step, e.clone()))?;
-                    let r = copy::select_context(&c.copy.sources, entries, &ctx.hasher)
-                        .map_err(|e| step_error(ctx, step, e))?;
+                    let locals: Vec<String> = c
+                        .copy
+                        .sources
+                        .iter()
+                        .filter(|s| !remote::is_url(s))
+                        .cloned()
+                        .collect();
+                    let r = if locals.is_empty() {
+                        Vec::new()
+                    } else {
+                        copy::select_context(&locals, entries, &ctx.hasher)
+                            .map_err(|e| step_error(ctx, step, e))?
+                    };
                     let mut r = copy::apply_parents_exclude(r, c.copy.parents, &c.copy.exclude)
                         .map_err(|e| step_error(ctx, step, e))?;
+                    // Downloads: keyed by content, name and Last-Modified (BuildKit's http
+                    // cache key), re-validated on every build.
+                    let mut remote_key = Canon::new();
+                    for url in &urls {
+                        let say = |line: &str| ctx.progress.event(Event::Output { n, line });
+                        let f =
+                            remote::fetch(ctx.store.root(), url, c.copy.checksum.as_deref(), &say)
+                                .map_err(|e| step_error(ctx, step, e))?;
+                        remote_key
+                            .str(0, url)
+                            .str(1, &f.sha256)
+                            .str(2, &f.name)
+                            .str(3, &f.mtime.to_string());
+                        r.push(url_root(&f, c.copy.unpack == Some(true)));
+                    }
+                    if !urls.is_empty() {
+                        inputs.nested(4, &remote_key);
+                    }
                     for src in &c.copy.inline {
                         r.push(inline_root(src, ctx.now));
                     }
@@ -1520,6 +1562,7 @@ fn mark_unchanged(
             let probe = copy::Root_ {
                 name: name.clone(),
                 path: String::new(),
+                no_unpack: false,
                 is_dir,
                 items: vec![],
             };
@@ -1558,10 +1601,32 @@ pub enum Produced {
     },
 }
 
+fn url_root(f: &remote::Fetched, unpack: bool) -> copy::Root_ {
+    copy::Root_ {
+        name: f.name.clone(),
+        path: String::new(),
+        no_unpack: !unpack,
+        is_dir: false,
+        items: vec![copy::Item {
+            rel: String::new(),
+            kind: copy::Kind::File,
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime: (f.mtime, 0),
+            data: copy::Data::Host(f.path.clone()),
+            hash: f.blake3_bytes(),
+            size: f.size,
+            unchanged: false,
+        }],
+    }
+}
+
 fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) -> copy::Root_ {
     copy::Root_ {
         name: src.path.clone(),
         path: String::new(),
+        no_unpack: false,
         is_dir: false,
         items: vec![copy::Item {
             rel: String::new(),

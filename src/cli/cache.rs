@@ -189,6 +189,17 @@ fn du(ctx: &Ctx) -> Result<i32> {
                 timefmt::human_size(bytes),
             ]
         },
+        {
+            let dir = store.root().join("http-cache");
+            let n = std::fs::read_dir(&dir).map_or(0, |rd| rd.flatten().count());
+            let bytes = dir_size(&dir);
+            vec![
+                "ADD downloads".into(),
+                n.to_string(),
+                timefmt::human_size(bytes),
+                timefmt::human_size(bytes),
+            ]
+        },
     ];
     print!("{}", table(&rows));
     Ok(0)
@@ -341,7 +352,8 @@ fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
         }
     }
     let removed = store.delete_steps(&doomed)?;
-    // --all drops the RUN cache mounts too (taking each one's lock, so no build is using it).
+    // --all drops the RUN cache mounts too (taking each one's lock, so no build is using it),
+    // and ADD's downloads.
     let mut mounts_bytes = 0;
     if a.all && older.is_none() && keep.is_none() {
         let dir = store.root().join("cache-mounts");
@@ -365,6 +377,10 @@ fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
                 let _ = std::fs::remove_dir_all(&p);
             }
         }
+        // ADD's downloads: the next build downloads again.
+        let http = store.root().join("http-cache");
+        mounts_bytes += dir_size(&http);
+        let _ = std::fs::remove_dir_all(&http);
     }
     let report = store.gc(GcOptions {
         prune_dangling: false,

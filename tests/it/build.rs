@@ -1330,3 +1330,127 @@ fn explain_names_the_inputs_and_what_changed() {
         "{copy}"
     );
 }
+
+#[test]
+fn add_url_downloads_checks_and_revalidates() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let Some((k, ctx)) = setup() else { return };
+    // What the server serves: (body, etag); and every request it saw (path, If-None-Match).
+    let content = Arc::new(Mutex::new((b"tool v1\n".to_vec(), "\"v1\"".to_string())));
+    type Seen = Vec<(String, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let (c2, s2) = (content.clone(), seen.clone());
+    let port = serve(Arc::new(
+        move |_m: &str, path: &str, h: &HashMap<String, String>| {
+            s2.lock()
+                .unwrap()
+                .push((path.to_string(), h.get("if-none-match").cloned()));
+            let (body, etag) = c2.lock().unwrap().clone();
+            let lm = (
+                "Last-Modified".to_string(),
+                "Sun, 06 Nov 1994 08:49:37 GMT".to_string(),
+            );
+            match path {
+                "/tool.txt" if h.get("if-none-match") == Some(&etag) => {
+                    (304, vec![("ETag".into(), etag)], vec![])
+                }
+                "/tool.txt" => (200, vec![("ETag".into(), etag), lm], body),
+                "/dl?id=3" => (
+                    200,
+                    vec![(
+                        "Content-Disposition".into(),
+                        "attachment; filename=\"report.txt\"".into(),
+                    )],
+                    b"report\n".to_vec(),
+                ),
+                _ => (404, vec![], b"not found".to_vec()),
+            }
+        },
+    ));
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    dockerfile(
+        &ctx,
+        &format!(
+            "FROM base\nADD {} /opt/\nADD {} /d/\nRUN stat -c '%a %Y' /opt/tool.txt > /st\n",
+            url("/tool.txt"),
+            url("/dl?id=3")
+        ),
+    );
+    build(&k, &ctx, &["-t", "u1"]);
+    let v = image_view(&k, "u1");
+    assert_eq!(read(&v, "/opt/tool.txt"), "tool v1\n");
+    assert_eq!(
+        read(&v, "/st").trim(),
+        "600 784111777",
+        "mode 0600, mtime from Last-Modified"
+    );
+    assert_eq!(read(&v, "/d/report.txt"), "report\n");
+
+    // A rebuild re-validates with the ETag, gets 304, and hits.
+    seen.lock().unwrap().clear();
+    let (_, out) = build(&k, &ctx, &[]);
+    assert_eq!(counts(&out).1, 0, "{out}");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .contains(&("/tool.txt".to_string(), Some("\"v1\"".to_string()))),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    // New content behind the URL: the ADD misses and the image has it.
+    *content.lock().unwrap() = (b"tool v2\n".to_vec(), "\"v2\"".to_string());
+    let (_, out) = build(&k, &ctx, &["-t", "u2"]);
+    assert_eq!(counts(&out).1, 3, "{out}");
+    assert!(
+        out.contains("cache miss: 1 file changed: tool.txt"),
+        "{out}"
+    );
+    assert_eq!(read(&image_view(&k, "u2"), "/opt/tool.txt"), "tool v2\n");
+
+    // --checksum: a match builds; a mismatch fails naming both digests, and nothing is added.
+    let good = {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(b"tool v2\n");
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    dockerfile(
+        &ctx,
+        &format!(
+            "FROM base\nADD --checksum=sha256:{good} {} /t.txt\n",
+            url("/tool.txt")
+        ),
+    );
+    build(&k, &ctx, &["-t", "u3"]);
+    assert_eq!(read(&image_view(&k, "u3"), "/t.txt"), "tool v2\n");
+    let bad = "0".repeat(64);
+    dockerfile(
+        &ctx,
+        &format!(
+            "FROM base\nADD --checksum=sha256:{bad} {} /t.txt\n",
+            url("/tool.txt")
+        ),
+    );
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(
+        err.contains("Dockerfile:2")
+            && err.contains("checksum mismatch")
+            && err.contains(&good)
+            && err.contains(&bad),
+        "{err}"
+    );
+    // A 404 names the URL and the status.
+    dockerfile(&ctx, &format!("FROM base\nADD {} /x\n", url("/nope")));
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("404") && err.contains("/nope"),
+        "{err}"
+    );
+    // git sources and COPY of a URL fail clearly.
+    dockerfile(&ctx, "FROM base\nADD git@git.example:team/app.git /src\n");
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(err.contains("git sources are not supported yet"), "{err}");
+    dockerfile(&ctx, &format!("FROM base\nCOPY {} /x\n", url("/tool.txt")));
+    let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
+    assert!(err.contains("needs ADD"), "{err}");
+}

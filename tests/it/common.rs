@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::fs;
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -227,4 +228,71 @@ pub fn busybox_image(name: &str, tools: &[&str]) -> Option<(Kiln, PathBuf, Strin
         .trim()
         .to_string();
     Some((k, rootfs, id))
+}
+
+/// A tiny HTTP/1.1 server: `handle(method, path, headers)` answers (status, headers, body).
+pub type Handler = dyn Fn(
+        &str,
+        &str,
+        &std::collections::HashMap<String, String>,
+    ) -> (u16, Vec<(String, String)>, Vec<u8>)
+    + Send
+    + Sync;
+
+pub fn serve(handler: std::sync::Arc<Handler>) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let h = handler.clone();
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut w = conn;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut parts = line.split_whitespace();
+                    let (method, path) = (
+                        parts.next().unwrap_or("").to_string(),
+                        parts.next().unwrap_or("").to_string(),
+                    );
+                    let mut headers = std::collections::HashMap::new();
+                    loop {
+                        let mut l = String::new();
+                        r.read_line(&mut l).unwrap();
+                        let l = l.trim_end();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = l.split_once(':') {
+                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+                        }
+                    }
+                    if let Some(n) = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse::<usize>().ok())
+                    {
+                        let mut b = vec![0; n];
+                        r.read_exact(&mut b).unwrap();
+                    }
+                    let (status, hs, body) = h(&method, &path, &headers);
+                    let mut out =
+                        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
+                    for (k, v) in hs {
+                        out.push_str(&format!("{k}: {v}\r\n"));
+                    }
+                    out.push_str("\r\n");
+                    if w.write_all(out.as_bytes()).is_err() {
+                        return;
+                    }
+                    if method != "HEAD" && w.write_all(&body).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
 }

@@ -6,7 +6,7 @@
 use crate::common::*;
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -276,69 +276,6 @@ fn login_push_and_logout_on_a_registry_with_htpasswd() {
     assert!(ok(&k, &["logout", &reg.host()]).contains("Removing login credentials"));
     let err = fails(&k, &["pull", &name]);
     assert!(err.contains("unauthorized"), "{err}");
-}
-
-/// A tiny HTTP/1.1 server: `handle(method, path, headers)` answers (status, headers, body).
-type Handler = dyn Fn(&str, &str, &HashMap<String, String>) -> (u16, Vec<(String, String)>, Vec<u8>)
-    + Send
-    + Sync;
-
-fn serve(handler: Arc<Handler>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let h = handler.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                let mut w = conn;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut parts = line.split_whitespace();
-                    let (method, path) = (
-                        parts.next().unwrap_or("").to_string(),
-                        parts.next().unwrap_or("").to_string(),
-                    );
-                    let mut headers = HashMap::new();
-                    loop {
-                        let mut l = String::new();
-                        r.read_line(&mut l).unwrap();
-                        let l = l.trim_end();
-                        if l.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = l.split_once(':') {
-                            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
-                        }
-                    }
-                    if let Some(n) = headers
-                        .get("content-length")
-                        .and_then(|v| v.parse::<usize>().ok())
-                    {
-                        let mut b = vec![0; n];
-                        r.read_exact(&mut b).unwrap();
-                    }
-                    let (status, hs, body) = h(&method, &path, &headers);
-                    let mut out =
-                        format!("HTTP/1.1 {status} X\r\nContent-Length: {}\r\n", body.len());
-                    for (k, v) in hs {
-                        out.push_str(&format!("{k}: {v}\r\n"));
-                    }
-                    out.push_str("\r\n");
-                    if w.write_all(out.as_bytes()).is_err() {
-                        return;
-                    }
-                    if method != "HEAD" && w.write_all(&body).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 /// The blobs and manifest of the `base` image in `k`'s store, by digest.
