@@ -70,6 +70,8 @@ pub struct BuildOptions {
     /// `--explain`: report every step's key inputs, and for a miss what differs from the
     /// nearest earlier build of the same step.
     pub explain: bool,
+    /// `--cache-from` registry caches: a step missing locally is looked up there.
+    pub remote_caches: Vec<std::sync::Arc<crate::registry::cache::RemoteCache>>,
 }
 
 /// A progress event. Step numbers start at 1 and are stable for a plan.
@@ -160,6 +162,8 @@ impl From<std::io::Error> for BuildError {
 #[derive(Debug)]
 pub struct Outcome {
     pub image: ImageRecord,
+    /// Every step key this build used or made (hex), for `--cache-to`.
+    pub keys: Vec<String>,
     pub steps: usize,
     pub cached: usize,
     pub warnings: Vec<crate::dockerfile::Warning>,
@@ -205,6 +209,8 @@ struct Ctx<'a> {
     cached: std::sync::atomic::AtomicUsize,
     /// Keys of cache hits, counted in one transaction at the end.
     hits: Mutex<Vec<String>>,
+    /// Every step key used or made, in order.
+    keys: Mutex<Vec<String>>,
 }
 
 fn empty_config() -> ImageConfig {
@@ -317,6 +323,7 @@ pub fn build(
         now,
         cached: Default::default(),
         hits: Mutex::new(Vec::new()),
+        keys: Mutex::new(Vec::new()),
     };
 
     // Waves of independent stages.
@@ -378,6 +385,7 @@ pub fn build(
     let _ = &mut config;
     Ok(Outcome {
         image,
+        keys: ctx.keys.into_inner().unwrap_or_else(|p| p.into_inner()),
         steps: plan.stages.iter().map(|s| s.steps.len()).sum(),
         cached: ctx.cached.load(std::sync::atomic::Ordering::Relaxed),
         warnings: plan.warnings.clone(),
@@ -1256,10 +1264,25 @@ fn run_step(
             }),
             None => None,
         };
-        let found = match ctx.store.step(&key.to_hex())? {
+        let mut found = match ctx.store.step(&key.to_hex())? {
             Some(r) => Some((r, false)),
             None => linked.map(|r| (r, true)),
         };
+        if found.is_none() {
+            // --cache-from: the record and its layer come from the registry cache.
+            let say = |line: &str| ctx.progress.event(Event::Output { n, line });
+            for rc in &ctx.opts.remote_caches {
+                if let Some(r) = rc
+                    .materialize(ctx.store, &key.to_hex(), &slot, &say)
+                    .map_err(|e| {
+                        step_error(ctx, step, format!("--cache-from {}: {e}", rc.name()))
+                    })?
+                {
+                    found = Some((r, false));
+                    break;
+                }
+            }
+        }
         if let Some((rec, relinked)) = found {
             if let Some(next) = reuse(ctx, state, &rec)? {
                 if relinked {
@@ -1270,6 +1293,10 @@ fn run_step(
                     })?;
                 }
                 ctx.hits
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(rec.key.clone());
+                ctx.keys
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(rec.key.clone());
@@ -1518,6 +1545,10 @@ fn run_step(
         hits: 0,
     };
     ctx.store.record_step(&rec)?;
+    ctx.keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(rec.key.clone());
     if let Some(lk) = &link_key {
         let link_slot = blake3::hash(format!("{}:link", rec.slot).as_bytes())
             .to_hex()

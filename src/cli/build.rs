@@ -70,8 +70,34 @@ pub struct BuildArgs {
     /// from the nearest earlier build of the same step
     #[arg(long)]
     explain: bool,
+    /// Import the step cache from a registry: type=registry,ref=NAME[:TAG] (or just NAME[:TAG]);
+    /// may be repeated
+    #[arg(long = "cache-from", value_name = "type=registry,ref=NAME")]
+    cache_from: Vec<String>,
+    /// Export this build's steps and layers to a registry: type=registry,ref=NAME[:TAG]
+    #[arg(long = "cache-to", value_name = "type=registry,ref=NAME")]
+    cache_to: Option<String>,
     /// The build context directory
     context: PathBuf,
+}
+
+/// Imports every `--cache-from` before the build (a missing cache manifest is an empty cache).
+fn remote_caches(
+    specs: &[String],
+    quiet: bool,
+) -> Result<Vec<std::sync::Arc<crate::registry::cache::RemoteCache>>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        let r = crate::registry::cache::parse_spec(spec)
+            .map_err(|e| anyhow::anyhow!("--cache-from: {e}"))?;
+        let rc = crate::registry::cache::RemoteCache::import(&r)
+            .with_context(|| format!("--cache-from {}", r.familiar()))?;
+        if !quiet {
+            eprintln!("importing cache from {}: {} steps", rc.name(), rc.len());
+        }
+        out.push(std::sync::Arc::new(rc));
+    }
+    Ok(out)
 }
 
 /// Reads every `--secret` value now, so a missing file fails before any work. The values are
@@ -549,6 +575,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     let opts = BuildOptions {
         secrets: secret_map(&args.secrets)?,
         explain: args.explain,
+        remote_caches: remote_caches(&args.cache_from, args.quiet)?,
         tags,
         build_args,
         target: args.target.clone(),
@@ -595,6 +622,12 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
             eprintln!("{name}:{}: warning: {}: {}", w.line, w.rule, w.message);
         }
     }
+    let cache_to = args
+        .cache_to
+        .as_deref()
+        .map(crate::registry::cache::parse_spec)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--cache-to: {e}"))?;
     let t0 = std::time::Instant::now();
     let outcome = match crate::build::build(&store, &df, &context, &opts, &render) {
         Ok(o) => o,
@@ -622,6 +655,29 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
                 .map(|r| r.familiar())
                 .unwrap_or_else(|_| t.clone());
             eprintln!("tagged {r}");
+        }
+    }
+    if let Some(r) = cache_to {
+        let mut seen = std::collections::HashSet::new();
+        let mut records = Vec::new();
+        for k in &outcome.keys {
+            if seen.insert(k.clone()) {
+                if let Some(rec) = store.step(k)? {
+                    records.push(rec);
+                }
+            }
+        }
+        let t = std::time::Instant::now();
+        let quiet = |_: &str| {};
+        let digest = crate::registry::cache::export(&store, &records, &r, &quiet)
+            .with_context(|| format!("--cache-to {}", r.familiar()))?;
+        if !args.quiet {
+            eprintln!(
+                "exported cache to {}: {} steps, {digest} in {:.2}s",
+                r.familiar(),
+                records.len(),
+                t.elapsed().as_secs_f64()
+            );
         }
     }
     println!("{}", outcome.image.id());

@@ -8,6 +8,7 @@
 //! digests before anything is recorded: a registry that serves other bytes changes nothing.
 
 pub mod auth;
+pub mod cache;
 
 use crate::image::oci::{self, Descriptor, ImageConfig, Index, Manifest, Platform};
 use crate::image::reference::Reference;
@@ -459,7 +460,7 @@ impl<F: Fn(&str) + Sync> Transfer for F {
     }
 }
 
-type Report<'a> = &'a dyn Transfer;
+pub type Report<'a> = &'a dyn Transfer;
 
 /// Counts bytes read through it into a transfer's progress.
 struct Counting<'a, R> {
