@@ -167,7 +167,14 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
                 extra.push(runtime::ExtraMount::Tmpfs { target, options });
             }
             "cache" => {
-                let (source, lock) = cache_dir(store, m, &target)?;
+                let seed = req.binds.get(&i).map(|(p, is_dir)| {
+                    if *is_dir {
+                        p.as_path()
+                    } else {
+                        p.parent().unwrap_or(p)
+                    }
+                });
+                let (source, lock) = cache_dir(store, m, &target, seed)?;
                 _locks.extend(lock);
                 extra.push(runtime::ExtraMount::Bind { target, source });
             }
@@ -374,6 +381,7 @@ fn cache_dir(
     store: &Store,
     m: &crate::dockerfile::instructions::Mount,
     target: &str,
+    seed: Option<&Path>,
 ) -> Result<(std::path::PathBuf, Option<fs::File>), RunError> {
     use std::os::unix::fs::PermissionsExt;
     let id = m.fields.get("id").map(String::as_str).unwrap_or(target);
@@ -400,6 +408,11 @@ fn cache_dir(
         };
         std::os::unix::fs::chown(tmp.path(), Some(num("uid")), Some(num("gid")))
             .map_err(setup("chown a cache mount"))?;
+        // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
+        if let Some(seed) = seed {
+            materialize(&View::new(vec![seed.to_path_buf()]), tmp.path())
+                .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
+        }
         let kept = tmp.keep();
         // Another build may have made it meanwhile: theirs wins.
         if fs::rename(&kept, &dir).is_err() {

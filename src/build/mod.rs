@@ -1163,22 +1163,12 @@ fn run_step(
                     ),
                 ));
             }
-            if let Some(m) = r
-                .mounts
-                .iter()
-                .find(|m| m.kind == "cache" && m.fields.contains_key("from"))
-            {
-                return Err(step_error(
-                    ctx,
-                    step,
-                    format!("RUN --mount=type={},from=... is not supported yet", m.kind),
-                ));
-            }
             // Bind mounts are keyed by what they expose: the selected context files' digests,
             // or a stage's key / an image's digest with the source path.
             let mut from_sources = r.mount_sources.iter();
             for (i, m) in r.mounts.iter().enumerate() {
-                if m.kind != "bind" {
+                let seeds_cache = m.kind == "cache" && m.fields.contains_key("from");
+                if m.kind != "bind" && !seeds_cache {
                     if m.fields.contains_key("from") {
                         from_sources.next();
                     }
@@ -1211,7 +1201,10 @@ fn run_step(
                     summary.files.extend(file_summary(&r));
                     r
                 };
-                inputs.nested(2, &mc);
+                // A cache mount's seed is not keyed: cache contents never are.
+                if !seeds_cache {
+                    inputs.nested(2, &mc);
+                }
                 binds.push((i, roots));
             }
             if r.insecure {

@@ -961,6 +961,16 @@ fn run_cache_and_tmpfs_mounts() {
             && lines[0][6..] == lines[1][4..],
         "interleaved: {log}"
     );
+    // from=: a new cache starts as a copy of the source; later builds keep what was added.
+    dockerfile(
+        &ctx,
+        "FROM base AS gen\nRUN mkdir /out && echo seed > /out/s.txt\n\
+         FROM base\nRUN --mount=type=cache,id=seeded,target=/c,from=gen,source=/out cat /c/s.txt > /seeded && ls /c > /list && touch /c/added\n",
+    );
+    build(&k, &ctx, &["-t", "seeded"]);
+    build(&k, &ctx, &["-t", "seeded2", "--no-cache"]);
+    assert_eq!(read(&image_view(&k, "seeded"), "/seeded"), "seed\n");
+    assert_eq!(read(&image_view(&k, "seeded2"), "/list"), "added\ns.txt\n");
     // prune --all drops the cache mounts.
     k.ok(&["cache", "prune", "--all"]);
     assert!(k
