@@ -1351,6 +1351,15 @@ fn add_url_downloads_checks_and_revalidates() {
     type Seen = Vec<(String, Option<String>)>;
     let seen: Arc<Mutex<Seen>> = Arc::default();
     let (c2, s2) = (content.clone(), seen.clone());
+    // A gzipped tar with one file, for --unpack.
+    let tgz = {
+        let src = k.dir.path().join("tgz");
+        fs::create_dir_all(src.join("pkg")).unwrap();
+        fs::write(src.join("pkg/inside.txt"), "unpacked\n").unwrap();
+        let out = k.dir.path().join("a.tar.gz");
+        tar_gz(&src, &out);
+        fs::read(&out).unwrap()
+    };
     let port = serve(Arc::new(
         move |_m: &str, path: &str, h: &HashMap<String, String>| {
             s2.lock()
@@ -1366,6 +1375,7 @@ fn add_url_downloads_checks_and_revalidates() {
                     (304, vec![("ETag".into(), etag)], vec![])
                 }
                 "/tool.txt" => (200, vec![("ETag".into(), etag), lm], body),
+                "/a.tar.gz" => (200, vec![], tgz.clone()),
                 "/dl?id=3" => (
                     200,
                     vec![(
@@ -1382,9 +1392,12 @@ fn add_url_downloads_checks_and_revalidates() {
     dockerfile(
         &ctx,
         &format!(
-            "FROM base\nADD {} /opt/\nADD {} /d/\nRUN stat -c '%a %Y' /opt/tool.txt > /st\n",
+            "FROM base\nADD {} /opt/\nADD {} /d/\nRUN stat -c '%a %Y' /opt/tool.txt > /st\n\
+             ADD {} /kept/\nADD --unpack=true {} /u/\n",
             url("/tool.txt"),
-            url("/dl?id=3")
+            url("/dl?id=3"),
+            url("/a.tar.gz"),
+            url("/a.tar.gz")
         ),
     );
     build(&k, &ctx, &["-t", "u1"]);
@@ -1396,6 +1409,11 @@ fn add_url_downloads_checks_and_revalidates() {
         "mode 0600, mtime from Last-Modified"
     );
     assert_eq!(read(&v, "/d/report.txt"), "report\n");
+    assert!(
+        meta(&v, "/kept/a.tar.gz").is_file(),
+        "a download is not unpacked by default"
+    );
+    assert_eq!(read(&v, "/u/pkg/inside.txt"), "unpacked\n");
 
     // A rebuild re-validates with the ETag, gets 304, and hits.
     seen.lock().unwrap().clear();
@@ -1411,7 +1429,7 @@ fn add_url_downloads_checks_and_revalidates() {
     // New content behind the URL: the ADD misses and the image has it.
     *content.lock().unwrap() = (b"tool v2\n".to_vec(), "\"v2\"".to_string());
     let (_, out) = build(&k, &ctx, &["-t", "u2"]);
-    assert_eq!(counts(&out).1, 3, "{out}");
+    assert_eq!(counts(&out).1, 5, "{out}");
     assert!(
         out.contains("cache miss: 1 file changed: tool.txt"),
         "{out}"
