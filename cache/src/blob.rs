@@ -2,8 +2,9 @@
 //! the expected digest if one is given, renamed to `blobs/sha256/<hex>` and the directory fsynced.
 //! A blob that already exists is success. A crash leaves at most a temp file, which GC removes.
 
-use crate::digest::{Digest, HashWriter};
+use crate::digest::Digest;
 use crate::{io_err, Error, Result};
+use sha2::{Digest as _, Sha256};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -12,20 +13,26 @@ use tempfile::TempPath;
 
 /// A blob being written. Dropping it without `commit` removes the temp file.
 pub struct Ingest {
-    writer: HashWriter<BufWriter<File>>,
+    writer: BufWriter<File>,
+    /// None for an ingest whose writer hashes what it writes itself (a [`crate::LayerEncoder`]
+    /// does): `commit` then takes its digest, saving a second sha256 pass over the blob.
+    hasher: Option<Sha256>,
+    count: u64,
     temp: TempPath,
     blobs_dir: PathBuf,
 }
 
 impl Ingest {
-    pub(crate) fn new(ingest_dir: &Path, blobs_dir: PathBuf) -> Result<Ingest> {
+    pub(crate) fn new(ingest_dir: &Path, blobs_dir: PathBuf, hashed: bool) -> Result<Ingest> {
         let tmp = tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(ingest_dir)
             .map_err(|e| io_err(format!("create temp file in {}", ingest_dir.display()), e))?;
         let (file, temp) = tmp.into_parts();
         Ok(Ingest {
-            writer: HashWriter::new(BufWriter::with_capacity(1 << 20, file)),
+            writer: BufWriter::with_capacity(1 << 20, file),
+            hasher: hashed.then(Sha256::new),
+            count: 0,
             temp,
             blobs_dir,
         })
@@ -37,10 +44,22 @@ impl Ingest {
     }
 
     /// Makes the blob durable under its digest. With `expected`, a different digest is an error
-    /// and nothing is stored.
+    /// and nothing is stored. An unhashed ingest takes `expected` as the digest (its writer
+    /// computed it over exactly these bytes) and needs it.
     pub fn commit(self, expected: Option<Digest>) -> Result<(Digest, u64)> {
-        let (digest, size, buf) = self.writer.finish();
-        let file = buf
+        let size = self.count;
+        let digest = match (self.hasher, expected) {
+            (Some(h), _) => Digest(h.finalize().into()),
+            (None, Some(d)) => d,
+            (None, None) => {
+                return Err(io_err(
+                    "commit blob",
+                    io::Error::other("an unhashed ingest needs the digest its writer computed"),
+                ))
+            }
+        };
+        let file = self
+            .writer
             .into_inner()
             .map_err(|e| io_err("flush blob", e.into_error()))?;
         if let Some(exp) = expected {
@@ -69,7 +88,12 @@ impl Ingest {
 
 impl Write for Ingest {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer.write(buf)
+        let n = self.writer.write(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.writer.flush()

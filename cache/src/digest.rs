@@ -10,7 +10,7 @@ use std::str::FromStr;
 
 /// A sha256 content digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest([u8; 32]);
+pub struct Digest(pub(crate) [u8; 32]);
 
 /// A string that is not `sha256:` followed by 64 lower-case hex digits.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

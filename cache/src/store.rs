@@ -324,7 +324,13 @@ impl Store {
 
     /// Starts writing a blob.
     pub fn ingest(&self) -> Result<Ingest> {
-        Ingest::new(&self.ingest_dir(), self.blobs_dir())
+        Ingest::new(&self.ingest_dir(), self.blobs_dir(), true)
+    }
+
+    /// Starts writing a blob through a writer that computes its digest itself (a
+    /// `LayerEncoder`): `commit(Some(digest))` takes that digest instead of hashing again.
+    pub fn ingest_prehashed(&self) -> Result<Ingest> {
+        Ingest::new(&self.ingest_dir(), self.blobs_dir(), false)
     }
 
     /// Writes a small blob in one call.

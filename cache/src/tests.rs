@@ -24,6 +24,30 @@ fn layer(s: &Store, content: &[u8]) -> LayerRecord {
     }
 }
 
+#[test]
+fn a_prehashed_ingest_takes_its_writers_digest_and_a_hashed_one_checks() {
+    let (_d, s) = store();
+    // The encoder's digest of the compressed stream is the blob's digest.
+    let mut enc = LayerEncoder::new(s.ingest_prehashed().unwrap(), Compression::Zstd).unwrap();
+    enc.write_all(b"some layer bytes").unwrap();
+    let (d, ingest) = enc.finish().unwrap();
+    let (got, size) = ingest.commit(Some(d.digest)).unwrap();
+    assert_eq!((got, size), (d.digest, d.size));
+    assert_eq!(Digest::of(&std::fs::read(s.blob_path(&got)).unwrap()), got);
+    // Without the digest a prehashed ingest cannot commit (and stores nothing).
+    let mut i = s.ingest_prehashed().unwrap();
+    i.write_all(b"x").unwrap();
+    assert!(i.commit(None).is_err());
+    assert!(!s.has_blob(&Digest::of(b"x")));
+    // A hashed ingest still refuses bytes that are not the expected digest.
+    let mut i = s.ingest().unwrap();
+    i.write_all(b"y").unwrap();
+    assert!(matches!(
+        i.commit(Some(Digest::of(b"z"))),
+        Err(Error::DigestMismatch { .. })
+    ));
+}
+
 fn image(s: &Store, layers: Vec<LayerRecord>, salt: &str) -> NewImage {
     let config = format!(r#"{{"salt":"{salt}"}}"#);
     let c = s.put_blob(config.as_bytes(), None).unwrap();

@@ -438,7 +438,7 @@ fn ensure_compression(
         }
         let blob = store.open_blob(&l.digest)?;
         let mut r = kiln_cache::codec::decompress(blob)?;
-        let ingest = store.ingest()?;
+        let ingest = store.ingest_prehashed()?;
         let mut enc = LayerEncoder::new(ingest, want)?;
         std::io::copy(&mut r, &mut enc)?;
         let (d, ingest) = enc.finish()?;
@@ -1669,7 +1669,7 @@ fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) ->
 
 /// Writes a layer blob from sorted entries.
 fn encode(ctx: &Ctx<'_>, entries: &[TarEntry]) -> Result<LayerRecord, BuildError> {
-    let ingest = ctx.store.ingest()?;
+    let ingest = ctx.store.ingest_prehashed()?;
     let enc = LayerEncoder::new(ingest, ctx.opts.compression)?;
     let opts = TarOptions {
         source_date_epoch: ctx.opts.source_date_epoch,

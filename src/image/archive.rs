@@ -470,7 +470,7 @@ fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
             // Re-encode to zstd; the DiffID (uncompressed content) must come out as declared.
             let mut plain =
                 codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
-            let mut enc = LayerEncoder::new(store.ingest()?, Compression::Zstd)
+            let mut enc = LayerEncoder::new(store.ingest_prehashed()?, Compression::Zstd)
                 .map_err(io_err("start layer encoder"))?;
             io::copy(&mut plain, &mut enc)
                 .map_err(io_err(format!("read {path} from {}", src.describe())))?;
@@ -546,7 +546,8 @@ pub fn layer_in(store: &Store, layer: &LayerRecord, c: Compression) -> Result<La
     }
     let mut plain = codec::decompress(store.open_blob(&layer.digest)?)
         .map_err(io_err(format!("read layer {}", layer.digest)))?;
-    let mut enc = LayerEncoder::new(store.ingest()?, c).map_err(io_err("start layer encoder"))?;
+    let mut enc =
+        LayerEncoder::new(store.ingest_prehashed()?, c).map_err(io_err("start layer encoder"))?;
     io::copy(&mut plain, &mut enc).map_err(io_err(format!("re-encode layer {}", layer.digest)))?;
     let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
     if d.diff_id != layer.diff_id {

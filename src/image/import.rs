@@ -41,7 +41,7 @@ pub fn import_tarball<R: Read>(
 ) -> Result<ImageRecord> {
     let _lease = store.lease()?;
     let plain = codec::decompress(input).map_err(io_err(format!("read {}", opts.source)))?;
-    let enc = LayerEncoder::new(store.ingest()?, opts.compression)
+    let enc = LayerEncoder::new(store.ingest_prehashed()?, opts.compression)
         .map_err(io_err("start layer encoder"))?;
     let mut archive = tar::Archive::new(Tee { r: plain, w: enc });
     let not_tar = |e: io::Error| {
