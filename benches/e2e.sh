@@ -13,6 +13,9 @@
 # the Dockerfile: FROM busybox-base, WORKDIR /app, COPY . /app, RUN find /app -type f | wc -l
 # > /count, ENV NAME World, EXPOSE 80, CMD.
 #
+# Before each timed command the page cache is synced (not timed), so no tool pays for the
+# previous one's writeback.
+#
 # Writes a table (stdout), $OUT/e2e.json and $OUT/e2e.svg (a bar chart); OUT defaults to
 # benches/results. Not a test: run it by hand on an idle machine, as root.
 set -euo pipefail
@@ -66,8 +69,10 @@ export KILN_ROOT=$work/kiln-base
 fixtures/busybox/make-base.sh busybox-base "$kiln" >/dev/null
 "$kiln" save -o "$work/base.tar" busybox-base
 unset KILN_ROOT
-cp -a "$work/kiln-base" "$work/kiln"
-k=("$kiln" --root "$work/kiln")
+# One fresh store per round, made now: deleting a store right before the cold build would have
+# ext4 skip over thousands of just-freed inodes on every create (its allocator avoids reusing an
+# inode within ~30 s of its deletion), a cost the peers, which keep their stores, never pay.
+for round in $(seq "$rounds"); do cp -a "$work/kiln-base" "$work/kiln-$round"; done
 b=(buildah --root "$work/buildah" --runroot "$work/buildah-run")
 pm=(podman --root "$work/podman" --runroot "$work/podman-run" --runtime runc)
 pmu=(--ulimit nofile=1024:20000 --ulimit nproc=4096:4096)
@@ -99,6 +104,10 @@ measure() {
   local scenario=$1 tool=$2
   shift 2
   local t0 t1
+  # Every tool starts with nothing of the previous one's writes pending: without this, whoever
+  # runs right after a tool that left hundreds of MB dirty (or a daemon still flushing) pays for
+  # that writeback in its own fsyncs.
+  sync
   t0=$(date +%s%N)
   if ! "$@" >/dev/null 2>"$work/err"; then
     echo "e2e.sh: $tool failed at $scenario: $*" >&2
@@ -112,8 +121,8 @@ touch_one() { echo "change $RANDOM" >>"$ctx/d1/e1/f1"; }
 
 for round in $(seq "$rounds"); do
   echo "e2e.sh: round $round/$rounds" >&2
+  k=("$kiln" --root "$work/kiln-$round")
   # cold
-  rm -rf "$work/kiln" && cp -a "$work/kiln-base" "$work/kiln"
   measure cold kiln "${k[@]}" build -q -t bench "$ctx"
   measure cold buildah "${b[@]}" bud --runtime runc --layers --no-cache -q -t bench "$ctx"
   measure cold podman "${pm[@]}" build "${pmu[@]}" --layers --no-cache -q -t bench "$ctx"

@@ -241,6 +241,30 @@ fn open_lock(path: &Path) -> Result<File> {
         .map_err(|e| io_err(format!("open lock {}", path.display()), e))
 }
 
+/// Marks `dir` as the top of a directory hierarchy for ext2/3/4 (`chattr +T`, FS_TOPDIR_FL),
+/// so the directories made in it (each snapshot tree) are spread over block groups by the
+/// Orlov allocator instead of all going to the parent's group. Without it, creating a tree's
+/// files in a group where many inodes were freed in the last minutes is slow: ext4 skips every
+/// recently freed inode on each create, and a 5,000-file COPY took 1.3 s instead of 0.18 s
+/// after other tools deleted trees nearby. Best effort: other filesystems ignore or refuse it.
+fn set_topdir(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
+    let Ok(f) = File::open(dir) else { return };
+    // The kernel reads and writes an int, whatever the ioctl number says.
+    let mut flags: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one int through the pointer.
+    unsafe {
+        if libc::ioctl(f.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) != 0
+            || flags & FS_TOPDIR_FL != 0
+        {
+            return;
+        }
+        flags |= FS_TOPDIR_FL;
+        libc::ioctl(f.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
+    }
+}
+
 impl Store {
     /// Opens the store at `root`, creating it (or migrating it) if needed.
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
@@ -249,6 +273,9 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| io_err(format!("create {}", p.display()), e))?;
         }
+        // Snapshot trees are made under ingest/ and renamed into snapshots/.
+        set_topdir(&root.join("ingest"));
+        set_topdir(&root.join("snapshots"));
         let lock = open_lock(&root.join("kiln.lock"))?;
         lock.lock().map_err(|e| io_err("lock kiln.lock", e))?;
 
