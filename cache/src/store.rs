@@ -313,6 +313,12 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Closing would checkpoint the WAL (two fsyncs) on every command; the automatic
+        // checkpoint at 1,000 WAL pages does that work when there is some.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            true,
+        )?;
         migrate(&conn, &root)?;
         let store = Store {
             root,
@@ -498,6 +504,10 @@ impl Store {
             )?;
             if !exists {
                 return Err(Error::NotFound(format!("image {manifest}")));
+            }
+            // Already so (a rebuild that changed nothing): no write, no index rewrite.
+            if prev.as_deref() == Some(manifest.to_string().as_str()) {
+                return Ok(Some(*manifest));
             }
             tx.execute(
                 "INSERT OR REPLACE INTO refs(name, manifest, updated) VALUES (?1, ?2, ?3)",

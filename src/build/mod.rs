@@ -1228,8 +1228,14 @@ fn run_step(
     if si == 0 {
         summary.base = Some(state.base.clone());
     }
-    if let Some(r) = roots.as_ref() {
-        summary.files.extend(file_summary(r));
+    // The per-file summary costs a hash per file: made for a miss (it is recorded) or --explain,
+    // never for a plain hit.
+    let mut files_summarized = false;
+    if ctx.opts.explain {
+        if let Some(r) = roots.as_ref() {
+            summary.files.extend(file_summary(r));
+            files_summarized = true;
+        }
     }
     // COPY --link: the layer is written against an empty tree, so it does not depend on the
     // layers below; a second key without the parent finds it again after the base changed.
@@ -1317,6 +1323,9 @@ fn run_step(
     // are unchanged are hard-linked from its (immutable) snapshot instead of copied again.
     let mut link_from: Option<PathBuf> = None;
     if let Some(r) = roots.as_mut() {
+        if !files_summarized {
+            summary.files.extend(file_summary(r));
+        }
         if let Some(p) = prev.as_ref().filter(|p| p.parent == state.key.to_hex()) {
             let old: Inputs = serde_json::from_str(&p.inputs).unwrap_or_default();
             if let Some(snap) = p
