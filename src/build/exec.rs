@@ -92,6 +92,8 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     // nothing of them reaches the layer; a locked cache mount is held for the whole step.
     let mut extra = Vec::new();
     let mut _locks = Vec::new();
+    // Private scratch caches (another build holds the shared one): removed after the step.
+    let mut _scratch = Vec::new();
     let mut secret_env = Vec::new();
     // Secret files live outside the store, readable by root only, gone after the step.
     let secret_dir = tempfile::Builder::new()
@@ -174,8 +176,9 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
                         p.parent().unwrap_or(p)
                     }
                 });
-                let (source, lock) = cache_dir(store, m, &target, seed)?;
+                let (source, lock, scratch) = cache_dir(store, m, &target, seed)?;
                 _locks.extend(lock);
+                _scratch.extend(scratch);
                 extra.push(runtime::ExtraMount::Bind { target, source });
             }
             other => {
@@ -382,7 +385,14 @@ fn cache_dir(
     m: &crate::dockerfile::instructions::Mount,
     target: &str,
     seed: Option<&Path>,
-) -> Result<(std::path::PathBuf, Option<fs::File>), RunError> {
+) -> Result<
+    (
+        std::path::PathBuf,
+        Option<fs::File>,
+        Option<tempfile::TempDir>,
+    ),
+    RunError,
+> {
     use std::os::unix::fs::PermissionsExt;
     let id = m.fields.get("id").map(String::as_str).unwrap_or(target);
     let base = store.root().join("cache-mounts");
@@ -436,23 +446,22 @@ fn cache_dir(
         "locked" => {
             let f = lockfile()?;
             f.lock().map_err(setup("lock a cache mount"))?;
-            Ok((dir, Some(f)))
+            Ok((dir, Some(f), None))
         }
         "private" => {
             let f = lockfile()?;
             match f.try_lock() {
-                Ok(()) => Ok((dir, Some(f))),
+                Ok(()) => Ok((dir, Some(f), None)),
                 Err(_) => {
                     let scratch = tempfile::Builder::new()
                         .prefix(".private-")
                         .tempdir_in(&base)
-                        .map_err(setup("create a private cache mount"))?
-                        .keep();
-                    Ok((scratch, None))
+                        .map_err(setup("create a private cache mount"))?;
+                    Ok((scratch.path().to_path_buf(), None, Some(scratch)))
                 }
             }
         }
-        _ => Ok((dir, None)),
+        _ => Ok((dir, None, None)),
     }
 }
 

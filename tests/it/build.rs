@@ -961,6 +961,21 @@ fn run_cache_and_tmpfs_mounts() {
             && lines[0][6..] == lines[1][4..],
         "interleaved: {log}"
     );
+    // sharing=private: a build that finds the cache in use gets a scratch one, removed after.
+    dockerfile(
+        &ctx,
+        "FROM base\nARG N\nRUN --mount=type=cache,id=p,target=/p,sharing=private echo $N >> /p/log && sleep 0.3 && cat /p/log > /seen\n",
+    );
+    let (a, b) = (spawn("a"), spawn("b"));
+    assert!(a.wait_with_output().unwrap().status.success());
+    assert!(b.wait_with_output().unwrap().status.success());
+    let left: Vec<String> = fs::read_dir(k.root().join("cache-mounts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".private-"))
+        .collect();
+    assert!(left.is_empty(), "scratch caches left: {left:?}");
     // from=: a new cache starts as a copy of the source; later builds keep what was added.
     dockerfile(
         &ctx,
