@@ -247,7 +247,7 @@ fn open_lock(path: &Path) -> Result<File> {
 /// files in a group where many inodes were freed in the last minutes is slow: ext4 skips every
 /// recently freed inode on each create, and a 5,000-file COPY took 1.3 s instead of 0.18 s
 /// after other tools deleted trees nearby. Best effort: other filesystems ignore or refuse it.
-fn set_topdir(dir: &Path) {
+pub fn set_topdir(dir: &Path) {
     use std::os::fd::AsRawFd;
     const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
     let Ok(f) = File::open(dir) else { return };
