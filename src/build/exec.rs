@@ -95,11 +95,9 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     // Private scratch caches (another build holds the shared one): removed after the step.
     let mut _scratch = Vec::new();
     let mut secret_env = Vec::new();
-    // Secret files live outside the store, readable by root only, gone after the step.
-    let secret_dir = tempfile::Builder::new()
-        .prefix("kiln-secrets-")
-        .tempdir()
-        .map_err(setup("create the secrets directory"))?;
+    // Secret files live outside the store, in memory when /dev/shm is there (so a value never
+    // reaches a disk), in a directory only root can enter, gone after the step.
+    let mut secret_dir: Option<tempfile::TempDir> = None;
     for (i, m) in r.mounts.iter().enumerate() {
         let target = m.fields.get("target").cloned();
         if m.kind == "secret" {
@@ -131,7 +129,22 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
             let target = crate::plan::resolve_path(&r.workdir, &target);
             add_stubs(view, &target, false, &mut stubs)?;
+            if secret_dir.is_none() {
+                let b = {
+                    let mut b = tempfile::Builder::new();
+                    b.prefix("kiln-secrets-");
+                    b
+                };
+                let shm = Path::new("/dev/shm");
+                let dir = match b.tempdir_in(shm) {
+                    Ok(d) if crate::sys::fs_type(shm).ok() == Some(crate::sys::TMPFS_MAGIC) => d,
+                    _ => b.tempdir().map_err(setup("create the secrets directory"))?,
+                };
+                secret_dir = Some(dir);
+            }
             let file = secret_dir
+                .as_ref()
+                .expect("made above")
                 .path()
                 .join(blake3::hash(id.as_bytes()).to_hex().as_str());
             write_secret(&file, value, m)?;

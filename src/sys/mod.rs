@@ -312,3 +312,6 @@ pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
 
 /// `f_type` of overlayfs (linux/magic.h OVERLAYFS_SUPER_MAGIC).
 pub const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
+/// `statfs` type of tmpfs (linux/magic.h).
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;

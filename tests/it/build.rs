@@ -1106,6 +1106,18 @@ fn run_secret_mounts_never_reach_the_store_or_the_output() {
         let hits = files_containing(&k.root(), needle.as_bytes());
         assert!(hits.is_empty(), "{needle} found in {hits:?}");
     }
+    // The secret files (in /dev/shm, so never on a disk) are gone after the build.
+    for dir in ["/dev/shm", "/tmp"] {
+        let left: Vec<_> = fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("kiln-secrets-"))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{left:?}");
+    }
     // A secret never keys the step: another value hits the cache.
     fs::write(&src, "another-value-entirely!").unwrap();
     let o = k
