@@ -130,17 +130,20 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             let target = crate::plan::resolve_path(&r.workdir, &target);
             add_stubs(view, &target, false, &mut stubs)?;
             if secret_dir.is_none() {
-                let b = {
-                    let mut b = tempfile::Builder::new();
-                    b.prefix("kiln-secrets-");
-                    b
-                };
                 let shm = Path::new("/dev/shm");
-                let dir = match b.tempdir_in(shm) {
-                    Ok(d) if crate::sys::fs_type(shm).ok() == Some(crate::sys::TMPFS_MAGIC) => d,
-                    _ => b.tempdir().map_err(setup("create the secrets directory"))?,
+                let parent = if crate::sys::fs_type(shm).ok() == Some(crate::sys::TMPFS_MAGIC) {
+                    shm.to_path_buf()
+                } else {
+                    std::env::temp_dir()
                 };
-                secret_dir = Some(dir);
+                remove_stale_secrets(&parent);
+                let prefix = format!("{SECRETS_PREFIX}{}-", std::process::id());
+                secret_dir = Some(
+                    tempfile::Builder::new()
+                        .prefix(&prefix)
+                        .tempdir_in(&parent)
+                        .map_err(setup("create the secrets directory"))?,
+                );
             }
             let file = secret_dir
                 .as_ref()
@@ -356,6 +359,27 @@ fn add_stubs(
         }
     }
     Ok(())
+}
+
+/// Secret directories are `<tmpfs>/kiln-secrets-<pid>-XXXXXX`.
+const SECRETS_PREFIX: &str = "kiln-secrets-";
+
+/// Removes the secret directories of builds that died without cleaning up (SIGKILL): their
+/// process is gone.
+fn remove_stale_secrets(parent: &Path) {
+    let Ok(rd) = fs::read_dir(parent) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SECRETS_PREFIX)) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Writes a secret file with the mount's mode (default 0400) and owner.

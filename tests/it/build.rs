@@ -1049,6 +1049,12 @@ fn run_secret_mounts_never_reach_the_store_or_the_output() {
          RUN --mount=type=secret,id=tok,target=/etc/app/key,uid=1,mode=0440 stat -c '%u %a' /etc/app/key > /owner\n\
          RUN --mount=type=secret,id=absent ls /run/secrets > /absent 2>&1 || true\n",
     );
+    // What a SIGKILLed build left (its process is gone) is removed by the next one.
+    let stale = Path::new("/dev/shm/kiln-secrets-999999999-test");
+    if Path::new("/dev/shm").is_dir() {
+        fs::create_dir_all(stale).unwrap();
+        fs::write(stale.join("s"), "left by a killed build").unwrap();
+    }
     let o = k
         .cmd()
         .env("MY_API", env_secret)
@@ -1106,6 +1112,7 @@ fn run_secret_mounts_never_reach_the_store_or_the_output() {
         let hits = files_containing(&k.root(), needle.as_bytes());
         assert!(hits.is_empty(), "{needle} found in {hits:?}");
     }
+    assert!(!stale.exists(), "a dead build's secrets were not removed");
     // The secret files (in /dev/shm, so never on a disk) are gone after the build.
     for dir in ["/dev/shm", "/tmp"] {
         let left: Vec<_> = fs::read_dir(dir)
