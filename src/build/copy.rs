@@ -789,9 +789,17 @@ impl<'a> Writer<'a> {
             }
             Archive::Other => kiln_cache::codec::decompress(f).map_err(io_s)?,
         };
-        let dir = self.upper.path().join(target.as_path());
-        let root = Root::open(&dir).map_err(io_s)?;
-        crate::diff::apply_layer(&root, reader)
+        // Entries go below `target` in the upper dir, their parents resolved through the
+        // image's symlinks (`lib/x.so` lands in `usr/lib/` when `lib -> usr/lib`), as Docker's
+        // untar into the mounted rootfs does.
+        let root = Root::open(self.upper.path()).map_err(io_s)?;
+        let view = self.view;
+        let mut resolve = |parent: &InPath| -> InPath {
+            let full = target.as_path().join(parent.as_path());
+            resolve_existing(view, &full)
+                .unwrap_or_else(|| clean(&full).unwrap_or_else(|| target.clone()))
+        };
+        crate::diff::apply_layer_mapped(&root, reader, &mut resolve)
             .map_err(|e| format!("unpack {}: {e}", archive.display()))?;
         Ok(())
     }
@@ -812,6 +820,27 @@ impl<'a> Writer<'a> {
         }
         Ok(())
     }
+}
+
+/// `path` (relative to the root) with its longest prefix that exists in `view` resolved through
+/// symlinks; the rest appended as written. `None` if a symlink leads out of the root.
+fn resolve_existing(view: &View, path: &Path) -> Option<InPath> {
+    let mut resolved = clean(Path::new(""))?;
+    let mut comps = path.components().peekable();
+    while let Some(c) = comps.next() {
+        let cand = resolved.as_path().join(c);
+        match view.resolve(&format!("/{}", cand.display()), true).ok()? {
+            Some(f) if f.is_dir() => resolved = f.path.clone(),
+            _ => {
+                let mut rest = cand;
+                for c in comps {
+                    rest.push(c);
+                }
+                return clean(&rest);
+            }
+        }
+    }
+    Some(resolved)
 }
 
 /// How a local ADD source is compressed, if it is a tar archive at all.

@@ -82,6 +82,17 @@ fn entry_io(entry: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
 /// Unpacks the layer tar read from `tar` into `root`. The whole stream is consumed and hashed,
 /// so the caller can check the returned DiffID against the one the image declares.
 pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyError> {
+    apply_layer_mapped(root, tar, &mut |p: &InPath| p.clone())
+}
+
+/// [`apply_layer`] with every entry's parent directory passed through `map` first: ADD uses it
+/// to follow the image's symlinked directories (`lib -> usr/lib`) as Docker's untar does,
+/// where a layer is applied literally.
+pub fn apply_layer_mapped<R: Read>(
+    root: &Root,
+    tar: R,
+    map: &mut dyn FnMut(&InPath) -> InPath,
+) -> Result<ApplyStats, ApplyError> {
     let chown = sys::is_root();
     let mut archive = tar::Archive::new(HashReader::new(tar));
     let mut dirs: Vec<DirMeta> = Vec::new();
@@ -182,6 +193,9 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
         let mtime = header.mtime().map_err(entry_io(&raw_path))? as i64;
         let kind = header.entry_type();
 
+        // A directory entry maps as a whole, so one that names a symlinked directory of the
+        // image (`lib/` with `lib -> usr/lib`) updates that directory and keeps the link.
+        let path = if kind.is_dir() { map(&path) } else { path };
         let Some((parent, name)) = path.split() else {
             // The root itself ("./"): only a directory makes sense; keep its metadata for the end.
             if kind.is_dir() {
@@ -198,6 +212,7 @@ pub fn apply_layer<R: Read>(root: &Root, tar: R) -> Result<ApplyStats, ApplyErro
             return Err(entry_err(&raw_path, "the layer root must be a directory"));
         };
         let name = name.to_os_string();
+        let parent = if kind.is_dir() { parent } else { map(&parent) };
         let pfd = root.mkdir_all(&parent).map_err(|e| match e.raw_os_error() {
             Some(libc::ENOENT) | Some(libc::ENOTDIR) => {
                 entry_err(&raw_path, "a parent directory is a symlink that points nowhere inside the layer, or not a directory")

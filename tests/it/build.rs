@@ -1516,3 +1516,67 @@ fn add_url_downloads_checks_and_revalidates() {
     let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
     assert!(err.contains("needs ADD"), "{err}");
 }
+
+#[test]
+fn add_of_an_archive_follows_the_images_symlinked_directories() {
+    let Some((k, ctx)) = setup() else { return };
+    // A tar with lib/x.so (no directory entries), another with lib/ as an entry, and one with a
+    // "./" root entry of mode 0700, added to a subdirectory.
+    let src = k.dir.path().join("t1");
+    fs::create_dir_all(src.join("lib")).unwrap();
+    fs::write(src.join("lib/x.so"), "x\n").unwrap();
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["-cf"])
+        .arg(ctx.join("nodirs.tar"))
+        .args(["--no-recursion", "lib/x.so"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    fs::write(src.join("lib/y.so"), "y\n").unwrap();
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&src)
+        .args(["-cf"])
+        .arg(ctx.join("withdir.tar"))
+        .args(["--no-recursion", "lib", "lib/y.so"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let app = k.dir.path().join("app");
+    fs::create_dir_all(&app).unwrap();
+    fs::write(app.join("run.sh"), "echo hi\n").unwrap();
+    fs::set_permissions(&app, fs::Permissions::from_mode(0o700)).unwrap();
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&app)
+        .args(["-cf"])
+        .arg(ctx.join("app.tar"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dockerfile(
+        &ctx,
+        "FROM base\nRUN mkdir -p /usr/lib && echo keep > /usr/lib/keep && ln -s usr/lib /lib\n\
+         ADD nodirs.tar /\nADD withdir.tar /\nADD app.tar /opt/app/\n",
+    );
+    build(&k, &ctx, &["-t", "merged"]);
+    let v = image_view(&k, "merged");
+    assert!(
+        meta(&v, "/lib").file_type().is_symlink(),
+        "/lib is still a symlink"
+    );
+    assert_eq!(read(&v, "/usr/lib/x.so"), "x\n");
+    assert_eq!(read(&v, "/usr/lib/y.so"), "y\n");
+    assert_eq!(read(&v, "/usr/lib/keep"), "keep\n");
+    assert_eq!(read(&v, "/opt/app/run.sh"), "echo hi\n");
+    // Docker's untar skips an archive's "." entry: the target keeps the mode it was made with.
+    assert_eq!(meta(&v, "/opt/app").permissions().mode() & 0o7777, 0o755);
+    assert_eq!(
+        meta(&v, "/").permissions().mode() & 0o7777,
+        0o755,
+        "the archive's ./ went to the target, not the image root"
+    );
+}
