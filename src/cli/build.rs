@@ -90,12 +90,19 @@ fn remote_caches(
     for spec in specs {
         let r = crate::registry::cache::parse_spec(spec)
             .map_err(|e| anyhow::anyhow!("--cache-from: {e}"))?;
-        let rc = crate::registry::cache::RemoteCache::import(&r)
-            .with_context(|| format!("--cache-from {}", r.familiar()))?;
-        if !quiet {
-            eprintln!("importing cache from {}: {} steps", rc.name(), rc.len());
+        // As BuildKit: a cache that cannot be read is a warning, and the build goes on without it.
+        match crate::registry::cache::RemoteCache::import(&r) {
+            Ok(rc) => {
+                if !quiet {
+                    eprintln!("importing cache from {}: {} steps", rc.name(), rc.len());
+                }
+                out.push(std::sync::Arc::new(rc));
+            }
+            Err(e) => eprintln!(
+                "kiln: warning: --cache-from {}: {e}; building without it",
+                r.familiar()
+            ),
         }
-        out.push(std::sync::Arc::new(rc));
     }
     Ok(out)
 }

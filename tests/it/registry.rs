@@ -519,4 +519,14 @@ fn cache_to_a_registry_then_cache_from_it_on_an_empty_store() {
     let (_, err) = build(&b, &["--cache-from", &to, "--cache-from", &missing]);
     assert!(err.contains("0 steps"), "{err}");
     assert!(err.contains("cache miss: 1 file changed: a.txt"), "{err}");
+    // A cache that cannot be reached is a warning; the build goes on (from the local cache).
+    let (_, err) = build(
+        &b,
+        &["--cache-from", "type=registry,ref=127.0.0.1:9/none/cache:x"],
+    );
+    assert!(
+        err.contains("warning: --cache-from 127.0.0.1:9/none/cache:x")
+            && err.contains("building without it"),
+        "{err}"
+    );
 }
