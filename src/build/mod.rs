@@ -729,6 +729,10 @@ fn why_missed(
         return "cache miss: the --from source changed".into();
     }
     if old.definition != inputs.definition {
+        if old.env.is_empty() && !inputs.env.is_empty() {
+            // An imported record (--cache-from) carries no env values to compare.
+            return "cache miss: the instruction, a build arg or env changed".into();
+        }
         // Same text, different definition: something the instruction expands changed.
         let changed: Vec<&String> = inputs
             .env

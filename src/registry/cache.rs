@@ -2,7 +2,8 @@
 //! type=registry,ref=...`).
 //!
 //! The cache is an OCI image manifest whose config (media type [`CONFIG_MEDIA_TYPE`]) lists the
-//! step records (key, parent key, layer, instruction, input summary, creation time), and whose
+//! step records (key, parent key, layer, instruction, creation time, the input summary without
+//! its env and build-arg values), and whose
 //! layers are those steps' layer blobs, unchanged. Any distribution registry stores it like an
 //! image. Another store imports the records on demand: a step whose key is in the imported
 //! records becomes a hit, and its layer blob is downloaded (and checked against its digest and
@@ -115,7 +116,9 @@ pub fn export(
                 uncompressed_size: l.uncompressed_size,
             }),
             instruction: rec.instruction.clone(),
-            inputs: rec.inputs.clone(),
+            // The input summary goes without its env and build-arg values, which stay on this
+            // machine (file digests and the instruction still explain the next miss).
+            inputs: without_env(&rec.inputs),
             created: rec.created,
         });
     }
@@ -182,6 +185,17 @@ pub fn export(
         &format!("cache manifest {}", r.familiar()),
     )?;
     Ok(Digest::of(&bytes))
+}
+
+/// A step's input summary (JSON) without its `env` values.
+fn without_env(inputs: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(inputs) {
+        Ok(serde_json::Value::Object(mut m)) => {
+            m.remove("env");
+            serde_json::Value::Object(m).to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 /// Step records imported from a registry, their layers fetched on first use.

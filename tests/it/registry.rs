@@ -457,7 +457,7 @@ fn cache_to_a_registry_then_cache_from_it_on_an_empty_store() {
     fs::write(
         ctx.join("Dockerfile"),
         format!(
-            "FROM {base} AS build\nCOPY a.txt /a.txt\nRUN cat /a.txt > /out && echo built >> /out\n\
+            "FROM {base} AS build\nARG TOKEN\nCOPY a.txt /a.txt\nRUN cat /a.txt > /out && echo built >> /out\n\
              FROM {base}\nWORKDIR /app\nCOPY --from=build /out ./final\nRUN echo done > /done\n"
         ),
     )
@@ -473,7 +473,17 @@ fn cache_to_a_registry_then_cache_from_it_on_an_empty_store() {
         (out.lines().last().unwrap().to_string(), err)
     };
     let to = format!("type=registry,ref={cache}");
-    let (id_a, err) = build(&a, &["-t", "app", "--cache-to", &to]);
+    let (id_a, err) = build(
+        &a,
+        &[
+            "-t",
+            "app",
+            "--build-arg",
+            "TOKEN=s3cret-arg",
+            "--cache-to",
+            &to,
+        ],
+    );
     assert!(
         err.contains("exported cache to") && err.contains("5 steps"),
         "{err}"
@@ -489,10 +499,31 @@ fn cache_to_a_registry_then_cache_from_it_on_an_empty_store() {
         raw.contains("application/vnd.kiln.cache.config.v1+json"),
         "{raw}"
     );
+    // Build-arg and env values stay on the machine: the exported input summaries leave them out.
+    let cfg = Command::new("skopeo")
+        .args(["inspect", "--raw", "--config", "--tls-verify=false"])
+        .arg(format!("docker://{cache}"))
+        .output()
+        .unwrap();
+    let cfg = String::from_utf8_lossy(&cfg.stdout);
+    assert!(
+        cfg.contains("\"records\"") && !cfg.contains("s3cret-arg"),
+        "{cfg}"
+    );
 
     // Another store, nothing in it: every step is a hit from the registry, same image ID.
     let b = Kiln::new();
-    let (id_b, err) = build(&b, &["-t", "app", "--cache-from", &to]);
+    let (id_b, err) = build(
+        &b,
+        &[
+            "-t",
+            "app",
+            "--build-arg",
+            "TOKEN=s3cret-arg",
+            "--cache-from",
+            &to,
+        ],
+    );
     assert!(
         err.contains("importing cache from") && err.contains("5 steps"),
         "{err}"
