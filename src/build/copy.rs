@@ -19,7 +19,7 @@ use crate::rootfs::{clean, InPath, Root};
 use crate::snapshot::view::{Found, View};
 use crate::sys;
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -525,6 +525,8 @@ pub struct Writer<'a> {
     opts: WriteOptions,
     dirs: HashMap<String, InPath>,
     fixes: Vec<DirFix>,
+    /// Source files with several links, by (dev, inode): where the first was written.
+    links: HashMap<(u64, u64), (InPath, OsString)>,
 }
 
 fn io_s(e: io::Error) -> String {
@@ -539,6 +541,7 @@ impl<'a> Writer<'a> {
             opts,
             dirs: HashMap::new(),
             fixes: Vec::new(),
+            links: HashMap::new(),
         })
     }
 
@@ -700,6 +703,26 @@ impl<'a> Writer<'a> {
         match &it.kind {
             Kind::File if it.unchanged && self.try_link(&parent, &name, it, uid, gid, mode)? => {}
             Kind::File => {
+                let mut src = match &it.data {
+                    Data::Host(p) => {
+                        Some(fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?)
+                    }
+                    Data::Inline(_) => None,
+                };
+                // Files hard-linked to each other in the source stay linked in the copy (as
+                // BuildKit's copier does): the first one is written, the others linked to it.
+                let link_key = match &src {
+                    Some(f) => {
+                        let m = f.metadata().map_err(io_s)?;
+                        (m.nlink() > 1).then(|| (m.dev(), m.ino()))
+                    }
+                    None => None,
+                };
+                if let Some((first_dir, first_name)) = link_key.and_then(|k| self.links.get(&k)) {
+                    let fdir = self.upper.open_dir(first_dir).map_err(io_s)?;
+                    sys::linkat(fdir.as_fd(), first_name, pfd, &name).map_err(io_s)?;
+                    return Ok(());
+                }
                 let fd = sys::openat(
                     pfd,
                     &name,
@@ -708,11 +731,13 @@ impl<'a> Writer<'a> {
                 )
                 .map_err(io_s)?;
                 let mut out = fs::File::from(fd);
+                if let Some(k) = link_key {
+                    self.links.insert(k, (parent.clone(), name.clone()));
+                }
                 match &it.data {
-                    Data::Host(p) => {
-                        let mut src =
-                            fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                        io::copy(&mut src, &mut out).map_err(io_s)?;
+                    Data::Host(_) => {
+                        let src = src.as_mut().expect("opened above");
+                        io::copy(src, &mut out).map_err(io_s)?;
                     }
                     Data::Inline(b) => {
                         io::Write::write_all(&mut out, b).map_err(io_s)?;

@@ -1580,3 +1580,27 @@ fn add_of_an_archive_follows_the_images_symlinked_directories() {
         "the archive's ./ went to the target, not the image root"
     );
 }
+
+#[test]
+fn copy_keeps_hard_links_between_the_files_it_copies() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::create_dir_all(ctx.join("d")).unwrap();
+    fs::write(ctx.join("d/a.bin"), vec![7u8; 100_000]).unwrap();
+    fs::hard_link(ctx.join("d/a.bin"), ctx.join("d/b.bin")).unwrap();
+    fs::write(ctx.join("d/c.bin"), vec![7u8; 100_000]).unwrap();
+    dockerfile(&ctx, "FROM base\nCOPY d /x/\n");
+    build(&k, &ctx, &["-t", "hl"]);
+    let v = image_view(&k, "hl");
+    let (a, b, c) = (
+        meta(&v, "/x/a.bin"),
+        meta(&v, "/x/b.bin"),
+        meta(&v, "/x/c.bin"),
+    );
+    assert_eq!(a.ino(), b.ino(), "a and b are one file in the image too");
+    assert_ne!(a.ino(), c.ino());
+    // The layer stores the data once: its uncompressed size is well under three copies.
+    let store = k.store();
+    let img = kiln::image::resolve(&store, "hl").unwrap().image;
+    let top = img.layers.last().unwrap();
+    assert!(top.uncompressed_size < 250_000, "{}", top.uncompressed_size);
+}
