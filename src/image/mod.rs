@@ -8,9 +8,8 @@ pub mod reference;
 
 use crate::timefmt;
 use kiln_cache::{BlobRef, Digest, ImageRecord, LayerRecord, NewImage, Store};
-use oci::{Descriptor, ImageConfig, Manifest};
+use oci::{ImageConfig, Manifest};
 use reference::{RefError, Reference};
-use std::collections::BTreeMap;
 use std::io;
 
 #[derive(Debug, thiserror::Error)]
@@ -181,28 +180,12 @@ pub(crate) fn commit_manifest(
             "image config's diff_ids do not match its layers".into(),
         ));
     }
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.to_string()),
-        config: Descriptor {
-            media_type: oci::MEDIA_TYPE_OCI_CONFIG.to_string(),
-            digest: config_digest,
-            size: config_bytes.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                digest: l.digest,
-                size: l.size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            })
-            .collect(),
-        annotations: BTreeMap::new(),
-    };
+    let manifest = Manifest::oci(
+        oci::MEDIA_TYPE_OCI_CONFIG,
+        config_digest,
+        config_bytes.len() as u64,
+        &layers,
+    );
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     // A rebuild that changed nothing: the image and its tags are already recorded.
     let digest = kiln_cache::Digest::of(&manifest_bytes);

@@ -138,6 +138,35 @@ impl ImageConfig {
 }
 
 /// Whether a media type (or, when absent, a document's shape) is an index / manifest list.
+impl Manifest {
+    /// An OCI image manifest for a config blob and layers (no annotations): what kiln writes
+    /// for images and for exported build caches.
+    pub fn oci(
+        config_media_type: &str,
+        config: Digest,
+        config_size: u64,
+        layers: &[kiln_cache::LayerRecord],
+    ) -> Manifest {
+        let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_OCI_MANIFEST.to_string()),
+            config: desc(config_media_type, config, config_size),
+            layers: layers
+                .iter()
+                .map(|l| desc(&l.media_type, l.digest, l.size))
+                .collect(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
 pub fn is_index(media_type: &str) -> bool {
     media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST
 }

@@ -9,7 +9,7 @@
 //! records becomes a hit, and its layer blob is downloaded (and checked against its digest and
 //! DiffID) only then.
 
-use super::{fetch_manifest, pull_layer, push_blob, Body, Client, RegistryError, Report, Result};
+use super::{fetch_manifest, pull_layer, push_blobs, Body, Client, RegistryError, Report, Result};
 use crate::image::oci::{self, Descriptor, Manifest};
 use crate::image::reference::Reference;
 use kiln_cache::{Digest, LayerRecord, StepRecord, Store};
@@ -130,46 +130,13 @@ pub fn export(
     let config_digest = store.put_blob(&config, None)?;
     let mut blobs: Vec<Digest> = layers.iter().map(|l| l.digest).collect();
     blobs.push(config_digest);
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = blobs
-            .iter()
-            .map(|d| {
-                let (c, scope, repo) = (&c, &scope, &repo);
-                s.spawn(move || push_blob(store, c, repo, scope, d, None, report))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(RegistryError::Invalid("a blob upload panicked".into()))
-                })
-            })
-            .collect()
-    });
-    results.into_iter().collect::<Result<Vec<_>>>()?;
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: Some(oci::MEDIA_TYPE_OCI_MANIFEST.into()),
-        config: Descriptor {
-            media_type: CONFIG_MEDIA_TYPE.into(),
-            digest: config_digest,
-            size: config.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: l.media_type.clone(),
-                digest: l.digest,
-                size: l.size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            })
-            .collect(),
-        annotations: BTreeMap::new(),
-    };
+    push_blobs(store, &c, &repo, &scope, &blobs, &HashMap::new(), report)?;
+    let manifest = Manifest::oci(
+        CONFIG_MEDIA_TYPE,
+        config_digest,
+        config.len() as u64,
+        &layers,
+    );
     let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let target = r.tag.clone().unwrap_or_else(|| "latest".into());
     let resp = c.send(

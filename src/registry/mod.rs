@@ -779,24 +779,8 @@ pub fn push(
             .map(|m| m.len())
             .unwrap_or(0),
     ));
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = blobs
-            .iter()
-            .map(|(d, _)| {
-                let (c, scope, repo, known) = (&c, &scope, &repo, &known);
-                s.spawn(move || push_blob(store, c, repo, scope, d, known.get(d), report))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(RegistryError::Invalid("a blob upload panicked".into()))
-                })
-            })
-            .collect()
-    });
-    results.into_iter().collect::<Result<Vec<_>>>()?;
+    let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+    push_blobs(store, &c, &repo, &scope, &digests, &known, report)?;
     let target = r
         .digest
         .map(|d| d.to_string())
@@ -816,6 +800,35 @@ pub fn push(
         manifest_bytes.len()
     ));
     Ok((digest, manifest_bytes.len() as u64))
+}
+
+/// Uploads `blobs` in parallel (each skipped when the registry has it, mounted from the
+/// repository `known` names for it when there is one).
+fn push_blobs(
+    store: &Store,
+    c: &Client,
+    repo: &str,
+    scope: &str,
+    blobs: &[Digest],
+    known: &HashMap<Digest, String>,
+    report: Report<'_>,
+) -> Result<()> {
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = blobs
+            .iter()
+            .map(|d| s.spawn(move || push_blob(store, c, repo, scope, d, known.get(d), report)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(RegistryError::Invalid("a blob upload panicked".into()))
+                })
+            })
+            .collect()
+    });
+    results.into_iter().collect::<Result<Vec<_>>>()?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
