@@ -41,6 +41,8 @@ pub struct RunRequest<'a> {
     pub snapshotter: Snapshotter,
     /// `kiln build --secret` values by id (never keyed, logged or written to the store).
     pub secrets: &'a std::collections::BTreeMap<String, Vec<u8>>,
+    /// `kiln build --ssh` agent sockets by id.
+    pub ssh: &'a std::collections::BTreeMap<String, std::path::PathBuf>,
     /// Bind mount sources by mount index: a prepared copy, and whether it is a directory.
     pub binds: &'a std::collections::BTreeMap<usize, (std::path::PathBuf, bool)>,
 }
@@ -95,6 +97,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     // Private scratch caches (another build holds the shared one): removed after the step.
     let mut _scratch = Vec::new();
     let mut secret_env = Vec::new();
+    let mut ssh_n = 0;
     // Secret files live outside the store, in memory when /dev/shm is there (so a value never
     // reaches a disk), in a directory only root can enter, gone after the step.
     let mut secret_dir: Option<tempfile::TempDir> = None;
@@ -157,6 +160,34 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             });
             continue;
         }
+        if m.kind == "ssh" {
+            // The agent's socket, bound in (BuildKit's default path and SSH_AUTH_SOCK).
+            let id = m.fields.get("id").map_or("default", |s| s.as_str());
+            let required = m.fields.get("required").is_some_and(|v| v != "false");
+            let Some(sock) = req.ssh.get(id) else {
+                if required {
+                    return Err(RunError::Setup(format!(
+                        "ssh agent {id:?} is required but was not given: kiln build --ssh {id}[=SOCKET]"
+                    )));
+                }
+                continue;
+            };
+            let target = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_n}"));
+            ssh_n += 1;
+            let target = crate::plan::resolve_path(&r.workdir, &target);
+            add_stubs(view, &target, false, &mut stubs)?;
+            if !secret_env
+                .iter()
+                .any(|e: &String| e.starts_with("SSH_AUTH_SOCK="))
+            {
+                secret_env.push(format!("SSH_AUTH_SOCK={target}"));
+            }
+            extra.push(runtime::ExtraMount::Bind {
+                target,
+                source: sock.clone(),
+            });
+            continue;
+        }
         let target = target
             .ok_or_else(|| RunError::Setup(format!("--mount=type={} needs a target", m.kind)))?;
         let target = crate::plan::resolve_path(&r.workdir, &target);
@@ -199,7 +230,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             }
             other => {
                 return Err(RunError::Setup(format!(
-                "RUN --mount=type={other} is not supported yet (bind, cache, tmpfs and secret are)"
+                "RUN --mount=type={other} is not supported (bind, cache, tmpfs, secret and ssh are)"
             )))
             }
         }

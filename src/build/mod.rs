@@ -67,6 +67,8 @@ pub struct BuildOptions {
     pub dockerfile_id: String,
     /// `--secret` values by id, for RUN --mount=type=secret (never keyed or stored).
     pub secrets: BTreeMap<String, Vec<u8>>,
+    /// `--ssh` agent sockets by id, for RUN --mount=type=ssh (never keyed).
+    pub ssh: BTreeMap<String, PathBuf>,
     /// `--explain`: report every step's key inputs, and for a miss what differs from the
     /// nearest earlier build of the same step.
     pub explain: bool,
@@ -1153,16 +1155,17 @@ fn run_step(
             }
         }
         StepKind::Run(r) => {
-            if let Some(m) = r
-                .mounts
-                .iter()
-                .find(|m| !matches!(m.kind.as_str(), "tmpfs" | "cache" | "secret" | "bind"))
-            {
+            if let Some(m) = r.mounts.iter().find(|m| {
+                !matches!(
+                    m.kind.as_str(),
+                    "tmpfs" | "cache" | "secret" | "bind" | "ssh"
+                )
+            }) {
                 return Err(step_error(
                     ctx,
                     step,
                     format!(
-                        "RUN --mount=type={} is not supported yet (bind, cache, tmpfs and secret are)",
+                        "RUN --mount=type={} is not supported (bind, cache, tmpfs, secret and ssh are)",
                         m.kind
                     ),
                 ));
@@ -1474,6 +1477,7 @@ fn run_step(
                     network_none,
                     snapshotter: ctx.opts.snapshotter,
                     secrets: &ctx.opts.secrets,
+                    ssh: &ctx.opts.ssh,
                     binds: &bind_dirs,
                 },
                 &out,

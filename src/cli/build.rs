@@ -66,6 +66,10 @@ pub struct BuildArgs {
     /// environment variable NAME); may be repeated
     #[arg(long = "secret", value_name = "id=NAME[,src=FILE|,env=VAR]")]
     secrets: Vec<String>,
+    /// Forward an SSH agent to RUN --mount=type=ssh: default (the agent at $SSH_AUTH_SOCK) or
+    /// ID=SOCKET; may be repeated
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET]")]
+    ssh: Vec<String>,
     /// Report every step's key and the inputs that formed it, and for a miss what differs
     /// from the nearest earlier build of the same step
     #[arg(long)]
@@ -103,6 +107,33 @@ fn remote_caches(
                 r.familiar()
             ),
         }
+    }
+    Ok(out)
+}
+
+/// `--ssh ID[=SOCKET]`: each agent socket, checked now (without a path, $SSH_AUTH_SOCK).
+fn ssh_map(specs: &[String]) -> Result<BTreeMap<String, PathBuf>> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = BTreeMap::new();
+    for spec in specs {
+        let (id, path) = match spec.split_once('=') {
+            Some((id, p)) => (id.to_string(), PathBuf::from(p)),
+            None => {
+                let sock = std::env::var_os("SSH_AUTH_SOCK").ok_or_else(|| {
+                    anyhow::anyhow!("--ssh {spec}: SSH_AUTH_SOCK is not set (start ssh-agent, or give {spec}=SOCKET)")
+                })?;
+                (spec.clone(), PathBuf::from(sock))
+            }
+        };
+        if id.is_empty() {
+            anyhow::bail!("invalid --ssh {spec:?}: the id is empty");
+        }
+        let meta =
+            std::fs::metadata(&path).with_context(|| format!("--ssh {id}: {}", path.display()))?;
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("--ssh {id}: {} is not a socket", path.display());
+        }
+        out.insert(id, path);
     }
     Ok(out)
 }
@@ -581,6 +612,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     };
     let opts = BuildOptions {
         secrets: secret_map(&args.secrets)?,
+        ssh: ssh_map(&args.ssh)?,
         explain: args.explain,
         remote_caches: remote_caches(&args.cache_from, args.quiet)?,
         tags,

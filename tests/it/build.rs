@@ -426,11 +426,11 @@ fn a_failing_run_names_the_line_the_exit_code_and_the_output() {
         "{err}"
     );
 
-    // RUN mounts come later (a clear error, never a silent build without the mount).
-    dockerfile(&ctx, "FROM base\nRUN --mount=type=ssh true\n");
+    // A required mount that was not given is a clear error, never a silent build without it.
+    dockerfile(&ctx, "FROM base\nRUN --mount=type=ssh,required true\n");
     let err = String::from_utf8_lossy(&build_raw(&k, &ctx, &[]).stderr).into_owned();
     assert!(
-        err.contains("Dockerfile:2") && err.contains("not supported yet"),
+        err.contains("Dockerfile:2") && err.contains("kiln build --ssh default"),
         "{err}"
     );
 
@@ -1603,4 +1603,58 @@ fn copy_keeps_hard_links_between_the_files_it_copies() {
     let img = kiln::image::resolve(&store, "hl").unwrap().image;
     let top = img.layers.last().unwrap();
     assert!(top.uncompressed_size < 250_000, "{}", top.uncompressed_size);
+}
+
+#[test]
+fn run_ssh_mounts_forward_the_agent_socket() {
+    let Some((k, ctx)) = setup() else { return };
+    let sock = k.dir.path().join("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\n\
+         RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && echo \"$SSH_AUTH_SOCK\" > /default\n\
+         RUN --mount=type=ssh,id=deploy,target=/tmp/deploy.sock,required test -S /tmp/deploy.sock && echo ok > /deploy\n\
+         RUN --mount=type=ssh,id=absent echo \"${SSH_AUTH_SOCK:-unset}\" > /absent\n",
+    );
+    let spec = |id: &str| format!("{id}={}", sock.display());
+    build(
+        &k,
+        &ctx,
+        &[
+            "-t",
+            "ssh",
+            "--ssh",
+            &spec("default"),
+            "--ssh",
+            &spec("deploy"),
+        ],
+    );
+    let v = image_view(&k, "ssh");
+    assert_eq!(read(&v, "/default").trim(), "/run/buildkit/ssh_agent.0");
+    assert_eq!(read(&v, "/deploy").trim(), "ok");
+    assert_eq!(
+        read(&v, "/absent").trim(),
+        "unset",
+        "an absent optional agent mounts nothing"
+    );
+    for p in ["/run/buildkit", "/tmp/deploy.sock"] {
+        assert!(
+            v.resolve(p, false).unwrap().is_none(),
+            "{p} leaked into the image"
+        );
+    }
+    let env = config(&k, "ssh").config.env.unwrap_or_default();
+    assert!(
+        !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK")),
+        "{env:?}"
+    );
+    // Not a socket: refused before any work.
+    let err = k.fails(&[
+        "build",
+        "--ssh",
+        "default=/etc/hostname",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(err.contains("is not a socket"), "{err}");
 }
