@@ -120,17 +120,7 @@ pub fn main() -> ! {
             // Terminal signals reach the whole process group; the workload (PID 1 of its
             // namespace) ignores what it has no handler for, so the helper stays to reap it and
             // the parent-death signal takes it down if the helper is killed.
-            p::ignore_signal(libc::SIGINT);
-            p::ignore_signal(libc::SIGQUIT);
-            let status = p::waitpid(pid).unwrap_or_else(|e| fail("wait", e));
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else if libc::WIFSIGNALED(status) {
-                128 + libc::WTERMSIG(status)
-            } else {
-                EXIT_SETUP
-            };
-            std::process::exit(code)
+            reap_and_exit(pid)
         }
     }
 }
@@ -214,19 +204,7 @@ pub fn exec_main() -> ! {
             }
             exec_argv(&spec.argv, &spec.env)
         }
-        Ok(p::Fork::Parent(pid)) => {
-            p::ignore_signal(libc::SIGINT);
-            p::ignore_signal(libc::SIGQUIT);
-            let status = p::waitpid(pid).unwrap_or_else(|e| fail("wait", e));
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else if libc::WIFSIGNALED(status) {
-                128 + libc::WTERMSIG(status)
-            } else {
-                EXIT_SETUP
-            };
-            std::process::exit(code)
-        }
+        Ok(p::Fork::Parent(pid)) => reap_and_exit(pid),
     }
 }
 
@@ -260,6 +238,23 @@ fn bind_at(root: &Root, path: &str, src: &Path, flags: libc::c_ulong) {
         "",
     )
     .unwrap_or_else(|e| fail(&format!("bind {} on {path}", src.display()), e));
+}
+
+/// Waits for the workload `pid` and exits with its status (128+N for signal N), ignoring the
+/// terminal's SIGINT/SIGQUIT meanwhile: they reach the whole process group, and the workload
+/// decides about them itself.
+fn reap_and_exit(pid: libc::pid_t) -> ! {
+    p::ignore_signal(libc::SIGINT);
+    p::ignore_signal(libc::SIGQUIT);
+    let status = p::waitpid(pid).unwrap_or_else(|e| fail("wait", e));
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        EXIT_SETUP
+    };
+    std::process::exit(code)
 }
 
 /// Creates a stub mount point in-root unless something is there already.
