@@ -71,24 +71,8 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
 
     let files = req.snapshot_dir.join("files");
     fs::create_dir_all(files.join("empty")).map_err(setup("create run files"))?;
-    fs::write(files.join("hosts"), runtime::hosts_file(BUILD_HOSTNAME))
-        .map_err(setup("write hosts"))?;
-    fs::write(files.join("resolv.conf"), runtime::resolv_conf())
-        .map_err(setup("write resolv.conf"))?;
-    fs::write(files.join("hostname"), format!("{BUILD_HOSTNAME}\n"))
-        .map_err(setup("write hostname"))?;
-
-    let mut stubs = Vec::new();
-    for (p, dir) in runtime::MOUNT_POINTS {
-        let abs = format!("/{p}");
-        if view
-            .resolve(&abs, false)
-            .map_err(setup("look up mount points"))?
-            .is_none()
-        {
-            stubs.push((abs, *dir));
-        }
-    }
+    runtime::write_etc_files(&files, BUILD_HOSTNAME).map_err(setup("prepare /etc files"))?;
+    let mut stubs = runtime::missing_mount_points(view).map_err(setup("look up mount points"))?;
 
     // RUN --mount: tmpfs and cache mounts. Their targets (and missing parents) are stubs too, so
     // nothing of them reaches the layer; a locked cache mount is held for the whole step.
@@ -421,11 +405,7 @@ fn write_secret(
 ) -> Result<(), RunError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
-    let mode = m
-        .fields
-        .get("mode")
-        .and_then(|v| u32::from_str_radix(v, 8).ok())
-        .unwrap_or(0o400);
+    let mode = m.mode_or(0o400);
     let mut f = fs::OpenOptions::new()
         .create_new(true)
         .write(true)
@@ -433,14 +413,8 @@ fn write_secret(
         .open(file)
         .map_err(setup("write a secret"))?;
     f.write_all(value).map_err(setup("write a secret"))?;
-    let num = |k: &str| {
-        m.fields
-            .get(k)
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
-    };
-    std::os::unix::fs::fchown(&f, Some(num("uid")), Some(num("gid")))
-        .map_err(setup("chown a secret"))?;
+    let (uid, gid) = m.owner();
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(setup("chown a secret"))?;
     Ok(())
 }
 
@@ -471,20 +445,10 @@ fn cache_dir(
             .prefix(".new-")
             .tempdir_in(&base)
             .map_err(setup("create a cache mount"))?;
-        let mode = m
-            .fields
-            .get("mode")
-            .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .unwrap_or(0o755);
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode))
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(m.mode_or(0o755)))
             .map_err(setup("chmod a cache mount"))?;
-        let num = |k: &str| {
-            m.fields
-                .get(k)
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0)
-        };
-        std::os::unix::fs::chown(tmp.path(), Some(num("uid")), Some(num("gid")))
+        let (uid, gid) = m.owner();
+        std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
             .map_err(setup("chown a cache mount"))?;
         // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
         if let Some(seed) = seed {

@@ -345,22 +345,8 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     for sub in ["upper", "work", "rootfs", "files/empty"] {
         fs::create_dir_all(d.join(sub)).map_err(io_err(format!("create {}", d.display())))?;
     }
-    fs::write(files.join("hosts"), runtime::hosts_file(&hostname))
-        .map_err(io_err("write hosts"))?;
-    fs::write(files.join("hostname"), format!("{hostname}\n")).map_err(io_err("write hostname"))?;
-    fs::write(files.join("resolv.conf"), runtime::resolv_conf())
-        .map_err(io_err("write resolv.conf"))?;
-    let mut stubs = Vec::new();
-    for (p, is_dir) in runtime::MOUNT_POINTS {
-        let abs = format!("/{p}");
-        if view
-            .resolve(&abs, false)
-            .map_err(io_err("look up mount points"))?
-            .is_none()
-        {
-            stubs.push((abs, *is_dir));
-        }
-    }
+    runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
+    let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
     let base = store.root().join("snapshots");
     let mut lower: Vec<String> = lowers
         .iter()

@@ -668,6 +668,27 @@ pub struct Mount {
     pub fields: BTreeMap<String, String>,
 }
 
+impl Mount {
+    /// The octal `mode=` field, or `default`.
+    pub fn mode_or(&self, default: u32) -> u32 {
+        self.fields
+            .get("mode")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(default)
+    }
+
+    /// `uid=` and `gid=`, root by default.
+    pub fn owner(&self) -> (u32, u32) {
+        let num = |k: &str| {
+            self.fields
+                .get(k)
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+        };
+        (num("uid"), num("gid"))
+    }
+}
+
 /// Parses one `--mount` value (after expansion). `dst`/`destination` become `target`,
 /// `src` becomes `source`, as BuildKit's aliases.
 pub fn parse_mount(v: &str) -> Result<Mount, String> {

@@ -238,3 +238,30 @@ pub fn hosts_file(hostname: &str) -> String {
 pub fn resolv_conf() -> String {
     std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
 }
+
+/// Writes `hosts`, `hostname` and `resolv.conf` into `files`: what the init helper binds over
+/// the container's /etc files (RUN steps and `kiln run` alike).
+pub fn write_etc_files(files: &std::path::Path, hostname: &str) -> io::Result<()> {
+    for (name, content) in [
+        ("hosts", hosts_file(hostname)),
+        ("hostname", format!("{hostname}\n")),
+        ("resolv.conf", resolv_conf()),
+    ] {
+        std::fs::write(files.join(name), content)
+            .map_err(|e| io::Error::new(e.kind(), format!("write {name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// The [`MOUNT_POINTS`] the root filesystem `view` lacks, as `(absolute path, is a directory)`:
+/// the stubs the helper creates to mount on, removed again afterwards.
+pub fn missing_mount_points(view: &crate::snapshot::view::View) -> io::Result<Vec<(String, bool)>> {
+    let mut stubs = Vec::new();
+    for (p, dir) in MOUNT_POINTS {
+        let abs = format!("/{p}");
+        if view.resolve(&abs, false)?.is_none() {
+            stubs.push((abs, *dir));
+        }
+    }
+    Ok(stubs)
+}
