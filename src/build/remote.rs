@@ -13,7 +13,6 @@ use sha2::Digest as _;
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// What a URL resolved to.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -128,12 +127,7 @@ pub fn fetch(
     }
     let dir = entry_dir(store_root, url);
     let cached = load(&dir);
-    let agent = ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(300))
-        .redirects(10)
-        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-        .build();
+    let agent = crate::registry::http_agent(10);
     let mut req = agent.get(url);
     if let Some(etag) = cached.as_ref().and_then(|c| c.etag.as_deref()) {
         req = req.set("If-None-Match", etag);

@@ -12,7 +12,7 @@ use super::reference::Reference;
 use super::{io_err, ImageError, Result};
 use kiln_cache::digest::HashReader;
 use kiln_cache::{
-    codec, BlobRef, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, NewImage, Store,
+    codec, BlobRef, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, Store,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -376,8 +376,9 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
     }
     store.put_blob(&config_bytes, Some(manifest.config.digest))?;
     store.put_blob(&manifest_bytes, Some(d.digest))?;
-    let new = NewImage {
-        manifest: BlobRef {
+    super::record_image(
+        store,
+        BlobRef {
             digest: d.digest,
             media_type: manifest
                 .media_type
@@ -385,21 +386,15 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
                 .unwrap_or_else(|| d.media_type.clone()),
             size: manifest_bytes.len() as u64,
         },
-        config: BlobRef {
+        BlobRef {
             digest: manifest.config.digest,
             media_type: manifest.config.media_type.clone(),
             size: config_bytes.len() as u64,
         },
         layers,
-        created: config
-            .created
-            .as_deref()
-            .and_then(crate::timefmt::parse_rfc3339),
-    };
-    store.commit_image(&new, &[])?;
-    store
-        .image(&d.digest)?
-        .ok_or_else(|| ImageError::NotFound(d.digest.to_string()))
+        &config,
+        &[],
+    )
 }
 
 /// Decompresses a stored layer blob (of `size` bytes) to check its DiffID and learn its

@@ -199,24 +199,45 @@ pub(crate) fn commit_manifest(
         }
     }
     let manifest_digest = store.put_blob(&manifest_bytes, None)?;
-    let new = NewImage {
-        manifest: BlobRef {
+    record_image(
+        store,
+        BlobRef {
             digest: manifest_digest,
             media_type: oci::MEDIA_TYPE_OCI_MANIFEST.into(),
             size: manifest_bytes.len() as u64,
         },
-        config: BlobRef {
+        BlobRef {
             digest: config_digest,
             media_type: oci::MEDIA_TYPE_OCI_CONFIG.into(),
             size: config_bytes.len() as u64,
         },
         layers,
+        config,
+        tags,
+    )
+}
+
+/// Records an image whose manifest, config and layer blobs are all stored (its creation time
+/// from `config`), under `tags`; returns the stored record.
+pub(crate) fn record_image(
+    store: &Store,
+    manifest: BlobRef,
+    config_blob: BlobRef,
+    layers: Vec<LayerRecord>,
+    config: &ImageConfig,
+    tags: &[String],
+) -> Result<ImageRecord> {
+    let digest = manifest.digest;
+    let new = NewImage {
+        manifest,
+        config: config_blob,
+        layers,
         created: config.created.as_deref().and_then(timefmt::parse_rfc3339),
     };
     store.commit_image(&new, tags)?;
     store
-        .image(&manifest_digest)?
-        .ok_or_else(|| ImageError::NotFound(manifest_digest.to_string()))
+        .image(&digest)?
+        .ok_or_else(|| ImageError::NotFound(digest.to_string()))
 }
 
 /// Parses user-given tags into the full references the store keys tags by.

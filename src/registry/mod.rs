@@ -14,7 +14,7 @@ use crate::image::oci::{self, Descriptor, ImageConfig, Index, Manifest, Platform
 use crate::image::reference::Reference;
 use crate::image::{self, ImageError};
 use auth::Challenge;
-use kiln_cache::{BlobRef, Compression, Digest, ImageRecord, LayerRecord, NewImage, Store};
+use kiln_cache::{BlobRef, Compression, Digest, ImageRecord, LayerRecord, Store};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Mutex;
@@ -104,6 +104,17 @@ pub struct Client {
     tokens: Mutex<HashMap<String, String>>,
 }
 
+/// kiln's HTTP client: rustls with the system's CAs, 30 s to connect, 300 s per read, kiln's
+/// User-Agent, following up to `redirects` redirects.
+pub fn http_agent(redirects: u32) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(30))
+        .timeout_read(Duration::from_secs(300))
+        .redirects(redirects)
+        .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 impl Client {
     /// A client for `host` (a reference's domain), with the stored credentials.
     pub fn new(host: &str) -> Client {
@@ -117,12 +128,7 @@ impl Client {
             host
         };
         let scheme = if insecure(host) { "http" } else { "https" };
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(30))
-            .timeout_read(Duration::from_secs(300))
-            .redirects(5)
-            .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
-            .build();
+        let agent = http_agent(5);
         Client {
             host: host.to_string(),
             base: format!("{scheme}://{api}"),
@@ -620,8 +626,9 @@ pub fn pull(
     let layers = results.into_iter().collect::<Result<Vec<_>>>()?;
     store.put_blob(&config_bytes, Some(manifest.config.digest))?;
     store.put_blob(&bytes, Some(digest))?;
-    let new = NewImage {
-        manifest: BlobRef {
+    let image = image::record_image(
+        store,
+        BlobRef {
             digest,
             media_type: manifest.media_type.clone().unwrap_or_else(|| {
                 if mt.is_empty() {
@@ -632,26 +639,21 @@ pub fn pull(
             }),
             size: bytes.len() as u64,
         },
-        config: BlobRef {
+        BlobRef {
             digest: manifest.config.digest,
             media_type: manifest.config.media_type.clone(),
             size: config_bytes.len() as u64,
         },
         layers,
-        created: config
-            .created
-            .as_deref()
-            .and_then(crate::timefmt::parse_rfc3339),
-    };
-    store.commit_image(&new, &[tag])?;
+        &config,
+        &[tag],
+    )?;
     report.line(&format!("Digest: {digest}"));
     report.line(&format!(
         "Status: Downloaded newer image for {}",
         r.familiar()
     ));
-    Ok(store
-        .image(&digest)?
-        .ok_or_else(|| ImageError::NotFound(digest.to_string()))?)
+    Ok(image)
 }
 
 fn pull_layer(
