@@ -1006,6 +1006,15 @@ fn explain(
     out
 }
 
+/// The build context's entries (after .dockerignore), walked once for the whole build by
+/// whichever step needs them first.
+fn context_entries<'c>(ctx: &'c Ctx<'_>, step: &plan::Step) -> Result<&'c [Entry], BuildError> {
+    ctx.entries
+        .get_or_init(|| ctx.context.walk().map_err(|e| e.to_string()))
+        .as_deref()
+        .map_err(|e| step_error(ctx, step, e.clone()))
+}
+
 fn step_error(ctx: &Ctx<'_>, step: &plan::Step, message: impl Into<String>) -> BuildError {
     BuildError::Step {
         file: ctx.df.file.clone(),
@@ -1100,12 +1109,7 @@ fn run_step(
             }
             match &c.source {
                 Source::Context => {
-                    let entries = ctx
-                        .entries
-                        .get_or_init(|| ctx.context.walk().map_err(|e| e.to_string()));
-                    let entries = entries
-                        .as_ref()
-                        .map_err(|e| step_error(ctx, step, e.clone()))?;
+                    let entries = context_entries(ctx, step)?;
                     let locals: Vec<String> = c
                         .copy
                         .sources
@@ -1196,12 +1200,7 @@ fn run_step(
                     copy::select_view(&[source.to_string()], &view, &what)
                         .map_err(|e| step_error(ctx, step, e))?
                 } else {
-                    let entries = ctx
-                        .entries
-                        .get_or_init(|| ctx.context.walk().map_err(|e| e.to_string()));
-                    let entries = entries
-                        .as_ref()
-                        .map_err(|e| step_error(ctx, step, e.clone()))?;
+                    let entries = context_entries(ctx, step)?;
                     let r = copy::select_context(&[source.to_string()], entries, &ctx.hasher)
                         .map_err(|e| step_error(ctx, step, format!("--mount=type=bind: {e}")))?;
                     mc.nested(3, &copy::inputs_digest(&r));
@@ -1642,46 +1641,58 @@ pub enum Produced {
     },
 }
 
-fn url_root(f: &remote::Fetched, unpack: bool) -> copy::Root_ {
+/// A source that is one regular file owned by root, copied under `name`.
+fn file_root(
+    name: &str,
+    mode: u32,
+    mtime: i64,
+    data: copy::Data,
+    hash: [u8; 32],
+    size: u64,
+) -> copy::Root_ {
     copy::Root_ {
-        name: f.name.clone(),
-        path: String::new(),
-        no_unpack: !unpack,
-        is_dir: false,
-        items: vec![copy::Item {
-            rel: String::new(),
-            kind: copy::Kind::File,
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime: (f.mtime, 0),
-            data: copy::Data::Host(f.path.clone()),
-            hash: f.blake3_bytes(),
-            size: f.size,
-            unchanged: false,
-        }],
-    }
-}
-
-fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) -> copy::Root_ {
-    copy::Root_ {
-        name: src.path.clone(),
+        name: name.to_string(),
         path: String::new(),
         no_unpack: false,
         is_dir: false,
         items: vec![copy::Item {
             rel: String::new(),
             kind: copy::Kind::File,
-            mode: 0o644,
+            mode,
             uid: 0,
             gid: 0,
-            mtime: (now, 0),
-            data: copy::Data::Inline(src.data.clone().into_bytes()),
-            hash: *blake3::hash(src.data.as_bytes()).as_bytes(),
-            size: src.data.len() as u64,
+            mtime: (mtime, 0),
+            data,
+            hash,
+            size,
             unchanged: false,
         }],
     }
+}
+
+/// A download: mode 0600, Last-Modified mtime, unpacked only with `--unpack=true`.
+fn url_root(f: &remote::Fetched, unpack: bool) -> copy::Root_ {
+    let mut r = file_root(
+        &f.name,
+        0o600,
+        f.mtime,
+        copy::Data::Host(f.path.clone()),
+        f.blake3_bytes(),
+        f.size,
+    );
+    r.no_unpack = !unpack;
+    r
+}
+
+fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) -> copy::Root_ {
+    file_root(
+        &src.path,
+        0o644,
+        now,
+        copy::Data::Inline(src.data.clone().into_bytes()),
+        *blake3::hash(src.data.as_bytes()).as_bytes(),
+        src.data.len() as u64,
+    )
 }
 
 /// Writes a layer blob from sorted entries.

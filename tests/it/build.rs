@@ -79,6 +79,14 @@ fn counts(progress: &str) -> (usize, usize) {
     (cached, misses)
 }
 
+/// A second base image, `base2`: the busybox base plus /base2 ("two").
+fn base2(k: &Kiln) {
+    let dir = k.dir.path().join("base2");
+    fs::create_dir_all(&dir).unwrap();
+    dockerfile(&dir, "FROM base\nRUN echo two > /base2\n");
+    build(k, &dir, &["-t", "base2"]);
+}
+
 fn dockerfile(ctx: &Path, text: &str) {
     fs::write(ctx.join("Dockerfile"), text).unwrap();
 }
@@ -1226,15 +1234,7 @@ fn copy_link_parents_and_exclude() {
         fs::create_dir_all(ctx.join(p).parent().unwrap()).unwrap();
         fs::write(ctx.join(p), body).unwrap();
     }
-    // A second base: the busybox base plus one file.
-    let base2 = k.dir.path().join("base2");
-    fs::create_dir_all(&base2).unwrap();
-    fs::write(
-        base2.join("Dockerfile"),
-        "FROM base\nRUN echo two > /base2\n",
-    )
-    .unwrap();
-    build(&k, &base2, &["-t", "base2"]);
+    base2(&k);
 
     dockerfile(
         &ctx,
@@ -1289,14 +1289,7 @@ fn copy_link_parents_and_exclude() {
 #[test]
 fn explain_names_the_inputs_and_what_changed() {
     let Some((k, ctx)) = setup() else { return };
-    let base2 = k.dir.path().join("base2");
-    fs::create_dir_all(&base2).unwrap();
-    fs::write(
-        base2.join("Dockerfile"),
-        "FROM base\nRUN echo two > /base2\n",
-    )
-    .unwrap();
-    build(&k, &base2, &["-t", "base2"]);
+    base2(&k);
     fs::write(ctx.join("a.txt"), "one\n").unwrap();
     fs::write(ctx.join("b.txt"), "bee\n").unwrap();
     dockerfile(
