@@ -16,45 +16,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-5}
 
-need=()
-for tool in buildah runc hyperfine busybox:busybox-static; do
-  bin=${tool%%:*}
-  pkg=${tool##*:}
-  command -v "$bin" >/dev/null || [[ -x /bin/$bin ]] || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "build.sh: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2
-    exit 1
-  fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-
-cargo build --release -q
-kiln=$PWD/target/release/kiln
+source benches/lib.sh
+need build.sh buildah runc hyperfine busybox:busybox-static
+build_kiln
 work=$(mktemp -d /var/tmp/kiln-bench.XXXXXX)
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
 echo "generating the context in $work/ctx ..." >&2
 ctx=$work/ctx
-mkdir -p "$ctx"
-for i in $(seq 0 4999); do
-  d=$ctx/d$((i % 50))/e$((i % 7))
-  [[ -d $d ]] || mkdir -p "$d"
-  head -c $((1024 + (i * 7919) % 3072)) /dev/urandom >"$d/f$i"
-done
-head -c 50M /dev/urandom >"$ctx/big.bin"
-cat >"$ctx/Dockerfile" <<'DOCKERFILE'
-FROM busybox-base
-WORKDIR /app
-COPY . /app
-RUN find /app -type f | wc -l > /count
-ENV NAME World
-EXPOSE 80
-CMD ["sh","-c","echo hi"]
-DOCKERFILE
+make_context "$ctx"
 
 echo "making the base image ..." >&2
 export KILN_ROOT=$work/kiln-base

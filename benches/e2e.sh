@@ -23,19 +23,9 @@ cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-5}
 out=${OUT:-$PWD/benches/results}
 mkdir -p "$out"
-need=()
-for tool in buildah podman runc skopeo docker-registry curl busybox:busybox-static; do
-  bin=${tool%%:*}
-  pkg=${tool##*:}
-  command -v "$bin" >/dev/null || [[ -x /bin/$bin ]] || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  [[ $(id -u) -eq 0 ]] || { echo "e2e.sh: missing ${need[*]}" >&2; exit 1; }
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release -q
-kiln=$PWD/target/release/kiln
+source benches/lib.sh
+need e2e.sh buildah podman runc skopeo docker-registry curl busybox:busybox-static
+build_kiln
 work=$(mktemp -d /var/tmp/kiln-e2e.XXXXXX)
 docker=${DOCKER:-docker}
 docker_ok=false
@@ -49,22 +39,7 @@ trap cleanup EXIT
 
 echo "e2e.sh: preparing in $work ..." >&2
 ctx=$work/ctx
-mkdir -p "$ctx"
-for i in $(seq 0 4999); do
-  d=$ctx/d$((i % 50))/e$((i % 7))
-  [[ -d $d ]] || mkdir -p "$d"
-  head -c $((1024 + (i * 7919) % 3072)) /dev/urandom >"$d/f$i"
-done
-head -c 50M /dev/urandom >"$ctx/big.bin"
-cat >"$ctx/Dockerfile" <<'DOCKERFILE'
-FROM busybox-base
-WORKDIR /app
-COPY . /app
-RUN find /app -type f | wc -l > /count
-ENV NAME World
-EXPOSE 80
-CMD ["sh","-c","echo hi"]
-DOCKERFILE
+make_context "$ctx"
 export KILN_ROOT=$work/kiln-base
 fixtures/busybox/make-base.sh busybox-base "$kiln" >/dev/null
 "$kiln" save -o "$work/base.tar" busybox-base

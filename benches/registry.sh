@@ -7,19 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-5}
-need=()
-for tool in docker-registry skopeo hyperfine busybox:busybox-static; do
-  bin=${tool%%:*}
-  pkg=${tool##*:}
-  command -v "$bin" >/dev/null || [[ -x /bin/$bin ]] || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  [[ $(id -u) -eq 0 ]] || { echo "registry.sh: missing ${need[*]}" >&2; exit 1; }
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release -q
-kiln=$PWD/target/release/kiln
+source benches/lib.sh
+need registry.sh docker-registry skopeo hyperfine busybox:busybox-static
+build_kiln
 work=$(mktemp -d /var/tmp/kiln-registry-bench.XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/config.yml" <<CONFIG

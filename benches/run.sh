@@ -12,19 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
-need=()
-for tool in podman runc hyperfine curl busybox:busybox-static; do
-  bin=${tool%%:*}
-  pkg=${tool##*:}
-  command -v "$bin" >/dev/null || [[ -x /bin/$bin ]] || need+=("$pkg")
-done
-if ((${#need[@]})); then
-  [[ $(id -u) -eq 0 ]] || { echo "run.sh: missing ${need[*]}" >&2; exit 1; }
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-cargo build --release -q
-kiln=$PWD/target/release/kiln
+source benches/lib.sh
+need run.sh podman runc hyperfine curl busybox:busybox-static
+build_kiln
 work=$(mktemp -d /var/tmp/kiln-run-bench.XXXXXX)
 export KILN_ROOT=$work/kiln
 # podman would raise RLIMIT_NOFILE and RLIMIT_NPROC above the hard limits these machines allow.
