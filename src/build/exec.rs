@@ -229,19 +229,8 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             fs::create_dir_all(&work).map_err(setup("create overlay work dir"))?;
             fs::create_dir_all(&target).map_err(setup("create mount point"))?;
             let base = store.root().join("snapshots");
-            let mut lower: Vec<String> = req
-                .lowers
-                .iter()
-                .rev()
-                .map(|p| {
-                    p.strip_prefix(&base)
-                        .map(|r| r.display().to_string())
-                        .unwrap_or_else(|_| p.display().to_string())
-                })
-                .collect();
-            if lower.is_empty() {
-                lower.push(files.join("empty").display().to_string());
-            }
+            let lower =
+                runtime::overlay_lowers(&base, req.lowers.iter().rev(), &files.join("empty"));
             (
                 Rootfs::Overlay {
                     base,

@@ -348,17 +348,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
     let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
     let base = store.root().join("snapshots");
-    let mut lower: Vec<String> = lowers
-        .iter()
-        .map(|p| {
-            p.strip_prefix(&base)
-                .map(|r| r.display().to_string())
-                .unwrap_or_else(|_| p.display().to_string())
-        })
-        .collect();
-    if lower.is_empty() {
-        lower.push(files.join("empty").display().to_string());
-    }
+    let lower = runtime::overlay_lowers(&base, lowers.iter(), &files.join("empty"));
     let on_overlayfs = crate::sys::fs_type(store.root()).ok() == Some(crate::sys::OVERLAYFS_MAGIC);
     let rootfs = if on_overlayfs {
         // An overlay upper dir cannot live on overlayfs: copy the image instead.
