@@ -428,40 +428,10 @@ fn ensure_compression(
     layers: &[LayerRecord],
     want: Compression,
 ) -> Result<Vec<LayerRecord>, BuildError> {
-    let mut out = Vec::new();
-    for l in layers {
-        if Compression::from_media_type(&l.media_type) == Some(want) {
-            out.push(l.clone());
-            continue;
-        }
-        if let Some(v) = store.layer_variant(&l.diff_id, want.media_type())? {
-            out.push(v);
-            continue;
-        }
-        let blob = store.open_blob(&l.digest)?;
-        let mut r = kiln_cache::codec::decompress(blob)?;
-        let ingest = store.ingest_prehashed()?;
-        let mut enc = LayerEncoder::new(ingest, want)?;
-        std::io::copy(&mut r, &mut enc)?;
-        let (d, ingest) = enc.finish()?;
-        if d.diff_id != l.diff_id {
-            return Err(BuildError::Internal(format!(
-                "layer {} decodes to {}, expected {}",
-                l.digest, d.diff_id, l.diff_id
-            )));
-        }
-        ingest.commit(Some(d.digest))?;
-        let rec = LayerRecord {
-            digest: d.digest,
-            diff_id: d.diff_id,
-            media_type: want.media_type().to_string(),
-            size: d.size,
-            uncompressed_size: d.uncompressed_size,
-        };
-        store.record_layer(&rec)?;
-        out.push(rec);
-    }
-    Ok(out)
+    layers
+        .iter()
+        .map(|l| Ok(crate::image::archive::layer_in(store, l, want)?))
+        .collect()
 }
 
 fn base_state(
