@@ -6,7 +6,7 @@
 //! marked `trusted.overlay.opaque=y` get a `.wh..wh..opq` entry (image-spec layer.md
 //! "Whiteouts"). Directories are listed in parallel.
 
-use super::tar::{sort_entries, EntrySource, TarEntry};
+use super::tar::{join, sort_entries, EntrySource, TarEntry};
 use crate::snapshot::view::is_whiteout;
 use rayon::prelude::*;
 use std::ffi::OsStr;
@@ -20,15 +20,6 @@ pub fn changes(upper: &Path) -> io::Result<Vec<TarEntry>> {
     let mut out = list(upper, Vec::new())?;
     sort_entries(&mut out);
     Ok(out)
-}
-
-fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut v = rel.to_vec();
-    if !v.is_empty() {
-        v.push(b'/');
-    }
-    v.extend_from_slice(name);
-    v
 }
 
 fn list(upper: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {

@@ -44,6 +44,16 @@ pub enum EntrySource {
     Opaque,
 }
 
+/// `rel/name` as layer path bytes (`name` alone at the root).
+pub(crate) fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut v = rel.to_vec();
+    if !v.is_empty() {
+        v.push(b'/');
+    }
+    v.extend_from_slice(name);
+    v
+}
+
 pub(crate) fn sort_entries(v: &mut [TarEntry]) {
     v.sort_by(|a, b| a.name.cmp(&b.name));
 }

@@ -9,7 +9,7 @@
 //! differs give the same layer for the same change, except that overlay records a directory that
 //! was removed and recreated as opaque where this differ lists the deleted names.
 
-use super::tar::{sort_entries, EntrySource, TarEntry};
+use super::tar::{join, sort_entries, EntrySource, TarEntry};
 use rayon::prelude::*;
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata};
@@ -23,15 +23,6 @@ pub fn changes(old: &Path, new: &Path) -> io::Result<Vec<TarEntry>> {
     let mut out = diff_dir(old, new, Vec::new())?;
     sort_entries(&mut out);
     Ok(out)
-}
-
-fn join(rel: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut v = rel.to_vec();
-    if !v.is_empty() {
-        v.push(b'/');
-    }
-    v.extend_from_slice(name);
-    v
 }
 
 fn names(dir: &Path) -> io::Result<Vec<OsString>> {
