@@ -19,6 +19,20 @@ impl Rng {
     }
 }
 
+/// Runs `kiln ARGS` and SIGKILLs it after `delay` ms (or reaps it, if it finished first).
+fn kill_after(k: &Kiln, args: &[&str], delay: u64) {
+    let mut child = k
+        .cmd()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(delay));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn sigkill_during_import_leaves_a_consistent_store() {
     if !needs(&["tar"]) {
@@ -70,20 +84,15 @@ fn sigkill_during_import_leaves_a_consistent_store() {
 
     for round in 0..8 {
         let delay = rng.next() % (full + 20);
-        let mut child = k
-            .cmd()
-            .args([
+        kill_after(
+            &k,
+            &[
                 "import",
                 tarball.to_str().unwrap(),
                 &format!("crash:{round}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        let _ = child.kill();
-        let _ = child.wait();
+            ],
+            delay,
+        );
         let problems = k.store().verify().unwrap();
         assert!(
             problems.is_empty(),
@@ -161,16 +170,8 @@ fn sigkill_during_build_leaves_a_consistent_store() {
     for round in 0..6 {
         let delay = rng.next() % (full + 20);
         let args = build(&["--no-cache"]);
-        let mut child = k
-            .cmd()
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        let _ = child.kill();
-        let _ = child.wait();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        kill_after(&k, &args, delay);
         let problems = k.store().verify().unwrap();
         assert!(
             problems.is_empty(),
