@@ -664,6 +664,9 @@ struct Inputs {
     /// The stage's base, for its first step.
     #[serde(default)]
     base: Option<String>,
+    /// Imported with `--cache-from`, whose records leave the env values out.
+    #[serde(default)]
+    env_omitted: bool,
 }
 
 /// One line saying why `key` missed, comparing with the last build of the same step.
@@ -701,7 +704,7 @@ fn why_missed(
         return "cache miss: the --from source changed".into();
     }
     if old.definition != inputs.definition {
-        if old.env.is_empty() && !inputs.env.is_empty() {
+        if old.env_omitted {
             // An imported record (--cache-from) carries no env values to compare.
             return "cache miss: the instruction, a build arg or env changed".into();
         }
@@ -939,7 +942,12 @@ fn explain(
     for c in now.canonical.iter().filter(|c| !old.canonical.contains(c)) {
         out.push(format!("    + {c}"));
     }
-    for (k, v) in &now.env {
+    if old.env_omitted {
+        out.push(
+            "    (env not compared: the earlier build was imported without its values)".into(),
+        );
+    }
+    for (k, v) in now.env.iter().filter(|_| !old.env_omitted) {
         match old.env.get(k) {
             Some(o) if o != v => out.push(format!("    env {k}: {o:?} -> {v:?}")),
             None => out.push(format!("    env {k}: unset -> {v:?}")),

@@ -154,11 +154,13 @@ pub fn export(
     Ok(Digest::of(&bytes))
 }
 
-/// A step's input summary (JSON) without its `env` values.
+/// A step's input summary (JSON) without its `env` values, marked so (`env_omitted`) for the
+/// miss explanations of the store that imports it.
 fn without_env(inputs: &str) -> String {
     match serde_json::from_str::<serde_json::Value>(inputs) {
         Ok(serde_json::Value::Object(mut m)) => {
             m.remove("env");
+            m.insert("env_omitted".into(), true.into());
             serde_json::Value::Object(m).to_string()
         }
         _ => String::new(),

@@ -543,6 +543,13 @@ fn cache_to_a_registry_then_cache_from_it_on_an_empty_store() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // A step whose record came from the registry cannot name the changed build arg (the values
+    // stayed on machine A), and says so.
+    let (_, err) = build(&b, &["--build-arg", "TOKEN=other"]);
+    assert!(
+        err.contains("cache miss: the instruction, a build arg or env changed"),
+        "{err}"
+    );
     // A changed file misses from there on, in store B too; a cache that does not exist yet is
     // an empty cache.
     fs::write(ctx.join("a.txt"), "changed\n").unwrap();
