@@ -290,6 +290,14 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         winsize: None,
         cgroups: vec![],
         mounts: extra,
+        security: runtime::Security::default(),
+    };
+    // Docker's device list holds in RUN too (BuildKit's runc gets the same): a step may mknod
+    // but not open a host disk or /dev/kmsg through the node.
+    let devices = StepCgroup::create(&spec.security)?;
+    let spec = Spec {
+        cgroups: devices.0.iter().cloned().collect(),
+        ..spec
     };
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;
@@ -326,6 +334,41 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
                 entries,
                 _trees: keep,
             })
+        }
+    }
+}
+
+/// A RUN step's device cgroup (`kiln/build-<pid>-<n>`), removed when the step ends; what a
+/// killed build left is swept by the next one.
+struct StepCgroup(Option<std::path::PathBuf>);
+
+impl StepCgroup {
+    fn create(sec: &runtime::Security) -> Result<StepCgroup, RunError> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let Some(rules) = sec.device_rules() else {
+            return Ok(StepCgroup(None));
+        };
+        let pid = std::process::id();
+        if N.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            runtime::devices::sweep("build-");
+        }
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        runtime::devices::create(&format!("build-{pid}-{n}"), &rules)
+            .map(|d| StepCgroup(Some(d)))
+            .map_err(setup("limit the step's devices"))
+    }
+}
+
+impl Drop for StepCgroup {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            // The last processes of the step's PID namespace may still be on their way out.
+            for _ in 0..100 {
+                if fs::remove_dir(d).is_ok() || !d.exists() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
     }
 }

@@ -65,9 +65,24 @@ pub struct RunArgs {
     /// Number of CPUs (a CFS quota, e.g. 1.5)
     #[arg(long)]
     cpus: Option<f64>,
-    /// Maximum number of processes
-    #[arg(long = "pids-limit", value_name = "N")]
-    pids_limit: Option<u64>,
+    /// Maximum number of processes (0 or -1: unlimited)
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
+    /// Give the container every capability and device, no seccomp filter, writable /sys
+    #[arg(long)]
+    privileged: bool,
+    /// Add a Linux capability (NET_ADMIN, CAP_SYS_PTRACE, ALL)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability (MKNOD, ALL)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Add a host device (HOST[:CONTAINER[:rwm]])
+    #[arg(long = "device", value_name = "HOST[:CTR[:rwm]]")]
+    device: Vec<String>,
+    /// Security options: seccomp=unconfined or seccomp=PATH (a Docker-format profile)
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// The image
     image: String,
     /// The command and its arguments
@@ -142,7 +157,16 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
             .transpose()
             .map_err(|e| anyhow::anyhow!(e))?,
         cpus: a.cpus,
-        pids_limit: a.pids_limit,
+        // Docker: 0 and -1 mean unlimited.
+        pids_limit: a.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
+        security: container::security_options(
+            a.privileged,
+            &a.cap_add,
+            &a.cap_drop,
+            &a.device,
+            &a.security_opt,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
     };
     let row = container::create(&store, &opts).map_err(container_failure)?;
     if a.detach {
@@ -479,6 +503,7 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
             winsize: crate::sys::proc::window_size(std::io::stdin().as_fd())
                 .map(|w| (w.ws_row, w.ws_col)),
             cgroups: spec.runtime.cgroups.clone(),
+            security: spec.runtime.security.clone(),
         };
         if !a.tty {
             let stdin = if a.interactive {
@@ -553,6 +578,8 @@ pub fn inspect_container(
         })
         .collect();
     let running = row.record.state == "running";
+    let sec = &spec.runtime.security;
+    use crate::runtime::caps;
     Ok(serde_json::json!({
         "Id": row.record.id,
         "Created": timefmt::rfc3339(row.record.created),
@@ -581,6 +608,13 @@ pub fn inspect_container(
         "HostConfig": {
             "NetworkMode": match spec.runtime.net { crate::runtime::Net::Host => "host", crate::runtime::Net::Private => "private" },
             "AutoRemove": spec.remove,
+            "Privileged": sec.privileged,
+            "CapAdd": caps::names(sec.caps & !caps::default_mask()),
+            "CapDrop": caps::names(caps::default_mask() & !sec.caps),
+            "SecurityOpt": sec.security_opt(),
+            "Devices": sec.devices.iter().map(|d| serde_json::json!({
+                "PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.access,
+            })).collect::<Vec<_>>(),
         },
         "NetworkSettings": { "Ports": ports },
     }))

@@ -91,6 +91,54 @@ pub struct RunOptions {
     pub cpus: Option<f64>,
     /// `--pids-limit`.
     pub pids_limit: Option<u64>,
+    /// `--privileged`, `--cap-add/--cap-drop`, `--device`, `--security-opt`.
+    pub security: runtime::Security,
+}
+
+/// The container's confinement from the run flags, checked before anything is created.
+pub fn security_options(
+    privileged: bool,
+    cap_add: &[String],
+    cap_drop: &[String],
+    devices: &[String],
+    security_opt: &[String],
+) -> Result<runtime::Security, String> {
+    let mut sec = runtime::Security {
+        caps: runtime::caps::resolve(cap_add, cap_drop)?,
+        privileged,
+        ..Default::default()
+    };
+    if privileged {
+        sec.caps = runtime::caps::all();
+        sec.seccomp = runtime::SeccompMode::Unconfined;
+    }
+    for d in devices {
+        sec.devices.push(runtime::devices::parse_device(d)?);
+    }
+    for o in security_opt {
+        let (k, v) = o.split_once(['=', ':']).unwrap_or((o.as_str(), ""));
+        match (k, v) {
+            ("seccomp", "unconfined") => sec.seccomp = runtime::SeccompMode::Unconfined,
+            ("seccomp", "") => return Err(format!("invalid --security-opt {o:?}: seccomp needs unconfined or a profile path")),
+            ("seccomp", path) => {
+                let text = fs::read_to_string(path)
+                    .map_err(|e| format!("opening seccomp profile ({path}) failed: {e}"))?;
+                let p = runtime::seccomp::parse_docker(path, &text, sec.caps)
+                    .map_err(|e| e.to_string())?;
+                if !privileged {
+                    sec.seccomp = runtime::SeccompMode::Profile(p);
+                }
+            }
+            ("no-new-privileges", "" | "true") => {}
+            ("label" | "apparmor", _) => {} // no LSM support here; Docker ignores them without one too
+            _ => {
+                return Err(format!(
+                    "invalid --security-opt {o:?}: kiln knows seccomp=unconfined|PATH and no-new-privileges"
+                ))
+            }
+        }
+    }
+    Ok(sec)
 }
 
 /// What the runner records about a container (the row's `spec`).
@@ -216,6 +264,7 @@ fn set_env(env: &mut Vec<String>, kv: &str) {
 /// Creates a container: resolves the image, makes its directories and records it. Returns the
 /// container's row, in state "created".
 pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerError> {
+    check_flags(o)?;
     let resolved = image::resolve(store, &o.image)?;
     let img = resolved.image;
     let cfg = image::read_config(store, &img)?;
@@ -342,27 +391,39 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
 
     let d = dir(store, &id);
     let files = d.join("files");
-    for sub in ["upper", "work", "rootfs", "files/empty"] {
-        fs::create_dir_all(d.join(sub)).map_err(io_err(format!("create {}", d.display())))?;
-    }
-    runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
-    let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
-    let base = store.root().join("snapshots");
-    let lower = runtime::overlay_lowers(&base, lowers.iter(), &files.join("empty"));
-    let on_overlayfs = crate::sys::fs_type(store.root()).ok() == Some(crate::sys::OVERLAYFS_MAGIC);
-    let rootfs = if on_overlayfs {
-        // An overlay upper dir cannot live on overlayfs: copy the image instead.
-        let tree = d.join("tree");
-        fs::create_dir_all(&tree).map_err(io_err("create the container tree"))?;
-        crate::build::exec::materialize(&view, &tree).map_err(ContainerError::Invalid)?;
-        Rootfs::Dir(tree)
-    } else {
-        Rootfs::Overlay {
-            base,
-            lower,
-            upper: d.join("upper"),
-            work: d.join("work"),
-            target: d.join("rootfs"),
+    // Everything made from here on is removed again if a later step fails.
+    let prepared = (|| -> Result<(Rootfs, Vec<(String, bool)>, Vec<PathBuf>), ContainerError> {
+        for sub in ["upper", "work", "rootfs", "files/empty"] {
+            fs::create_dir_all(d.join(sub)).map_err(io_err(format!("create {}", d.display())))?;
+        }
+        runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
+        let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
+        let base = store.root().join("snapshots");
+        let lower = runtime::overlay_lowers(&base, lowers.iter(), &files.join("empty"));
+        let on_overlayfs =
+            crate::sys::fs_type(store.root()).ok() == Some(crate::sys::OVERLAYFS_MAGIC);
+        let rootfs = if on_overlayfs {
+            // An overlay upper dir cannot live on overlayfs: copy the image instead.
+            let tree = d.join("tree");
+            fs::create_dir_all(&tree).map_err(io_err("create the container tree"))?;
+            crate::build::exec::materialize(&view, &tree).map_err(ContainerError::Invalid)?;
+            Rootfs::Dir(tree)
+        } else {
+            Rootfs::Overlay {
+                base,
+                lower,
+                upper: d.join("upper"),
+                work: d.join("work"),
+                target: d.join("rootfs"),
+            }
+        };
+        Ok((rootfs, stubs, cgroups(&id, o)?))
+    })();
+    let (rootfs, stubs, cgroups) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&d);
+            return Err(e);
         }
     };
     let spec = ContainerSpec {
@@ -385,8 +446,9 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             mask_proc: true,
             tty: o.tty,
             winsize: None,
-            cgroups: cgroups(&id, o)?,
+            cgroups,
             mounts: vec![],
+            security: o.security.clone(),
         },
         ports,
         stop_signal,
@@ -421,19 +483,65 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
 /// Where the cgroup v1 controllers are mounted.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// Creates the container's control groups for `-m`, `--cpus` and `--pids-limit` (cgroup v1:
-/// `/sys/fs/cgroup/<controller>/kiln/<id>`) and writes the limits; none without such flags.
+/// Refuses what Docker refuses, before anything is created: an environment entry with no name
+/// (`-e =x`), a relative working directory, a hostname the kernel would refuse, bad limits.
+fn check_flags(o: &RunOptions) -> Result<(), ContainerError> {
+    for kv in &o.env {
+        if kv.is_empty() || kv.starts_with('=') {
+            return Err(ContainerError::Invalid(format!(
+                "invalid environment variable: {kv:?}: the name is empty"
+            )));
+        }
+    }
+    if let Some(w) = &o.workdir {
+        if !w.starts_with('/') {
+            return Err(ContainerError::Invalid(format!(
+                "the working directory {w:?} is invalid: it needs to be an absolute path"
+            )));
+        }
+    }
+    if let Some(h) = &o.hostname {
+        // HOST_NAME_MAX
+        if h.len() > 64 || h.is_empty() {
+            return Err(ContainerError::Invalid(format!(
+                "invalid hostname {h:?}: a hostname has 1 to 64 characters"
+            )));
+        }
+    }
+    check_limits(o)
+}
+
+/// Checks the resource flags before anything is created (Docker's ranges: `--cpus` from 0.01
+/// to the number of CPUs, a memory limit of at least 6 MiB).
+fn check_limits(o: &RunOptions) -> Result<(), ContainerError> {
+    if let Some(c) = o.cpus {
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        if !c.is_finite() || c < 0.01 || c > ncpu {
+            return Err(ContainerError::Invalid(format!(
+                "invalid --cpus {c}: the range of CPUs is from 0.01 to {ncpu} (the CPUs available)"
+            )));
+        }
+    }
+    if let Some(m) = o.memory {
+        if m < 6 << 20 {
+            return Err(ContainerError::Invalid(format!(
+                "invalid -m {m}: the minimum memory limit allowed is 6MB"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the container's control groups (cgroup v1: `/sys/fs/cgroup/<controller>/kiln/<id>`):
+/// `devices` always (Docker's device list, unless `--privileged`), `memory`, `cpu` and `pids`
+/// for `-m`, `--cpus` and `--pids-limit`. Whatever was created is removed again if a later one
+/// fails.
 fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
     let mut want: Vec<(&str, Vec<(&str, String)>)> = Vec::new();
     if let Some(m) = o.memory {
         want.push(("memory", vec![("memory.limit_in_bytes", m.to_string())]));
     }
     if let Some(c) = o.cpus {
-        if c <= 0.0 {
-            return Err(ContainerError::Invalid(format!(
-                "invalid --cpus {c}: must be above 0"
-            )));
-        }
         let period = 100_000u64;
         let quota = ((c * period as f64).round() as u64).max(1000);
         want.push((
@@ -448,21 +556,43 @@ fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
         want.push(("pids", vec![("pids.max", p.to_string())]));
     }
     let mut out = Vec::new();
+    let undo = |out: &Vec<PathBuf>| {
+        for d in out {
+            let _ = fs::remove_dir(d);
+        }
+    };
+    if let Some(rules) = o.security.device_rules() {
+        match runtime::devices::create(id, &rules) {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                return Err(ContainerError::Io {
+                    context: "limit the container's devices".into(),
+                    source: e,
+                })
+            }
+        }
+    }
     for (ctrl, files) in want {
         let base = Path::new(CGROUP_ROOT).join(ctrl);
         if !base.join("cgroup.procs").exists() {
+            undo(&out);
             return Err(ContainerError::Invalid(format!(
                 "this machine has no cgroup v1 {ctrl} controller at {}: the {ctrl} limit cannot be set",
                 base.display()
             )));
         }
         let dir = base.join("kiln").join(id);
-        fs::create_dir_all(&dir).map_err(io_err(format!("create cgroup {}", dir.display())))?;
-        for (f, v) in files {
-            fs::write(dir.join(f), &v)
-                .map_err(io_err(format!("set {f}={v} in {}", dir.display())))?;
+        if let Err(e) = fs::create_dir_all(&dir) {
+            undo(&out);
+            return Err(io_err(format!("create cgroup {}", dir.display()))(e));
         }
-        out.push(dir);
+        out.push(dir.clone());
+        for (f, v) in files {
+            if let Err(e) = fs::write(dir.join(f), &v) {
+                undo(&out);
+                return Err(io_err(format!("set {f}={v} in {}", dir.display()))(e));
+            }
+        }
     }
     Ok(out)
 }
@@ -787,6 +917,9 @@ pub fn start_detached(store: &Store, row: &ContainerRow) -> Result<(), Container
 /// The supervisor: `kiln __kiln-supervise ROOT ID`. Leaves the caller's session, runs the
 /// container with its output to the log, records its end, and exits.
 pub fn supervise_main(root: &Path, id: &str) -> i32 {
+    // The caller's descriptors stay with the caller: a supervisor lives as long as its
+    // container, and would otherwise hold them (a pipe never closing, a file kept open).
+    let _ = crate::sys::proc::close_fds_from(3, true);
     let _ = crate::sys::proc::setsid();
     let result = (|| -> Result<i32, ContainerError> {
         let store = Store::open(root)?;

@@ -19,24 +19,6 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Docker's default capability set (moby oci/caps/defaults.go), by number.
-const DEFAULT_CAPS: &[u32] = &[
-    0,  // CAP_CHOWN
-    1,  // CAP_DAC_OVERRIDE
-    3,  // CAP_FOWNER
-    4,  // CAP_FSETID
-    5,  // CAP_KILL
-    6,  // CAP_SETGID
-    7,  // CAP_SETUID
-    8,  // CAP_SETPCAP
-    10, // CAP_NET_BIND_SERVICE
-    13, // CAP_NET_RAW
-    18, // CAP_SYS_CHROOT
-    27, // CAP_MKNOD
-    29, // CAP_AUDIT_WRITE
-    31, // CAP_SETFCAP
-];
-
 /// Paths Docker masks (moby oci/defaults.go MaskedPaths) and makes read-only (ReadonlyPaths).
 const MASKED: &[&str] = &[
     "/proc/asound",
@@ -81,6 +63,8 @@ fn die_with_parent() {
 
 /// Entry point of `kiln __kiln-init`; never returns.
 pub fn main() -> ! {
+    // Nothing the caller had open passes this point (the workload's exec closes the rest).
+    let _ = p::close_fds_from(3, true);
     p::unblock_all_signals();
     let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
     let spec: Spec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
@@ -156,6 +140,7 @@ fn attach_tty(winsize: Option<(u16, u16)>) {
 /// network, PID, mount: mount last, since it changes what /proc means), forks so the command is
 /// in the PID namespace, and execs it with the container's credentials. Never returns.
 pub fn exec_main() -> ! {
+    let _ = p::close_fds_from(3, true);
     p::unblock_all_signals();
     let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
     let spec: ExecSpec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
@@ -192,7 +177,8 @@ pub fn exec_main() -> ! {
             let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
             std::env::set_current_dir(cwd)
                 .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
-            drop_caps(&spec.ids);
+            confine(&spec.security);
+            drop_caps(&spec.ids, caps_of(&spec.security));
             if spec.no_new_privs {
                 p::prctl(libc::PR_SET_NO_NEW_PRIVS, 1)
                     .unwrap_or_else(|e| fail("set no_new_privs", e));
@@ -325,7 +311,7 @@ fn mount_rootfs(spec: &Spec) -> PathBuf {
     }
 }
 
-fn setup_dev(root: &Root) {
+fn setup_dev(root: &Root, sec: &super::Security) {
     mount_at(
         root,
         "/dev",
@@ -393,6 +379,74 @@ fn setup_dev(root: &Root) {
         sys::symlinkat(OsStr::new(to), dfd, OsStr::new(name))
             .unwrap_or_else(|e| fail(&format!("symlink /dev/{name}"), e));
     }
+    if sec.privileged {
+        host_devices(root, Path::new("/dev"), "/dev");
+    }
+    for d in &sec.devices {
+        make_node(root, &d.container, d.kind, d.major, d.minor, 0o666);
+    }
+}
+
+/// Creates device node `path` in-root (its parents too) unless something is there.
+fn make_node(root: &Root, path: &str, kind: char, major: u32, minor: u32, perm: u32) {
+    let Some(inp) = clean(Path::new(path)) else {
+        fail(&format!("device {path}"), "path climbs out of root");
+    };
+    let Some((parent, name)) = inp.split() else {
+        fail(&format!("device {path}"), "not a file path");
+    };
+    let pfd = root
+        .mkdir_all(&parent)
+        .unwrap_or_else(|e| fail(&format!("create the parent of {path}"), e));
+    if let Ok(Some(_)) = sys::lstatat(pfd.as_fd(), name) {
+        return;
+    }
+    let fmt = if kind == 'b' {
+        libc::S_IFBLK
+    } else {
+        libc::S_IFCHR
+    };
+    sys::mknodat(
+        pfd.as_fd(),
+        name,
+        fmt | (perm & 0o7777),
+        sys::makedev(major, minor),
+    )
+    .unwrap_or_else(|e| fail(&format!("create device {path}"), e));
+}
+
+/// `--privileged`: every host device under `host` (as Docker: not pts, shm, mqueue or fd),
+/// made at the same path in the container.
+fn host_devices(root: &Root, host: &Path, inside: &str) {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(rd) = std::fs::read_dir(host) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(meta) = e.metadata() else { continue };
+        let path = format!("{inside}/{name}");
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            if !matches!(
+                name.as_str(),
+                "pts" | "shm" | "mqueue" | "fd" | ".lxc" | ".udev"
+            ) {
+                host_devices(root, &e.path(), &path);
+            }
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_block_device() { 'b' } else { 'c' };
+            let rdev = meta.rdev();
+            make_node(
+                root,
+                &path,
+                kind,
+                libc::major(rdev),
+                libc::minor(rdev),
+                meta.mode(),
+            );
+        }
+    }
 }
 
 fn mask_proc() {
@@ -429,8 +483,28 @@ fn mask_proc() {
     }
 }
 
-fn drop_caps(ids: &super::Ids) {
-    let keep: u64 = DEFAULT_CAPS.iter().fold(0, |m, c| m | (1u64 << c));
+/// The capability set root keeps: all with --privileged, else the container's set.
+fn caps_of(sec: &super::Security) -> u64 {
+    if sec.privileged {
+        u64::MAX
+    } else {
+        sec.caps
+    }
+}
+
+/// Installs the container's seccomp filter. It comes before the credential change, while the
+/// helper still holds CAP_SYS_ADMIN, so RUN steps (which keep setuid working, without
+/// no_new_privs) are filtered too; every call made after it (setgroups, setresuid, capset,
+/// prctl, execve) is one the filter allows.
+fn confine(sec: &super::Security) {
+    if let Some(prog) = sec.seccomp_program() {
+        p::install_seccomp(&prog).unwrap_or_else(|e| fail("install the seccomp filter", e));
+    }
+}
+
+fn drop_caps(ids: &super::Ids, keep: u64) {
+    // Never more than kiln itself holds (a host may withhold some, e.g. CAP_SYS_RESOURCE).
+    let keep = keep & ((1u64 << (p::last_cap() + 1)) - 1) & permitted_caps();
     for cap in 0..=p::last_cap() {
         if keep & (1u64 << cap) == 0 {
             p::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)
@@ -443,6 +517,18 @@ fn drop_caps(ids: &super::Ids) {
     // A non-root uid lost its capabilities in setresuid; root keeps exactly the default set.
     let caps = if ids.uid == 0 { keep } else { 0 };
     p::capset(caps).unwrap_or_else(|e| fail("set capabilities", e));
+}
+
+/// This process's permitted capabilities (`CapPrm` in /proc/self/status).
+fn permitted_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
 }
 
 fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
@@ -497,9 +583,12 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
         libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         "",
     );
-    let sys_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    let mut sys_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if !spec.security.privileged {
+        sys_flags |= libc::MS_RDONLY;
+    }
     mount_at(&root, "/sys", "sysfs", "sysfs", sys_flags, "");
-    setup_dev(&root);
+    setup_dev(&root, &spec.security);
     for (path, host) in &spec.files {
         bind_at(&root, path, host, 0);
     }
@@ -551,7 +640,7 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
     p::umount2(OsStr::new("."), libc::MNT_DETACH)
         .unwrap_or_else(|e| fail("detach the old root", e));
     std::env::set_current_dir("/").unwrap_or_else(|e| fail("chdir /", e));
-    if spec.mask_proc {
+    if spec.mask_proc && !spec.security.privileged {
         mask_proc();
     }
     p::sethostname(&spec.hostname).unwrap_or_else(|e| fail("set hostname", e));
@@ -566,7 +655,8 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
         std::env::set_current_dir(cwd)
             .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
     }
-    drop_caps(&spec.ids);
+    confine(&spec.security);
+    drop_caps(&spec.ids, caps_of(&spec.security));
     if spec.no_new_privs {
         p::prctl(libc::PR_SET_NO_NEW_PRIVS, 1).unwrap_or_else(|e| fail("set no_new_privs", e));
     }
@@ -609,6 +699,10 @@ fn exec_argv(argv: &[String], env: &[String]) -> ! {
         .iter()
         .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("environment", e)))
         .collect();
+    // No descriptor past the standard three survives the exec (runc closes them too).
+    if let Err(e) = p::close_fds_from(3, false) {
+        fail("close inherited descriptors", e);
+    }
     let err = p::execve(path.as_os_str(), &cargs, &cenv);
     let code = match err.raw_os_error() {
         Some(libc::ENOENT) => EXIT_NOT_FOUND,

@@ -12,7 +12,10 @@
 //! Exit codes follow Docker: 125 the helper could not set the container up, 126 the command
 //! cannot be executed, 127 it was not found, 128+N killed by signal N, else the command's own.
 
+pub mod caps;
+pub mod devices;
 pub mod init;
+pub mod seccomp;
 pub mod user;
 
 use serde::{Deserialize, Serialize};
@@ -103,6 +106,73 @@ pub struct Spec {
     /// Extra mounts (RUN --mount): tmpfs, or a host directory bound read-write.
     #[serde(default)]
     pub mounts: Vec<ExtraMount>,
+    /// Capabilities, seccomp, devices, privileged mode.
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// What confines a container beyond its namespaces (the README's "Security" section).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Security {
+    /// The capability set root keeps in the container (bounding, permitted, effective), a mask
+    /// over capability numbers; Docker's default set unless changed.
+    pub caps: u64,
+    /// `--privileged`: every capability, every host device, no seccomp filter, /sys and /proc
+    /// writable, nothing masked.
+    pub privileged: bool,
+    pub seccomp: SeccompMode,
+    /// Host devices made available (`--device`): created in the container and allowed.
+    pub devices: Vec<devices::Device>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            caps: caps::default_mask(),
+            privileged: false,
+            seccomp: SeccompMode::Default,
+            devices: vec![],
+        }
+    }
+}
+
+/// Which seccomp filter a container gets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SeccompMode {
+    /// kiln's default (Docker's rules) for the container's capabilities.
+    Default,
+    /// `--security-opt seccomp=unconfined`, and `--privileged`.
+    Unconfined,
+    /// `--security-opt seccomp=PATH`, read when the container was created.
+    Profile(seccomp::Profile),
+}
+
+impl Security {
+    /// The filter to install, if any.
+    pub fn seccomp_program(&self) -> Option<Vec<seccomp::Insn>> {
+        if self.privileged {
+            return None;
+        }
+        match &self.seccomp {
+            SeccompMode::Default => Some(seccomp::compile(&seccomp::default_profile(self.caps))),
+            SeccompMode::Unconfined => None,
+            SeccompMode::Profile(p) => Some(seccomp::compile(p)),
+        }
+    }
+
+    /// The device rules for the device controller; `None` when every device is allowed.
+    pub fn device_rules(&self) -> Option<Vec<devices::Rule>> {
+        devices::rules_for(self.privileged, &self.devices)
+    }
+
+    /// `--security-opt` values as Docker's inspect shows them.
+    pub fn security_opt(&self) -> Vec<String> {
+        match &self.seccomp {
+            SeccompMode::Default => vec![],
+            SeccompMode::Unconfined => vec!["seccomp=unconfined".into()],
+            SeccompMode::Profile(_) => vec!["seccomp=<profile>".into()],
+        }
+    }
 }
 
 /// A mount added to a container's root filesystem at `target`.
@@ -137,6 +207,9 @@ pub struct ExecSpec {
     /// The container's control groups, joined so its limits hold for this process too.
     #[serde(default)]
     pub cgroups: Vec<PathBuf>,
+    /// The container's confinement, applied to this process too.
+    #[serde(default)]
+    pub security: Security,
 }
 
 /// Starts the exec helper for `spec`.

@@ -525,3 +525,147 @@ pub fn readable_now(fd: BorrowedFd<'_>) -> bool {
     let r = unsafe { libc::poll(&mut p, 1, 0) };
     r > 0 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
 }
+
+/// Marks every descriptor from `lowest` up close-on-exec (close_range(2) with
+/// CLOSE_RANGE_CLOEXEC, Linux 5.11), or closes them when `close` is set, so nothing the caller
+/// had open reaches a container (runc does the same; CVE-2024-21626 is what a leak allows).
+/// Without close_range, each open descriptor listed in /proc/self/fd is handled in turn.
+pub fn close_fds_from(lowest: u32, close: bool) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    let flags = if close { 0 } else { CLOSE_RANGE_CLOEXEC };
+    // SAFETY: close_range only changes the descriptor table; every fd from `lowest` up is
+    // either closed (no Rust object owns one there when `close` is asked: callers run before
+    // they open any) or marked close-on-exec, which breaks no owner.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            lowest as libc::c_uint,
+            libc::c_uint::MAX,
+            flags,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= lowest as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: as above, for one descriptor (the directory's own fd is closed already).
+        unsafe {
+            if close {
+                libc::close(fd);
+            } else {
+                libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Installs a seccomp filter on the calling thread (seccomp(2), SECCOMP_SET_MODE_FILTER). The
+/// caller holds CAP_SYS_ADMIN or has set no_new_privs.
+pub fn install_seccomp(prog: &[crate::runtime::seccomp::Insn]) -> io::Result<()> {
+    let filter: Vec<libc::sock_filter> = prog
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    let len = u16::try_from(filter.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp filter too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+    // SAFETY: `fprog` points at `filter`, alive for the call; the kernel copies the program.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_ulong,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    cvt(r as libc::c_int).map(drop)
+}
+
+/// Loads a `BPF_PROG_TYPE_CGROUP_DEVICE` program and attaches it to the cgroup `cg` (cgroup v2
+/// device control). The program stays while the cgroup exists.
+pub fn attach_device_program(
+    prog: &[crate::runtime::devices::BpfInsn],
+    cg: BorrowedFd<'_>,
+) -> io::Result<()> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+    const BPF_CGROUP_DEVICE: u32 = 6;
+    const BPF_F_ALLOW_MULTI: u32 = 2;
+    #[repr(C)]
+    #[derive(Default)]
+    struct Load {
+        prog_type: u32,
+        insn_cnt: u32,
+        insns: u64,
+        license: u64,
+        log_level: u32,
+        log_size: u32,
+        log_buf: u64,
+        kern_version: u32,
+        prog_flags: u32,
+        _rest: [u64; 12],
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Attach {
+        target_fd: u32,
+        attach_bpf_fd: u32,
+        attach_type: u32,
+        attach_flags: u32,
+        _rest: [u64; 4],
+    }
+    let license = b"Apache\0";
+    let load = Load {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: prog.len() as u32,
+        insns: prog.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `load` is a bpf_attr prefix for BPF_PROG_LOAD, zero-padded; it points at `prog`
+    // (repr(C) bpf_insn) and `license`, both alive for the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &load as *const Load,
+            std::mem::size_of::<Load>(),
+        )
+    };
+    let fd = cvt(fd as libc::c_int)?;
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    let prog_fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let attach = Attach {
+        target_fd: cg.as_raw_fd() as u32,
+        attach_bpf_fd: prog_fd.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+        ..Default::default()
+    };
+    // SAFETY: `attach` is a zero-padded bpf_attr for BPF_PROG_ATTACH, alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attach as *const Attach,
+            std::mem::size_of::<Attach>(),
+        )
+    };
+    cvt(r as libc::c_int).map(drop)
+}
