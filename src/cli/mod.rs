@@ -31,7 +31,9 @@ pub struct Cli {
         global = true,
         env = "KILN_LOG",
         default_value = "warn",
-        value_name = "LEVEL"
+        value_name = "LEVEL",
+        value_parser = ["error", "warn", "info", "debug", "trace", "fatal", "panic"],
+        ignore_case = true
     )]
     log_level: String,
     #[command(subcommand)]
@@ -166,7 +168,8 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
-    let level = cli.log_level.parse().unwrap_or(tracing::Level::WARN);
+    // Docker's fatal and panic are error here.
+    let level = cli.log_level.parse().unwrap_or(tracing::Level::ERROR);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)

@@ -13,4 +13,5 @@ mod demo;
 mod interop;
 mod registry;
 mod run;
+mod security;
 mod snapshot;
