@@ -184,7 +184,7 @@ pub fn fetch(
         .tempfile_in(&dir)
         .map_err(|e| format!("create a temp file in {}: {e}", dir.display()))?;
     let (mut sha, mut b3) = (sha2::Sha256::new(), blake3::Hasher::new());
-    let mut body = resp.into_reader();
+    let mut body = crate::registry::Deadline::new(resp.into_reader());
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
     loop {

@@ -55,6 +55,29 @@ impl Read for RangeReader<'_> {
     }
 }
 
+/// Opens member `name` of an archive directory as the tar form would find it: the name made
+/// relative (`..` cannot climb above the directory, a leading `/` is dropped), symlinks resolved
+/// inside the directory, and only a regular file accepted (no device, no FIFO), so a crafted
+/// manifest cannot make kiln read a host file or /dev/zero.
+fn open_in_dir(dir: &Path, name: &str) -> io::Result<File> {
+    let root = File::open(dir)?;
+    let rel = normalize(name);
+    let fd = crate::sys::openat2_in_root(
+        std::os::fd::AsFd::as_fd(&root),
+        std::ffi::OsStr::new(&rel),
+        libc::O_RDONLY | libc::O_NONBLOCK,
+        0,
+    )?;
+    let f = File::from(fd);
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{rel} is not a regular file"),
+        ));
+    }
+    Ok(f)
+}
+
 fn normalize(name: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for p in name.split('/') {
@@ -125,7 +148,7 @@ impl Source {
 
     fn exists(&self, name: &str) -> bool {
         match self {
-            Source::Dir(p) => p.join(name).is_file(),
+            Source::Dir(p) => open_in_dir(p, name).is_ok(),
             Source::Tar { entries, .. } => entries.contains_key(&normalize(name)),
         }
     }
@@ -138,16 +161,13 @@ impl Source {
             ))
         };
         match self {
-            Source::Dir(p) => {
-                let f = File::open(p.join(name)).map_err(|e| {
-                    if e.kind() == io::ErrorKind::NotFound {
-                        missing()
-                    } else {
-                        io_err(format!("open {}", p.join(name).display()))(e)
-                    }
-                })?;
-                Ok(Box::new(f))
-            }
+            Source::Dir(p) => Ok(Box::new(open_in_dir(p, name).map_err(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    missing()
+                } else {
+                    io_err(format!("open {name} in {}", p.display()))(e)
+                }
+            })?)),
             Source::Tar { file, entries, .. } => {
                 let (off, size) = *entries.get(&normalize(name)).ok_or_else(missing)?;
                 Ok(Box::new(RangeReader {
@@ -169,9 +189,40 @@ impl Source {
         Ok(v)
     }
 
-    /// Reads a blob by digest (OCI layout) and checks it.
-    fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
-        let bytes = self.read_all(&blob_name(d))?;
+    /// Reads a blob (OCI layout) of the size its descriptor declares, reading at most one byte
+    /// more, and checks its length and digest.
+    fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        let d = &desc.digest;
+        if desc.size > MAX_JSON {
+            return Err(ImageError::Invalid(format!(
+                "blob {d} in {}: its descriptor declares {} bytes, more than the {} MiB kiln reads for a manifest, index or config",
+                self.describe(),
+                desc.size,
+                MAX_JSON >> 20
+            )));
+        }
+        let mut bytes = Vec::new();
+        self.open(&blob_name(d))?
+            .take(desc.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err(format!("read blob {d} from {}", self.describe())))?;
+        if bytes.len() as u64 != desc.size {
+            return Err(ImageError::Corrupt {
+                what: format!("blob {d} in {}", self.describe()),
+                why: if bytes.len() as u64 > desc.size {
+                    format!(
+                        "it is larger than the {} bytes its descriptor declares",
+                        desc.size
+                    )
+                } else {
+                    format!(
+                        "it has {} bytes, its descriptor declares {}",
+                        bytes.len(),
+                        desc.size
+                    )
+                },
+            });
+        }
         let actual = Digest::of(&bytes);
         if actual != *d {
             return Err(ImageError::Corrupt {
@@ -182,6 +233,12 @@ impl Source {
         Ok(bytes)
     }
 }
+
+/// The largest manifest, index or config read.
+const MAX_JSON: u64 = 64 << 20;
+
+/// How deep indexes may nest inside indexes (a hostile archive nests thousands).
+pub const MAX_INDEX_DEPTH: usize = 32;
 
 fn blob_name(d: &Digest) -> String {
     format!("blobs/sha256/{}", d.hex())
@@ -263,7 +320,7 @@ fn load_oci(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
     let mut out: Vec<Loaded> = Vec::new();
     for d in &index.manifests {
         let name = oci_entry_name(d);
-        let manifest_desc = select_manifest(src, d)?;
+        let manifest_desc = select_manifest(src, d, 0)?;
         let image = import_oci_manifest(store, src, &manifest_desc)?;
         let tags: Vec<String> = name.into_iter().collect();
         for t in &tags {
@@ -287,9 +344,16 @@ fn load_oci(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
 }
 
 /// Follows an index entry to the manifest for this host's platform.
-fn select_manifest(src: &Source, d: &Descriptor) -> Result<Descriptor> {
+fn select_manifest(src: &Source, d: &Descriptor, depth: usize) -> Result<Descriptor> {
     if oci::is_manifest(&d.media_type) {
         return Ok(d.clone());
+    }
+    if depth >= MAX_INDEX_DEPTH {
+        return Err(ImageError::Invalid(format!(
+            "{}: index {} nests indexes more than {MAX_INDEX_DEPTH} deep",
+            src.describe(),
+            d.digest
+        )));
     }
     if !oci::is_index(&d.media_type) {
         return Err(ImageError::Invalid(format!(
@@ -299,7 +363,7 @@ fn select_manifest(src: &Source, d: &Descriptor) -> Result<Descriptor> {
         )));
     }
     let idx: Index =
-        serde_json::from_slice(&src.read_blob(&d.digest)?).map_err(|e| ImageError::Corrupt {
+        serde_json::from_slice(&src.read_blob(d)?).map_err(|e| ImageError::Corrupt {
             what: format!("index {}", d.digest),
             why: e.to_string(),
         })?;
@@ -310,7 +374,7 @@ fn select_manifest(src: &Source, d: &Descriptor) -> Result<Descriptor> {
             .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
     });
     match found {
-        Some(m) => select_manifest(src, m),
+        Some(m) => select_manifest(src, m, depth + 1),
         None => Err(ImageError::NotFound(format!(
             "a {}/{} image in index {}",
             want.os, want.architecture, d.digest
@@ -322,13 +386,13 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
     if let Some(existing) = store.image(&d.digest)? {
         return Ok(existing);
     }
-    let manifest_bytes = src.read_blob(&d.digest)?;
+    let manifest_bytes = src.read_blob(d)?;
     let manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(|e| ImageError::Corrupt {
             what: format!("manifest {}", d.digest),
             why: e.to_string(),
         })?;
-    let config_bytes = src.read_blob(&manifest.config.digest)?;
+    let config_bytes = src.read_blob(&manifest.config)?;
     let config: ImageConfig =
         serde_json::from_slice(&config_bytes).map_err(|e| ImageError::Corrupt {
             what: format!("config {}", manifest.config.digest),
@@ -357,8 +421,25 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
             continue;
         }
         let mut ingest = store.ingest()?;
-        io::copy(&mut src.open(&blob_name(&l.digest))?, &mut ingest)
-            .map_err(io_err(format!("copy layer {}", l.digest)))?;
+        // Never past the declared size: one byte more is already an error.
+        let n = io::copy(
+            &mut src.open(&blob_name(&l.digest))?.take(l.size + 1),
+            &mut ingest,
+        )
+        .map_err(io_err(format!("copy layer {}", l.digest)))?;
+        if n != l.size {
+            return Err(ImageError::Corrupt {
+                what: format!("layer {} in {}", l.digest, src.describe()),
+                why: if n > l.size {
+                    format!(
+                        "it is larger than the {} bytes its descriptor declares",
+                        l.size
+                    )
+                } else {
+                    format!("it has {n} bytes, its descriptor declares {}", l.size)
+                },
+            });
+        }
         let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {
             kiln_cache::Error::DigestMismatch { actual, .. } => ImageError::Corrupt {
                 what: format!("layer {} in {}", l.digest, src.describe()),
@@ -410,7 +491,10 @@ pub(crate) fn verify_layer(
         codec::decompress(store.open_blob(digest)?)
             .map_err(io_err(format!("read layer {digest}")))?,
     );
-    io::copy(&mut h, &mut io::sink()).map_err(io_err(format!("decompress layer {digest}")))?;
+    read_tar(&mut h).map_err(|e| ImageError::Corrupt {
+        what: format!("layer {digest}"),
+        why: format!("not a valid tar stream: {e}"),
+    })?;
     let (actual, uncompressed_size) = h.finish();
     if actual != diff_id {
         return Err(ImageError::Corrupt {
@@ -425,6 +509,64 @@ pub(crate) fn verify_layer(
         size,
         uncompressed_size,
     })
+}
+
+/// Reads `r` to its end as a tar stream: every header must parse and every entry hold the bytes
+/// its header declares, so a truncated, garbage or non-tar layer fails when it is loaded or
+/// pulled rather than when a container first unpacks it. Returns the number of entries.
+pub(crate) fn read_tar<R: Read>(r: &mut R) -> io::Result<u64> {
+    let mut n = 0;
+    {
+        let mut a = tar::Archive::new(&mut *r);
+        for e in a.entries().map_err(escaped)? {
+            let mut e = e.map_err(escaped)?;
+            let size = e.size();
+            let got = io::copy(&mut e, &mut io::sink())?;
+            if got != size {
+                let path = String::from_utf8_lossy(&e.path_bytes())
+                    .escape_debug()
+                    .to_string();
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("entry \"{path}\" is cut short: {got} of {size} bytes"),
+                ));
+            }
+            n += 1;
+        }
+    }
+    // What follows the last entry (the end blocks, padding) belongs to the DiffID too.
+    io::copy(r, &mut io::sink())?;
+    Ok(n)
+}
+
+/// An error whose text may carry raw bytes from a hostile header, with those bytes escaped.
+fn escaped(e: io::Error) -> io::Error {
+    let text: String = e
+        .to_string()
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    io::Error::new(e.kind(), text)
+}
+
+/// Passes what it reads on to `sink` as well.
+struct Tee<'a, R, W> {
+    inner: R,
+    sink: &'a mut W,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sink.write_all(&buf[..n])?;
+        Ok(n)
+    }
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -467,8 +609,14 @@ fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
                 codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
             let mut enc = LayerEncoder::new(store.ingest_prehashed()?, Compression::Zstd)
                 .map_err(io_err("start layer encoder"))?;
-            io::copy(&mut plain, &mut enc)
-                .map_err(io_err(format!("read {path} from {}", src.describe())))?;
+            read_tar(&mut Tee {
+                inner: &mut plain,
+                sink: &mut enc,
+            })
+            .map_err(|e| ImageError::Corrupt {
+                what: format!("{path} in {}", src.describe()),
+                why: format!("not a valid tar stream: {e}"),
+            })?;
             let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
             if d.diff_id != *diff_id {
                 return Err(ImageError::Corrupt {

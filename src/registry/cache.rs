@@ -203,11 +203,12 @@ impl RemoteCache {
             name: r.familiar(),
             records: HashMap::new(),
         };
-        let (bytes, _, digest) = match fetch_manifest(&out.client, &out.repo, &target, &out.scope) {
-            Ok(m) => m,
-            Err(RegistryError::NotFound(_)) => return Ok(out),
-            Err(e) => return Err(e),
-        };
+        let (bytes, _, digest) =
+            match fetch_manifest(&out.client, &out.repo, &target, &out.scope, None) {
+                Ok(m) => m,
+                Err(RegistryError::NotFound(_)) => return Ok(out),
+                Err(e) => return Err(e),
+            };
         let corrupt = |why: String| RegistryError::Corrupt {
             host: out.client.host.clone(),
             what: format!("cache manifest {digest}"),
@@ -230,7 +231,13 @@ impl RemoteCache {
         let resp = out
             .client
             .expect(resp, &[200], &format!("cache config {}", m.config.digest))?;
-        let cfg = super::read_small(resp, 64 << 20).map_err(|e| out.client.network(e))?;
+        let cfg = super::read_small(
+            &out.client,
+            resp,
+            &format!("cache config {}", m.config.digest),
+            64 << 20,
+            Some(m.config.size),
+        )?;
         if Digest::of(&cfg) != m.config.digest {
             return Err(corrupt("the config blob does not match its digest".into()));
         }

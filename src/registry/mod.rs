@@ -46,6 +46,18 @@ pub enum RegistryError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("{what} from {host} is too large: {why}")]
+    TooLarge {
+        host: String,
+        what: String,
+        why: String,
+    },
+    #[error("{what} from {host} stalled: {why}")]
+    Stalled {
+        host: String,
+        what: String,
+        why: String,
+    },
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -106,10 +118,76 @@ pub struct Client {
 
 /// kiln's HTTP client: rustls with the system's CAs, 30 s to connect, 300 s per read, kiln's
 /// User-Agent, following up to `redirects` redirects.
+/// How long a transfer may go without progress: no byte at all, or under 1 KiB/s over the whole
+/// period, ends it (`KILN_REGISTRY_STALL_TIMEOUT` seconds, default 60). There is no total
+/// timeout: a large layer over a slow link is legitimate.
+pub fn stall_timeout() -> Duration {
+    Duration::from_secs(
+        std::env::var("KILN_REGISTRY_STALL_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(60),
+    )
+}
+
+/// The slowest rate that counts as progress.
+const MIN_RATE: u64 = 1024;
+
+/// Ends a read that makes no progress (see [`stall_timeout`]); each read waits at most that
+/// long too (the agent's read timeout).
+pub struct Deadline<R> {
+    inner: R,
+    stall: Duration,
+    window: std::time::Instant,
+    bytes: u64,
+}
+
+impl<R> Deadline<R> {
+    pub fn new(inner: R) -> Deadline<R> {
+        Deadline {
+            inner,
+            stall: stall_timeout(),
+            window: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for Deadline<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let stalled = |msg: String| io::Error::new(io::ErrorKind::TimedOut, msg);
+        let secs = self.stall.as_secs();
+        let n = match self.inner.read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) =>
+            {
+                return Err(stalled(format!("no data for {secs} s")))
+            }
+            r => r?,
+        };
+        self.bytes += n as u64;
+        if self.window.elapsed() >= self.stall {
+            if self.bytes < MIN_RATE * secs {
+                return Err(stalled(format!(
+                    "{} bytes in {secs} s, under 1 KiB/s (KILN_REGISTRY_STALL_TIMEOUT sets the period)",
+                    self.bytes
+                )));
+            }
+            self.window = std::time::Instant::now();
+            self.bytes = 0;
+        }
+        Ok(n)
+    }
+}
+
 pub fn http_agent(redirects: u32) -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(30))
-        .timeout_read(Duration::from_secs(300))
+        .timeout_read(stall_timeout())
         .redirects(redirects)
         .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -242,7 +320,7 @@ impl Client {
                         detail: error_detail(resp, "token request failed"),
                     });
                 }
-                let body = read_small(resp, 1 << 20).map_err(|e| self.network(e))?;
+                let body = read_small(self, resp, "token", 1 << 20, None)?;
                 let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                     RegistryError::Invalid(format!(
                         "the token service of {} answered badly: {e}",
@@ -403,21 +481,82 @@ fn error_detail(resp: ureq::Response, fallback: &str) -> String {
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
-/// Reads a small document (manifest, config) whole, at most `max` bytes.
-fn read_small(resp: ureq::Response, max: u64) -> io::Result<Vec<u8>> {
+/// Reads a small document (manifest, config) whole: at most `max` bytes, and exactly `declared`
+/// when a descriptor gave its size.
+fn read_small(
+    c: &Client,
+    resp: ureq::Response,
+    what: &str,
+    max: u64,
+    declared: Option<u64>,
+) -> Result<Vec<u8>> {
+    let too_large = |why: String| RegistryError::TooLarge {
+        host: c.host.clone(),
+        what: what.to_string(),
+        why,
+    };
+    if let Some(d) = declared.filter(|d| *d > max) {
+        return Err(too_large(format!(
+            "its descriptor declares {d} bytes; kiln reads at most {max}"
+        )));
+    }
+    if let Some(len) = resp
+        .header("Content-Length")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|l| *l > max)
+    {
+        return Err(too_large(format!(
+            "the registry sends {len} bytes; kiln reads at most {max}"
+        )));
+    }
+    let limit = declared.unwrap_or(max);
     let mut v = Vec::new();
-    resp.into_reader().take(max + 1).read_to_end(&mut v)?;
-    if v.len() as u64 > max {
-        return Err(io::Error::other(format!("larger than {max} bytes")));
+    Deadline::new(resp.into_reader())
+        .take(limit + 1)
+        .read_to_end(&mut v)
+        .map_err(|e| read_error(c, what, e))?;
+    if v.len() as u64 > limit {
+        return Err(match declared {
+            Some(d) => RegistryError::Corrupt {
+                host: c.host.clone(),
+                what: what.to_string(),
+                why: format!("the registry sent more than the {d} bytes its descriptor declares"),
+            },
+            None => too_large(format!("more than {max} bytes")),
+        });
+    }
+    if let Some(d) = declared.filter(|d| *d != v.len() as u64) {
+        return Err(RegistryError::Corrupt {
+            host: c.host.clone(),
+            what: what.to_string(),
+            why: format!("{} bytes arrived, its descriptor declares {d}", v.len()),
+        });
     }
     Ok(v)
 }
+
+/// A failed read of `what`: a stall says so, anything else is the network's.
+fn read_error(c: &Client, what: &str, e: io::Error) -> RegistryError {
+    if e.kind() == io::ErrorKind::TimedOut {
+        RegistryError::Stalled {
+            host: c.host.clone(),
+            what: what.to_string(),
+            why: e.to_string(),
+        }
+    } else {
+        c.network(format!("read {what}: {e}"))
+    }
+}
+
+/// The largest manifest or index read (the distribution spec's suggested limit).
+const MAX_MANIFEST: u64 = 4 << 20;
 
 fn fetch_manifest(
     c: &Client,
     repo: &str,
     reference: &str,
     scope: &str,
+    declared: Option<u64>,
 ) -> Result<(Vec<u8>, String, Digest)> {
     let resp = c.send(
         "GET",
@@ -435,7 +574,13 @@ fn fetch_manifest(
         .unwrap_or("")
         .trim()
         .to_string();
-    let bytes = read_small(resp, 4 << 20).map_err(|e| c.network(e))?;
+    let bytes = read_small(
+        c,
+        resp,
+        &format!("manifest {repo}:{reference}"),
+        MAX_MANIFEST,
+        declared,
+    )?;
     let digest = Digest::of(&bytes);
     if let Ok(want) = reference.parse::<Digest>() {
         if want != digest {
@@ -509,22 +654,36 @@ pub fn pull(
             r.name()
         }
     ));
-    let (mut bytes, mut mt, mut digest) = fetch_manifest(&c, &repo, &tag_or_digest, &scope)?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
-            host: c.host.clone(),
-            what: format!("manifest {digest}"),
-            why: e.to_string(),
-        })?;
-    if mt.is_empty() {
-        mt = doc["mediaType"].as_str().unwrap_or("").to_string();
-    }
-    if oci::is_index(&mt) || (mt.is_empty() && doc.get("manifests").is_some()) {
-        let index: Index = serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+    let (mut bytes, mut mt, mut digest) = fetch_manifest(&c, &repo, &tag_or_digest, &scope, None)?;
+    // Indexes may nest (an index entry naming another index); follow them, a bounded depth.
+    let mut depth = 0;
+    loop {
+        let doc: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
+                host: c.host.clone(),
+                what: format!("manifest {digest}"),
+                why: e.to_string(),
+            })?;
+        if mt.is_empty() {
+            mt = doc["mediaType"].as_str().unwrap_or("").to_string();
+        }
+        if !(oci::is_index(&mt) || (mt.is_empty() && doc.get("manifests").is_some())) {
+            break;
+        }
+        if depth == image::archive::MAX_INDEX_DEPTH {
+            return Err(RegistryError::Invalid(format!(
+                "{}: indexes nest more than {} deep",
+                r.familiar(),
+                image::archive::MAX_INDEX_DEPTH
+            )));
+        }
+        depth += 1;
+        let index: Index = serde_json::from_value(doc).map_err(|e| RegistryError::Corrupt {
             host: c.host.clone(),
             what: format!("index {digest}"),
             why: e.to_string(),
         })?;
+        // A platform's entry, or a nested index (whose entries say the platforms).
         let pick = index
             .manifests
             .iter()
@@ -535,6 +694,12 @@ pub fn pull(
                         && (platform.variant.is_none() || p.variant == platform.variant)
                 })
             })
+            .or_else(|| {
+                index
+                    .manifests
+                    .iter()
+                    .find(|m| m.platform.is_none() && oci::is_index(&m.media_type))
+            })
             .ok_or_else(|| {
                 RegistryError::NotFound(format!(
                     "{}: no manifest for {}/{} in the index",
@@ -544,7 +709,8 @@ pub fn pull(
                 ))
             })?
             .clone();
-        (bytes, mt, digest) = fetch_manifest(&c, &repo, &pick.digest.to_string(), &scope)?;
+        (bytes, mt, digest) =
+            fetch_manifest(&c, &repo, &pick.digest.to_string(), &scope, Some(pick.size))?;
         if mt.is_empty() {
             mt = pick.media_type.clone();
         }
@@ -575,7 +741,13 @@ pub fn pull(
             Body::Empty,
         )?;
         let resp = c.expect(resp, &[200], &format!("config {}", manifest.config.digest))?;
-        let b = read_small(resp, 16 << 20).map_err(|e| c.network(e))?;
+        let b = read_small(
+            &c,
+            resp,
+            &format!("config {}", manifest.config.digest),
+            16 << 20,
+            Some(manifest.config.size),
+        )?;
         let d = Digest::of(&b);
         if d != manifest.config.digest {
             return Err(RegistryError::Corrupt {
@@ -689,14 +861,40 @@ fn pull_layer(
         .and_then(|v| v.parse().ok())
         .unwrap_or(l.size);
     report.start(short, "Downloading", total);
+    let what = format!("layer {}", l.digest);
+    if total > l.size {
+        return Err(RegistryError::Corrupt {
+            host: c.host.clone(),
+            what,
+            why: format!(
+                "the registry sends {total} bytes, the manifest declares {}",
+                l.size
+            ),
+        });
+    }
     let mut ingest = store.ingest()?;
+    // Never more than the declared size: one byte past it ends the download.
     let mut reader = Counting {
-        inner: resp.into_reader(),
+        inner: Deadline::new(resp.into_reader()),
         short: short.to_string(),
         report,
-    };
-    io::copy(&mut reader, &mut ingest)
-        .map_err(|e| c.network(format!("download layer {}: {e}", l.digest)))?;
+    }
+    .take(l.size + 1);
+    let n = io::copy(&mut reader, &mut ingest).map_err(|e| read_error(c, &what, e))?;
+    if n != l.size {
+        return Err(RegistryError::Corrupt {
+            host: c.host.clone(),
+            what,
+            why: if n > l.size {
+                format!(
+                    "the registry sent more than the {} bytes the manifest declares",
+                    l.size
+                )
+            } else {
+                format!("{n} bytes arrived, the manifest declares {}", l.size)
+            },
+        });
+    }
     let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {
         kiln_cache::Error::DigestMismatch { actual, .. } => RegistryError::Corrupt {
             host: c.host.clone(),

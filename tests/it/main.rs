@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod demo;
+mod hostile;
 mod interop;
 mod registry;
 mod run;
