@@ -552,37 +552,26 @@ impl<'a> Writer<'a> {
         if let Some(p) = self.dirs.get(&key) {
             return Ok(p.clone());
         }
+        // Symlinks resolve inside the root, whatever their depth; a dangling one gets its
+        // target created (the link stays, as in BuildKit); every directory of the resolved
+        // path is made in the upper dir with the metadata the image gives it.
+        let chain = self.view.resolve_for_write(&key).map_err(io_s)?;
         let mut resolved = clean(Path::new("")).expect("root");
-        let mut created_any = false;
-        for comp in key.split('/').filter(|c| !c.is_empty() && *c != ".") {
-            let candidate = resolved.as_path().join(comp);
-            let cand_str = format!("/{}", candidate.display());
-            let found = if created_any {
-                None
-            } else {
-                self.view.resolve(&cand_str, true).map_err(io_s)?
-            };
+        for (p, found) in chain {
             match found {
-                Some(f) if f.is_dir() => {
-                    resolved = f.path.clone();
-                    self.mkdir(
-                        &resolved,
-                        f.meta.mode() & 0o7777,
-                        f.meta.uid(),
-                        f.meta.gid(),
-                        (f.meta.mtime(), f.meta.mtime_nsec()),
-                    )?;
-                }
-                Some(_) => {
-                    return Err(format!("{cand_str} exists and is not a directory"));
-                }
+                Some(f) => self.mkdir(
+                    &p,
+                    f.meta.mode() & 0o7777,
+                    f.meta.uid(),
+                    f.meta.gid(),
+                    (f.meta.mtime(), f.meta.mtime_nsec()),
+                )?,
                 None => {
-                    created_any = true;
-                    resolved = clean(&candidate).ok_or("path climbs out of the root")?;
                     let (uid, gid) = self.opts.chown.unwrap_or((0, 0));
-                    self.mkdir(&resolved, 0o755, uid, gid, (self.opts.now, 0))?;
+                    self.mkdir(&p, 0o755, uid, gid, (self.opts.now, 0))?;
                 }
             }
+            resolved = p;
         }
         self.dirs.insert(key, resolved.clone());
         Ok(resolved)

@@ -214,6 +214,64 @@ impl View {
         Ok(stack.pop())
     }
 
+    /// Resolves directory `path` for writing below it, as BuildKit's copy does: every symlink
+    /// is followed inside the root (absolute targets start at the root, `..` never climbs above
+    /// it, any depth), and what does not exist, the target of a dangling link included, is kept
+    /// to be created; a link is never replaced. Returns each component of the resolved path,
+    /// shallowest first, with what the view has there (`None`: to be created). A component
+    /// that exists but is not a directory is an error naming it.
+    pub fn resolve_for_write(&self, path: &str) -> io::Result<Vec<(InPath, Option<Found>)>> {
+        let mut stack: Vec<(OsString, Option<Found>)> = Vec::new();
+        let mut todo = components(path);
+        todo.reverse();
+        let mut links = 0;
+        let root = self.root();
+        while let Some(c) = todo.pop() {
+            if c == ".." {
+                stack.pop();
+                continue;
+            }
+            let found = match stack.last() {
+                None => self.child(&root, &c)?,
+                Some((_, Some(parent))) => self.child(parent, &c)?,
+                Some((_, None)) => None,
+            };
+            match found {
+                Some(f) if f.meta.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    let target = fs::read_link(&f.host)?;
+                    let t = target.as_os_str().as_bytes();
+                    if t.starts_with(b"/") {
+                        stack.clear();
+                    }
+                    let mut more = components(&String::from_utf8_lossy(t));
+                    more.reverse();
+                    todo.extend(more);
+                }
+                Some(f) if !f.is_dir() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Other,
+                        format!(
+                            "/{} exists and is not a directory",
+                            f.path.as_path().display()
+                        ),
+                    ));
+                }
+                f => stack.push((c, f)),
+            }
+        }
+        let mut out = Vec::with_capacity(stack.len());
+        let mut p = PathBuf::new();
+        for (c, f) in stack {
+            p.push(&c);
+            out.push((clean(&p).expect("components stay in the root"), f));
+        }
+        Ok(out)
+    }
+
     /// The merged entries of a directory found by `resolve`, sorted by name: (name, entry).
     pub fn read_dir(&self, dir: &Found) -> io::Result<BTreeMap<OsString, Found>> {
         let mut names = std::collections::BTreeSet::new();

@@ -1651,3 +1651,55 @@ fn run_ssh_mounts_forward_the_agent_socket() {
     ]);
     assert!(err.contains("is not a socket"), "{err}");
 }
+
+#[test]
+fn copy_follows_destination_symlinks_inside_the_root_and_keeps_them() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::write(ctx.join("f"), "content\n").unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\n\
+         RUN mkdir -p /usr/libx /a/b/c /tmp/symlink-target && ln -s usr/libx /libx && ln -s /a/b/c /deep \
+         && ln -s /nowhere/deep /dl && ln -s /tmp/symlink-target /symlink && ln -s ../../../../../etc /esc\n\
+         COPY f /libx/x\n\
+         COPY f /deep/\n\
+         COPY f /dl/x\n\
+         COPY f /symlink/\n\
+         COPY f /esc/escaped\n",
+    );
+    for snapshotter in ["overlay", "native"] {
+        let tag = format!("links-{snapshotter}");
+        build(
+            &k,
+            &ctx,
+            &["--no-cache", "--snapshotter", snapshotter, "-t", &tag],
+        );
+        let v = image_view(&k, &tag);
+        // merged-/usr style (a two-component target) and an absolute deep one
+        assert_eq!(read(&v, "/usr/libx/x"), "content\n", "{snapshotter}");
+        assert_eq!(read(&v, "/a/b/c/f"), "content\n", "{snapshotter}");
+        // a dangling link: its target is created, the link stays (BuildKit)
+        assert_eq!(read(&v, "/nowhere/deep/x"), "content\n", "{snapshotter}");
+        // a symlinked destination directory
+        assert_eq!(
+            read(&v, "/tmp/symlink-target/f"),
+            "content\n",
+            "{snapshotter}"
+        );
+        // a link climbing out resolves inside the root
+        assert_eq!(read(&v, "/etc/escaped"), "content\n", "{snapshotter}");
+        for (link, target) in [
+            ("/libx", "usr/libx"),
+            ("/deep", "/a/b/c"),
+            ("/dl", "/nowhere/deep"),
+            ("/symlink", "/tmp/symlink-target"),
+        ] {
+            let f = v.resolve(link, false).unwrap().unwrap();
+            assert!(
+                f.meta.file_type().is_symlink(),
+                "{snapshotter}: {link} stays a link"
+            );
+            assert_eq!(fs::read_link(&f.host).unwrap().to_str().unwrap(), target);
+        }
+    }
+}
