@@ -814,7 +814,7 @@ impl<'a> Writer<'a> {
                 .unwrap_or_else(|| clean(&full).unwrap_or_else(|| target.clone()))
         };
         crate::diff::apply_layer_mapped(&root, reader, &mut resolve)
-            .map_err(|e| format!("unpack {}: {e}", archive.display()))?;
+            .map_err(|e| format!("unpack {}: {}", archive.display(), crate::diff::chain(&e)))?;
         Ok(())
     }
 

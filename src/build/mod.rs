@@ -1483,7 +1483,7 @@ fn run_step(
     let layer = if entries.is_empty() {
         None
     } else {
-        Some(encode(ctx, &entries)?)
+        Some(encode(ctx, &entries).map_err(|e| no_space(ctx, step, &entries, e))?)
     };
     tracing::debug!(step = %step.text, entries = entries.len(), secs = t_layer.elapsed().as_secs_f64(), "layer written");
     let t_commit = Instant::now();
@@ -1670,6 +1670,43 @@ fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) ->
         copy::Data::Inline(src.data.clone().into_bytes()),
         *blake3::hash(src.data.as_bytes()).as_bytes(),
         src.data.len() as u64,
+    )
+}
+
+/// A full disk while writing a step's layer, said with the step, the store and the space the
+/// layer wants (its files' size, the most a layer of them takes); other errors unchanged. The
+/// store stays consistent: the ingest file is removed and nothing is recorded.
+fn no_space(ctx: &Ctx<'_>, step: &plan::Step, entries: &[TarEntry], e: BuildError) -> BuildError {
+    let full = match &e {
+        BuildError::Io(m) => m.contains("os error 28"),
+        BuildError::Store(kiln_cache::Error::Io { source, .. }) => {
+            source.raw_os_error() == Some(libc::ENOSPC)
+        }
+        _ => e.to_string().contains("os error 28"),
+    };
+    if !full {
+        return e;
+    }
+    let need: u64 = entries
+        .iter()
+        .filter_map(|t| match &t.source {
+            diff::EntrySource::Host(p) => std::fs::symlink_metadata(p).ok(),
+            _ => None,
+        })
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum();
+    let dir = ctx.store.ingest_dir();
+    let free = crate::sys::free_space(&dir).unwrap_or(0);
+    step_error(
+        ctx,
+        step,
+        format!(
+            "no space left on device writing its layer to {}: the layer holds {} of files, {} is free there",
+            dir.display(),
+            crate::timefmt::human_size(need),
+            crate::timefmt::human_size(free)
+        ),
     )
 }
 

@@ -75,8 +75,39 @@ fn entry_err(entry: &Path, reason: impl Into<String>) -> ApplyError {
 fn entry_io(entry: &Path) -> impl FnOnce(io::Error) -> ApplyError + '_ {
     move |source| ApplyError::EntryIo {
         entry: entry.display().to_string(),
-        source,
+        source: escaped(source),
     }
+}
+
+/// Text from a hostile archive (names, the tar crate's messages quoting header bytes) with
+/// control characters and undecodable bytes escaped, so an error never prints raw bytes.
+pub fn escape_text(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// The same error with its text escaped ([`escape_text`]).
+pub fn escaped(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), escape_text(&e.to_string()))
+}
+
+/// An error and its causes on one line, `a: b: c` (for callers that keep errors as text).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Unpacks the layer tar read from `tar` into `root`. The whole stream is consumed and hashed,
@@ -109,12 +140,18 @@ pub fn apply_layer_mapped<R: Read>(
     let mut pax: Option<Vec<u8>> = None;
     let mut long_name: Option<Vec<u8>> = None;
     let mut long_link: Option<Vec<u8>> = None;
-    for entry in archive.entries().map_err(ApplyError::Read)?.raw(true) {
-        let mut entry = entry.map_err(ApplyError::Read)?;
+    for entry in archive
+        .entries()
+        .map_err(|e| ApplyError::Read(escaped(e)))?
+        .raw(true)
+    {
+        let mut entry = entry.map_err(|e| ApplyError::Read(escaped(e)))?;
         let kind = entry.header().entry_type();
         if kind.is_pax_local_extensions() || kind.is_gnu_longname() || kind.is_gnu_longlink() {
             let mut data = Vec::new();
-            entry.read_to_end(&mut data).map_err(ApplyError::Read)?;
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| ApplyError::Read(escaped(e)))?;
             if kind.is_pax_local_extensions() {
                 pax = Some(data);
             } else {
@@ -390,7 +427,7 @@ pub fn apply_layer_mapped<R: Read>(
     }
 
     let mut inner = archive.into_inner();
-    io::copy(&mut inner, &mut io::sink()).map_err(ApplyError::Read)?;
+    io::copy(&mut inner, &mut io::sink()).map_err(|e| ApplyError::Read(escaped(e)))?;
     let (diff_id, size) = inner.finish();
     stats.diff_id = diff_id;
     stats.tar_size = size;
@@ -432,7 +469,12 @@ fn finish_fd(
     }
     sys::fchmod(fd, mode)?;
     for (k, v) in xattrs {
-        sys::fsetxattr(fd, k, v)?;
+        sys::fsetxattr(fd, k, v).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("set xattr {}: {e}", escape_text(&k.to_string_lossy())),
+            )
+        })?;
     }
     sys::lutimesat(fd, OsStr::new(""), mtime, 0)
 }

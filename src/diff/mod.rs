@@ -7,7 +7,9 @@ pub mod tar;
 pub mod walk;
 
 pub use self::tar::{write_entries, write_tree, EntrySource, TarEntry, TarOptions};
-pub use apply::{apply_layer, apply_layer_mapped, ApplyError, ApplyStats};
+pub use apply::{
+    apply_layer, apply_layer_mapped, chain, escape_text, escaped, ApplyError, ApplyStats,
+};
 
 #[cfg(test)]
 mod differ_tests;

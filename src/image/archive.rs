@@ -518,8 +518,8 @@ pub(crate) fn read_tar<R: Read>(r: &mut R) -> io::Result<u64> {
     let mut n = 0;
     {
         let mut a = tar::Archive::new(&mut *r);
-        for e in a.entries().map_err(escaped)? {
-            let mut e = e.map_err(escaped)?;
+        for e in a.entries().map_err(crate::diff::escaped)? {
+            let mut e = e.map_err(crate::diff::escaped)?;
             let size = e.size();
             let got = io::copy(&mut e, &mut io::sink())?;
             if got != size {
@@ -537,22 +537,6 @@ pub(crate) fn read_tar<R: Read>(r: &mut R) -> io::Result<u64> {
     // What follows the last entry (the end blocks, padding) belongs to the DiffID too.
     io::copy(r, &mut io::sink())?;
     Ok(n)
-}
-
-/// An error whose text may carry raw bytes from a hostile header, with those bytes escaped.
-fn escaped(e: io::Error) -> io::Error {
-    let text: String = e
-        .to_string()
-        .chars()
-        .flat_map(|c| {
-            if c.is_control() || c == char::REPLACEMENT_CHARACTER {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect();
-    io::Error::new(e.kind(), text)
 }
 
 /// Passes what it reads on to `sink` as well.

@@ -310,6 +310,18 @@ pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
     Ok(f_type as i64)
 }
 
+/// Bytes available to an unprivileged writer on the filesystem holding `path` (statfs(2)).
+pub fn free_space(path: &std::path::Path) -> io::Result<u64> {
+    let p = cstr(path.as_os_str())?;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: as in fs_type.
+    cvt(unsafe { libc::statfs(p.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs succeeded, so it initialized `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Ok(st.f_bavail as u64 * st.f_bsize as u64)
+}
+
 /// `f_type` of overlayfs (linux/magic.h OVERLAYFS_SUPER_MAGIC).
 pub const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 

@@ -1703,3 +1703,114 @@ fn copy_follows_destination_symlinks_inside_the_root_and_keeps_them() {
         }
     }
 }
+
+#[test]
+fn a_bad_archive_in_add_says_why_and_escapes_raw_bytes() {
+    let Some((k, ctx)) = setup() else { return };
+    // An xattr in a namespace no filesystem takes: the error names the entry, the xattr and
+    // the reason.
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_pax_extensions([("SCHILY.xattr.bogus.name", &b"1"[..])])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("xfile").unwrap();
+    h.set_size(1);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    b.append(&h, &b"x"[..]).unwrap();
+    fs::write(ctx.join("x.tar"), b.into_inner().unwrap()).unwrap();
+    dockerfile(&ctx, "FROM base\nADD x.tar /\n");
+    let o = build_raw(&k, &ctx, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("xfile")
+            && err.contains("set xattr bogus.name")
+            && err.contains("not supported"),
+        "{err}"
+    );
+
+    // A header whose numeric field holds raw bytes: printed escaped.
+    let mut raw = vec![0u8; 1024];
+    raw[..5].copy_from_slice(b"entry");
+    raw[100..108].copy_from_slice(b"0000644\0");
+    raw[124..136].copy_from_slice(b"\x01\x02\x1b[31m\xff\xfe\x07zz"); // size
+    raw[156] = b'0';
+    raw[148..156].copy_from_slice(b"        ");
+    let sum: u32 = raw[..512].iter().map(|b| u32::from(*b)).sum();
+    raw[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    fs::write(ctx.join("x.tar"), &raw).unwrap();
+    let o = build_raw(&k, &ctx, &["--no-cache"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !err.chars()
+            .any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\u{1}'),
+        "raw bytes in {err:?}"
+    );
+}
+
+/// Unmounts a test's tmpfs when the test ends, also when it fails.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_while_writing_a_layer_names_the_step_and_the_space() {
+    if !needs(&["mount", "umount"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount a tmpfs");
+    let _guard = Tmpfs(mnt.clone());
+    let k = Kiln {
+        dir: tempfile::tempdir_in(&mnt).unwrap(),
+    };
+    let rootfs = mnt.join("rootfs");
+    if !busybox_rootfs(&rootfs) {
+        return;
+    }
+    let tgz = mnt.join("base.tgz");
+    tar_gz(&rootfs, &tgz);
+    k.ok(&["import", tgz.to_str().unwrap(), "base"]);
+    fs::remove_dir_all(&rootfs).unwrap();
+    fs::remove_file(&tgz).unwrap();
+    let ctx = mnt.join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    // 22 MB that do not compress: the RUN fits, its layer does not.
+    dockerfile(
+        &ctx,
+        "FROM base\nRUN head -c 22000000 /dev/urandom > /big\n",
+    );
+    let o = build_raw(&k, &ctx, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Dockerfile:2: RUN head")
+            && err.contains("no space left on device writing its layer to")
+            && err.contains(&k.root().join("ingest").display().to_string())
+            && err.contains("22MB of files"),
+        "{err}"
+    );
+    let check = k.run(&["system", "check"]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
