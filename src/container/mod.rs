@@ -392,7 +392,9 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let d = dir(store, &id);
     let files = d.join("files");
     // Everything made from here on is removed again if a later step fails.
-    let prepared = (|| -> Result<(Rootfs, Vec<(String, bool)>, Vec<PathBuf>), ContainerError> {
+    // The root filesystem, the mount stubs it needs, its control groups.
+    type Prepared = (Rootfs, Vec<(String, bool)>, Vec<PathBuf>);
+    let prepared = (|| -> Result<Prepared, ContainerError> {
         for sub in ["upper", "work", "rootfs", "files/empty"] {
             fs::create_dir_all(d.join(sub)).map_err(io_err(format!("create {}", d.display())))?;
         }

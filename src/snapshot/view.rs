@@ -252,13 +252,10 @@ impl View {
                     todo.extend(more);
                 }
                 Some(f) if !f.is_dir() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Other,
-                        format!(
-                            "/{} exists and is not a directory",
-                            f.path.as_path().display()
-                        ),
-                    ));
+                    return Err(io::Error::other(format!(
+                        "/{} exists and is not a directory",
+                        f.path.as_path().display()
+                    )));
                 }
                 f => stack.push((c, f)),
             }

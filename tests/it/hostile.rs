@@ -241,9 +241,11 @@ fn layers_that_are_not_tar_streams_fail_at_load() {
     }
 }
 
-/// How a hostile registry sends the layer blob.
-#[derive(Clone, Copy)]
+/// How a hostile registry sends the layer blob (or the manifest).
+#[derive(Clone, Copy, PartialEq)]
 enum Blob {
+    /// The manifest claims 2.6 GB (then zeros, at most 64 MiB of them).
+    HugeManifest,
     /// Zeros, without end (or until 1 GiB), no Content-Length.
     Endless,
     /// One byte every 100 ms, for at most 60 s.
@@ -262,6 +264,18 @@ fn hostile_registry(
     layer: String,
     how: Blob,
 ) -> (u16, Arc<AtomicU64>) {
+    registry_with(manifest, HashMap::new(), blobs, layer, how)
+}
+
+/// As [`hostile_registry`], and `manifests` answers `/manifests/REF` by reference (the tag `1`,
+/// or a digest) with its media type; any other reference gets `manifest`.
+fn registry_with(
+    manifest: Vec<u8>,
+    manifests: HashMap<String, (String, Vec<u8>)>,
+    blobs: HashMap<String, Vec<u8>>,
+    layer: String,
+    how: Blob,
+) -> (u16, Arc<AtomicU64>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
     let sent = Arc::new(AtomicU64::new(0));
@@ -274,6 +288,7 @@ fn hostile_registry(
                 layer.clone(),
                 counter.clone(),
             );
+            let manifests = manifests.clone();
             std::thread::spawn(move || {
                 let mut r = BufReader::new(conn.try_clone().unwrap());
                 let mut w = conn;
@@ -298,12 +313,23 @@ fn hostile_registry(
                     };
                     let ok = if path == "/v2/" {
                         reply(&mut w, "application/json", b"{}")
-                    } else if path.contains("/manifests/") {
-                        reply(&mut w, MANIFEST, &manifest)
+                    } else if path.contains("/manifests/") && how == Blob::HugeManifest {
+                        let _ = w.write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: {MANIFEST}\r\nContent-Length: 2600000000\r\n\r\n").as_bytes());
+                        let chunk = vec![b' '; 64 * 1024];
+                        while sent.load(Ordering::Relaxed) < 64 << 20 && w.write_all(&chunk).is_ok()
+                        {
+                            sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                        }
+                        return;
+                    } else if let Some((_, r)) = path.split_once("/manifests/") {
+                        match manifests.get(r) {
+                            Some((mt, body)) => reply(&mut w, mt, body),
+                            None => reply(&mut w, MANIFEST, &manifest),
+                        }
                     } else if path.ends_with(&layer) {
                         let t = Instant::now();
                         match how {
-                            Blob::Honest => {
+                            Blob::Honest | Blob::HugeManifest => {
                                 reply(&mut w, "application/octet-stream", &blobs[&layer])
                             }
                             Blob::Endless => {
@@ -440,4 +466,91 @@ fn a_stalled_or_trickling_registry_ends_the_pull() {
         );
         nothing_recorded(&k);
     }
+}
+
+#[test]
+fn an_oversized_manifest_is_refused_as_too_large() {
+    let (manifest, blobs, layer) = registry_image(None);
+    let (port, sent) = hostile_registry(manifest, blobs, layer, Blob::HugeManifest);
+    let k = Kiln::new();
+    let (ok, err) = pull(&k, port, "60");
+    assert!(!ok);
+    assert!(
+        err.contains("too large") && err.contains("2600000000"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot reach"), "{err}");
+    assert!(sent.load(Ordering::Relaxed) < 64 << 20);
+    nothing_recorded(&k);
+}
+
+#[test]
+fn a_pull_follows_nested_indexes_a_bounded_depth() {
+    let (manifest, blobs, layer) = registry_image(None);
+    // tag -> index -> index -> manifest
+    let mut manifests = HashMap::new();
+    let mut entry = desc(MANIFEST, &manifest);
+    entry["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    manifests.insert(
+        Digest::of(&manifest).to_string(),
+        (MANIFEST.to_string(), manifest.clone()),
+    );
+    let mut top = Vec::new();
+    for level in 0..2 {
+        let idx = serde_json::to_vec(
+            &serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [entry]}),
+        )
+        .unwrap();
+        manifests.insert(
+            Digest::of(&idx).to_string(),
+            (INDEX.to_string(), idx.clone()),
+        );
+        entry = desc(INDEX, &idx);
+        if level == 0 {
+            entry["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+        }
+        top = idx;
+    }
+    manifests.insert("1".to_string(), (INDEX.to_string(), top));
+    let (port, _) = registry_with(
+        manifest.clone(),
+        manifests.clone(),
+        blobs.clone(),
+        layer.clone(),
+        Blob::Honest,
+    );
+    let k = Kiln::new();
+    let (ok, err) = pull(&k, port, "60");
+    assert!(ok, "{err}");
+
+    // An index that names itself, as deep as a registry likes: refused past 32 levels.
+    let mut looped = HashMap::new();
+    let mut e = serde_json::json!({"mediaType": INDEX, "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000", "size": 10});
+    e["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    let mut chain = Vec::new();
+    for _ in 0..40 {
+        let idx = serde_json::to_vec(
+            &serde_json::json!({"schemaVersion": 2, "mediaType": INDEX, "manifests": [e]}),
+        )
+        .unwrap();
+        chain.push(idx.clone());
+        e = desc(INDEX, &idx);
+        e["platform"] = serde_json::json!({"os": "linux", "architecture": "amd64"});
+    }
+    for idx in &chain {
+        looped.insert(
+            Digest::of(idx).to_string(),
+            (INDEX.to_string(), idx.clone()),
+        );
+    }
+    looped.insert(
+        "1".to_string(),
+        (INDEX.to_string(), chain.last().unwrap().clone()),
+    );
+    let (port, _) = registry_with(manifest, looped, blobs, layer, Blob::Honest);
+    let k = Kiln::new();
+    let (ok, err) = pull(&k, port, "60");
+    assert!(!ok);
+    assert!(err.contains("more than 32 deep"), "{err}");
+    nothing_recorded(&k);
 }
