@@ -209,18 +209,7 @@ impl Source {
         if bytes.len() as u64 != desc.size {
             return Err(ImageError::Corrupt {
                 what: format!("blob {d} in {}", self.describe()),
-                why: if bytes.len() as u64 > desc.size {
-                    format!(
-                        "it is larger than the {} bytes its descriptor declares",
-                        desc.size
-                    )
-                } else {
-                    format!(
-                        "it has {} bytes, its descriptor declares {}",
-                        bytes.len(),
-                        desc.size
-                    )
-                },
+                why: size_mismatch(bytes.len() as u64, desc.size),
             });
         }
         let actual = Digest::of(&bytes);
@@ -231,6 +220,16 @@ impl Source {
             });
         }
         Ok(bytes)
+    }
+}
+
+/// Why a blob read to its declared size + 1 (`got` bytes) does not match the size its
+/// descriptor declares.
+pub(crate) fn size_mismatch(got: u64, declared: u64) -> String {
+    if got > declared {
+        format!("more than the {declared} bytes its descriptor declares")
+    } else {
+        format!("{got} bytes, its descriptor declares {declared}")
     }
 }
 
@@ -430,14 +429,7 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
         if n != l.size {
             return Err(ImageError::Corrupt {
                 what: format!("layer {} in {}", l.digest, src.describe()),
-                why: if n > l.size {
-                    format!(
-                        "it is larger than the {} bytes its descriptor declares",
-                        l.size
-                    )
-                } else {
-                    format!("it has {n} bytes, its descriptor declares {}", l.size)
-                },
+                why: size_mismatch(n, l.size),
             });
         }
         let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {

@@ -516,20 +516,15 @@ fn read_small(
         .read_to_end(&mut v)
         .map_err(|e| read_error(c, what, e))?;
     if v.len() as u64 > limit {
-        return Err(match declared {
-            Some(d) => RegistryError::Corrupt {
-                host: c.host.clone(),
-                what: what.to_string(),
-                why: format!("the registry sent more than the {d} bytes its descriptor declares"),
-            },
-            None => too_large(format!("more than {max} bytes")),
-        });
+        if declared.is_none() {
+            return Err(too_large(format!("more than {max} bytes")));
+        }
     }
     if let Some(d) = declared.filter(|d| *d != v.len() as u64) {
         return Err(RegistryError::Corrupt {
             host: c.host.clone(),
             what: what.to_string(),
-            why: format!("{} bytes arrived, its descriptor declares {d}", v.len()),
+            why: image::archive::size_mismatch(v.len() as u64, d),
         });
     }
     Ok(v)
@@ -885,14 +880,7 @@ fn pull_layer(
         return Err(RegistryError::Corrupt {
             host: c.host.clone(),
             what,
-            why: if n > l.size {
-                format!(
-                    "the registry sent more than the {} bytes the manifest declares",
-                    l.size
-                )
-            } else {
-                format!("{n} bytes arrived, the manifest declares {}", l.size)
-            },
+            why: image::archive::size_mismatch(n, l.size),
         });
     }
     let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {

@@ -195,18 +195,9 @@ impl View {
             };
             let last = todo.is_empty();
             if f.meta.file_type().is_symlink() && (!last || follow) {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = fs::read_link(&f.host)?;
-                let t = target.as_os_str().as_bytes();
-                if t.starts_with(b"/") {
+                if follow_link(&f, &mut todo, &mut links)? {
                     stack.truncate(1);
                 }
-                let mut more = components(&String::from_utf8_lossy(t));
-                more.reverse();
-                todo.extend(more);
                 continue;
             }
             stack.push(f);
@@ -238,18 +229,9 @@ impl View {
             };
             match found {
                 Some(f) if f.meta.file_type().is_symlink() => {
-                    links += 1;
-                    if links > MAX_SYMLINKS {
-                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                    }
-                    let target = fs::read_link(&f.host)?;
-                    let t = target.as_os_str().as_bytes();
-                    if t.starts_with(b"/") {
+                    if follow_link(&f, &mut todo, &mut links)? {
                         stack.clear();
                     }
-                    let mut more = components(&String::from_utf8_lossy(t));
-                    more.reverse();
-                    todo.extend(more);
                 }
                 Some(f) if !f.is_dir() => {
                     return Err(io::Error::other(format!(
@@ -302,6 +284,22 @@ impl View {
             .flatten()
             .map(|b| String::from_utf8_lossy(&b).into_owned())
     }
+}
+
+/// Puts the target of symlink `f` on the `todo` stack of components still to walk (at most
+/// [`MAX_SYMLINKS`] links per lookup); true when the target is absolute, so the walk restarts
+/// at the root.
+fn follow_link(f: &Found, todo: &mut Vec<OsString>, links: &mut usize) -> io::Result<bool> {
+    *links += 1;
+    if *links > MAX_SYMLINKS {
+        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+    }
+    let target = fs::read_link(&f.host)?;
+    let t = target.as_os_str().as_bytes();
+    let mut more = components(&String::from_utf8_lossy(t));
+    more.reverse();
+    todo.extend(more);
+    Ok(t.starts_with(b"/"))
 }
 
 fn components(path: &str) -> Vec<OsString> {

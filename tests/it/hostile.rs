@@ -114,7 +114,7 @@ fn a_layout_blob_linked_to_dev_zero_is_not_read() {
     fs::write(&blob, vec![0u8; 1 << 20]).unwrap();
     let err = k.fails(&["load", "-i", d.to_str().unwrap()]);
     assert!(
-        err.contains(&fake.hex()) && err.contains("larger than the 10240 bytes"),
+        err.contains(&fake.hex()) && err.contains("more than the 10240 bytes"),
         "{err}"
     );
     nothing_recorded(&k);
