@@ -932,26 +932,29 @@ fn archive_kind(p: &Path) -> io::Result<Option<Archive>> {
     Ok((magic || sum_ok).then_some(kind))
 }
 
-/// Resolves `--chown` with the destination image's passwd/group: `user[:group]`.
-pub fn resolve_chown(spec: &str, view: &View) -> Result<(u32, u32), String> {
+/// Resolves `--chown` (and WORKDIR's owner) with the destination image's passwd/group:
+/// `user[:group]`. As BuildKit's file ops (`readUser`), a name the files do not have, or a
+/// missing passwd or group file, is id 0 without an error; only RUN, through the runtime,
+/// refuses an unknown name.
+pub fn resolve_chown(spec: &str, view: &View) -> (u32, u32) {
     let passwd = view.read_string("/etc/passwd");
     let group = view.read_string("/etc/group");
     let (u, g) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let ids = crate::runtime::user::resolve(u, passwd.as_deref(), group.as_deref())
-        .map_err(|e| e.to_string())?;
+    let ids =
+        crate::runtime::user::resolve(u, passwd.as_deref(), group.as_deref()).unwrap_or_default();
     let gid = match g {
         Some(g) if !g.is_empty() => {
             crate::runtime::user::resolve(&format!("0:{g}"), passwd.as_deref(), group.as_deref())
-                .map_err(|e| e.to_string())?
-                .gid
+                .map(|i| i.gid)
+                .unwrap_or(0)
         }
         // BuildKit (file/user_linux.go readUser): a name takes its passwd gid, a number is
         // used for both.
         _ if u.parse::<u32>().is_ok() => ids.uid,
         _ => ids.gid,
     };
-    Ok((ids.uid, gid))
+    (ids.uid, gid)
 }

@@ -265,6 +265,12 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     if !r.env.iter().any(|(k, _)| k == "PATH") {
         env.push(format!("PATH={}", crate::plan::DEFAULT_PATH));
     }
+    // The OCI runtime under BuildKit (runc's setupUser) sets HOME when the env has none: the
+    // user's home from the image's passwd, else "/".
+    if !r.env.iter().any(|(k, _)| k == "HOME") {
+        let home = ids.home.clone();
+        env.push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+    }
     let spec = Spec {
         rootfs,
         argv: r.argv.clone(),

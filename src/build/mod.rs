@@ -1228,8 +1228,7 @@ fn run_step(
         StepKind::Copy(c) if c.copy.link => {
             let mut li = inputs.clone();
             if let Some(spec) = c.copy.chown.as_deref() {
-                let (u, g) = copy::resolve_chown(spec, &state.view())
-                    .map_err(|e| step_error(ctx, step, e))?;
+                let (u, g) = copy::resolve_chown(spec, &state.view());
                 li.str(5, &format!("{u}:{g}"));
             }
             Some(plan::step_key(None, &step.definition, &li))
@@ -1360,9 +1359,7 @@ fn run_step(
                 .copy
                 .chown
                 .as_deref()
-                .map(|s| copy::resolve_chown(s, &view))
-                .transpose()
-                .map_err(|e| step_error(ctx, step, e))?;
+                .map(|s| copy::resolve_chown(s, &view));
             let chmod = c
                 .copy
                 .chmod
@@ -1392,9 +1389,7 @@ fn run_step(
             let exists = view.resolve(path, true)?.is_some_and(|f| f.is_dir());
             if !exists {
                 let chown = match user.as_str() {
-                    u if !u.is_empty() => {
-                        Some(copy::resolve_chown(u, &view).map_err(|e| step_error(ctx, step, e))?)
-                    }
+                    u if !u.is_empty() => Some(copy::resolve_chown(u, &view)),
                     _ => None,
                 };
                 let mut w = copy::Writer::new(

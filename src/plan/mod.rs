@@ -322,6 +322,10 @@ pub struct Stage {
     pub config: Config,
     /// History entries for metadata instructions and steps, in order: (line, text, makes a layer).
     pub history: Vec<(usize, String, bool)>,
+    /// The build args in scope at the stage's end, with their values: a stage built FROM this
+    /// one starts with them (BuildKit: `FROM base AS dev` then `ARG NAME="$NAME-dev"` sees
+    /// base's NAME).
+    pub args: Vec<(String, String)>,
 }
 
 impl Stage {
@@ -448,6 +452,16 @@ pub fn plan(df: &Dockerfile, opts: &PlanOptions) -> Result<Plan, DockerfileError
         match &l.instruction {
             Instruction::Arg(list) => {
                 for (k, default) in list {
+                    // The name itself may hold variables (BuildKit expands it).
+                    let k = &lx
+                        .process_word(
+                            k,
+                            &Scope {
+                                env: &[],
+                                args: &global,
+                            },
+                        )
+                        .map_err(|e| df.error_at(l.line, e.to_string()))?;
                     declared.insert(k.clone());
                     let v = match opts.build_args.get(k) {
                         Some(v) => Some(v.clone()),
@@ -684,7 +698,14 @@ fn plan_stage(
     let base = bases[s.position].clone();
     let mut deps = BTreeSet::new();
     let (mut config, triggers) = match &base {
-        Base::Scratch => (Config::default(), Vec::new()),
+        // BuildKit's empty image config has WorkingDir "/".
+        Base::Scratch => (
+            Config {
+                workdir: "/".into(),
+                ..Config::default()
+            },
+            Vec::new(),
+        ),
         Base::Image(r) => {
             let c = opts.bases.get(r).cloned().unwrap_or_default();
             let t = c.onbuild.clone();
@@ -711,6 +732,7 @@ fn plan_stage(
         steps: Vec::new(),
         config,
         history: Vec::new(),
+        args: Vec::new(),
     };
     // Trigger instructions, parsed like Dockerfile lines, placed at the FROM line.
     let mut trigger_locs = Vec::new();
@@ -728,10 +750,17 @@ fn plan_stage(
             });
         }
     }
-    let mut args: Vec<(String, String)> = Vec::new();
+    // A stage FROM an earlier stage inherits the args that stage had in scope.
+    let mut args: Vec<(String, String)> = match &stage.base {
+        Base::Stage(p) => planned[*p].args.clone(),
+        _ => Vec::new(),
+    };
     // The stage's ARG declarations in order, with their values, as BuildKit lists them in a
     // RUN's history entry (`RUN |2 A=1 B=2 /bin/sh -c ...`).
-    let mut stage_args: Vec<(String, Option<String>)> = Vec::new();
+    let mut stage_args: Vec<(String, Option<String>)> = args
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
     let mut declared: BTreeSet<String> = BTreeSet::new();
     let mut cmd_set = false;
     for l in trigger_locs.iter().chain(s.body.iter()) {
@@ -746,6 +775,8 @@ fn plan_stage(
             Instruction::Arg(list) => {
                 let mut shown = Vec::new();
                 for (k, default) in list {
+                    // The name itself may hold variables: `ARG ${src}=x` (BuildKit expands it).
+                    let k = &expand(k, &stage.config.env, &args)?;
                     used_args.insert(k.clone());
                     declared.insert(k.clone());
                     let default = default
@@ -761,7 +792,10 @@ fn plan_stage(
                     } else if default.is_some() {
                         default
                     } else {
-                        global.lookup(k).map(str::to_string)
+                        // Declared again without a default: the value in scope stays.
+                        args.lookup(k)
+                            .or_else(|| global.lookup(k))
+                            .map(str::to_string)
                     };
                     args.retain(|(ak, _)| ak != k);
                     stage_args.push((k.clone(), v.clone()));
@@ -862,6 +896,11 @@ fn plan_stage(
             }
             Instruction::StopSignal(sig) => {
                 let sig = expand(sig, &stage.config.env, &args)?;
+                // BuildKit refuses an unknown signal at build time (after expansion, so a
+                // variable naming a signal stays allowed).
+                if crate::sys::proc::signal_number(&sig).is_none() {
+                    return Err(at(format!("failed to process \"{sig}\": invalid signal")));
+                }
                 stage
                     .history
                     .push((l.line, format!("STOPSIGNAL {sig}"), false));
@@ -875,24 +914,10 @@ fn plan_stage(
             }
             Instruction::Healthcheck(h) => {
                 let shown = healthcheck_history(h);
-                let mut h = h.clone();
-                // Zero durations inherit the base's, as Docker does.
-                if let Some(prev) = &stage.config.healthcheck {
-                    if h.test != ["NONE"] {
-                        for (new, old) in [
-                            (&mut h.interval, prev.interval),
-                            (&mut h.timeout, prev.timeout),
-                            (&mut h.start_period, prev.start_period),
-                            (&mut h.start_interval, prev.start_interval),
-                            (&mut h.retries, prev.retries),
-                        ] {
-                            if *new == 0 {
-                                *new = old;
-                            }
-                        }
-                    }
-                }
-                stage.config.healthcheck = Some(h);
+                // Each HEALTHCHECK replaces the whole healthcheck (BuildKit): a zero field is
+                // absent, never the earlier one's (Docker merges with the image's only when a
+                // container starts).
+                stage.config.healthcheck = Some(h.clone());
                 stage.history.push((l.line, shown, false));
             }
             Instruction::Onbuild(t) => {
@@ -1092,6 +1117,7 @@ fn plan_stage(
             }
         }
     }
+    stage.args = args;
     Ok((stage, deps))
 }
 

@@ -104,7 +104,8 @@ pub fn resolve(
         uid,
         gid,
         groups: all,
-        home: home.or_else(|| (uid == 0).then(|| "/root".to_string())),
+        // No passwd entry: no home (the runtime then uses "/", as runc's setupUser).
+        home,
     })
 }
 
@@ -135,5 +136,11 @@ mod tests {
         assert_eq!(r("nobody"), Err(UserError::NoUser("nobody".into())));
         assert_eq!(r("app:nogroup"), Err(UserError::NoGroup("nogroup".into())));
         assert_eq!(resolve("5", None, None).unwrap().uid, 5);
+        assert_eq!(
+            resolve("", None, None).unwrap().home,
+            None,
+            "root without passwd"
+        );
+        assert_eq!(r("").unwrap().home.as_deref(), Some("/root"));
     }
 }

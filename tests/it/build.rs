@@ -1814,3 +1814,105 @@ fn a_full_disk_while_writing_a_layer_names_the_step_and_the_space() {
         String::from_utf8_lossy(&check.stderr)
     );
 }
+
+/// The behaviours real Dockerfiles met where kiln differed from BuildKit, each as BuildKit
+/// does it.
+#[test]
+fn buildkit_parity_on_scratch_home_args_healthcheck_users_and_stopsignal() {
+    let Some((k, ctx)) = setup() else { return };
+    fs::write(ctx.join("f"), "f\n").unwrap();
+    fs::create_dir_all(ctx.join("context/bar")).unwrap();
+    fs::write(ctx.join("context/bar/baz"), "baz\n").unwrap();
+    // A base whose passwd has no entry for root, and one with no passwd at all.
+    dockerfile(
+        &ctx,
+        "FROM base AS nopw\nRUN rm /etc/passwd /etc/group\n\
+         FROM base AS nobody\nRUN echo 'app:x:1000:1000:app:/home/app:/bin/sh' >> /etc/passwd && mkdir -p /home/app && chown 1000 /home/app\n",
+    );
+    build(&k, &ctx, &["--target", "nopw", "-t", "nopw"]);
+    build(&k, &ctx, &["--target", "nobody", "-t", "withapp"]);
+
+    // 1. FROM scratch: WorkingDir "/".
+    dockerfile(&ctx, "FROM scratch\nCOPY f /f\n");
+    build(&k, &ctx, &["-t", "scratchy"]);
+    assert_eq!(
+        config(&k, "scratchy").config.working_dir.as_deref(),
+        Some("/")
+    );
+
+    // 2. HOME in RUN: passwd's home, "/" without an entry; a non-root user's own.
+    dockerfile(&ctx, "FROM base\nRUN echo \"$HOME\" > /root-home\n");
+    build(&k, &ctx, &["-t", "h0"]);
+    assert_eq!(read(&image_view(&k, "h0"), "/root-home"), "/root\n");
+    dockerfile(&ctx, "FROM nopw\nRUN echo \"$HOME\" > /nopw-home\n");
+    build(&k, &ctx, &["-t", "h1"]);
+    assert_eq!(read(&image_view(&k, "h1"), "/nopw-home"), "/\n");
+    dockerfile(
+        &ctx,
+        "FROM withapp\nUSER app\nRUN echo \"$HOME\" > /home/app/h\n",
+    );
+    build(&k, &ctx, &["-t", "h2"]);
+    assert_eq!(read(&image_view(&k, "h2"), "/home/app/h"), "/home/app\n");
+
+    // 3. A stage FROM a stage inherits its args; 4. variables in an ARG's name.
+    dockerfile(
+        &ctx,
+        "FROM base AS base1\nARG NAME=base\n\
+         FROM base1 AS dev\nARG NAME=\"$NAME-dev\"\nRUN echo \"$NAME\" > /dev-name\n\
+         FROM dev\nARG NAME\nRUN echo \"$NAME\" > /final-name\n\
+         ENV src=file3\nARG ${src}=context/bar/baz\nCOPY $file3 /baz\n",
+    );
+    build(&k, &ctx, &["-t", "args"]);
+    let v = image_view(&k, "args");
+    assert_eq!(read(&v, "/dev-name"), "base-dev\n");
+    assert_eq!(read(&v, "/final-name"), "base-dev\n");
+    assert_eq!(
+        read(&v, "/baz"),
+        "baz\n",
+        "the ARG named by ${{src}} is file3"
+    );
+
+    // 6. A later HEALTHCHECK replaces the whole healthcheck.
+    dockerfile(
+        &ctx,
+        "FROM base\nHEALTHCHECK --interval=5s --timeout=3s --retries=4 CMD true\n\
+         HEALTHCHECK --retries=0 --timeout=0s CMD false\n",
+    );
+    build(&k, &ctx, &["-t", "hc"]);
+    let hc = config(&k, "hc").config.extra["Healthcheck"].clone();
+    assert_eq!(hc, serde_json::json!({"Test": ["CMD-SHELL", "false"]}));
+
+    // 7. WORKDIR and COPY --chown under USER root with no passwd: uid/gid 0, no error; RUN
+    // still refuses a name it cannot find.
+    dockerfile(
+        &ctx,
+        "FROM nopw\nUSER root\nWORKDIR /made\nCOPY --chown=someone:somegroup f /made/f\n",
+    );
+    build(&k, &ctx, &["-t", "nopw-user"]);
+    let v = image_view(&k, "nopw-user");
+    let m = meta(&v, "/made/f");
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    assert_eq!(meta(&v, "/made").uid(), 0);
+    dockerfile(&ctx, "FROM nopw\nUSER someone\nRUN true\n");
+    let o = build_raw(&k, &ctx, &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unable to find user someone"));
+
+    // 8. An invalid STOPSIGNAL fails the build (and --check); one from a variable is fine.
+    dockerfile(&ctx, "FROM base\nSTOPSIGNAL SIGNOPE\n");
+    let o = build_raw(&k, &ctx, &[]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("SIGNOPE"),
+        "{err}"
+    );
+    let o = k.run(&["build", "--check", ctx.to_str().unwrap()]);
+    assert!(!o.status.success(), "--check reports it");
+    dockerfile(&ctx, "FROM base\nARG SIG=SIGUSR1\nSTOPSIGNAL $SIG\n");
+    build(&k, &ctx, &["-t", "sig"]);
+    assert_eq!(
+        config(&k, "sig").config.stop_signal.as_deref(),
+        Some("SIGUSR1")
+    );
+}
