@@ -36,46 +36,12 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
-/// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction) to Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[n..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 => {
-            let sign = match &rest[..1] {
-                "+" => 1,
-                "-" => -1,
-                _ => return None,
-            };
-            sign * (rest[1..3].parse::<i64>().ok()? * 3600 + rest[4..6].parse::<i64>().ok()? * 60)
-        }
-        _ => return None,
-    };
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return None;
-    }
-    Some(days_from_civil(y, mo as u32, d as u32) * 86_400 + h * 3600 + mi * 60 + se - offset)
+/// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction) to Unix seconds, with the `time`
+/// crate: impossible dates and times are refused, and untrusted text never panics.
+pub fn parse_rfc3339(s: &str) -> Result<i64, String> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
 }
 
 /// Parses an HTTP date (RFC 9110: IMF-fixdate `Sun, 06 Nov 1994 08:49:37 GMT`, and the
@@ -202,6 +168,38 @@ pub fn human_size(bytes: u64) -> String {
     format!("{s}{}", UNITS[i])
 }
 
+/// Parses a size as Docker's `units.RAMInBytes` does: a number (a fraction allowed), an
+/// optional space, an optional binary unit `k m g t p` in any case, then an optional `i` and
+/// `b`: `64mb`, `64MiB` and `64 m` are 64 MiB, `1.5g` is 1.5 GiB, `1024` bytes.
+pub fn ram_in_bytes(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size: {s:?} (e.g. 512m, 1.5g, 64mb)");
+    let t = s.trim();
+    let n = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, rest) = t.split_at(n);
+    let rest = rest.strip_prefix(' ').unwrap_or(rest).to_ascii_lowercase();
+    let mut r = rest.as_str();
+    let mult: u64 = match r.chars().next() {
+        Some(c @ ('k' | 'm' | 'g' | 't' | 'p')) => {
+            r = &r[1..];
+            1u64 << (10 * (" kmgtp".find(c).expect("listed") as u32))
+        }
+        _ => 1,
+    };
+    let r = r.strip_prefix('i').unwrap_or(r);
+    let r = r.strip_prefix('b').unwrap_or(r);
+    if !r.is_empty() || num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return Err(bad());
+    }
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let bytes = v * mult as f64;
+    if !bytes.is_finite() || bytes >= i64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,20 +219,51 @@ mod tests {
     }
 
     #[test]
+    fn sizes_as_docker_ram_in_bytes() {
+        for (s, want) in [
+            ("1024", 1024),
+            ("64mb", 64 << 20),
+            ("64MiB", 64 << 20),
+            ("64 m", 64 << 20),
+            ("256m", 256 << 20),
+            ("1.5g", 3 << 29),
+            ("2GB", 2 << 30),
+            ("10k", 10 << 10),
+            ("1b", 1),
+            ("1t", 1 << 40),
+        ] {
+            assert_eq!(ram_in_bytes(s), Ok(want), "{s}");
+        }
+        for s in ["", "m", "12x", "1.2.3m", "-1m", "1mbb", "nan", "inf"] {
+            assert!(ram_in_bytes(s).is_err(), "{s}");
+        }
+    }
+
+    #[test]
     fn rfc3339_round_trip() {
         for t in [0, 1, 951_782_400, 1_700_000_000, 4_102_444_800] {
-            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{t}");
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Ok(t), "{t}");
         }
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(
             parse_rfc3339("2024-02-29T12:00:00.123456789Z"),
-            Some(1_709_208_000)
+            Ok(1_709_208_000)
         );
         assert_eq!(
             parse_rfc3339("2024-02-29T14:00:00+02:00"),
-            Some(1_709_208_000)
+            Ok(1_709_208_000)
         );
-        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert!(parse_rfc3339("yesterday").is_err());
+        for bad in [
+            "2024-02-31T99:99:99Z",
+            "2024-02-30T00:00:00Z",
+            "2024-01-01T00:00:00\u{e9}",
+            "2024-01-01T00:00:00+\u{e9}\u{e9}:00",
+            "\u{e9}\u{e9}\u{e9}\u{e9}-01-01T00:00:00Z",
+            "",
+        ] {
+            assert!(parse_rfc3339(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -195,7 +195,10 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
             "tmpfs" => {
                 let mut options = "mode=1777".to_string();
                 if let Some(size) = m.fields.get("size") {
-                    options.push_str(&format!(",size={size}"));
+                    // Docker's sizes (`64mb`, `1.5g`), given to the kernel in bytes.
+                    let bytes = crate::timefmt::ram_in_bytes(size)
+                        .map_err(|e| RunError::Setup(format!("--mount=type=tmpfs: {e}")))?;
+                    options.push_str(&format!(",size={bytes}"));
                 }
                 extra.push(runtime::ExtraMount::Tmpfs { target, options });
             }

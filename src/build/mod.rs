@@ -526,7 +526,7 @@ fn run_stage(
         .config
         .created
         .as_deref()
-        .and_then(timefmt::parse_rfc3339);
+        .and_then(|c| timefmt::parse_rfc3339(c).ok());
     let mut hist = state.config.history.clone();
     let mut layer_hist: Vec<(bool, i64)> = Vec::new();
     for (si, step) in stage.steps.iter().enumerate() {

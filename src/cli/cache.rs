@@ -282,23 +282,9 @@ fn cache_mounts(store: &Store) -> (usize, u64) {
         .fold((0, 0), |(n, b), e| (n + 1, b + dir_size(&e.path())))
 }
 
-/// Parses Docker's sizes (`500mb`, `2gb`, `1024`).
+/// Parses Docker's sizes (`500mb`, `2gb`, `1024`), as `docker builder prune` does.
 fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim().to_ascii_lowercase();
-    let t = t.trim_end_matches('b');
-    let (num, mult) = match t.chars().last() {
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        Some('t') => (&t[..t.len() - 1], 1 << 40),
-        _ => (t, 1),
-    };
-    num.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|n| *n >= 0.0)
-        .map(|n| (n * mult as f64) as u64)
-        .ok_or_else(|| anyhow::anyhow!("invalid size {s:?}: e.g. 500mb, 2gb"))
+    crate::timefmt::ram_in_bytes(s).map_err(|e| anyhow::anyhow!(e))
 }
 
 /// Parses `until=DURATION` (Go durations and days: `24h`, `90m`, `7d`) into seconds.

@@ -153,7 +153,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         memory: a
             .memory
             .as_deref()
-            .map(container::parse_memory)
+            .map(crate::timefmt::ram_in_bytes)
             .transpose()
             .map_err(|e| anyhow::anyhow!(e))?,
         cpus: a.cpus,

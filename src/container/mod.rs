@@ -372,7 +372,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             }
         }
     }
-    if !ports.is_empty() && o.network != "private" && !o.network.is_empty() {
+    if !ports.is_empty() && (net != Net::Private || o.network == "none") {
         return Err(ContainerError::Invalid(format!(
             "ports cannot be published with --network {}",
             o.network
@@ -597,23 +597,6 @@ fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
         }
     }
     Ok(out)
-}
-
-/// Parses Docker's memory sizes: bytes, or a number with b, k, m or g.
-pub fn parse_memory(s: &str) -> Result<u64, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult) = match t.chars().last() {
-        Some('b') => (&t[..t.len() - 1], 1),
-        Some('k') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m') => (&t[..t.len() - 1], 1 << 20),
-        Some('g') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t.as_str(), 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .filter(|n| *n >= 6 << 20)
-        .ok_or_else(|| format!("invalid memory limit {s:?}: a size such as 256m, at least 6m"))
 }
 
 /// The recorded spec of a container.

@@ -624,8 +624,11 @@ fn healthcheck(node: &Node, flags: &Flags) -> Result<Instruction, String> {
     Ok(Instruction::Healthcheck(h))
 }
 
-/// Go's `time.ParseDuration`, non-negative results only, in nanoseconds.
+/// Go's `time.ParseDuration`, non-negative results only, in nanoseconds: the whole part in
+/// integers (so `1.001s` is exactly 1001000000), the fraction as Go computes it, and a value
+/// past `i64::MAX` nanoseconds an error rather than saturated.
 pub fn parse_go_duration(s: &str) -> Option<u64> {
+    const MAX: u64 = i64::MAX as u64;
     let s = s.strip_prefix('+').unwrap_or(s);
     if s == "0" {
         return Some(0);
@@ -633,30 +636,67 @@ pub fn parse_go_duration(s: &str) -> Option<u64> {
     if s.is_empty() || s.starts_with('-') {
         return None;
     }
-    let mut total: f64 = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..u] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
+    let b = s.as_bytes();
+    let (mut i, mut total) = (0usize, 0u64);
+    while i < b.len() {
+        let start = i;
+        let mut v: u64 = 0;
+        while i < b.len() && b[i].is_ascii_digit() {
+            v = v.checked_mul(10)?.checked_add(u64::from(b[i] - b'0'))?;
+            if v > MAX {
+                return None;
+            }
+            i += 1;
+        }
+        let whole = i > start;
+        let (mut f, mut scale, mut frac) = (0u64, 1f64, false);
+        if i < b.len() && b[i] == b'.' {
+            i += 1;
+            let fs = i;
+            let mut overflow = false;
+            while i < b.len() && b[i].is_ascii_digit() {
+                // Go keeps the digits that fit and drops the rest.
+                if !overflow && f > MAX / 10 {
+                    overflow = true;
+                }
+                if !overflow {
+                    f = f * 10 + u64::from(b[i] - b'0');
+                    scale *= 10.0;
+                }
+                i += 1;
+            }
+            frac = i > fs;
+        }
+        if !whole && !frac {
+            return None;
+        }
+        let us = i;
+        while i < b.len() && b[i] != b'.' && !b[i].is_ascii_digit() {
+            i += 1;
+        }
+        let unit: u64 = match &s[us..i] {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
             _ => return None,
         };
-        total += num * mult;
-        rest = &rest[u..];
+        if v > MAX / unit {
+            return None;
+        }
+        v *= unit;
+        if f > 0 {
+            // As Go: float64 is exact enough for fractions of the largest unit.
+            v = v.checked_add((f as f64 * (unit as f64 / scale)) as u64)?;
+            if v > MAX {
+                return None;
+            }
+        }
+        total = total.checked_add(v).filter(|t| *t <= MAX)?;
     }
-    Some(total as u64)
+    Some(total)
 }
 
 /// A `RUN --mount` value, parsed (`type=cache,target=/x,...`).
@@ -771,5 +811,19 @@ mod tests {
         assert_eq!(parse_go_duration("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_go_duration("1.5s"), Some(1_500_000_000));
         assert_eq!(parse_go_duration("5"), None);
+        assert_eq!(parse_go_duration("1.001s"), Some(1_001_000_000));
+        assert_eq!(parse_go_duration("0.3s"), Some(300_000_000));
+        assert_eq!(parse_go_duration("1.5h"), Some(5_400_000_000_000));
+        assert_eq!(parse_go_duration("2h45m0.5s"), Some(9_900_500_000_000));
+        assert_eq!(parse_go_duration("10\u{b5}s"), Some(10_000));
+        assert_eq!(
+            parse_go_duration("9223372036854775807ns"),
+            Some(i64::MAX as u64)
+        );
+        assert_eq!(parse_go_duration("9223372036854775808ns"), None);
+        assert_eq!(parse_go_duration("3000000h"), None, "overflow is an error");
+        assert_eq!(parse_go_duration(".s"), None);
+        assert_eq!(parse_go_duration("1"), None);
+        assert_eq!(parse_go_duration("1x"), None);
     }
 }

@@ -397,6 +397,10 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
             what: format!("config {}", manifest.config.digest),
             why: e.to_string(),
         })?;
+    super::created_of(
+        &config,
+        &format!("config {} in {}", manifest.config.digest, src.describe()),
+    )?;
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ImageError::Corrupt {
             what: format!("image {}", d.digest),
@@ -568,6 +572,7 @@ fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
                 what: format!("{} in {}", e.config, src.describe()),
                 why: er.to_string(),
             })?;
+        super::created_of(&config, &format!("{} in {}", e.config, src.describe()))?;
         if config.rootfs.diff_ids.len() != e.layers.len() {
             return Err(ImageError::Corrupt {
                 what: format!("{} in {}", e.config, src.describe()),

@@ -228,16 +228,32 @@ pub(crate) fn record_image(
     tags: &[String],
 ) -> Result<ImageRecord> {
     let digest = manifest.digest;
+    let created = created_of(config, &format!("config {}", config_blob.digest))?;
     let new = NewImage {
         manifest,
         config: config_blob,
         layers,
-        created: config.created.as_deref().and_then(timefmt::parse_rfc3339),
+        created,
     };
     store.commit_image(&new, tags)?;
     store
         .image(&digest)?
         .ok_or_else(|| ImageError::NotFound(digest.to_string()))
+}
+
+/// The config's `created` time as Unix seconds; a malformed one is an error naming `what` (the
+/// config's file or digest) and the field.
+pub fn created_of(config: &ImageConfig, what: &str) -> Result<Option<i64>> {
+    config
+        .created
+        .as_deref()
+        .map(|c| {
+            timefmt::parse_rfc3339(c).map_err(|e| ImageError::Corrupt {
+                what: what.to_string(),
+                why: format!("field \"created\": {e}"),
+            })
+        })
+        .transpose()
 }
 
 /// Parses user-given tags into the full references the store keys tags by.

@@ -1916,3 +1916,27 @@ fn buildkit_parity_on_scratch_home_args_healthcheck_users_and_stopsignal() {
         Some("SIGUSR1")
     );
 }
+
+#[test]
+fn durations_and_sizes_parse_as_docker() {
+    let Some((k, ctx)) = setup() else { return };
+    // Go's durations, integer-exact; Docker's sizes (binary units, `mb`) for a tmpfs mount.
+    dockerfile(
+        &ctx,
+        "FROM base\nHEALTHCHECK --interval=1.001s --timeout=1m30s CMD true\n\
+         RUN --mount=type=tmpfs,target=/t,size=64mb df -k /t | tail -1 | awk '{print $2}' > /tmpfs-size\n",
+    );
+    build(&k, &ctx, &["-t", "dur"]);
+    let hc = config(&k, "dur").config.extra["Healthcheck"].clone();
+    assert_eq!(hc["Interval"], serde_json::json!(1_001_000_000u64));
+    assert_eq!(hc["Timeout"], serde_json::json!(90_000_000_000u64));
+    assert_eq!(read(&image_view(&k, "dur"), "/tmpfs-size"), "65536\n");
+    // An oversized duration is an error, not a saturated value.
+    dockerfile(
+        &ctx,
+        "FROM base\nHEALTHCHECK --interval=3000000h CMD true\n",
+    );
+    let o = build_raw(&k, &ctx, &[]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid duration"));
+}

@@ -554,3 +554,36 @@ fn a_pull_follows_nested_indexes_a_bounded_depth() {
     assert!(err.contains("more than 32 deep"), "{err}");
     nothing_recorded(&k);
 }
+
+#[test]
+fn a_malformed_created_time_is_an_error_naming_the_file() {
+    let k = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let layer = layer_tar();
+    fs::write(d.join("layer.tar"), &layer).unwrap();
+    for created in [
+        "2024-02-31T99:99:99Z",
+        "2024-01-01T00:00:00\u{e9}\u{e9}",
+        "\u{e9}",
+    ] {
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&config_for(&[Digest::of(&layer)])).unwrap();
+        config["created"] = serde_json::json!(created);
+        fs::write(d.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
+        let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": ["t:1"], "Layers": ["layer.tar"]}]);
+        fs::write(
+            d.join("manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        let o = k.run(&["load", "-i", d.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "an error, not a panic");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("config.json") && err.contains("created"),
+            "{err}"
+        );
+        nothing_recorded(&k);
+    }
+}

@@ -661,3 +661,47 @@ fn exec_right_after_run_d_meets_a_container_set_up() {
         k.ok(&["rm", "-f", &id]);
     }
 }
+
+#[test]
+fn memory_sizes_and_bridge_ports_as_docker() {
+    let Some(k) = setup() else { return };
+    if !require(
+        std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists(),
+        "cgroup v1 memory controller is not mounted",
+    ) {
+        return;
+    }
+    for (flag, bytes) in [("256mb", 256u64 << 20), ("1.5g", 3 << 29)] {
+        let (code, out, err) = run(&k, &["run", "-d", "-m", flag, "base", "sleep", "100"]);
+        assert_eq!(code, 0, "-m {flag}: {err}");
+        let id = out.trim();
+        let limit = fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory/kiln/{id}/memory.limit_in_bytes"
+        ))
+        .unwrap();
+        assert_eq!(limit.trim(), bytes.to_string(), "-m {flag}");
+        k.ok(&["rm", "-f", id]);
+    }
+    // bridge is accepted as the default network, ports and all.
+    let port = free_port();
+    let (code, _, err) = run(
+        &k,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "br",
+            "--network",
+            "bridge",
+            "-p",
+            &format!("{port}:80"),
+            "base",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    k.ok(&["rm", "-f", "br"]);
+}
