@@ -515,10 +515,8 @@ fn read_small(
         .take(limit + 1)
         .read_to_end(&mut v)
         .map_err(|e| read_error(c, what, e))?;
-    if v.len() as u64 > limit {
-        if declared.is_none() {
-            return Err(too_large(format!("more than {max} bytes")));
-        }
+    if v.len() as u64 > limit && declared.is_none() {
+        return Err(too_large(format!("more than {max} bytes")));
     }
     if let Some(d) = declared.filter(|d| *d != v.len() as u64) {
         return Err(RegistryError::Corrupt {
