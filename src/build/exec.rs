@@ -312,7 +312,8 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;
     let wr2 = wr.try_clone().map_err(setup("dup a pipe"))?;
     let mut child = runtime::spawn(&spec, Stdio::from(wr), Stdio::from(wr2))
-        .map_err(setup("start the container helper"))?;
+        .map_err(setup("start the container helper"))?
+        .child;
     let mut tail: VecDeque<String> = VecDeque::new();
     let reader = BufReader::new(fs::File::from(rd));
     for line in reader.split(b'\n') {

@@ -511,12 +511,12 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
             } else {
                 Stdio::null()
             };
-            let status = crate::runtime::spawn_exec(&es, stdin)?.wait()?;
+            let status = crate::runtime::spawn_exec(&es, stdin)?.child.wait()?;
             return Ok(crate::runtime::exit_code(status));
         }
         // -t: the helper sends the terminal's master back over a socket given as its stdin.
         let (ours, theirs) = crate::sys::proc::socketpair()?;
-        let mut child = crate::runtime::spawn_exec(&es, Stdio::from(theirs))?;
+        let mut child = crate::runtime::spawn_exec(&es, Stdio::from(theirs))?.child;
         let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) else {
             return Ok(crate::runtime::exit_code(child.wait()?));
         };

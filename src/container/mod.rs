@@ -745,11 +745,12 @@ pub fn run(
         runtime::spawn_with_stdin(&spec.runtime, stdin, Stdio::piped(), Stdio::piped())
             .map_err(io_err("start the container"))?
     };
-    let helper = child.id();
-    let init = runtime::init_pid(helper, Duration::from_secs(10));
+    let helper = child.child.id();
+    // The PID arrives once the workload is forked, the pipe's end once it has exec'd: then it
+    // is "running", so `exec` and `stop` meet a container set up.
+    let init = child.wait_started();
+    let mut child = child.child;
     if let Some(pid) = init {
-        // "running" once the workload runs, so `exec` and `stop` meet a container set up.
-        runtime::wait_exec(pid, Duration::from_secs(10));
         store.container_started(&id, pid as i64, kiln_cache::store::now())?;
         if forward_signals {
             std::thread::spawn(move || {

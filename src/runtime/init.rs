@@ -1,5 +1,5 @@
 //! The init helper: runs in a fresh single-threaded kiln process (`kiln __kiln-init`), reads its
-//! [`Spec`](super::Spec) from the environment, and follows DESIGN.md "A run" steps 3-5.
+//! [`Spec`](super::Spec) from descriptor 3 and reports the workload's start on descriptor 4.
 //!
 //! Order matters and follows runc: unshare, make every mount private (nothing propagates back to
 //! the host), fork (the child is PID 1 of the new PID namespace, so the /proc it mounts is its
@@ -10,7 +10,9 @@
 //!
 //! Both processes die with their parent (PR_SET_PDEATHSIG), so killing kiln kills the build step.
 
-use super::{ExecSpec, Net, Rootfs, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, SPEC_ENV};
+use super::{
+    ExecSpec, Net, Rootfs, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, READY_FD, SPEC_FD,
+};
 use crate::rootfs::{clean, Root};
 use crate::sys::{self, proc as p};
 use std::ffi::{CString, OsStr, OsString};
@@ -62,12 +64,44 @@ fn die_with_parent() {
 }
 
 /// Entry point of `kiln __kiln-init`; never returns.
+/// Reads the spec from its descriptor (then closed), takes the ready descriptor, and closes
+/// every other one the caller left open: nothing the caller had open passes this point.
+fn take_spec<T: serde::de::DeserializeOwned>() -> (T, OwnedFd) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    if !sys::is_open(SPEC_FD) || !sys::is_open(READY_FD) {
+        fail(
+            "read spec",
+            "descriptors 3 and 4 are not open (kiln starts this helper itself)",
+        );
+    }
+    // SAFETY: descriptors 3 and 4 are the pipes kiln's spawn placed there, open (checked above)
+    // and owned by nothing else in this fresh process.
+    let (spec_fd, ready) = unsafe {
+        (
+            OwnedFd::from_raw_fd(SPEC_FD),
+            OwnedFd::from_raw_fd(READY_FD),
+        )
+    };
+    let mut json = Vec::new();
+    std::fs::File::from(spec_fd)
+        .read_to_end(&mut json)
+        .unwrap_or_else(|e| fail("read spec", e));
+    let _ = p::close_fds_from(READY_FD as u32 + 1, true);
+    sys::set_cloexec(ready.as_fd()).unwrap_or_else(|e| fail("prepare the ready pipe", e));
+    let spec = serde_json::from_slice(&json).unwrap_or_else(|e| fail("parse spec", e));
+    (spec, ready)
+}
+
+/// The helper's half after the fork: tells the caller the workload's PID, then lets go of the
+/// pipe so only the workload holds it until its exec.
+fn report_pid(ready: OwnedFd, pid: libc::pid_t) {
+    let _ = std::fs::File::from(ready).write_all(&pid.to_ne_bytes());
+}
+
 pub fn main() -> ! {
-    // Nothing the caller had open passes this point (the workload's exec closes the rest).
-    let _ = p::close_fds_from(3, true);
+    let (spec, ready): (Spec, OwnedFd) = take_spec();
     p::unblock_all_signals();
-    let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
-    let spec: Spec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
     die_with_parent();
     for cg in &spec.cgroups {
         // "0" moves the writing process; its children are born inside.
@@ -98,9 +132,10 @@ pub fn main() -> ! {
             drop(alive_w);
             // Until the credentials change, the parent-death signal holds.
             let _ = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-            child(&spec, alive_r)
+            child(&spec, alive_r, ready)
         }
         Ok(p::Fork::Parent(pid)) => {
+            report_pid(ready, pid);
             // Terminal signals reach the whole process group; the workload (PID 1 of its
             // namespace) ignores what it has no handler for, so the helper stays to reap it and
             // the parent-death signal takes it down if the helper is killed.
@@ -140,10 +175,8 @@ fn attach_tty(winsize: Option<(u16, u16)>) {
 /// network, PID, mount: mount last, since it changes what /proc means), forks so the command is
 /// in the PID namespace, and execs it with the container's credentials. Never returns.
 pub fn exec_main() -> ! {
-    let _ = p::close_fds_from(3, true);
+    let (spec, ready): (ExecSpec, OwnedFd) = take_spec();
     p::unblock_all_signals();
-    let json = std::env::var(SPEC_ENV).unwrap_or_else(|e| fail("read spec", e));
-    let spec: ExecSpec = serde_json::from_str(&json).unwrap_or_else(|e| fail("parse spec", e));
     if let Err(e) = p::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) {
         fail("set parent-death signal", e);
     }
@@ -188,9 +221,14 @@ pub fn exec_main() -> ! {
             if spec.tty {
                 attach_tty(spec.winsize);
             }
+            // Held (close-on-exec) until the exec.
+            let _ready = ready;
             exec_argv(&spec.argv, &spec.env)
         }
-        Ok(p::Fork::Parent(pid)) => reap_and_exit(pid),
+        Ok(p::Fork::Parent(pid)) => {
+            report_pid(ready, pid);
+            reap_and_exit(pid)
+        }
     }
 }
 
@@ -569,7 +607,9 @@ fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
     }
 }
 
-fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
+/// The workload's side: `_ready` stays open (close-on-exec) until the exec tells the caller
+/// that setup is done.
+fn child(spec: &Spec, helper_alive: OwnedFd, _ready: OwnedFd) -> ! {
     let rootfs = mount_rootfs(spec);
     let root = Root::open(&rootfs).unwrap_or_else(|e| fail("open the root filesystem", e));
     for (path, dir) in &spec.stubs {
@@ -618,21 +658,25 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
             }
         }
     }
-    if let Some(script) = &spec.script {
-        let dev = root
-            .open_dir(&clean(Path::new("/dev/pipes")).expect("clean"))
-            .unwrap_or_else(|e| fail("open /dev/pipes", e));
-        let fd = sys::openat(
-            dev.as_fd(),
-            OsStr::new("script"),
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-            0o755,
-        )
-        .unwrap_or_else(|e| fail("write the script", e));
-        let mut f = std::fs::File::from(fd);
-        f.write_all(script.as_bytes())
-            .unwrap_or_else(|e| fail("write the script", e));
-    }
+    // A `#!` heredoc runs as a file; so does a `SHELL -c SCRIPT` whose script is longer than
+    // the kernel takes as one argument (MAX_ARG_STRLEN, 128 KiB): the shell reads it from
+    // /dev/pipes instead of failing with "Argument list too long".
+    let argv: Vec<String> = match &spec.script {
+        Some(script) => {
+            write_pipe_file(&root, "script", script);
+            vec!["/dev/pipes/script".to_string()]
+        }
+        None => match spec.argv.iter().position(|a| a.len() >= MAX_ARG_STRLEN) {
+            Some(i) if i >= 1 && spec.argv[i - 1] == "-c" => {
+                write_pipe_file(&root, "command", &spec.argv[i]);
+                let mut v: Vec<String> = spec.argv[..i - 1].to_vec();
+                v.push("/dev/pipes/command".into());
+                v.extend(spec.argv[i + 1..].iter().cloned());
+                v
+            }
+            _ => spec.argv.clone(),
+        },
+    };
     drop(root);
 
     std::env::set_current_dir(&rootfs).unwrap_or_else(|e| fail("enter the root filesystem", e));
@@ -671,11 +715,27 @@ fn child(spec: &Spec, helper_alive: OwnedFd) -> ! {
     if spec.tty {
         attach_tty(spec.winsize);
     }
-    let argv: Vec<String> = match &spec.script {
-        Some(_) => vec!["/dev/pipes/script".to_string()],
-        None => spec.argv.clone(),
-    };
     exec_argv(&argv, &spec.env)
+}
+
+/// The kernel's limit on one argument or environment string (linux/binfmts.h).
+const MAX_ARG_STRLEN: usize = 32 * 4096;
+
+/// Writes an executable file `name` into the container's /dev/pipes tmpfs.
+fn write_pipe_file(root: &Root, name: &str, content: &str) {
+    let dev = root
+        .open_dir(&clean(Path::new("/dev/pipes")).expect("clean"))
+        .unwrap_or_else(|e| fail("open /dev/pipes", e));
+    let fd = sys::openat(
+        dev.as_fd(),
+        OsStr::new(name),
+        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+        0o755,
+    )
+    .unwrap_or_else(|e| fail(&format!("write /dev/pipes/{name}"), e));
+    std::fs::File::from(fd)
+        .write_all(content.as_bytes())
+        .unwrap_or_else(|e| fail(&format!("write /dev/pipes/{name}"), e));
 }
 
 /// Resets the signals a workload should see at their defaults and execs `argv` with `env`,

@@ -1,7 +1,8 @@
 //! The container process: what to run and how, and the helper that runs it.
 //!
-//! kiln's own process is multithreaded, so it never forks to make a container (CONVENTIONS). It
-//! spawns itself (`/proc/self/exe __kiln-init`) with a [`Spec`] in the environment; that fresh,
+//! kiln's own process is multithreaded, so it never forks to make a container. It spawns itself
+//! (`/proc/self/exe __kiln-init`) and writes a [`Spec`] (JSON) into a pipe that is the helper's
+//! descriptor 3 (no size limit, unlike an environment variable); that fresh,
 //! single-threaded helper ([`init`]) unshares the namespaces, forks so the workload is PID 1 of
 //! its PID namespace, builds the root filesystem (an overlay of snapshots plus an upper dir, or a
 //! bind of a plain directory), mounts /proc, /sys, /dev and the files kiln provides, pivots root,
@@ -25,8 +26,12 @@ use std::process::{Child, Command, Stdio};
 
 /// The hidden argv[1] that makes kiln act as the init helper.
 pub const INIT_ARG: &str = "__kiln-init";
-/// The environment variable that carries the spec (JSON) to the helper.
-pub const SPEC_ENV: &str = "KILN_INIT_SPEC";
+/// The helper's descriptor from which it reads its spec (JSON, to end of file).
+pub const SPEC_FD: i32 = 3;
+/// The helper's descriptor on which it reports the workload's start: the workload's host PID
+/// (4 bytes, native order) once it is forked, then end of file when the workload has exec'd
+/// (the descriptor is close-on-exec) or the helper gave up.
+pub const READY_FD: i32 = 4;
 
 /// Exit code: the container could not be set up.
 pub const EXIT_SETUP: i32 = 125;
@@ -213,14 +218,55 @@ pub struct ExecSpec {
 }
 
 /// Starts the exec helper for `spec`.
-pub fn spawn_exec(spec: &ExecSpec, stdin: Stdio) -> io::Result<Child> {
-    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
-    Command::new("/proc/self/exe")
-        .arg(EXEC_ARG)
-        .env_clear()
-        .env(SPEC_ENV, json)
-        .stdin(stdin)
-        .spawn()
+pub fn spawn_exec(spec: &ExecSpec, stdin: Stdio) -> io::Result<Helper> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(EXEC_ARG).env_clear().stdin(stdin);
+    start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)
+}
+
+/// A started helper: the process, and the pipe on which it reports the workload's start.
+pub struct Helper {
+    pub child: Child,
+    ready: std::fs::File,
+}
+
+impl Helper {
+    /// Waits until the workload has exec'd (its setup done: hostname, mounts, credentials), or
+    /// the helper gave up; returns the workload's host PID when it was forked.
+    pub fn wait_started(&mut self) -> Option<i32> {
+        use std::io::Read;
+        let mut pid = [0u8; 4];
+        let got = self
+            .ready
+            .read_exact(&mut pid)
+            .ok()
+            .map(|_| i32::from_ne_bytes(pid));
+        // End of file: the workload exec'd (close-on-exec) or is gone.
+        let mut rest = Vec::new();
+        let _ = self.ready.read_to_end(&mut rest);
+        got
+    }
+}
+
+/// Spawns `cmd` with the spec pipe as its descriptor 3 and the ready pipe as 4, then writes
+/// the spec and closes it.
+fn start(mut cmd: Command, spec: &[u8]) -> io::Result<Helper> {
+    use std::io::Write;
+    use std::os::fd::AsFd;
+    let (spec_r, spec_w) = crate::sys::pipe()?;
+    let (ready_r, ready_w) = crate::sys::pipe()?;
+    let child = crate::sys::proc::spawn_with_fds(
+        &mut cmd,
+        &[(spec_r.as_fd(), SPEC_FD), (ready_w.as_fd(), READY_FD)],
+    )?;
+    drop((spec_r, ready_w));
+    // The helper reads its spec first thing; if it died before, the write fails and its exit
+    // status says why.
+    let _ = std::fs::File::from(spec_w).write_all(spec);
+    Ok(Helper {
+        child,
+        ready: std::fs::File::from(ready_r),
+    })
 }
 
 /// The mount points every container needs, and whether each is a directory.
@@ -235,7 +281,7 @@ pub const MOUNT_POINTS: &[(&str, bool)] = &[
 ];
 
 /// Starts the helper for `spec`. The child's stdin is null; stdout and stderr are as given.
-pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Child> {
+pub fn spawn(spec: &Spec, stdout: Stdio, stderr: Stdio) -> io::Result<Helper> {
     spawn_with_stdin(spec, Stdio::null(), stdout, stderr)
 }
 
@@ -245,47 +291,14 @@ pub fn spawn_with_stdin(
     stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
-) -> io::Result<Child> {
-    let json = serde_json::to_string(spec).map_err(io::Error::other)?;
-    Command::new("/proc/self/exe")
-        .arg(INIT_ARG)
+) -> io::Result<Helper> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(INIT_ARG)
         .env_clear()
-        .env(SPEC_ENV, json)
         .stdin(stdin)
         .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-}
-
-/// Waits until process `pid` has exec'd its workload (its executable is no longer kiln's, so
-/// the container is set up: hostname, mounts, credentials), or is gone.
-pub fn wait_exec(pid: i32, timeout: std::time::Duration) {
-    let ours = std::fs::read_link("/proc/self/exe").ok();
-    let t = std::time::Instant::now();
-    while t.elapsed() < timeout {
-        match std::fs::read_link(format!("/proc/{pid}/exe")) {
-            Ok(p) if Some(&p) == ours.as_ref() => {}
-            _ => return,
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-}
-
-/// The host PID of the container's init (the helper's only child), once it exists.
-pub fn init_pid(helper: u32, timeout: std::time::Duration) -> Option<i32> {
-    let path = format!("/proc/{helper}/task/{helper}/children");
-    let t = std::time::Instant::now();
-    while t.elapsed() < timeout {
-        if let Ok(s) = std::fs::read_to_string(&path) {
-            if let Some(pid) = s.split_whitespace().next().and_then(|p| p.parse().ok()) {
-                return Some(pid);
-            }
-        } else {
-            return None; // the helper is gone
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-    None
+        .stderr(stderr);
+    start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)
 }
 
 /// Docker's exit code for a wait status: the code, or 128 + the signal.

@@ -297,6 +297,18 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Whether descriptor `fd` is open in this process.
+pub fn is_open(fd: libc::c_int) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+}
+
+/// Sets close-on-exec on `fd`.
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_SETFD on a descriptor this process owns changes only its flags.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) }).map(drop)
+}
+
 /// The filesystem type (statfs(2) `f_type`) of the filesystem holding `path`.
 pub fn fs_type(path: &std::path::Path) -> io::Result<i64> {
     let p = cstr(path.as_os_str())?;

@@ -669,3 +669,41 @@ pub fn attach_device_program(
     };
     cvt(r as libc::c_int).map(drop)
 }
+
+/// Spawns `cmd` with extra descriptors: each `(fd, n)` appears as descriptor `n` in the child
+/// (close-on-exec cleared), so a helper can be handed a pipe at a fixed number. The sources are
+/// first copied above every target, so no mapping overwrites a source still to be mapped.
+pub fn spawn_with_fds(
+    cmd: &mut std::process::Command,
+    fds: &[(BorrowedFd<'_>, libc::c_int)],
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let map: Vec<(libc::c_int, libc::c_int)> =
+        fds.iter().map(|(f, n)| (f.as_raw_fd(), *n)).collect();
+    let above = map.iter().map(|(_, n)| *n).max().unwrap_or(2) + 1;
+    // SAFETY: the closure runs in the forked child before exec and calls only fcntl and dup2,
+    // which are async-signal-safe; `map` was built before the fork and is only read.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut high = [0 as libc::c_int; 8];
+            if map.len() > high.len() {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            }
+            for (i, (src, _)) in map.iter().enumerate() {
+                let h = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, above);
+                if h < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                high[i] = h;
+            }
+            for (i, (_, n)) in map.iter().enumerate() {
+                // dup2 to a new number clears close-on-exec on the copy.
+                if libc::dup2(high[i], *n) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}

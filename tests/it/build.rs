@@ -1940,3 +1940,17 @@ fn durations_and_sizes_parse_as_docker() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid duration"));
 }
+
+#[test]
+fn a_run_heredoc_of_200_kb_builds() {
+    let Some((k, ctx)) = setup() else { return };
+    // The spec reaches the helper through a pipe: no argument-size limit.
+    let body: String = (0..25_000).map(|i| format!("line{i:05}\n")).collect();
+    assert!(body.len() > 200_000);
+    dockerfile(
+        &ctx,
+        &format!("FROM base\nRUN <<EOF\ncat > /big.txt <<'INNER'\n{body}INNER\nEOF\n"),
+    );
+    build(&k, &ctx, &["-t", "heredoc"]);
+    assert_eq!(read(&image_view(&k, "heredoc"), "/big.txt"), body);
+}
