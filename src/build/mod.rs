@@ -588,52 +588,7 @@ fn stage_config(
     if c.author.is_some() {
         out.author = c.author.clone();
     }
-    let rc = &mut out.config;
-    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
-    rc.user = opt(&c.user);
-    rc.working_dir = opt(&c.workdir);
-    rc.env = (!c.env.is_empty()).then(|| c.env.iter().map(|(k, v)| format!("{k}={v}")).collect());
-    rc.cmd = c.cmd.clone();
-    rc.entrypoint = c.entrypoint.clone();
-    rc.labels = (!c.labels.is_empty()).then(|| c.labels.clone());
-    rc.exposed_ports = (!c.exposed.is_empty()).then(|| {
-        c.exposed
-            .iter()
-            .map(|p| (p.clone(), serde_json::json!({})))
-            .collect()
-    });
-    rc.volumes = (!c.volumes.is_empty()).then(|| {
-        c.volumes
-            .iter()
-            .map(|p| (p.clone(), serde_json::json!({})))
-            .collect()
-    });
-    rc.stop_signal = c.stop_signal.clone();
-    rc.extra.remove("OnBuild");
-    if !c.onbuild.is_empty() {
-        rc.extra
-            .insert("OnBuild".into(), serde_json::json!(c.onbuild));
-    }
-    if !c.shell.is_empty() {
-        rc.extra.insert("Shell".into(), serde_json::json!(c.shell));
-    }
-    if let Some(h) = &c.healthcheck {
-        let mut m = serde_json::Map::new();
-        m.insert("Test".into(), serde_json::json!(h.test));
-        for (k, v) in [
-            ("Interval", h.interval),
-            ("Timeout", h.timeout),
-            ("StartPeriod", h.start_period),
-            ("StartInterval", h.start_interval),
-            ("Retries", h.retries),
-        ] {
-            if v != 0 {
-                m.insert(k.into(), serde_json::json!(v));
-            }
-        }
-        rc.extra
-            .insert("Healthcheck".into(), serde_json::Value::Object(m));
-    }
+    c.write_to(&mut out.config);
     out.rootfs = RootFs {
         kind: "layers".into(),
         diff_ids: layers.iter().map(|l| l.diff_id).collect(),

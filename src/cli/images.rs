@@ -51,6 +51,10 @@ pub struct ImportArgs {
     /// Layer compression
     #[arg(long, value_enum, default_value = "zstd")]
     compression: CompressionArg,
+    /// Apply a Dockerfile instruction to the image's config (CMD, ENTRYPOINT, ENV, EXPOSE,
+    /// LABEL, ONBUILD, USER, VOLUME, WORKDIR, STOPSIGNAL, HEALTHCHECK)
+    #[arg(short = 'c', long = "change", value_name = "INSTRUCTION")]
+    change: Vec<String>,
 }
 
 pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32> {
@@ -61,6 +65,11 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32> {
         message: a.message,
         created: source_date_epoch()?,
         source: a.file.clone(),
+        changes: if a.change.is_empty() {
+            None
+        } else {
+            Some(crate::plan::config_from_changes(&a.change)?)
+        },
     };
     let image = if a.file == "-" {
         import_tarball(&store, std::io::stdin().lock(), &opts, &tags)

@@ -17,6 +17,8 @@ pub struct ImportOptions {
     pub created: Option<i64>,
     /// What the tarball was (a path or "-"), for error messages and the history.
     pub source: String,
+    /// `--change` instructions applied to the config (CMD, ENV, WORKDIR...).
+    pub changes: Option<crate::plan::Config>,
 }
 
 /// Passes everything read through into a writer.
@@ -91,13 +93,17 @@ pub fn import_tarball<R: Read>(
     };
     let created = timefmt::rfc3339(opts.created.unwrap_or_else(kiln_cache::store::now));
     let platform = host_platform();
+    let mut run_config = RunConfig::default();
+    if let Some(c) = &opts.changes {
+        c.write_to(&mut run_config);
+    }
     let config = ImageConfig {
         created: Some(created.clone()),
         author: None,
         architecture: platform.architecture,
         os: platform.os,
         variant: None,
-        config: RunConfig::default(),
+        config: run_config,
         rootfs: RootFs {
             kind: "layers".into(),
             diff_ids: vec![layer.diff_id],

@@ -175,6 +175,108 @@ impl From<&crate::image::oci::RunConfig> for Config {
     }
 }
 
+impl Config {
+    /// Writes this configuration into an image config's `config` object as BuildKit does
+    /// (empty values absent; unknown fields of `rc` kept).
+    pub fn write_to(&self, rc: &mut crate::image::oci::RunConfig) {
+        let c = self;
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        rc.user = opt(&c.user);
+        rc.working_dir = opt(&c.workdir);
+        rc.env =
+            (!c.env.is_empty()).then(|| c.env.iter().map(|(k, v)| format!("{k}={v}")).collect());
+        rc.cmd = c.cmd.clone();
+        rc.entrypoint = c.entrypoint.clone();
+        rc.labels = (!c.labels.is_empty()).then(|| c.labels.clone());
+        let set = |v: &BTreeSet<String>| {
+            (!v.is_empty()).then(|| {
+                v.iter()
+                    .map(|p| (p.clone(), serde_json::json!({})))
+                    .collect()
+            })
+        };
+        rc.exposed_ports = set(&c.exposed);
+        rc.volumes = set(&c.volumes);
+        rc.stop_signal = c.stop_signal.clone();
+        rc.extra.remove("OnBuild");
+        if !c.onbuild.is_empty() {
+            rc.extra
+                .insert("OnBuild".into(), serde_json::json!(c.onbuild));
+        }
+        if !c.shell.is_empty() {
+            rc.extra.insert("Shell".into(), serde_json::json!(c.shell));
+        }
+        if let Some(h) = &c.healthcheck {
+            let mut m = serde_json::Map::new();
+            m.insert("Test".into(), serde_json::json!(h.test));
+            for (k, v) in [
+                ("Interval", h.interval),
+                ("Timeout", h.timeout),
+                ("StartPeriod", h.start_period),
+                ("StartInterval", h.start_interval),
+                ("Retries", h.retries),
+            ] {
+                if v != 0 {
+                    m.insert(k.into(), serde_json::json!(v));
+                }
+            }
+            rc.extra
+                .insert("Healthcheck".into(), serde_json::Value::Object(m));
+        }
+    }
+}
+
+/// The instructions `kiln import --change` takes (those Docker's commit and import accept).
+pub const CHANGE_INSTRUCTIONS: &[&str] = &[
+    "CMD",
+    "ENTRYPOINT",
+    "ENV",
+    "EXPOSE",
+    "LABEL",
+    "ONBUILD",
+    "USER",
+    "VOLUME",
+    "WORKDIR",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+];
+
+/// The configuration `kiln import --change` values make: each a Dockerfile line, parsed and
+/// applied by the same frontend and planner as a build, and nothing else (no default PATH or
+/// WorkingDir that no change set, as `docker import`). Another instruction is an error naming it.
+pub fn config_from_changes(changes: &[String]) -> Result<Config, DockerfileError> {
+    let text = format!("FROM scratch\n{}\n", changes.join("\n"));
+    let df = Dockerfile::parse("--change", text.as_bytes())?;
+    let mut sets_workdir = false;
+    let mut sets_path = false;
+    for l in df.instructions.iter().skip(1) {
+        let kw = l.instruction.keyword();
+        if !CHANGE_INSTRUCTIONS.contains(&kw) {
+            return Err(df.error_at(
+                l.line,
+                format!(
+                    "{kw} is not allowed in --change (allowed: {})",
+                    CHANGE_INSTRUCTIONS.join(", ")
+                ),
+            ));
+        }
+        match &l.instruction {
+            Instruction::Workdir(_) => sets_workdir = true,
+            Instruction::Env(pairs) => sets_path |= pairs.iter().any(|(k, _)| k == "PATH"),
+            _ => {}
+        }
+    }
+    let plan = plan(&df, &PlanOptions::default())?;
+    let mut config = plan.stages[plan.target].config.clone();
+    if !sets_workdir {
+        config.workdir.clear();
+    }
+    if !sets_path {
+        config.env.retain(|(k, _)| k != "PATH");
+    }
+    Ok(config)
+}
+
 /// What a stage starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Base {

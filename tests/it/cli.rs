@@ -167,3 +167,69 @@ fn import_is_reproducible_with_source_date_epoch() {
         "same tarball, same SOURCE_DATE_EPOCH: same image ID"
     );
 }
+
+#[test]
+fn import_change_sets_the_config_as_docker_import() {
+    let k = Kiln::new();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("root/app")).unwrap();
+    fs::write(dir.path().join("root/app/app.py"), "print(1)\n").unwrap();
+    let tar = dir.path().join("rootfs.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.path().join("root"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = tar.to_str().unwrap();
+    k.ok(&[
+        "import",
+        "-c",
+        "ENV PATH=/usr/local/bin:/usr/bin:/bin",
+        "--change",
+        "CMD [\"python\", \"app.py\"]",
+        "-c",
+        "WORKDIR /app",
+        "-c",
+        "EXPOSE 80",
+        "-c",
+        "LABEL stage=base",
+        "-c",
+        "USER 1000",
+        "-c",
+        "STOPSIGNAL SIGINT",
+        "-c",
+        "ENTRYPOINT [\"/bin/sh\", \"-c\"]",
+        t,
+        "py:base",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&k.ok(&["inspect", "py:base"])).unwrap();
+    let c = &v[0]["Config"];
+    assert_eq!(
+        c["Env"],
+        serde_json::json!(["PATH=/usr/local/bin:/usr/bin:/bin"])
+    );
+    assert_eq!(c["Cmd"], serde_json::json!(["python", "app.py"]));
+    assert_eq!(c["WorkingDir"], "/app");
+    assert_eq!(c["ExposedPorts"], serde_json::json!({"80/tcp": {}}));
+    assert_eq!(c["Labels"], serde_json::json!({"stage": "base"}));
+    assert_eq!(c["User"], "1000");
+    assert_eq!(c["StopSignal"], "SIGINT");
+    // Without --change: nothing set, as docker import.
+    k.ok(&["import", t, "bare"]);
+    let v: serde_json::Value = serde_json::from_str(&k.ok(&["inspect", "bare"])).unwrap();
+    assert_eq!(v[0]["Config"], serde_json::json!({}));
+    // Instructions that are not config are refused, naming them; nothing is imported.
+    for bad in ["RUN echo hi", "COPY a b", "FROM x", "ARG A"] {
+        let err = k.fails(&["import", "-c", bad, t, "nope"]);
+        let kw = bad.split(' ').next().unwrap();
+        assert!(
+            err.contains(&format!("{kw} is not allowed in --change")),
+            "{bad}: {err}"
+        );
+    }
+    assert!(!k.ok(&["images"]).contains("nope"));
+}
