@@ -328,6 +328,14 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     }
     let status = child.wait().map_err(setup("wait for the step"))?;
     let code = runtime::exit_code(status);
+    // The runtime's own mount points for /proc, /sys and /dev stay in the layer, as runc
+    // leaves them under BuildKit 0.13; the files and RUN --mount targets go. A `#!` heredoc is
+    // one of BuildKit's mounts (/dev/pipes/NAME): then /dev was its stub, and goes too.
+    let keep_dev = r.script.is_none();
+    let stubs: Vec<(String, bool)> = stubs
+        .into_iter()
+        .filter(|(p, _)| !(p == "/proc" || p == "/sys" || (p == "/dev" && keep_dev)))
+        .collect();
     remove_stubs(&tree, view, &stubs, req.snapshotter == Snapshotter::Overlay);
     if code != 0 {
         return Err(RunError::Exit {

@@ -738,9 +738,9 @@ fn describe(step: &plan::Step) -> Vec<String> {
     match &step.kind {
         StepKind::Run(r) => {
             out.push(format!("run: {}", q(&r.argv)));
-            if let Some(sc) = &r.script {
+            if let Some((name, sc)) = &r.script {
                 out.push(format!(
-                    "script: {} bytes, blake3 {}",
+                    "script /dev/pipes/{name}: {} bytes, blake3 {}",
                     sc.len(),
                     &blake3::hash(sc.as_bytes()).to_hex()[..12]
                 ));
@@ -1244,7 +1244,7 @@ fn run_step(
                     ctx.progress.event(Event::Explain { n, lines: &lines });
                 }
                 ctx.progress.event(Event::Cached { n });
-                let made = rec.layer.is_some();
+                let made = true;
                 *state = StageState { key, ..next };
                 return Ok(StepOutcome {
                     made,
@@ -1430,11 +1430,9 @@ fn run_step(
         Produced::Upper => diff::overlay::changes(&upper)?,
         Produced::Walked { entries, .. } => entries.clone(),
     };
-    let layer = if entries.is_empty() {
-        None
-    } else {
-        Some(encode(ctx, &entries).map_err(|e| no_space(ctx, step, &entries, e))?)
-    };
+    // A step that changed nothing still has a layer, an empty tar, as BuildKit 0.13 writes it
+    // (its history entry is not an empty_layer one).
+    let layer = Some(encode(ctx, &entries).map_err(|e| no_space(ctx, step, &entries, e))?);
     tracing::debug!(step = %step.text, entries = entries.len(), secs = t_layer.elapsed().as_secs_f64(), "layer written");
     let t_commit = Instant::now();
     let mut next = state.clone();
@@ -1686,8 +1684,11 @@ fn reuse(
     rec: &StepRecord,
 ) -> Result<Option<StageState>, BuildError> {
     let mut next = state.clone();
-    let Some(l) = &rec.layer else {
-        return Ok(Some(next));
+    // A record from before empty steps had layers gets the empty layer now, so the image is
+    // the same whether the step ran or came from the cache.
+    let l = &match &rec.layer {
+        Some(l) => l.clone(),
+        None => encode(ctx, &[])?,
     };
     if !ctx.store.has_blob(&l.digest) {
         return Ok(None);

@@ -313,8 +313,9 @@ pub enum Network {
 pub struct RunStep {
     /// The argv after shell wrapping.
     pub argv: Vec<String>,
-    /// When the command is a single `#!` heredoc: the script to write and execute instead.
-    pub script: Option<String>,
+    /// When the command is a single `#!` heredoc: the file to write under /dev/pipes (the
+    /// heredoc's name) and its content; `argv` runs it through the shell, as BuildKit does.
+    pub script: Option<(String, String)>,
     /// The full environment (ENV, ARGs in scope, proxy args).
     pub env: Vec<(String, String)>,
     /// The names in `env` that are not keyed (undeclared proxy args).
@@ -859,10 +860,8 @@ fn plan_stage(
     };
     // The stage's ARG declarations in order, with their values, as BuildKit lists them in a
     // RUN's history entry (`RUN |2 A=1 B=2 /bin/sh -c ...`).
-    let mut stage_args: Vec<(String, Option<String>)> = args
-        .iter()
-        .map(|(k, v)| (k.clone(), Some(v.clone())))
-        .collect();
+    // Inherited args are in scope but not listed until declared again (BuildKit).
+    let mut stage_args: Vec<(String, Option<String>)> = Vec::new();
     let mut declared: BTreeSet<String> = BTreeSet::new();
     let mut cmd_set = false;
     for l in trigger_locs.iter().chain(s.body.iter()) {
@@ -1080,9 +1079,11 @@ fn plan_stage(
                     _ => Network::Host,
                 };
                 let (argv, script) = run_argv(run, &stage.config);
-                let shown = run_history(&argv, script.is_some(), &stage_args, &stage.config.env);
+                let shown = run_history(&argv, &stage_args, &stage.config.env);
                 let mut def = Canon::new();
-                def.str(0, "RUN").list(1, &argv).opt(2, script.as_deref());
+                def.str(0, "RUN")
+                    .list(1, &argv)
+                    .opt(2, script.as_ref().map(|(_, body)| body.as_str()));
                 let keyed: Vec<(String, String)> = env
                     .iter()
                     .filter(|(k, _)| !unkeyed.contains(k))
@@ -1195,11 +1196,21 @@ fn plan_stage(
                     ic.str(0, &src.path).str(1, &src.data);
                 }
                 def.nested(11, &ic);
-                // BuildKit: the instruction, sources and destination as expanded, no flags.
+                // BuildKit 0.13: the instruction, --chown and --chmod as expanded (no other flag),
+                // the sources, the heredocs as `<<NAME`, the destination.
                 let mut shown = String::from(if c.add { "ADD" } else { "COPY" });
-                for src in c.sources.iter().chain(c.inline.iter().map(|i| &i.path)) {
+                if let Some(o) = &c.chown {
+                    shown.push_str(&format!(" --chown={o}"));
+                }
+                if let Some(m) = &c.chmod {
+                    shown.push_str(&format!(" --chmod={m}"));
+                }
+                for src in &c.sources {
                     shown.push(' ');
                     shown.push_str(src);
+                }
+                for i in &c.inline {
+                    shown.push_str(&format!(" <<{}", i.path));
                 }
                 shown.push(' ');
                 shown.push_str(&c.dest);
@@ -1238,25 +1249,30 @@ fn command_argv(c: &Command, config: &Config) -> Vec<String> {
 /// ARGs (an ENV of the same name wins) as `|N K=V...`, then the argv, then ` # buildkit`.
 fn run_history(
     argv: &[String],
-    script: bool,
     stage_args: &[(String, Option<String>)],
     env: &[(String, String)],
 ) -> String {
     let mut parts = Vec::new();
-    for (k, v) in stage_args {
+    // Every declaration is listed (a name declared twice, twice), each with the name's value
+    // now: the latest declaration's (BuildKit 0.13: `ARG A=1 B=2`, `ARG A=3` give
+    // `|3 A=3 B=2 A=3`).
+    for (k, _) in stage_args {
         let v = env
             .iter()
             .find(|(ek, _)| ek == k)
             .map(|(_, ev)| ev.clone())
-            .or_else(|| v.clone())
+            .or_else(|| {
+                stage_args
+                    .iter()
+                    .rev()
+                    .find(|(ak, _)| ak == k)
+                    .and_then(|(_, v)| v.clone())
+            })
             .unwrap_or_default();
         parts.push(format!("{k}={v}"));
     }
     if !parts.is_empty() {
         parts.insert(0, format!("|{}", parts.len()));
-    }
-    if script {
-        parts.push("/dev/pipes/script".to_string());
     }
     parts.extend(argv.iter().cloned());
     format!("RUN {} # buildkit", parts.join(" "))
@@ -1336,7 +1352,7 @@ fn go_quote_rune(n: u64) -> String {
 /// script (through the shell, or executed directly when it starts with `#!`); any other
 /// shell form with heredocs hands the command line and the bodies to the shell, which reads
 /// the heredocs itself (so quoting of the terminator keeps its shell meaning).
-fn run_argv(run: &instructions::Run, config: &Config) -> (Vec<String>, Option<String>) {
+fn run_argv(run: &instructions::Run, config: &Config) -> (Vec<String>, Option<(String, String)>) {
     let Command::Shell(line) = &run.command else {
         return (command_argv(&run.command, config), None);
     };
@@ -1356,7 +1372,15 @@ fn run_argv(run: &instructions::Run, config: &Config) -> (Vec<String>, Option<St
             h.content.clone()
         };
         if body.starts_with("#!") {
-            return (vec![], Some(body));
+            // Written to /dev/pipes/NAME and run as the shell's command (so $0 is that path).
+            let name = if h.name.is_empty() || h.name.contains('/') || h.name.starts_with('.') {
+                "script".to_string()
+            } else {
+                h.name.clone()
+            };
+            let mut argv = config.shell();
+            argv.push(format!("/dev/pipes/{name}"));
+            return (argv, Some((name, body)));
         }
         let mut argv = config.shell();
         argv.push(body);

@@ -658,24 +658,21 @@ fn child(spec: &Spec, helper_alive: OwnedFd, _ready: OwnedFd) -> ! {
             }
         }
     }
-    // A `#!` heredoc runs as a file; so does a `SHELL -c SCRIPT` whose script is longer than
+    // A `#!` heredoc is a file the shell runs; so is a `SHELL -c SCRIPT` whose script is longer than
     // the kernel takes as one argument (MAX_ARG_STRLEN, 128 KiB): the shell reads it from
     // /dev/pipes instead of failing with "Argument list too long".
-    let argv: Vec<String> = match &spec.script {
-        Some(script) => {
-            write_pipe_file(&root, "script", script);
-            vec!["/dev/pipes/script".to_string()]
+    if let Some((name, body)) = &spec.script {
+        write_pipe_file(&root, name, body);
+    }
+    let argv: Vec<String> = match spec.argv.iter().position(|a| a.len() >= MAX_ARG_STRLEN) {
+        Some(i) if i >= 1 && spec.argv[i - 1] == "-c" => {
+            write_pipe_file(&root, "command", &spec.argv[i]);
+            let mut v: Vec<String> = spec.argv[..i - 1].to_vec();
+            v.push("/dev/pipes/command".into());
+            v.extend(spec.argv[i + 1..].iter().cloned());
+            v
         }
-        None => match spec.argv.iter().position(|a| a.len() >= MAX_ARG_STRLEN) {
-            Some(i) if i >= 1 && spec.argv[i - 1] == "-c" => {
-                write_pipe_file(&root, "command", &spec.argv[i]);
-                let mut v: Vec<String> = spec.argv[..i - 1].to_vec();
-                v.push("/dev/pipes/command".into());
-                v.extend(spec.argv[i + 1..].iter().cloned());
-                v
-            }
-            _ => spec.argv.clone(),
-        },
+        _ => spec.argv.clone(),
     };
     drop(root);
 

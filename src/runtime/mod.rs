@@ -90,8 +90,8 @@ pub struct Spec {
     /// Mount points the image lacks: (path, is a directory). The helper creates them; the caller
     /// removes what is left of them afterwards so they never reach a layer.
     pub stubs: Vec<(String, bool)>,
-    /// A script to write under /dev/pipes and execute instead of `argv` (RUN's `#!` heredoc).
-    pub script: Option<String>,
+    /// A file to write under /dev/pipes before `argv` runs: (name, content), RUN's `#!` heredoc.
+    pub script: Option<(String, String)>,
     /// Set no_new_privs (kiln run does; RUN steps don't, as BuildKit, so setuid tools work).
     pub no_new_privs: bool,
     /// Mask /proc paths and make /proc/sys and friends read-only, as Docker does.

@@ -5,6 +5,7 @@
 mod common;
 
 mod build;
+mod buildkit;
 mod check;
 mod cli;
 mod conformance;
