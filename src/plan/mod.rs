@@ -1029,6 +1029,13 @@ fn plan_stage(
                 let w = expand(w, &stage.config.env, &args)?;
                 let abs = resolve_path(&stage.config.workdir(), &w);
                 stage.config.workdir = abs.clone();
+                // `WORKDIR /` makes nothing (BuildKit: no mkdir, an empty_layer entry).
+                if abs == "/" {
+                    stage
+                        .history
+                        .push((l.line, format!("WORKDIR {abs}"), false));
+                    continue;
+                }
                 let mut def = Canon::new();
                 def.str(0, "WORKDIR").str(1, &abs);
                 if !stage.config.user.is_empty() {

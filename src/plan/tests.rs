@@ -172,10 +172,15 @@ fn heredoc_runs() {
         })
         .collect();
     assert_eq!(runs[0].argv, ["/bin/sh", "-c", "echo hi\n"]);
+    // BuildKit: the file /dev/pipes/NAME, run as the shell's command.
     assert_eq!(
-        runs[1].script.as_deref(),
-        Some("#!/usr/bin/env python3\nprint(1)\n")
+        runs[1].script,
+        Some((
+            "EOF".to_string(),
+            "#!/usr/bin/env python3\nprint(1)\n".to_string()
+        ))
     );
+    assert_eq!(runs[1].argv, ["/bin/sh", "-c", "/dev/pipes/EOF"]);
     assert_eq!(runs[2].argv, ["/bin/sh", "-c", "cat <<'A' > /f\n$x\nA\n"]);
 }
 
