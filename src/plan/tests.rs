@@ -348,8 +348,8 @@ proptest! {
     }
 }
 
-/// History entries as BuildKit's dockerfile2llb writes them (checked against docker 20.10's
-/// BuildKit on the same Dockerfile; HEALTHCHECK in the current five-field form).
+/// History entries as BuildKit's dockerfile2llb writes them (BuildKit 0.13 in Docker 26.1: COPY
+/// shows --chown and --chmod; HEALTHCHECK in the five-field form).
 #[test]
 fn history_entries_read_as_buildkit_writes_them() {
     let p = plan_of(
@@ -374,7 +374,7 @@ fn history_entries_read_as_buildkit_writes_them() {
             "LABEL v=1.0 description=a test",
             "RUN |2 VERSION=1.0 OTHER=o /bin/sh -c echo hi # buildkit",
             "WORKDIR /srv/app",
-            "COPY a b/ ./ # buildkit",
+            "COPY --chown=1:1 a b/ ./ # buildkit",
             "USER app",
             "SHELL [/bin/sh -ec]",
             "EXPOSE map[53/udp:{} 80/tcp:{}]",
