@@ -191,12 +191,21 @@ pub fn login(_ctx: &Ctx, a: LoginArgs) -> Result<i32> {
             p
         }
         (None, _) => {
-            if !a.password_stdin {
+            use std::os::fd::AsFd;
+            // At a terminal the password is typed with echo off, as docker does.
+            let saved = if !a.password_stdin {
                 eprint!("Password: ");
                 let _ = std::io::stderr().flush();
-            }
+                crate::sys::proc::echo_off(std::io::stdin().as_fd()).ok()
+            } else {
+                None
+            };
             let mut l = String::new();
-            std::io::stdin().lock().read_line(&mut l)?;
+            let read = std::io::stdin().lock().read_line(&mut l);
+            if let Some(t) = saved {
+                crate::sys::proc::restore_terminal(std::io::stdin().as_fd(), &t);
+            }
+            read?;
             l.trim_end_matches(['\n', '\r']).to_string()
         }
     };
@@ -204,7 +213,13 @@ pub fn login(_ctx: &Ctx, a: LoginArgs) -> Result<i32> {
         anyhow::bail!("a username is required: kiln login -u USER {host}");
     }
     let client = Client::with_credentials(&host, Some((user.clone(), pass.clone())));
-    client.ping().map_err(registry_failure)?;
+    client.ping().map_err(|e| match e {
+        // Someone logging in needs no hint to log in: say what was refused.
+        RegistryError::Unauthorized { .. } => anyhow::anyhow!(
+            "login to {host} as {user:?} failed: the registry rejected the credentials ({e})"
+        ),
+        e => registry_failure(e),
+    })?;
     auth::store_credentials(&host, &user, &pass)
         .with_context(|| format!("store credentials in {}", auth::auth_file().display()))?;
     println!("Login Succeeded");

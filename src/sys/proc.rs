@@ -384,7 +384,22 @@ pub fn make_raw(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
     }
 }
 
-/// Restores terminal settings saved by [`make_raw`].
+/// Turns the echo of terminal `fd` off (a line is still read whole, and the newline typed is
+/// still shown); returns the previous settings to restore. For password prompts.
+pub fn echo_off(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
+    // SAFETY: termios is plain data filled by tcgetattr; tcsetattr reads it.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        cvt(libc::tcgetattr(fd.as_raw_fd(), &mut t))?;
+        let old = t;
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL;
+        cvt(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t))?;
+        Ok(old)
+    }
+}
+
+/// Restores terminal settings saved by [`make_raw`] or [`echo_off`].
 pub fn restore_terminal(fd: BorrowedFd<'_>, t: &libc::termios) {
     // SAFETY: `t` is a valid termios.
     unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, t) };

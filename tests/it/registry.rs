@@ -568,3 +568,74 @@ fn cache_to_a_registry_then_cache_from_it_on_an_empty_store() {
         "{err}"
     );
 }
+
+/// `kiln login` at a terminal: the password prompt has echo off, the password never appears,
+/// and rejected credentials are said as such (not "log in first").
+#[test]
+fn login_prompt_hides_the_password_and_says_when_it_is_rejected() {
+    if !needs(&["python3"]) {
+        return;
+    }
+    // A registry that refuses every credential.
+    let port = serve(Arc::new(
+        |_m: &str, _p: &str, _h: &HashMap<String, String>| {
+            (
+                401,
+                vec![("WWW-Authenticate".into(), "Basic realm=\"test\"".into())],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#
+                    .to_vec(),
+            )
+        },
+    ));
+    let k = Kiln::new();
+    let script = r#"
+import os, pty, select, sys, termios, time
+kiln, root, registry = sys.argv[1:4]
+pid, fd = pty.fork()
+if pid == 0:
+    os.environ["XDG_CONFIG_HOME"] = root + "/config"
+    os.execv(kiln, [kiln, "--root", root, "login", "-u", "john", registry])
+buf, deadline = b"", time.time() + 20
+while b"Password:" not in buf and time.time() < deadline:
+    if select.select([fd], [], [], 0.5)[0]:
+        buf += os.read(fd, 1024)
+time.sleep(0.3)
+echo = bool(termios.tcgetattr(fd)[3] & termios.ECHO)
+os.write(fd, b"s3cret-pw\n")
+out = b""
+while True:
+    try:
+        d = os.read(fd, 1024)
+    except OSError:
+        break
+    if not d:
+        break
+    out += d
+_, status = os.waitpid(pid, 0)
+print("ECHO=%s" % echo)
+print("STATUS=%d" % os.WEXITSTATUS(status))
+print(out.decode(errors="replace"))
+"#;
+    let o = std::process::Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_kiln")])
+        .arg(k.root())
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("ECHO=False"),
+        "echo stays off while the password is typed: {out}"
+    );
+    assert!(
+        !out.contains("s3cret-pw"),
+        "the password is never shown: {out}"
+    );
+    assert!(out.contains("STATUS=1"), "{out}");
+    assert!(
+        out.contains("rejected the credentials")
+            && out.contains("\"john\"")
+            && !out.contains("log in first"),
+        "{out}"
+    );
+}
