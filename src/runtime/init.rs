@@ -63,7 +63,6 @@ fn die_with_parent() {
     }
 }
 
-/// Entry point of `kiln __kiln-init`; never returns.
 /// Reads the spec from its descriptor (then closed), takes the ready descriptor, and closes
 /// every other one the caller left open: nothing the caller had open passes this point.
 fn take_spec<T: serde::de::DeserializeOwned>() -> (T, OwnedFd) {
@@ -99,6 +98,7 @@ fn report_pid(ready: OwnedFd, pid: libc::pid_t) {
     let _ = std::fs::File::from(ready).write_all(&pid.to_ne_bytes());
 }
 
+/// Entry point of `kiln __kiln-init`; never returns.
 pub fn main() -> ! {
     let (spec, ready): (Spec, OwnedFd) = take_spec();
     p::unblock_all_signals();
