@@ -1,6 +1,8 @@
-//! BuildKit conformance: the parser and shell-lexer cases in `../shared/testdata/buildkit`,
-//! read in place (see its FORMAT.md). Every case reports by name; a missing data folder is a
-//! failure, never a skip.
+//! BuildKit conformance: BuildKit's own parser and shell-lexer cases, read in place from a
+//! `shared/testdata/buildkit` folder above the checkout (or `$KILN_TESTDATA`; see its
+//! FORMAT.md), never copied into the repository. Every case reports by name. Where the folder
+//! is absent (a clone elsewhere) the tests skip with a message, and fail under
+//! KILN_REQUIRE_PRIVILEGED=1, as CI runs them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,21 +16,26 @@ use serde_json::Value;
 
 /// The data folder: `$KILN_TESTDATA`, else `shared/testdata/buildkit` in the checkout's parent
 /// directories.
-fn data() -> PathBuf {
+fn data_dir() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("KILN_TESTDATA") {
-        return PathBuf::from(p);
+        return Some(PathBuf::from(p)).filter(|p| p.is_dir());
     }
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in here.ancestors() {
-        let candidate = dir.join("shared/testdata/buildkit");
-        if candidate.is_dir() {
-            return candidate;
-        }
-    }
-    panic!(
-        "BuildKit conformance data not found: no shared/testdata/buildkit above {} (set KILN_TESTDATA)",
-        here.display()
-    );
+    here.ancestors()
+        .map(|dir| dir.join("shared/testdata/buildkit"))
+        .find(|c| c.is_dir())
+}
+
+/// Whether the data is here; otherwise the test skips (or fails in strict mode).
+fn present() -> bool {
+    crate::common::require(
+        data_dir().is_some(),
+        "BuildKit's conformance data (shared/testdata/buildkit) is not above this checkout; set KILN_TESTDATA to run these",
+    )
+}
+
+fn data() -> PathBuf {
+    data_dir().expect("checked by present()")
 }
 
 struct Report {
@@ -108,6 +115,9 @@ fn case_dirs(rel: &str) -> Vec<PathBuf> {
 
 #[test]
 fn parser_testfiles_dump_byte_exact() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("parser/testfiles");
     for dir in case_dirs("parser/testfiles") {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -128,6 +138,9 @@ fn parser_testfiles_dump_byte_exact() {
 
 #[test]
 fn parser_negative_cases_fail() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("parser/testfiles-negative");
     for dir in case_dirs("parser/testfiles-negative") {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
@@ -142,6 +155,9 @@ fn parser_negative_cases_fail() {
 
 #[test]
 fn parser_line_numbers_and_warnings() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("parser line numbers / warnings");
     let cases = read_json("parser/inline-cases/warnings_and_lines.json");
     let ln = &cases["line_numbers"];
@@ -209,6 +225,9 @@ fn parser_line_numbers_and_warnings() {
 
 #[test]
 fn heredoc_extraction() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("heredoc_extract");
     let cases = read_json("parser/inline-cases/heredoc_extract.json");
     let ast = parser::parse(cases["dockerfile"].as_str().unwrap()).unwrap();
@@ -249,6 +268,9 @@ fn heredoc_extraction() {
 
 #[test]
 fn heredoc_helpers() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("heredoc_helpers");
     let cases = read_json("parser/inline-cases/heredoc_helpers.json");
     let w = &cases["parse_heredoc_word"];
@@ -296,6 +318,9 @@ fn heredoc_helpers() {
 
 #[test]
 fn heredoc_instructions() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("heredoc_instructions");
     let cases = read_json("parser/inline-cases/heredoc_instructions.json");
     let parse_one = |src: &str| -> Result<Instruction, String> {
@@ -362,6 +387,9 @@ fn heredoc_instructions() {
 
 #[test]
 fn parse_words_and_json_arrays() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("parse_words / json_arrays");
     let pw = read_json("parser/inline-cases/parse_words.json");
     for c in pw["cases"].as_array().unwrap() {
@@ -401,6 +429,9 @@ fn parse_words_and_json_arrays() {
 
 #[test]
 fn directives() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("directives");
     let cases = read_json("parser/inline-cases/directives.json");
     for c in cases["directive_parser_parse_all"].as_array().unwrap() {
@@ -445,6 +476,9 @@ fn directives() {
 /// The cases of `shell/envVarTest` for Unix (`A` and `U` lines).
 #[test]
 fn shell_env_var_test() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("shell/envVarTest");
     let text = std::fs::read_to_string(data().join("shell/envVarTest")).unwrap();
     let env = env_from_strings(&["PWD=/home", "SHELL=bash", "KOREAN=한국어", "NULL="]);
@@ -480,6 +514,9 @@ fn shell_env_var_test() {
 
 #[test]
 fn shell_words_test() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("shell/wordsTest");
     let text = std::fs::read_to_string(data().join("shell/wordsTest")).unwrap();
     let mut env: Vec<String> = Vec::new();
@@ -509,6 +546,9 @@ fn shell_words_test() {
 
 #[test]
 fn shell_inline_cases() {
+    if !present() {
+        return;
+    }
     let mut r = Report::new("shell inline cases");
     let lx = Lexer::new('\\');
     let pm = read_json("shell/inline-cases/process_with_matches.json");
