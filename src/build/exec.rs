@@ -379,13 +379,12 @@ impl StepCgroup {
 
 impl Drop for StepCgroup {
     fn drop(&mut self) {
-        if let Some(d) = &self.0 {
-            // The last processes of the step's PID namespace may still be on their way out.
-            for _ in 0..100 {
-                if fs::remove_dir(d).is_ok() || !d.exists() {
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(5));
+        if let Some(d) = self.0.take() {
+            // The step's last processes leave the cgroup a moment after they are reaped: remove
+            // it now if it is empty, else in the background (the build does not wait; what a
+            // build that ended first leaves, the next one sweeps).
+            if fs::remove_dir(&d).is_err() && d.exists() {
+                std::thread::spawn(move || runtime::devices::remove_cgroup(&d));
             }
         }
     }

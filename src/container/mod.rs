@@ -470,7 +470,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     if let Err(e) = store.create_container(&rec, &json) {
         let _ = fs::remove_dir_all(&d);
         for cg in &spec.runtime.cgroups {
-            let _ = fs::remove_dir(cg);
+            runtime::devices::remove_cgroup(cg);
         }
         return Err(match e {
             kiln_cache::Error::AlreadyExists(_) => ContainerError::NameInUse(name),
@@ -560,7 +560,7 @@ fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
     let mut out = Vec::new();
     let undo = |out: &Vec<PathBuf>| {
         for d in out {
-            let _ = fs::remove_dir(d);
+            runtime::devices::remove_cgroup(d);
         }
     };
     if let Some(rules) = o.security.device_rules() {
@@ -1004,7 +1004,7 @@ pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
     if let Some(row) = store.container(id)? {
         if let Ok(spec) = spec_of(&row) {
             for cg in &spec.runtime.cgroups {
-                let _ = fs::remove_dir(cg);
+                runtime::devices::remove_cgroup(cg);
             }
         }
     }

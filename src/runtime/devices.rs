@@ -190,6 +190,21 @@ pub fn create(name: &str, rules: &[Rule]) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// Removes a container's or step's cgroup directory. Its last processes may still be on their
+/// way out (a cgroup with members cannot be removed), so it tries again for up to half a second.
+pub fn remove_cgroup(dir: &Path) {
+    let mut wait = std::time::Duration::from_micros(200);
+    let mut total = std::time::Duration::ZERO;
+    while total < std::time::Duration::from_millis(500) {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return;
+        }
+        std::thread::sleep(wait);
+        total += wait;
+        wait = (wait * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Removes device cgroups `kiln/PREFIX<pid>-*` whose process `pid` is gone (what a killed build
 /// left); a cgroup that still holds processes is kept.
 pub fn sweep(prefix: &str) {
