@@ -62,6 +62,7 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
 
 /// Runs the step; output lines go to `out` as they come.
 pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Produced, RunError> {
+    runtime::need_root("RUN").map_err(RunError::Setup)?;
     let r = req.run;
     let view = req.view;
     let passwd = view.read_string("/etc/passwd");

@@ -205,6 +205,29 @@ fn build_arg_map(args: &[String]) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// Ctrl-C (or SIGTERM) during a build: says so below the progress and exits 130 (143), as a
+/// shell reports a process killed by it. Nothing is left half-written: the store's writes are
+/// atomic, a RUN step's helper dies with kiln, and the next build reuses every finished step.
+/// The signals are blocked before any thread starts (threads inherit the mask) and taken by
+/// one thread.
+fn on_interrupt() {
+    let sigs = [libc::SIGINT, libc::SIGTERM];
+    if crate::sys::proc::block_signals(&sigs).is_err() {
+        return;
+    }
+    std::thread::spawn(move || {
+        if let Ok(sig) = crate::sys::proc::wait_signal(&sigs) {
+            let name = if sig == libc::SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            eprintln!("\nkiln: build interrupted ({name}): nothing was tagged; finished steps stay cached");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 /// The Dockerfile's bytes and the name to report it by.
 fn read_dockerfile(
     file: Option<&Path>,
@@ -237,6 +260,18 @@ fn read_dockerfile(
 pub fn build(ctx: &Ctx, args: BuildArgs) -> Result<i32> {
     // Tags are checked now so a bad -t fails before any work.
     let tags = crate::image::parse_tags(&args.tags)?;
+    // Docker's words for a context that is not there.
+    if !args.context.is_dir() {
+        anyhow::bail!(
+            "unable to prepare context: path {:?} {}",
+            args.context.display().to_string(),
+            if args.context.exists() {
+                "is not a directory"
+            } else {
+                "not found"
+            }
+        );
+    }
     if !args.check {
         return run_build(ctx, args, tags);
     }
@@ -572,6 +607,7 @@ fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
 }
 
 fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
+    on_interrupt();
     let build_args = build_arg_map(&args.build_args)?;
     let labels = parse_labels(&args.labels)?;
     let source_date_epoch =

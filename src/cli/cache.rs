@@ -260,7 +260,8 @@ fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     Ok(0)
 }
 
-fn dir_size(p: &std::path::Path) -> u64 {
+/// Bytes below `p` (a file's own size; a directory's, its entries').
+pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
     let Ok(m) = std::fs::symlink_metadata(p) else {
         return 0;
     };

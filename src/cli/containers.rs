@@ -593,7 +593,11 @@ pub fn inspect_container(
             "StartedAt": time(row.started),
             "FinishedAt": time(row.finished),
         },
-        "Image": row.record.image.to_string(),
+        // Docker's "Image" is the image ID (the config's digest), not the manifest's.
+        "Image": store
+            .image(&row.record.image)?
+            .map(|i| i.id().to_string())
+            .unwrap_or_else(|| row.record.image.to_string()),
         "Name": format!("/{}", row.record.name),
         "LogPath": container::dir(store, &row.record.id).join("log.json"),
         "Config": {
@@ -618,4 +622,39 @@ pub fn inspect_container(
         },
         "NetworkSettings": { "Ports": ports },
     }))
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// `kiln container prune`: removes every stopped container, as `docker container prune`.
+pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
+    if !super::manage::confirm(a.force, "This will remove all stopped containers.")? {
+        return Ok(1);
+    }
+    let store = ctx.store()?;
+    let mut removed = Vec::new();
+    let mut bytes = 0u64;
+    for row in store.containers()? {
+        let row = container::refresh(&store, row)?;
+        if row.record.state == "running" {
+            continue;
+        }
+        bytes += super::cache::dir_size(&container::dir(&store, &row.record.id));
+        container::remove(&store, &row.record.id)?;
+        removed.push(row.record.id);
+    }
+    if !removed.is_empty() {
+        println!("Deleted Containers:");
+        for id in &removed {
+            println!("{id}");
+        }
+        println!();
+    }
+    println!("Total reclaimed space: {}", timefmt::human_size(bytes));
+    Ok(0)
 }

@@ -480,3 +480,152 @@ fn inspect_one(store: &Store, name: &str) -> Result<serde_json::Value> {
         },
     }))
 }
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    /// Do not truncate the output
+    #[arg(long)]
+    no_trunc: bool,
+    /// Only the image IDs
+    #[arg(short, long)]
+    quiet: bool,
+    /// Sizes and dates in a machine-readable form (bytes, RFC 3339)
+    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set)]
+    human: bool,
+    image: String,
+}
+
+/// `kiln history`: the image's history entries, newest first, with each layer's size, as
+/// `docker history` shows them (`<missing>` for the entries below the image itself).
+pub fn history(ctx: &Ctx, a: HistoryArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    let r = resolve(&store, &a.image)?;
+    let config = read_config(&store, &r.image)?;
+    let mut layers = r.image.layers.iter();
+    let now = kiln_cache::store::now();
+    let mut rows = Vec::new();
+    for h in &config.history {
+        let size = if h.empty_layer {
+            0
+        } else {
+            layers.next().map_or(0, |l| l.uncompressed_size)
+        };
+        let created = h
+            .created
+            .as_deref()
+            .and_then(|c| timefmt::parse_rfc3339(c).ok());
+        rows.push((
+            created,
+            h.created_by.clone().unwrap_or_default(),
+            size,
+            h.comment.clone(),
+        ));
+    }
+    rows.reverse();
+    let id = r.image.id();
+    if a.quiet {
+        for (i, _) in rows.iter().enumerate() {
+            println!(
+                "{}",
+                if i == 0 {
+                    id.short()
+                } else {
+                    "<missing>".into()
+                }
+            );
+        }
+        return Ok(0);
+    }
+    let mut out = vec![vec![
+        "IMAGE".to_string(),
+        "CREATED".into(),
+        "CREATED BY".into(),
+        "SIZE".into(),
+        "COMMENT".into(),
+    ]];
+    for (i, (created, by, size, comment)) in rows.into_iter().enumerate() {
+        let image = match (i, a.no_trunc) {
+            (0, true) => id.to_string(),
+            (0, false) => id.short(),
+            _ => "<missing>".into(),
+        };
+        let by = if a.no_trunc || by.chars().count() <= 45 {
+            by
+        } else {
+            format!("{}…", by.chars().take(44).collect::<String>())
+        };
+        let (created, size) = if a.human {
+            (
+                created.map_or("N/A".into(), |c| timefmt::ago(c, now)),
+                timefmt::human_size(size),
+            )
+        } else {
+            (
+                created.map_or("N/A".into(), timefmt::rfc3339),
+                size.to_string(),
+            )
+        };
+        out.push(vec![image, created, by, size, comment.unwrap_or_default()]);
+    }
+    print!("{}", table(&out));
+    Ok(0)
+}
+
+#[derive(Args, Debug)]
+pub struct ImagePruneArgs {
+    /// Remove every image no container uses, not only untagged ones
+    #[arg(short, long)]
+    all: bool,
+    /// Do not prompt for confirmation
+    #[arg(short, long)]
+    force: bool,
+}
+
+/// `kiln image prune`: removes untagged images (with `-a`, every image) that no container
+/// uses, then reclaims their space, as `docker image prune`.
+pub fn prune(ctx: &Ctx, a: ImagePruneArgs) -> Result<i32> {
+    let warning = if a.all {
+        "This will remove all images without at least one container associated to them."
+    } else {
+        "This will remove all dangling images."
+    };
+    if !super::manage::confirm(a.force, warning)? {
+        return Ok(1);
+    }
+    let store = ctx.store()?;
+    let mut deleted = Vec::new();
+    for image in store.images()? {
+        let m = image.manifest.digest;
+        let tags = store.refs_of(&m)?;
+        if (!tags.is_empty() && !a.all) || !store.containers_using(&m)?.is_empty() {
+            continue;
+        }
+        for t in &tags {
+            store.remove_ref(t)?;
+            deleted.push(format!(
+                "untagged: {}",
+                Reference::parse(t)
+                    .map(|r| r.familiar())
+                    .unwrap_or_else(|_| t.clone())
+            ));
+        }
+        store.delete_image(&m)?;
+        deleted.push(format!("deleted: {}", image.id()));
+    }
+    let report = store.gc(GcOptions {
+        prune_dangling: false,
+        wait: true,
+    })?;
+    if !deleted.is_empty() {
+        println!("Deleted Images:");
+        for d in &deleted {
+            println!("{d}");
+        }
+        println!();
+    }
+    println!(
+        "Total reclaimed space: {}",
+        timefmt::human_size(report.map_or(0, |r| r.bytes_reclaimed))
+    );
+    Ok(0)
+}

@@ -6,6 +6,7 @@ mod build;
 mod cache;
 mod containers;
 mod images;
+mod manage;
 mod registry;
 mod system;
 
@@ -19,23 +20,28 @@ use std::path::PathBuf;
 #[command(
     name = "kiln",
     version,
+    disable_version_flag = true,
     about = "Build container images from Dockerfiles, fast and reproducibly; run and share them"
 )]
 pub struct Cli {
-    /// Store directory (default: /var/lib/kiln as root, else $XDG_DATA_HOME/kiln)
-    #[arg(long, global = true, env = "KILN_ROOT", value_name = "DIR")]
+    /// Print the version
+    #[arg(short = 'v', long = "version", action = clap::ArgAction::Version)]
+    version: Option<bool>,
+    // KILN_ROOT and KILN_LOG are read here rather than by clap's `env`, so that a usage line
+    // after a mistake shows what was typed, not options the environment filled in.
+    /// Store directory [env: KILN_ROOT] (default: /var/lib/kiln as root, else
+    /// $XDG_DATA_HOME/kiln)
+    #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace
+    /// Log level: error, warn, info, debug, trace [env: KILN_LOG] (default: warn)
     #[arg(
         long,
         global = true,
-        env = "KILN_LOG",
-        default_value = "warn",
         value_name = "LEVEL",
         value_parser = ["error", "warn", "info", "debug", "trace", "fatal", "panic"],
         ignore_case = true
     )]
-    log_level: String,
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,6 +93,17 @@ enum Command {
     /// Manage the store
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Manage images: ls, rm, inspect, tag, push, pull, save, load, import, history, prune
+    #[command(subcommand)]
+    Image(manage::ImageCommand),
+    /// Manage containers: ls, run, stop, kill, rm, logs, exec, inspect, prune
+    #[command(subcommand)]
+    Container(manage::ContainerCommand),
+    /// Manage the build cache: prune
+    #[command(subcommand)]
+    Builder(manage::BuilderCommand),
+    /// Show the history of an image
+    History(images::HistoryArgs),
 }
 
 /// The store root: `--root`, `$KILN_ROOT`, `/var/lib/kiln` for root, `$XDG_DATA_HOME/kiln` otherwise.
@@ -169,14 +186,39 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         }
     };
     // Docker's fatal and panic are error here.
-    let level = cli.log_level.parse().unwrap_or(tracing::Level::ERROR);
+    let level_name = match cli.log_level.clone() {
+        Some(l) => l,
+        None => match std::env::var("KILN_LOG") {
+            Ok(l) if !l.is_empty() => {
+                let known = ["error", "warn", "info", "debug", "trace", "fatal", "panic"];
+                if !known.contains(&l.to_ascii_lowercase().as_str()) {
+                    eprintln!(
+                        "kiln: error: invalid KILN_LOG {l:?}: use one of {}",
+                        known.join(", ")
+                    );
+                    return 2;
+                }
+                l
+            }
+            _ => "warn".into(),
+        },
+    };
+    let level = level_name.parse().unwrap_or(tracing::Level::ERROR);
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
     let ctx = Ctx {
-        root: cli.root.clone().unwrap_or_else(default_root),
+        root: cli
+            .root
+            .clone()
+            .or_else(|| {
+                std::env::var_os("KILN_ROOT")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(default_root),
     };
     let result = match cli.command {
         Command::Build(a) => build::build(&ctx, a),
@@ -200,6 +242,10 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Pull(a) => registry::pull(&ctx, a),
         Command::Cache(c) => cache::run(&ctx, c),
         Command::System(c) => system::run(&ctx, c),
+        Command::Image(c) => manage::image(&ctx, c),
+        Command::Container(c) => manage::container(&ctx, c),
+        Command::Builder(c) => manage::builder(&ctx, c),
+        Command::History(a) => images::history(&ctx, a),
     };
     match result {
         Ok(code) => code,

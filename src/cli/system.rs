@@ -5,7 +5,6 @@ use crate::timefmt::human_size;
 use anyhow::Result;
 use clap::Subcommand;
 use kiln_cache::GcOptions;
-use std::io::{BufRead, IsTerminal, Write};
 
 #[derive(Subcommand, Debug)]
 pub enum SystemCommand {
@@ -30,19 +29,11 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
 }
 
 fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
-    if !force {
-        eprint!(
-            "WARNING! This will remove:\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n\nAre you sure you want to continue? [y/N] "
-        );
-        std::io::stderr().flush()?;
-        let mut answer = String::new();
-        if std::io::stdin().is_terminal() {
-            std::io::stdin().lock().read_line(&mut answer)?;
-        }
-        if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            eprintln!("\nnothing removed (pass -f to skip this question)");
-            return Ok(1);
-        }
+    if !super::manage::confirm(
+        force,
+        "This will remove:\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n",
+    )? {
+        return Ok(1);
     }
     let store = ctx.store()?;
     let report = match store.gc(GcOptions {
@@ -97,13 +88,27 @@ fn df(ctx: &Ctx) -> Result<i32> {
                 pct(u.image_reclaimable, u.image_bytes)
             ),
         ],
-        vec![
-            "Containers".into(),
-            u.containers.to_string(),
-            u.containers.to_string(),
-            "0B".into(),
-            "0B (0%)".into(),
-        ],
+        {
+            // ACTIVE: running now (as Docker); SIZE: their writable layers and logs.
+            let (mut running, mut size, mut stopped) = (0, 0u64, 0u64);
+            for row in store.containers()? {
+                let row = crate::container::refresh(&store, row)?;
+                let bytes = super::cache::dir_size(&crate::container::dir(&store, &row.record.id));
+                size += bytes;
+                if row.record.state == "running" {
+                    running += 1;
+                } else {
+                    stopped += bytes;
+                }
+            }
+            vec![
+                "Containers".into(),
+                u.containers.to_string(),
+                running.to_string(),
+                human_size(size),
+                format!("{} ({}%)", human_size(stopped), pct(stopped, size)),
+            ]
+        },
         vec![
             "Snapshots".into(),
             u.snapshots.to_string(),

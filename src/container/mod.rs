@@ -264,6 +264,7 @@ fn set_env(env: &mut Vec<String>, kv: &str) {
 /// Creates a container: resolves the image, makes its directories and records it. Returns the
 /// container's row, in state "created".
 pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerError> {
+    runtime::need_root("kiln run").map_err(ContainerError::Invalid)?;
     check_flags(o)?;
     let resolved = image::resolve(store, &o.image)?;
     let img = resolved.image;

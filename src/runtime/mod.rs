@@ -217,6 +217,17 @@ pub struct ExecSpec {
     pub security: Security,
 }
 
+/// Containers and RUN steps need root until kiln has a rootless mode: an error that says so
+/// (rather than `unshare: Operation not permitted` from deep inside).
+pub fn need_root(what: &str) -> Result<(), String> {
+    if crate::sys::is_root() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} needs root: kiln makes namespaces, mounts and cgroups, and has no rootless mode yet; run it as root (e.g. `sudo kiln ...`)"
+    ))
+}
+
 /// Starts the exec helper for `spec`.
 pub fn spawn_exec(spec: &ExecSpec, stdin: Stdio) -> io::Result<Helper> {
     let mut cmd = Command::new("/proc/self/exe");

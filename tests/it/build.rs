@@ -1952,3 +1952,36 @@ fn a_run_heredoc_of_200_kb_builds() {
     build(&k, &ctx, &["-t", "heredoc"]);
     assert_eq!(read(&image_view(&k, "heredoc"), "/big.txt"), body);
 }
+
+#[test]
+fn ctrl_c_during_a_build_says_so_and_exits_130() {
+    let Some((k, ctx)) = setup() else { return };
+    dockerfile(&ctx, "FROM base\nRUN sleep 30\n");
+    let mut child = k
+        .cmd()
+        .args(["build", "--progress", "plain", ctx.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the RUN step runs, then interrupt.
+    let mut err = child.stderr.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("cache miss") {
+        let n = err.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("build interrupted (SIGINT)"), "{rest}");
+}

@@ -233,3 +233,164 @@ fn import_change_sets_the_config_as_docker_import() {
     }
     assert!(!k.ok(&["images"]).contains("nope"));
 }
+
+/// Docker's management commands and the few commands that came with them.
+#[test]
+fn management_commands_history_and_prune_as_docker() {
+    let Some((k, id)) = imported() else { return };
+    let short = &id[7..19];
+    assert_eq!(k.ok(&["image", "ls"]), k.ok(&["images"]));
+    assert_eq!(k.ok(&["image", "list", "-q"]).trim(), short);
+    k.ok(&["image", "tag", "busybox", "bb:two"]);
+    k.ok(&["image", "rm", "bb:two"]);
+    let hist = k.ok(&["image", "history", "busybox"]);
+    let first = hist.lines().nth(1).unwrap();
+    assert!(
+        hist.starts_with("IMAGE") && first.starts_with(short),
+        "{hist}"
+    );
+    assert_eq!(k.ok(&["history", "-q", "busybox"]).trim(), short);
+
+    // A running and a stopped container: ls, inspect's Image (the image ID), df's ACTIVE.
+    let running = k.ok(&[
+        "container",
+        "run",
+        "-d",
+        "--name",
+        "up",
+        "busybox",
+        "sleep",
+        "300",
+    ]);
+    k.ok(&["container", "run", "--name", "down", "busybox", "true"]);
+    let ls = k.ok(&["container", "ls"]);
+    assert!(ls.contains("up") && !ls.contains("down"), "{ls}");
+    assert_eq!(k.ok(&["container", "ls", "-aq"]).lines().count(), 2);
+    let v: serde_json::Value =
+        serde_json::from_str(&k.ok(&["container", "inspect", running.trim()])).unwrap();
+    assert_eq!(
+        v[0]["Image"],
+        serde_json::json!(id),
+        "the image ID, not the manifest digest"
+    );
+    let df = k.ok(&["system", "df"]);
+    let containers = df
+        .lines()
+        .find(|l| l.starts_with("Containers"))
+        .unwrap()
+        .to_string();
+    let cols: Vec<&str> = containers.split_whitespace().collect();
+    assert_eq!((cols[1], cols[2]), ("2", "1"), "{df}");
+    let pruned = k.ok(&["container", "prune", "-f"]);
+    assert!(pruned.contains("Deleted Containers:"), "{pruned}");
+    assert_eq!(
+        k.ok(&["container", "ls", "-aq"]).trim(),
+        &running.trim()[..12],
+        "only the running one stays"
+    );
+    k.ok(&["container", "rm", "-f", "up"]);
+
+    // image prune: untagged only; -a every image no container uses.
+    let ctx = k.dir.path().join("pctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox\nRUN echo one > /one\n",
+    )
+    .unwrap();
+    let built = k.ok(&["build", "-q", ctx.to_str().unwrap()]);
+    let built = built.trim();
+    assert!(k.ok(&["images", "-q", "--no-trunc"]).contains(built));
+    let out = k.ok(&["image", "prune", "-f"]);
+    assert!(out.contains(&format!("deleted: {built}")), "{out}");
+    assert!(
+        k.ok(&["images", "-q"]).contains(short),
+        "tagged images stay"
+    );
+    let out = k.ok(&["image", "prune", "-a", "-f"]);
+    assert!(out.contains("untagged: busybox:latest"), "{out}");
+    assert_eq!(k.ok(&["images", "-q"]).trim(), "");
+    k.ok(&["builder", "prune", "--all"]);
+    assert_eq!(k.ok(&["-v"]), k.ok(&["--version"]));
+}
+
+#[test]
+fn messages_that_say_what_to_do() {
+    let k = Kiln::new();
+    // A context that is not there.
+    let err = k.fails(&["build", "/nonexistent-context"]);
+    assert!(
+        err.contains("unable to prepare context: path \"/nonexistent-context\" not found"),
+        "{err}"
+    );
+    // The usage line shows what was typed, not options the environment filled in.
+    let o = k
+        .cmd()
+        .env("KILN_ROOT", k.root())
+        .args(["build", "-t", "x"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("Usage: kiln build --tag <NAME[:TAG]> <CONTEXT>"),
+        "{err}"
+    );
+    // Containers and RUN steps need root: said as such.
+    if !needs(&["setpriv"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("store");
+    fs::create_dir(&open).unwrap();
+    std::process::Command::new("chown")
+        .args(["65534:65534"])
+        .arg(&open)
+        .status()
+        .unwrap();
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .arg("--root")
+            .arg(&open)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let tar = dir.path().join("r.tar");
+    fs::create_dir(dir.path().join("r")).unwrap();
+    fs::write(dir.path().join("r/f"), "f").unwrap();
+    std::process::Command::new("tar")
+        .arg("-C")
+        .arg(dir.path().join("r"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(as_nobody(&["import", tar.to_str().unwrap(), "x:1"])
+        .status
+        .success());
+    let o = as_nobody(&["run", "--rm", "x:1", "true"]);
+    assert_eq!(o.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("kiln run needs root"));
+    let ctx = dir.path().join("ctx");
+    fs::create_dir(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM x:1\nRUN true\n").unwrap();
+    std::process::Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&ctx)
+        .status()
+        .unwrap();
+    let o = as_nobody(&["build", ctx.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("RUN needs root"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
