@@ -34,6 +34,8 @@ pub enum ImageCommand {
     Prune(images::ImagePruneArgs),
 }
 
+// Parsed once per process: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum ContainerCommand {
     /// List containers (as `kiln ps`)
