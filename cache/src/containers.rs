@@ -68,11 +68,11 @@ impl Store {
         )
     }
 
-    /// Every container, newest first.
+    /// Every container, newest first (the later insert first within a second).
     pub fn containers(&self) -> Result<Vec<ContainerRow>> {
         let db = self.db();
         let mut st = db.prepare(&format!(
-            "SELECT {COLUMNS} FROM containers ORDER BY created DESC, id"
+            "SELECT {COLUMNS} FROM containers ORDER BY created DESC, rowid DESC"
         ))?;
         let rows = st.query_map([], row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -127,9 +127,12 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     let ports = a
         .publish
         .iter()
-        .map(|p| PortSpec::parse(p))
+        .map(|p| PortSpec::parse_ranges(p))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(|e| anyhow::anyhow!(e))?
+        .into_iter()
+        .flatten()
+        .collect();
     let store = ctx.store()?;
     super::registry::ensure_image(&store, &a.image, false)?;
     let opts = RunOptions {
@@ -208,6 +211,82 @@ pub struct PsArgs {
     /// Do not truncate IDs and commands
     #[arg(long)]
     no_trunc: bool,
+    /// Show the N most recently created containers (all states)
+    #[arg(short = 'n', long = "last", value_name = "N")]
+    last: Option<usize>,
+    /// Show the most recently created container (all states)
+    #[arg(short = 'l', long)]
+    latest: bool,
+    /// Filter: status=created|running|exited, name=PART, ancestor=IMAGE (repeatable)
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+    /// Format the output with a Go template (`{{.ID}}\t{{.Names}}`, `table {{.Names}}`)
+    #[arg(long)]
+    format: Option<String>,
+}
+
+/// `ps --filter`: values of one key are alternatives, different keys all must hold (Docker).
+struct PsFilter {
+    status: Vec<String>,
+    name: Vec<String>,
+    ancestor: Vec<(String, Option<kiln_cache::Digest>)>,
+}
+
+impl PsFilter {
+    fn parse(store: &kiln_cache::Store, list: &[String]) -> Result<PsFilter> {
+        let mut f = PsFilter {
+            status: vec![],
+            name: vec![],
+            ancestor: vec![],
+        };
+        for item in list {
+            let Some((k, v)) = item.split_once('=') else {
+                anyhow::bail!("bad format of filter (expected name=value): {item:?}");
+            };
+            match k {
+                "status" => {
+                    if ![
+                        "created",
+                        "restarting",
+                        "running",
+                        "removing",
+                        "paused",
+                        "exited",
+                        "dead",
+                    ]
+                    .contains(&v)
+                    {
+                        anyhow::bail!(
+                            "invalid filter 'status={v}': use created, running or exited"
+                        );
+                    }
+                    f.status.push(v.to_string())
+                }
+                "name" => f.name.push(v.to_string()),
+                "ancestor" => {
+                    let m = crate::image::resolve(store, v)
+                        .ok()
+                        .map(|r| r.image.manifest.digest);
+                    f.ancestor.push((v.to_string(), m));
+                }
+                other => {
+                    anyhow::bail!("invalid filter {other:?}: kiln knows status, name and ancestor")
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    fn keeps(&self, c: &kiln_cache::ContainerRow) -> bool {
+        (self.status.is_empty() || self.status.contains(&c.record.state))
+            && (self.name.is_empty()
+                || self.name.iter().any(|n| c.record.name.contains(n.as_str())))
+            && (self.ancestor.is_empty()
+                || self
+                    .ancestor
+                    .iter()
+                    .any(|(name, m)| *m == Some(c.record.image) || c.record.image_ref == *name))
+    }
 }
 
 fn quote_command(cmd: &[String]) -> String {
@@ -227,9 +306,19 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
         "NAMES".into(),
     ]];
     let mut ids = Vec::new();
-    for c in store.containers()? {
+    let mut items = Vec::new();
+    let filter = PsFilter::parse(&store, &a.filter)?;
+    // -n/-l and a status filter look at every container, as Docker.
+    let last = if a.latest { Some(1) } else { a.last };
+    let all = a.all || last.is_some() || !filter.status.is_empty();
+    // Newest first, as the store lists them.
+    let mut list = store.containers()?;
+    if let Some(n) = last {
+        list.truncate(n);
+    }
+    for c in list {
         let c = container::refresh(&store, c)?;
-        if !a.all && c.record.state != "running" {
+        if (!all && c.record.state != "running") || !filter.keeps(&c) {
             continue;
         }
         let id = if a.no_trunc {
@@ -258,6 +347,19 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
         } else {
             String::new()
         };
+        items.push(serde_json::json!({
+            "ID": id,
+            "Image": c.record.image_ref,
+            "Command": command,
+            "CreatedAt": timefmt::rfc3339(c.record.created),
+            "RunningFor": timefmt::ago(c.record.created, now),
+            "Status": container::status(&c, now),
+            "State": c.record.state,
+            "Ports": ports,
+            "Names": c.record.name,
+            "Labels": "",
+            "Size": "",
+        }));
         rows.push(vec![
             id,
             c.record.image_ref.clone(),
@@ -267,6 +369,15 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
             ports,
             c.record.name.clone(),
         ]);
+    }
+    if let (Some(f), false) = (&a.format, a.quiet) {
+        let headers = serde_json::json!({
+            "ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
+            "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Ports": "PORTS",
+            "Names": "NAMES", "Labels": "LABELS", "Size": "SIZE",
+        });
+        print!("{}", super::format::render(f, &items, &headers)?);
+        return Ok(0);
     }
     if a.quiet {
         for id in ids {

@@ -218,7 +218,11 @@ pub struct ImagesArgs {
     /// Show untagged images too (kiln always lists them; accepted for Docker compatibility)
     #[arg(short, long)]
     all: bool,
-    /// Output format: table (default) or json (one object per line)
+    /// Filter: dangling=true|false, reference=PATTERN (`busybox`, `*/app:v*`); repeatable
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE")]
+    filter: Vec<String>,
+    /// Output format: table (default), json (one object per line), or a Go template
+    /// (`{{.Repository}}:{{.Tag}}`, `table {{.ID}}\t{{.Size}}`)
     #[arg(long, default_value = "table")]
     format: String,
 }
@@ -267,6 +271,35 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
             });
         }
     }
+    // --filter: dangling (untagged) and reference patterns (Docker's path.Match on the name,
+    // with or without the tag).
+    let mut dangling: Option<bool> = None;
+    let mut patterns: Vec<String> = Vec::new();
+    for f in &a.filter {
+        match f.split_once('=') {
+            Some(("dangling", v)) => {
+                dangling = Some(match v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => bail!("invalid filter 'dangling={v}': use true or false"),
+                })
+            }
+            Some(("reference", v)) => patterns.push(v.to_string()),
+            _ => {
+                bail!("invalid filter {f:?}: kiln knows dangling=true|false and reference=PATTERN")
+            }
+        }
+    }
+    rows.retain(|r| {
+        let untagged = r.repository == "<none>";
+        dangling.is_none_or(|d| d == untagged)
+            && (patterns.is_empty()
+                || (!untagged
+                    && patterns.iter().any(|p| {
+                        glob_match(p, &r.repository)
+                            || glob_match(p, &format!("{}:{}", r.repository, r.tag))
+                    })))
+    });
     rows.sort_by(|x, y| {
         y.image
             .created
@@ -291,9 +324,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
                 out.push('\n');
             }
         }
-    } else if a.format == "json" {
+    } else if a.format != "table" {
+        let mut items = Vec::new();
         for r in &rows {
-            let v = serde_json::json!({
+            items.push(serde_json::json!({
                 "ID": id(&r.image),
                 "Repository": r.repository,
                 "Tag": r.tag,
@@ -301,11 +335,21 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
                 "CreatedAt": r.image.created.map(timefmt::rfc3339).unwrap_or_default(),
                 "CreatedSince": r.image.created.map(|c| timefmt::ago(c, now)).unwrap_or_else(|| "N/A".into()),
                 "Size": timefmt::human_size(r.image.size()),
-            });
-            out.push_str(&v.to_string());
-            out.push('\n');
+            }));
         }
-    } else if a.format == "table" {
+        if a.format == "json" {
+            for v in &items {
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+        } else {
+            let headers = serde_json::json!({
+                "ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
+                "CreatedAt": "CREATED AT", "CreatedSince": "CREATED", "Size": "SIZE",
+            });
+            out = super::format::render(&a.format, &items, &headers)?;
+        }
+    } else {
         let mut t = vec![vec![
             "REPOSITORY".into(),
             "TAG".into(),
@@ -326,8 +370,6 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
             ]);
         }
         out = table(&t);
-    } else {
-        bail!("unknown --format {:?}: use table or json", a.format);
     }
     print!("{out}");
     Ok(0)
@@ -418,7 +460,10 @@ fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// Images to inspect
+    /// Format the output with a Go template (`{{.State.Status}}`, `{{json .Config}}`)
+    #[arg(short, long)]
+    format: Option<String>,
+    /// Containers or images to inspect
     #[arg(required = true)]
     images: Vec<String>,
 }
@@ -441,7 +486,13 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    match &a.format {
+        Some(f) => print!(
+            "{}",
+            super::format::render(f, &out, &serde_json::json!({}))?
+        ),
+        None => println!("{}", serde_json::to_string_pretty(&out)?),
+    }
     Ok(if failed { 1 } else { 0 })
 }
 
@@ -479,6 +530,23 @@ fn inspect_one(store: &Store, name: &str) -> Result<serde_json::Value> {
             "Layers": manifest.layers,
         },
     }))
+}
+
+/// Go's `path.Match` for the patterns `images --filter reference=` takes: `*` any run of
+/// characters but `/`, `?` one such character, everything else literal.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len())
+                .take_while(|i| *i == 0 || n[i - 1] != '/')
+                .any(|i| go(&p[1..], &n[i..])),
+            Some('?') => n.first().is_some_and(|c| *c != '/') && go(&p[1..], &n[1..]),
+            Some(c) => n.first() == Some(c) && go(&p[1..], &n[1..]),
+        }
+    }
+    go(&p, &n)
 }
 
 #[derive(Args, Debug)]

@@ -5,6 +5,7 @@
 mod build;
 mod cache;
 mod containers;
+mod format;
 mod images;
 mod manage;
 mod registry;

@@ -67,6 +67,49 @@ impl PortSpec {
         })
     }
 
+    /// Parses `-p` with Docker's port ranges: `8000-8001:80-81` publishes two ports (the
+    /// ranges must be as long as each other), `80-81` two on free host ports.
+    pub fn parse_ranges(s: &str) -> Result<Vec<PortSpec>, String> {
+        let bad = |why: &str| format!("invalid port specification {s:?}: {why}");
+        let (rest, proto) = match s.rsplit_once('/') {
+            Some((r, p)) => (r, Some(p)),
+            None => (s, None),
+        };
+        let parts: Vec<&str> = rest.rsplitn(3, ':').collect();
+        let (ctr, host) = (parts[0], parts.get(1).copied().unwrap_or(""));
+        if !ctr.contains('-') && !host.contains('-') {
+            return Ok(vec![PortSpec::parse(s)?]);
+        }
+        let range = |r: &str| -> Result<(u16, u16), String> {
+            let (a, b) = r.split_once('-').unwrap_or((r, r));
+            let n = |x: &str| x.parse::<u16>().ok().filter(|v| *v > 0);
+            match (n(a), n(b)) {
+                (Some(a), Some(b)) if a <= b => Ok((a, b)),
+                _ => Err(bad(&format!("{r:?} is not a port range"))),
+            }
+        };
+        let (c0, c1) = range(ctr)?;
+        // `-p 8000-8001:80` (a host range for one port) picks one of them in Docker; kiln
+        // takes the ranges one to one, so say so rather than guess.
+        let hosts = if host.is_empty() {
+            None
+        } else {
+            let (h0, h1) = range(host)?;
+            if h1 - h0 != c1 - c0 {
+                return Err(bad("the host and container ranges differ in length"));
+            }
+            Some(h0)
+        };
+        let ip = parts.get(2).map(|ip| format!("{ip}:")).unwrap_or_default();
+        let proto = proto.map(|p| format!("/{p}")).unwrap_or_default();
+        (0..=(c1 - c0))
+            .map(|i| {
+                let host = hosts.map(|h| format!("{}:", h + i)).unwrap_or_default();
+                PortSpec::parse(&format!("{ip}{host}{}{proto}", c0 + i))
+            })
+            .collect()
+    }
+
     /// Docker's PORTS column form: `0.0.0.0:4000->80/tcp`.
     pub fn display(&self) -> String {
         format!(
@@ -329,6 +372,16 @@ mod tests {
         let p = PortSpec::parse("127.0.0.1::80").unwrap();
         assert_eq!(p.host_port, 0);
         assert!(PortSpec::parse("80/sctp").is_err());
+        let r = PortSpec::parse_ranges("127.0.0.1:8000-8001:80-81/udp").unwrap();
+        let shown: Vec<String> = r.iter().map(PortSpec::display).collect();
+        assert_eq!(shown, ["127.0.0.1:8000->80/udp", "127.0.0.1:8001->81/udp"]);
+        assert_eq!(PortSpec::parse_ranges("80-82").unwrap().len(), 3);
+        assert_eq!(
+            PortSpec::parse_ranges("[::1]:8080:80").unwrap()[0].host_ip,
+            "::1"
+        );
+        assert!(PortSpec::parse_ranges("8000-8002:80-81").is_err());
+        assert!(PortSpec::parse_ranges("81-80").is_err());
         assert!(PortSpec::parse("x:80").is_err());
         assert!(PortSpec::parse("0:80").is_err());
         assert!(PortSpec::parse("nothost:1:80").is_err());

@@ -394,3 +394,72 @@ fn messages_that_say_what_to_do() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// `--format` Go templates and the filters scripts use with `ps` and `images`.
+#[test]
+fn format_templates_and_filters_as_docker() {
+    let Some((k, id)) = imported() else { return };
+    let short = &id[7..19];
+    let up = k.ok(&["run", "-d", "--name", "up", "busybox", "sleep", "300"]);
+    let up = &up.trim()[..12];
+    k.ok(&["run", "--name", "down", "busybox", "true"]);
+    // inspect
+    assert_eq!(
+        k.ok(&["inspect", "--format", "{{.State.Status}}", "up"]),
+        "running\n"
+    );
+    assert_eq!(
+        k.ok(&["inspect", "-f", "{{.Name}} {{.State.Running}}", "down"]),
+        "/down false\n"
+    );
+    let cfg = k.ok(&["inspect", "--format", "{{json .Config}}", "busybox"]);
+    let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert!(v.is_object(), "{cfg}");
+    // ps: templates, table, filters, -n/-l
+    assert_eq!(
+        k.ok(&["ps", "--format", "{{.ID}}\\t{{.Names}}"]),
+        format!("{up}\tup\n")
+    );
+    let t = k.ok(&["ps", "-a", "--format", "table {{.Names}}\\t{{.Status}}"]);
+    assert!(t.starts_with("NAMES   STATUS\n"), "{t}");
+    assert_eq!(
+        k.ok(&["ps", "--filter", "status=exited", "--format", "{{.Names}}"]),
+        "down\n"
+    );
+    assert_eq!(
+        k.ok(&["ps", "-a", "-f", "name=do", "--format", "{{.Names}}"]),
+        "down\n"
+    );
+    assert_eq!(
+        k.ok(&["ps", "-a", "-q", "--filter", "ancestor=busybox"])
+            .lines()
+            .count(),
+        2
+    );
+    assert_eq!(k.ok(&["ps", "-l", "--format", "{{.Names}}"]), "down\n");
+    assert_eq!(k.ok(&["ps", "-n", "2", "-q"]).lines().count(), 2);
+    let err = k.fails(&["ps", "--filter", "bogus=1"]);
+    assert!(err.contains("bogus"), "{err}");
+    // images: templates and filters
+    assert_eq!(
+        k.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]),
+        format!("busybox:latest {short}\n")
+    );
+    assert_eq!(
+        k.ok(&["images", "--filter", "reference=busy*", "-q"])
+            .trim(),
+        short
+    );
+    assert_eq!(
+        k.ok(&["images", "--filter", "reference=nothing*", "-q"])
+            .trim(),
+        ""
+    );
+    assert_eq!(
+        k.ok(&["images", "--filter", "dangling=true", "-q"]).trim(),
+        ""
+    );
+    let err = k.fails(&["images", "--format", "{{.Repository"]);
+    assert!(err.contains("invalid --format template"), "{err}");
+    k.ok(&["rm", "-f", "up", "down"]);
+}

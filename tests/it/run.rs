@@ -705,3 +705,69 @@ fn memory_sizes_and_bridge_ports_as_docker() {
     assert_eq!(code, 0, "{err}");
     k.ok(&["rm", "-f", "br"]);
 }
+
+#[test]
+fn port_ranges_and_ipv6_addresses_publish_as_docker() {
+    let Some(k) = setup() else { return };
+    let (a, b) = loop {
+        let a = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", a + 1)).is_ok() {
+            break (a, a + 1);
+        }
+    };
+    let (code, out, err) = run(
+        &k,
+        &[
+            "run", "-d", "--name", "range", "-p", &format!("{a}-{b}:80-81"), "base", "sh", "-c",
+            "mkdir -p /w && echo range > /w/index.html && httpd -p 80 -h /w && exec httpd -f -p 81 -h /w",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.trim().is_empty());
+    assert!(wait_http(a).contains("range"));
+    assert!(wait_http(b).contains("range"));
+    let ps = k.ok(&["ps", "--format", "{{.Ports}}"]);
+    assert!(
+        ps.contains(&format!("0.0.0.0:{a}->80/tcp"))
+            && ps.contains(&format!("0.0.0.0:{b}->81/tcp")),
+        "{ps}"
+    );
+    k.ok(&["rm", "-f", "range"]);
+    // An IPv6 host address in brackets, where the host has IPv6 loopback.
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let p = free_port();
+        let (code, _, err) = run(
+            &k,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "v6",
+                "-p",
+                &format!("[::1]:{p}:80"),
+                "base",
+                "sh",
+                "-c",
+                "mkdir -p /w && echo six > /w/index.html && exec httpd -f -p 80 -h /w",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let t = Instant::now();
+        loop {
+            if let Ok(mut s) = TcpStream::connect(("::1", p)) {
+                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+                let mut r = String::new();
+                let _ = s.read_to_string(&mut r);
+                if r.contains("six") {
+                    break;
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "[::1]:{p} never answered"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        k.ok(&["rm", "-f", "v6"]);
+    }
+}
