@@ -17,7 +17,7 @@ fn text(v: &Value) -> String {
 
 fn arg<'a>(args: &'a [Value], i: usize, f: &str) -> gotmpl::Result<&'a Value> {
     args.get(i).ok_or_else(|| {
-        gotmpl::TemplateError::Exec(format!("{f}: wrong number of arguments").into())
+        gotmpl::TemplateError::Exec(format!("{f}: wrong number of arguments"))
     })
 }
 
