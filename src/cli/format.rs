@@ -16,9 +16,8 @@ fn text(v: &Value) -> String {
 }
 
 fn arg<'a>(args: &'a [Value], i: usize, f: &str) -> gotmpl::Result<&'a Value> {
-    args.get(i).ok_or_else(|| {
-        gotmpl::TemplateError::Exec(format!("{f}: wrong number of arguments"))
-    })
+    args.get(i)
+        .ok_or_else(|| gotmpl::TemplateError::Exec(format!("{f}: wrong number of arguments")))
 }
 
 /// Go's encoding/json of a template value (what Docker's `json` function prints).

@@ -109,6 +109,11 @@ fn registry_host(arg: Option<&str>) -> String {
 
 /// Adds the hint a user needs for a registry error.
 pub(crate) fn registry_failure(e: RegistryError) -> anyhow::Error {
+    with_hint(e, None)
+}
+
+/// The registry error with its hint, and `extra` after it.
+fn with_hint(e: RegistryError, extra: Option<String>) -> anyhow::Error {
     let hint = match &e {
         RegistryError::Unauthorized { host, .. } => Some(format!(
             "log in first: kiln login {}",
@@ -122,11 +127,45 @@ pub(crate) fn registry_failure(e: RegistryError) -> anyhow::Error {
         ),
         _ => None,
     };
+    let hint = match (hint, extra) {
+        (Some(h), Some(x)) => Some(format!("{h}\nhint: {x}")),
+        (h, x) => h.or(x),
+    };
     let err = anyhow::Error::new(e);
     match hint {
         Some(h) => err.context(Hint(h)),
         None => err,
     }
+}
+
+/// For a base that is not local and could not be pulled: the local images of the same
+/// repository, and for the demo's Python base the script that makes it.
+fn local_alternatives(store: &kiln_cache::Store, wanted: &Reference) -> Option<String> {
+    let mut same: Vec<String> = store
+        .refs()
+        .ok()?
+        .into_iter()
+        .filter_map(|(name, _)| Reference::parse(&name).ok())
+        .filter(|r| r.name() == wanted.name())
+        .map(|r| r.familiar())
+        .collect();
+    same.sort();
+    let mut parts = Vec::new();
+    if !same.is_empty() {
+        parts.push(format!(
+            "the store has {} of the same repository: use it in FROM, or `kiln tag {} {}`",
+            same.join(", "),
+            same[0],
+            wanted.clone().with_default_tag().familiar()
+        ));
+    }
+    if wanted.name() == "docker.io/library/python" {
+        parts.push(
+            "fixtures/python-base.sh in kiln's repository makes a python:3.11-slim base from Debian packages"
+                .into(),
+        );
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// Pulls `name` when the store lacks it (as `docker run` and `docker build` do), reporting on
@@ -152,7 +191,12 @@ pub(crate) fn ensure_image(store: &kiln_cache::Store, name: &str, always: bool) 
     }
     let bars = Bars::new(true);
     registry::pull(store, &reference, &host_platform(), &bars)
-        .map_err(registry_failure)
+        .map_err(|e| {
+            let extra = (!present)
+                .then(|| local_alternatives(store, &reference))
+                .flatten();
+            with_hint(e, extra)
+        })
         .with_context(|| format!("pull {}", reference.familiar()))?;
     Ok(())
 }

@@ -130,7 +130,9 @@ pub fn export(
     let config_digest = store.put_blob(&config, None)?;
     let mut blobs: Vec<Digest> = layers.iter().map(|l| l.digest).collect();
     blobs.push(config_digest);
-    push_blobs(store, &c, &repo, &scope, &blobs, &HashMap::new(), report)?;
+    for l in push_blobs(store, &c, &repo, &scope, &blobs, &HashMap::new(), report)? {
+        report.line(&l);
+    }
     let manifest = Manifest::oci(
         CONFIG_MEDIA_TYPE,
         config_digest,

@@ -638,6 +638,9 @@ pub fn pull(
         .digest
         .map(|d| d.to_string())
         .unwrap_or_else(|| r.tag.clone().unwrap_or_default());
+
+    let (mut bytes, mut mt, mut digest) = fetch_manifest(&c, &repo, &tag_or_digest, &scope, None)?;
+    // Said once the manifest is there: a pull that fails to find it says only why.
     report.line(&format!(
         "{}: Pulling from {}",
         r.tag.clone().unwrap_or_else(|| tag_or_digest.clone()),
@@ -647,7 +650,6 @@ pub fn pull(
             r.name()
         }
     ));
-    let (mut bytes, mut mt, mut digest) = fetch_manifest(&c, &repo, &tag_or_digest, &scope, None)?;
     // Indexes may nest (an index entry naming another index); follow them, a bounded depth.
     let mut depth = 0;
     loop {
@@ -966,7 +968,12 @@ pub fn push(
             .unwrap_or(0),
     ));
     let digests: Vec<Digest> = blobs.iter().map(|(d, _)| *d).collect();
-    push_blobs(store, &c, &repo, &scope, &digests, &known, report)?;
+    let lines = push_blobs(store, &c, &repo, &scope, &digests, &known, report)?;
+    // Docker lists the layers only (not the config), the top one first, whatever order the
+    // uploads finished in.
+    for l in lines[..layers.len()].iter().rev() {
+        report.line(l);
+    }
     let target = r
         .digest
         .map(|d| d.to_string())
@@ -989,7 +996,8 @@ pub fn push(
 }
 
 /// Uploads `blobs` in parallel (each skipped when the registry has it, mounted from the
-/// repository `known` names for it when there is one).
+/// repository `known` names for it when there is one); returns each blob's status line
+/// (`abc123: Pushed`), in the order given, for the caller to print in a stable order.
 fn push_blobs(
     store: &Store,
     c: &Client,
@@ -998,8 +1006,8 @@ fn push_blobs(
     blobs: &[Digest],
     known: &HashMap<Digest, String>,
     report: Report<'_>,
-) -> Result<()> {
-    let results: Vec<Result<()>> = std::thread::scope(|s| {
+) -> Result<Vec<String>> {
+    let results: Vec<Result<String>> = std::thread::scope(|s| {
         let handles: Vec<_> = blobs
             .iter()
             .map(|d| s.spawn(move || push_blob(store, c, repo, scope, d, known.get(d), report)))
@@ -1013,8 +1021,7 @@ fn push_blobs(
             })
             .collect()
     });
-    results.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(())
+    results.into_iter().collect::<Result<Vec<_>>>()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1026,7 +1033,7 @@ fn push_blob(
     d: &Digest,
     mount_from: Option<&String>,
     report: Report<'_>,
-) -> Result<()> {
+) -> Result<String> {
     let short = &d.hex()[..12];
     let resp = c.send(
         "HEAD",
@@ -1036,8 +1043,7 @@ fn push_blob(
         Body::Empty,
     )?;
     if resp.status() == 200 {
-        report.line(&format!("{short}: Layer already exists"));
-        return Ok(());
+        return Ok(format!("{short}: Layer already exists"));
     }
     let start = match mount_from {
         Some(from) => {
@@ -1049,8 +1055,7 @@ fn push_blob(
             );
             let resp = c.send("POST", &url, &scope, &[], Body::Empty)?;
             if resp.status() == 201 {
-                report.line(&format!("{short}: Mounted from {from}"));
-                return Ok(());
+                return Ok(format!("{short}: Mounted from {from}"));
             }
             resp
         }
@@ -1101,8 +1106,7 @@ fn push_blob(
         body,
     )?;
     c.expect(resp, &[201, 204], &format!("upload {d}"))?;
-    report.line(&format!("{short}: Pushed"));
-    Ok(())
+    Ok(format!("{short}: Pushed"))
 }
 
 /// The absolute upload URL from a response's Location header.

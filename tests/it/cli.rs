@@ -463,3 +463,24 @@ fn format_templates_and_filters_as_docker() {
     assert!(err.contains("invalid --format template"), "{err}");
     k.ok(&["rm", "-f", "up", "down"]);
 }
+
+#[test]
+fn a_base_that_cannot_be_pulled_names_the_local_images_of_its_repository() {
+    let Some((k, _)) = imported() else { return };
+    // A registry that refuses connections: the pull fails at once, offline.
+    k.ok(&["tag", "busybox", "127.0.0.1:1/team/app:1"]);
+    let ctx = k.dir.path().join("hctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), "FROM 127.0.0.1:1/team/app:2\n").unwrap();
+    let o = k.run(&["build", ctx.to_str().unwrap()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the store has 127.0.0.1:1/team/app:1 of the same repository"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("Pulling from"),
+        "no pulling line before the manifest is found: {err}"
+    );
+}
