@@ -20,4 +20,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 fi
+if ! ls target/debug/deps/it-* >/dev/null 2>&1; then
+  echo "test.sh: compiling kiln and its tests (about 4 minutes on 2 cores the first time), then running them (about 2 minutes)" >&2
+fi
 exec cargo test --workspace "$@"
