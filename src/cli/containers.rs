@@ -678,16 +678,17 @@ pub fn inspect_container(
         t.map(timefmt::rfc3339)
             .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
     };
-    let ports: serde_json::Map<String, serde_json::Value> = spec
-        .ports
-        .iter()
-        .map(|p| {
-            (
-                format!("{}/{}", p.container_port, p.proto),
-                serde_json::json!([{"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}]),
-            )
-        })
-        .collect();
+    // One entry per container port, with every host address it is published on (IPv4 and
+    // IPv6), as Docker's NetworkSettings.Ports.
+    let mut ports = serde_json::Map::new();
+    for p in &spec.ports {
+        let entry = ports
+            .entry(format!("{}/{}", p.container_port, p.proto))
+            .or_insert_with(|| serde_json::json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(serde_json::json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
+        }
+    }
     let running = row.record.state == "running";
     let sec = &spec.runtime.security;
     use crate::runtime::caps;

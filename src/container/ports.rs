@@ -125,10 +125,14 @@ pub struct Listeners {
     udp: Vec<(UdpSocket, PortSpec)>,
 }
 
-/// Binds every port (a port in use is an error naming it); fills in chosen host ports.
-pub fn bind(ports: &mut [PortSpec]) -> Result<Listeners, String> {
+/// Binds every port (a port in use is an error naming it); fills in chosen host ports. A port
+/// published on every IPv4 address (`0.0.0.0`, the default) also listens on every IPv6 one
+/// (`[::]`) when the host has IPv6, as Docker does; that listener is added to `ports` too, so
+/// `ps` shows `0.0.0.0:4000->80/tcp, :::4000->80/tcp`.
+pub fn bind(ports: &mut Vec<PortSpec>) -> Result<Listeners, String> {
     let mut tcp = Vec::new();
     let mut udp = Vec::new();
+    let mut v6 = Vec::new();
     for p in ports.iter_mut() {
         let addr: SocketAddr = (
             p.host_ip
@@ -157,7 +161,23 @@ pub fn bind(ports: &mut [PortSpec]) -> Result<Listeners, String> {
             p.host_port = l.local_addr().map(|a| a.port()).unwrap_or(p.host_port);
             tcp.push((l, p.clone()));
         }
+        if p.host_ip == "0.0.0.0" {
+            // Without IPv6 (no address family, or it is disabled) the IPv4 port is enough.
+            if let Ok(fd) = crate::sys::bind_ipv6_only(p.host_port, p.proto == "udp") {
+                let spec = PortSpec {
+                    host_ip: "::".into(),
+                    ..p.clone()
+                };
+                if p.proto == "udp" {
+                    udp.push((UdpSocket::from(fd), spec.clone()));
+                } else {
+                    tcp.push((TcpListener::from(fd), spec.clone()));
+                }
+                v6.push(spec);
+            }
+        }
     }
+    ports.extend(v6);
     Ok(Listeners { tcp, udp })
 }
 

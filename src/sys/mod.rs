@@ -297,6 +297,54 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// A socket bound to `[::]:port` for IPv6 only (IPV6_V6ONLY), so it can sit beside an IPv4
+/// socket on the same port; a TCP one listens. What std's bind cannot do: set the option
+/// before binding.
+pub fn bind_ipv6_only(port: u16, udp: bool) -> io::Result<OwnedFd> {
+    let kind = if udp {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    // SAFETY: plain syscall; the result is checked.
+    let fd = cvt(unsafe { libc::socket(libc::AF_INET6, kind | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: the kernel returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    for (level, opt) in [
+        (libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR),
+    ] {
+        // SAFETY: `one` is a c_int alive for the call, its size given.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                opt,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+    }
+    // SAFETY: sockaddr_in6 is plain data; zeroed is the unspecified address.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    addr.sin6_port = port.to_be();
+    // SAFETY: `addr` is a valid sockaddr_in6, its size given.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_in6 as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    })?;
+    if !udp {
+        // SAFETY: plain syscall on our descriptor.
+        cvt(unsafe { libc::listen(fd.as_raw_fd(), 128) })?;
+    }
+    Ok(fd)
+}
+
 /// Whether descriptor `fd` is open in this process.
 pub fn is_open(fd: libc::c_int) -> bool {
     // SAFETY: F_GETFD only reads the descriptor's flags.

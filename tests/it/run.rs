@@ -733,8 +733,38 @@ fn port_ranges_and_ipv6_addresses_publish_as_docker() {
         "{ps}"
     );
     k.ok(&["rm", "-f", "range"]);
-    // An IPv6 host address in brackets, where the host has IPv6 loopback.
+    // An IPv6 host address in brackets, where the host has IPv6 loopback; and a port published
+    // on every address listens on IPv6 too, as Docker's.
     if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let p = free_port();
+        let (code, _, err) = run(
+            &k,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "dual",
+                "-p",
+                &format!("{p}:80"),
+                "base",
+                "sh",
+                "-c",
+                "mkdir -p /w && echo dual > /w/index.html && exec httpd -f -p 80 -h /w",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        assert!(wait_http(p).contains("dual"));
+        let ps = k.ok(&["ps", "--format", "{{.Ports}}"]);
+        assert!(
+            ps.contains(&format!("0.0.0.0:{p}->80/tcp, :::{p}->80/tcp")),
+            "{ps}"
+        );
+        let mut s6 = TcpStream::connect(("::1", p)).unwrap();
+        s6.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut r = String::new();
+        let _ = s6.read_to_string(&mut r);
+        assert!(r.contains("dual"), "{r}");
+        k.ok(&["rm", "-f", "dual"]);
         let p = free_port();
         let (code, _, err) = run(
             &k,
