@@ -82,8 +82,104 @@ pub struct LayerDigests {
 
 enum Compressor<W: Write> {
     None(W),
-    Gzip(flate2::write::GzEncoder<W>),
+    Gzip(ParallelGzip<W>),
     Zstd(zstd::Encoder<'static, W>),
+}
+
+/// gzip on every core, as pigz does: the stream is cut into 1 MiB chunks, each compressed on
+/// its own (a batch at a time, one thread per chunk) into a gzip member of its own, and the
+/// members are written in order. Concatenated members are one valid gzip stream (RFC 1952 2.2;
+/// Go's, containerd's and zlib's readers take them), and the output depends only on the input
+/// (the chunk size is fixed), never on how many threads ran.
+pub struct ParallelGzip<W: Write> {
+    out: W,
+    buf: Vec<u8>,
+    batch: Vec<Vec<u8>>,
+    wrote_any: bool,
+}
+
+const GZIP_CHUNK: usize = 1 << 20;
+
+impl<W: Write> ParallelGzip<W> {
+    pub fn new(out: W) -> Self {
+        ParallelGzip {
+            out,
+            buf: Vec::with_capacity(GZIP_CHUNK),
+            batch: Vec::new(),
+            wrote_any: false,
+        }
+    }
+
+    fn member(data: &[u8]) -> io::Result<Vec<u8>> {
+        // GzBuilder writes mtime 0 and no file name: the header is reproducible.
+        let mut g = flate2::GzBuilder::new().write(
+            Vec::with_capacity(data.len() / 2),
+            flate2::Compression::new(GZIP_LEVEL),
+        );
+        g.write_all(data)?;
+        g.finish()
+    }
+
+    fn flush_batch(&mut self) -> io::Result<()> {
+        let batch = std::mem::take(&mut self.batch);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let members: Vec<io::Result<Vec<u8>>> = if batch.len() == 1 {
+            vec![Self::member(&batch[0])]
+        } else {
+            std::thread::scope(|s| {
+                let hs: Vec<_> = batch
+                    .iter()
+                    .map(|c| s.spawn(move || Self::member(c)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(io::Error::other("gzip worker panicked")))
+                    })
+                    .collect()
+            })
+        };
+        for m in members {
+            self.out.write_all(&m?)?;
+            self.wrote_any = true;
+        }
+        Ok(())
+    }
+
+    fn cut(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(GZIP_CHUNK));
+        self.batch.push(chunk);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.batch.len() >= workers {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> io::Result<W> {
+        if !self.buf.is_empty() || (!self.wrote_any && self.batch.is_empty()) {
+            // An empty input still makes one (empty) member: a valid gzip stream.
+            self.cut()?;
+        }
+        self.flush_batch()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ParallelGzip<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(GZIP_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == GZIP_CHUNK {
+            self.cut()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<W: Write> Compressor<W> {
@@ -203,10 +299,7 @@ impl<W: Write> LayerEncoder<W> {
         let out = HashWriter::new(out);
         let c = match compression {
             Compression::None => Compressor::None(out),
-            // GzBuilder writes mtime 0 and no file name: the header is reproducible.
-            Compression::Gzip => Compressor::Gzip(
-                flate2::GzBuilder::new().write(out, flate2::Compression::new(GZIP_LEVEL)),
-            ),
+            Compression::Gzip => Compressor::Gzip(ParallelGzip::new(out)),
             Compression::Zstd => {
                 let mut z = zstd::Encoder::new(out, ZSTD_LEVEL)?;
                 z.multithread(workers.max(1))?;
@@ -260,6 +353,35 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn parallel_gzip_is_one_valid_stream_and_deterministic() {
+        let mut data = Vec::new();
+        let mut x: u32 = 1;
+        for i in 0..(3 * GZIP_CHUNK + 12345) {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            data.push(if i % 7 == 0 {
+                (x >> 16) as u8
+            } else {
+                b'a' + (i % 13) as u8
+            });
+        }
+        let enc = |d: &[u8]| {
+            let mut g = ParallelGzip::new(Vec::new());
+            g.write_all(d).unwrap();
+            g.finish().unwrap()
+        };
+        let a = enc(&data);
+        assert_eq!(a, enc(&data), "the same input gives the same bytes");
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut decompress(&a[..]).unwrap(), &mut back).unwrap();
+        assert_eq!(back, data);
+        let empty = enc(&[]);
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut decompress(&empty[..]).unwrap(), &mut back).unwrap();
+        assert!(back.is_empty() && !empty.is_empty());
+    }
+
     use super::*;
 
     fn sample(n: usize) -> Vec<u8> {

@@ -165,6 +165,9 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
         FormatArg::Oci => ArchiveFormat::Oci,
         FormatArg::Docker => ArchiveFormat::Docker,
     };
+    if format == ArchiveFormat::Oci {
+        convert_layers(&store, &items, a.compression.into())?;
+    }
     match &a.output {
         Some(path) => {
             // Nothing half-written: a temp file beside the destination, renamed when complete.
@@ -203,6 +206,61 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Re-encodes the layers a save needs in another compression (the first save of a zstd-built
+/// image as gzip), with a progress bar on a terminal. Each variant is kept, so the next save is
+/// instant; the encoder uses every core.
+fn convert_layers(store: &Store, items: &[SaveItem], c: Compression) -> Result<()> {
+    let mut todo: Vec<&kiln_cache::LayerRecord> = Vec::new();
+    for it in items {
+        for l in &it.image.layers {
+            if Compression::from_media_type(&l.media_type) != Some(c)
+                && store.layer_variant(&l.diff_id, c.media_type())?.is_none()
+                && !todo.iter().any(|t| t.diff_id == l.diff_id)
+            {
+                todo.push(l);
+            }
+        }
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    let total: u64 = todo.iter().map(|l| l.uncompressed_size).sum();
+    let what = format!(
+        "compressing {} layer{} ({}) as {}, once",
+        todo.len(),
+        if todo.len() == 1 { "" } else { "s" },
+        timefmt::human_size(total),
+        match c {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+            Compression::None => "plain tar",
+        }
+    );
+    let bar = if std::io::stderr().is_terminal() {
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_message(what);
+        Some(b)
+    } else {
+        eprintln!("{what}");
+        None
+    };
+    for l in todo {
+        archive::layer_in(store, l, c)?;
+        if let Some(b) = &bar {
+            b.inc(l.uncompressed_size);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
