@@ -21,6 +21,6 @@ if ((${#missing[@]})); then
   fi
 fi
 if ! ls target/debug/deps/it-* >/dev/null 2>&1; then
-  echo "test.sh: compiling kiln and its tests (about 4 minutes on 2 cores the first time), then running them (about 2 minutes)" >&2
+  echo "test.sh: compiling kiln and its tests (about 3 minutes on 2 cores the first time), then running them (about 1 minute)" >&2
 fi
 exec cargo test --workspace "$@"
