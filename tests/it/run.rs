@@ -32,7 +32,11 @@ fn free_port() -> u16 {
 }
 
 fn http_get(port: u16) -> std::io::Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_get_at("127.0.0.1", port)
+}
+
+fn http_get_at(host: &str, port: u16) -> std::io::Result<String> {
+    let mut s = TcpStream::connect((host, port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
     let mut out = String::new();
@@ -42,16 +46,21 @@ fn http_get(port: u16) -> std::io::Result<String> {
 
 /// Waits until `port` answers HTTP.
 fn wait_http(port: u16) -> String {
+    wait_http_at("127.0.0.1", port)
+}
+
+/// Waits until `host:port` answers HTTP.
+fn wait_http_at(host: &str, port: u16) -> String {
     let t = Instant::now();
     loop {
-        if let Ok(r) = http_get(port) {
+        if let Ok(r) = http_get_at(host, port) {
             if r.contains("200") {
                 return r;
             }
         }
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "port {port} never answered"
+            "{host}:{port} never answered"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -759,11 +768,7 @@ fn port_ranges_and_ipv6_addresses_publish_as_docker() {
             ps.contains(&format!("0.0.0.0:{p}->80/tcp, :::{p}->80/tcp")),
             "{ps}"
         );
-        let mut s6 = TcpStream::connect(("::1", p)).unwrap();
-        s6.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-        let mut r = String::new();
-        let _ = s6.read_to_string(&mut r);
-        assert!(r.contains("dual"), "{r}");
+        assert!(wait_http_at("::1", p).contains("dual"));
         k.ok(&["rm", "-f", "dual"]);
         let p = free_port();
         let (code, _, err) = run(
@@ -782,22 +787,7 @@ fn port_ranges_and_ipv6_addresses_publish_as_docker() {
             ],
         );
         assert_eq!(code, 0, "{err}");
-        let t = Instant::now();
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("::1", p)) {
-                s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-                let mut r = String::new();
-                let _ = s.read_to_string(&mut r);
-                if r.contains("six") {
-                    break;
-                }
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "[::1]:{p} never answered"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(wait_http_at("::1", p).contains("six"));
         k.ok(&["rm", "-f", "v6"]);
     }
 }
