@@ -843,6 +843,11 @@ pub fn run(
     }
     let code = runtime::exit_code(status);
     store.container_exited(&id, Some(code as i64), kiln_cache::store::now())?;
+    // Its control groups only matter while it runs (as Docker's): they go now, not at `rm`, so
+    // a stopped container that is never removed leaves nothing in /sys/fs/cgroup.
+    for cg in &spec.runtime.cgroups {
+        runtime::devices::remove_cgroup(cg);
+    }
     if spec.remove {
         remove(store, &id)?;
     }

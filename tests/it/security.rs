@@ -211,6 +211,12 @@ fn host_devices_cannot_be_used_through_nodes_a_container_makes() {
     );
     k.ok(&["rm", "-f", "withdev"]);
     assert!(!Path::new(&format!("/sys/fs/cgroup/devices/kiln/{id}")).exists());
+    // A container that exited and was never removed keeps no cgroup.
+    k.ok(&["run", "--name", "exited", "base", "true"]);
+    let v: serde_json::Value = serde_json::from_str(&k.ok(&["inspect", "exited"])).unwrap();
+    let id = v[0]["Id"].as_str().unwrap().to_string();
+    assert!(!Path::new(&format!("/sys/fs/cgroup/devices/kiln/{id}")).exists());
+    k.ok(&["rm", "exited"]);
 }
 
 #[test]
