@@ -51,7 +51,8 @@ pub struct Usage {
     pub orphan_bytes: u64,
 }
 
-fn dir_size(p: &Path) -> u64 {
+/// Bytes below `p`: a file's own size, a directory's entries' (links not followed).
+pub fn dir_size(p: &Path) -> u64 {
     let Ok(meta) = fs::symlink_metadata(p) else {
         return 0;
     };

@@ -272,9 +272,12 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
     // The OCI runtime under BuildKit (runc's setupUser) sets HOME when the env has none: the
     // user's home from the image's passwd, else "/".
     if !r.env.iter().any(|(k, _)| k == "HOME") {
-        let home = ids.home.clone();
-        env.push(format!("HOME={}", home.as_deref().unwrap_or("/")));
+        env.push(format!("HOME={}", ids.home.as_deref().unwrap_or("/")));
     }
+    // Docker's device list holds in RUN too (BuildKit's runc gets the same): a step may mknod
+    // but not open a host disk or /dev/kmsg through the node.
+    let security = runtime::Security::default();
+    let devices = StepCgroup::create(&security)?;
     let spec = Spec {
         rootfs,
         argv: r.argv.clone(),
@@ -298,16 +301,9 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         mask_proc: true,
         tty: false,
         winsize: None,
-        cgroups: vec![],
-        mounts: extra,
-        security: runtime::Security::default(),
-    };
-    // Docker's device list holds in RUN too (BuildKit's runc gets the same): a step may mknod
-    // but not open a host disk or /dev/kmsg through the node.
-    let devices = StepCgroup::create(&spec.security)?;
-    let spec = Spec {
         cgroups: devices.0.iter().cloned().collect(),
-        ..spec
+        mounts: extra,
+        security,
     };
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;

@@ -528,7 +528,8 @@ fn run_stage(
         .as_deref()
         .and_then(|c| timefmt::parse_rfc3339(c).ok());
     let mut hist = state.config.history.clone();
-    let mut layer_hist: Vec<(bool, i64)> = Vec::new();
+    // Every step has a layer (an empty one when it changed nothing); when each was first built.
+    let mut step_times: Vec<i64> = Vec::new();
     for (si, step) in stage.steps.iter().enumerate() {
         let n = first + 1 + si;
         let label = label_for(si + 2);
@@ -541,7 +542,7 @@ fn run_stage(
         let r = run_step(ctx, stage, si, step, &mut state, results, n).inspect_err(|_| {
             ctx.progress.event(Event::Failed { n });
         })?;
-        layer_hist.push((r.made, r.created));
+        step_times.push(r.created);
         if !r.cached {
             ctx.progress.event(Event::Done {
                 n,
@@ -549,25 +550,24 @@ fn run_stage(
             });
         }
     }
-    // History: the stage's entries in order; a step that changed nothing is an empty layer.
+    // History: the stage's entries in order; metadata entries are empty layers and take the
+    // time of the step before them.
     let stamp = |t: i64| timefmt::rfc3339(ctx.opts.source_date_epoch.unwrap_or(t));
-    let mut last = layer_hist
+    let mut last = step_times
         .first()
-        .map(|(_, t)| *t)
+        .copied()
         .or(base_created)
         .unwrap_or(ctx.now);
-    let mut made = layer_hist.iter();
+    let mut times = step_times.iter();
     for (_, text, layer) in &stage.history {
-        let empty = if *layer {
-            let (m, t) = made.next().copied().unwrap_or((false, last));
-            last = t;
-            !m
-        } else {
-            true
-        };
+        let step_time = if *layer { times.next() } else { None };
+        if let Some(t) = step_time {
+            last = *t;
+        }
+        let empty = step_time.is_none();
         hist.push(history(&stamp(last), text, empty));
     }
-    let newest = layer_hist.iter().map(|(_, t)| *t).max();
+    let newest = step_times.iter().max().copied();
     let created = stamp(newest.or(base_created).unwrap_or(ctx.now));
     state.config = stage_config(&state.config, stage, &state.layers, hist, &created);
     Ok(state)
@@ -988,7 +988,6 @@ fn from_view(
 
 /// What running one step did.
 struct StepOutcome {
-    made: bool,
     cached: bool,
     /// When the step was first built (seconds).
     created: i64,
@@ -1244,10 +1243,8 @@ fn run_step(
                     ctx.progress.event(Event::Explain { n, lines: &lines });
                 }
                 ctx.progress.event(Event::Cached { n });
-                let made = true;
                 *state = StageState { key, ..next };
                 return Ok(StepOutcome {
-                    made,
                     cached: true,
                     created: rec.created,
                 });
@@ -1432,46 +1429,42 @@ fn run_step(
     };
     // A step that changed nothing still has a layer, an empty tar, as BuildKit 0.13 writes it
     // (its history entry is not an empty_layer one).
-    let layer = Some(encode(ctx, &entries).map_err(|e| no_space(ctx, step, &entries, e))?);
+    let layer = encode(ctx, &entries).map_err(|e| no_space(ctx, step, &entries, e))?;
     tracing::debug!(step = %step.text, entries = entries.len(), secs = t_layer.elapsed().as_secs_f64(), "layer written");
     let t_commit = Instant::now();
     let mut next = state.clone();
-    if let Some(l) = &layer {
-        next.layers.push(l.clone());
-        let chain = next.chain().expect("a layer");
-        let parent_chain = state.chain();
-        let snap = match produced {
-            Produced::Upper => {
-                for d in ["work", "rootfs", "files"] {
-                    let p = dir.path().join(d);
-                    if p.exists() {
-                        std::fs::remove_dir_all(&p)?;
-                    }
+    next.layers.push(layer.clone());
+    let chain = next.chain().expect("a layer");
+    let parent_chain = state.chain();
+    let snap = match produced {
+        Produced::Upper => {
+            for d in ["work", "rootfs", "files"] {
+                let p = dir.path().join(d);
+                if p.exists() {
+                    std::fs::remove_dir_all(&p)?;
                 }
-                ctx.store.commit_snapshot(
-                    dir,
-                    chain,
-                    parent_chain,
-                    l.diff_id,
-                    l.uncompressed_size,
-                )?
             }
-            Produced::Walked { .. } => {
-                drop(dir);
-                crate::snapshot::unpack_layer_record(ctx.store, l, chain, parent_chain)
-                    .map_err(ImageError::from)?
-            }
-        };
-        next.lowers.push(ctx.store.snapshot_fs(&snap));
-    } else {
-        drop(dir);
-    }
+            ctx.store.commit_snapshot(
+                dir,
+                chain,
+                parent_chain,
+                layer.diff_id,
+                layer.uncompressed_size,
+            )?
+        }
+        Produced::Walked { .. } => {
+            drop(dir);
+            crate::snapshot::unpack_layer_record(ctx.store, &layer, chain, parent_chain)
+                .map_err(ImageError::from)?
+        }
+    };
+    next.lowers.push(ctx.store.snapshot_fs(&snap));
     let built = kiln_cache::store::now();
     let rec = StepRecord {
         key: key.to_hex(),
         slot,
         parent: state.key.to_hex(),
-        layer: layer.clone(),
+        layer: Some(layer),
         chain_id: next.chain(),
         instruction: step.text.clone(),
         inputs: serde_json::to_string(&summary).unwrap_or_default(),
@@ -1500,7 +1493,6 @@ fn run_step(
     next.executed = true;
     *state = next;
     Ok(StepOutcome {
-        made: layer.is_some(),
         cached: false,
         created: built,
     })
@@ -1625,8 +1617,8 @@ fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) ->
 /// layer wants (its files' size, the most a layer of them takes); other errors unchanged. The
 /// store stays consistent: the ingest file is removed and nothing is recorded.
 fn no_space(ctx: &Ctx<'_>, step: &plan::Step, entries: &[TarEntry], e: BuildError) -> BuildError {
+    // The encoder's errors reach here as text (BuildError::Io) or as the store's io::Error.
     let full = match &e {
-        BuildError::Io(m) => m.contains("os error 28"),
         BuildError::Store(kiln_cache::Error::Io { source, .. }) => {
             source.raw_os_error() == Some(libc::ENOSPC)
         }

@@ -4,6 +4,7 @@ use super::{table, Ctx};
 use crate::timefmt;
 use anyhow::Result;
 use clap::{Args, Subcommand};
+use kiln_cache::gc::dir_size;
 use kiln_cache::{GcOptions, StepRecord, Store};
 use std::collections::HashSet;
 
@@ -258,19 +259,6 @@ fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
-}
-
-/// Bytes below `p` (a file's own size; a directory's, its entries').
-pub(crate) fn dir_size(p: &std::path::Path) -> u64 {
-    let Ok(m) = std::fs::symlink_metadata(p) else {
-        return 0;
-    };
-    if !m.is_dir() {
-        return m.len();
-    }
-    std::fs::read_dir(p)
-        .map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum())
-        .unwrap_or(0)
 }
 
 /// RUN cache mounts (`<root>/cache-mounts/<id>`): how many, and their bytes.

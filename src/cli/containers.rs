@@ -756,7 +756,7 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
         if row.record.state == "running" {
             continue;
         }
-        bytes += super::cache::dir_size(&container::dir(&store, &row.record.id));
+        bytes += kiln_cache::gc::dir_size(&container::dir(&store, &row.record.id));
         container::remove(&store, &row.record.id)?;
         removed.push(row.record.id);
     }

@@ -93,7 +93,8 @@ fn df(ctx: &Ctx) -> Result<i32> {
             let (mut running, mut size, mut stopped) = (0, 0u64, 0u64);
             for row in store.containers()? {
                 let row = crate::container::refresh(&store, row)?;
-                let bytes = super::cache::dir_size(&crate::container::dir(&store, &row.record.id));
+                let bytes =
+                    kiln_cache::gc::dir_size(&crate::container::dir(&store, &row.record.id));
                 size += bytes;
                 if row.record.state == "running" {
                     running += 1;

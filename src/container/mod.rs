@@ -483,9 +483,6 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         .ok_or_else(|| ContainerError::NotFound(id.clone()))
 }
 
-/// Where the cgroup v1 controllers are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
 /// Refuses what Docker refuses, before anything is created: an environment entry with no name
 /// (`-e =x`), a relative working directory, a hostname the kernel would refuse, bad limits.
 fn check_flags(o: &RunOptions) -> Result<(), ContainerError> {
@@ -576,7 +573,7 @@ fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
         }
     }
     for (ctrl, files) in want {
-        let base = Path::new(CGROUP_ROOT).join(ctrl);
+        let base = Path::new(runtime::devices::CGROUP_ROOT).join(ctrl);
         if !base.join("cgroup.procs").exists() {
             undo(&out);
             return Err(ContainerError::Invalid(format!(

@@ -179,11 +179,11 @@ impl Source {
         }
     }
 
-    /// Reads a small member whole (manifests, configs, indexes), at most 64 MiB.
+    /// Reads a small member whole (manifests, configs, indexes), at most [`MAX_JSON`].
     fn read_all(&self, name: &str) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         self.open(name)?
-            .take(64 << 20)
+            .take(MAX_JSON)
             .read_to_end(&mut v)
             .map_err(io_err(format!("read {name} from {}", self.describe())))?;
         Ok(v)
@@ -535,20 +535,6 @@ pub(crate) fn read_tar<R: Read>(r: &mut R) -> io::Result<u64> {
     Ok(n)
 }
 
-/// Passes what it reads on to `sink` as well.
-struct Tee<'a, R, W> {
-    inner: R,
-    sink: &'a mut W,
-}
-
-impl<R: Read, W: Write> Read for Tee<'_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.sink.write_all(&buf[..n])?;
-        Ok(n)
-    }
-}
-
 #[derive(serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct DockerManifestEntry {
@@ -590,9 +576,9 @@ fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
                 codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
             let mut enc = LayerEncoder::new(store.ingest_prehashed()?, Compression::Zstd)
                 .map_err(io_err("start layer encoder"))?;
-            read_tar(&mut Tee {
-                inner: &mut plain,
-                sink: &mut enc,
+            read_tar(&mut super::Tee {
+                r: &mut plain,
+                w: &mut enc,
             })
             .map_err(|e| ImageError::Corrupt {
                 what: format!("{path} in {}", src.describe()),

@@ -3,11 +3,11 @@
 //! fed to the layer encoder as it is read, byte for byte (its DiffID is the input's).
 
 use super::oci::{host_platform, History, ImageConfig, RootFs, RunConfig};
-use super::{create_image, io_err, ImageError, Result};
+use super::{create_image, io_err, ImageError, Result, Tee};
 use crate::timefmt;
 use kiln_cache::{codec, Compression, ImageRecord, LayerEncoder, LayerRecord, Store};
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 pub struct ImportOptions {
     pub compression: Compression,
@@ -19,20 +19,6 @@ pub struct ImportOptions {
     pub source: String,
     /// `--change` instructions applied to the config (CMD, ENV, WORKDIR...).
     pub changes: Option<crate::plan::Config>,
-}
-
-/// Passes everything read through into a writer.
-struct Tee<R, W> {
-    r: R,
-    w: W,
-}
-
-impl<R: Read, W: Write> Read for Tee<R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.r.read(buf)?;
-        self.w.write_all(&buf[..n])?;
-        Ok(n)
-    }
 }
 
 pub fn import_tarball<R: Read>(

@@ -241,6 +241,20 @@ pub(crate) fn record_image(
         .ok_or_else(|| ImageError::NotFound(digest.to_string()))
 }
 
+/// Passes everything read through into a writer (a tar checked while it is encoded).
+pub(crate) struct Tee<R, W> {
+    pub r: R,
+    pub w: W,
+}
+
+impl<R: std::io::Read, W: std::io::Write> std::io::Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.w.write_all(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 /// The config's `created` time as Unix seconds; a malformed one is an error naming `what` (the
 /// config's file or digest) and the field.
 pub fn created_of(config: &ImageConfig, what: &str) -> Result<Option<i64>> {

@@ -116,8 +116,6 @@ pub struct Client {
     tokens: Mutex<HashMap<String, String>>,
 }
 
-/// kiln's HTTP client: rustls with the system's CAs, 30 s to connect, 300 s per read, kiln's
-/// User-Agent, following up to `redirects` redirects.
 /// How long a transfer may go without progress: no byte at all, or under 1 KiB/s over the whole
 /// period, ends it (`KILN_REGISTRY_STALL_TIMEOUT` seconds, default 60). There is no total
 /// timeout: a large layer over a slow link is legitimate.
@@ -184,6 +182,8 @@ impl<R: Read> Read for Deadline<R> {
     }
 }
 
+/// kiln's HTTP client: rustls with the system's CAs, 30 s to connect, at most the stall timeout
+/// per read, kiln's User-Agent, following up to `redirects` redirects.
 pub fn http_agent(redirects: u32) -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(30))
@@ -638,7 +638,6 @@ pub fn pull(
         .digest
         .map(|d| d.to_string())
         .unwrap_or_else(|| r.tag.clone().unwrap_or_default());
-
     let (mut bytes, mut mt, mut digest) = fetch_manifest(&c, &repo, &tag_or_digest, &scope, None)?;
     // Said once the manifest is there: a pull that fails to find it says only why.
     report.line(&format!(

@@ -23,6 +23,14 @@ fn run(k: &Kiln, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Whether the cgroup v1 controller `ctrl` is mounted (or skip, as `require` does).
+fn cgroup_v1(ctrl: &str) -> bool {
+    require(
+        std::path::Path::new(&format!("/sys/fs/cgroup/{ctrl}/cgroup.procs")).exists(),
+        &format!("cgroup v1 {ctrl} controller is not mounted"),
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -592,10 +600,7 @@ fn tty_is_a_terminal_of_the_containers_own() {
 #[test]
 fn memory_cpu_and_pids_limits_on_cgroup_v1() {
     let Some(k) = setup() else { return };
-    if !require(
-        std::path::Path::new("/sys/fs/cgroup/pids/cgroup.procs").exists(),
-        "cgroup v1 pids controller is not mounted",
-    ) {
+    if !cgroup_v1("pids") {
         return;
     }
     let (code, out, err) = run(
@@ -674,10 +679,7 @@ fn exec_right_after_run_d_meets_a_container_set_up() {
 #[test]
 fn memory_sizes_and_bridge_ports_as_docker() {
     let Some(k) = setup() else { return };
-    if !require(
-        std::path::Path::new("/sys/fs/cgroup/memory/cgroup.procs").exists(),
-        "cgroup v1 memory controller is not mounted",
-    ) {
+    if !cgroup_v1("memory") {
         return;
     }
     for (flag, bytes) in [("256mb", 256u64 << 20), ("1.5g", 3 << 29)] {
