@@ -10,8 +10,8 @@
 //! Trees are generated under $KILN_BENCH_DIR (default: the system temp dir) and reused.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use kiln::build::copy;
-use kiln::cache::{Compression, LayerEncoder, Store};
+use kiln::builder::copy;
+use kiln::store::{Compression, LayerEncoder, Store};
 use kiln::context::hash::Hasher;
 use kiln::context::Context;
 use kiln::diff::{self, TarOptions};
@@ -161,15 +161,15 @@ fn unpack(c: &mut Criterion) {
     let mut g = c.benchmark_group("layer unpack, 5,000 files");
     g.sample_size(10);
     // Trees are made where the store makes them: under a TOPDIR-flagged directory (see
-    // kiln_cache::store::set_topdir; without it this loop of creating and deleting 5,000-file
+    // kiln_store::store::set_topdir; without it this loop of creating and deleting 5,000-file
     // trees measures ext4 skipping its recently freed inodes).
     let parent = tempfile::tempdir().unwrap();
-    kiln::cache::store::set_topdir(parent.path());
+    kiln::store::store::set_topdir(parent.path());
     g.bench_function("zstd decompress + in-root apply", |b| {
         b.iter_with_setup(
             || tempfile::tempdir_in(parent.path()).unwrap(),
             |dir| {
-                let r = kiln::cache::codec::decompress(&blob[..]).unwrap();
+                let r = kiln::store::codec::decompress(&blob[..]).unwrap();
                 diff::apply_layer(&Root::open(dir.path()).unwrap(), r).unwrap();
                 dir
             },
@@ -185,7 +185,7 @@ fn step_key(c: &mut Criterion) {
     let h = Hasher::new(None, &ctx).unwrap();
     let roots = copy::select_context(&[".".to_string()], &entries, &h).unwrap();
     let df =
-        kiln::dockerfile::Dockerfile::parse("Dockerfile", b"FROM scratch\nCOPY . /app\n").unwrap();
+        kiln::frontend::Dockerfile::parse("Dockerfile", b"FROM scratch\nCOPY . /app\n").unwrap();
     let plan = kiln::plan::plan(&df, &kiln::plan::PlanOptions::default()).unwrap();
     let step = &plan.stages[0].steps[0];
     let parent = kiln::plan::base_key("scratch");

@@ -6,7 +6,7 @@
 //! the system temp dir) and reused across runs.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln::cache::{Compression, LayerEncoder};
+use kiln::store::{Compression, LayerEncoder};
 use kiln::diff::{write_tree, TarOptions};
 use std::fs;
 use std::io::{self, Write};
@@ -73,7 +73,7 @@ fn tree() -> PathBuf {
     dir
 }
 
-fn kiln_encode(dir: &Path) -> kiln::cache::LayerDigests {
+fn kiln_encode(dir: &Path) -> kiln::store::LayerDigests {
     let enc = LayerEncoder::new(io::sink(), Compression::Zstd).unwrap();
     let mut enc = write_tree(dir, enc, &TarOptions::default()).unwrap();
     enc.flush().unwrap();

@@ -3,7 +3,7 @@
 //! every step key. Run: `cargo bench --bench parse_plan`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln::dockerfile::Dockerfile;
+use kiln::frontend::Dockerfile;
 use kiln::plan::{base_key, plan, Canon, PlanOptions};
 
 /// A Dockerfile of `n` instructions spread over 10 stages.

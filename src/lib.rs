@@ -4,21 +4,22 @@
 //! DESIGN.md for the architecture. Module map: [`image`] (references, OCI documents, import,
 //! archives), [`snapshot`] (unpacked layers), [`diff`] (layer tars: write and apply),
 //! [`rootfs`] (in-root path resolution), [`sys`] (every unsafe syscall wrapper), [`cli`]
-//! (the only code that prints). The store itself is the `kiln-cache` crate.
+//! (the only code that prints). The store itself is the `kiln-store` crate.
 
-pub mod build;
+pub mod builder;
 pub mod cli;
 pub mod container;
 pub mod context;
 pub mod diff;
-pub mod dockerfile;
+pub mod frontend;
+pub mod key;
 pub mod image;
 pub mod plan;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
-pub mod snapshot;
+pub mod snapshotter;
 pub mod sys;
 pub mod timefmt;
 
-pub use kiln_cache as cache;
+pub use kiln_store as store;

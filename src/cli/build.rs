@@ -13,12 +13,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Ctx, Hint};
-use crate::build::{BuildError, BuildOptions, Event, Progress, Snapshotter};
+use crate::builder::{BuildError, BuildOptions, Event, Progress, Snapshotter};
 use crate::context::dockerignore::{clean, Pattern};
 use crate::context::{Context, ContextError, EntryKind};
-use crate::dockerfile::{Dockerfile, DockerfileError, Warning};
+use crate::frontend::{Dockerfile, DockerfileError, Warning};
 use crate::plan::{self, Plan, PlanOptions, Source, StepKind};
-use kiln_cache::Compression;
+use kiln_store::Compression;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -704,7 +704,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--cache-to: {e}"))?;
     let t0 = std::time::Instant::now();
-    let outcome = match crate::build::build(&store, &df, &context, &opts, &render) {
+    let outcome = match crate::builder::build(&store, &df, &context, &opts, &render) {
         Ok(o) => o,
         Err(e) => {
             return Err(build_failure(e));

@@ -4,8 +4,8 @@ use super::{table, Ctx};
 use crate::timefmt;
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use kiln_cache::gc::dir_size;
-use kiln_cache::{GcOptions, StepRecord, Store};
+use kiln_store::gc::dir_size;
+use kiln_store::{GcOptions, StepRecord, Store};
 use std::collections::HashSet;
 
 #[derive(Subcommand, Debug)]
@@ -91,7 +91,7 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    let now = kiln_cache::store::now();
+    let now = kiln_store::store::now();
     let mut rows = vec![vec![
         "KEY".to_string(),
         "INSTRUCTION".into(),
@@ -286,7 +286,7 @@ fn parse_until(f: &str) -> Result<i64> {
             return Ok(n * 86_400);
         }
     }
-    let ns = crate::dockerfile::instructions::parse_go_duration(d).ok_or_else(|| {
+    let ns = crate::frontend::instructions::parse_go_duration(d).ok_or_else(|| {
         anyhow::anyhow!("invalid --filter {f:?}: a duration such as 24h, 90m or 7d")
     })?;
     Ok((ns / 1_000_000_000) as i64)
@@ -295,7 +295,7 @@ fn parse_until(f: &str) -> Result<i64> {
 fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let store = ctx.store()?;
     let _ = a.force;
-    let now = kiln_cache::store::now();
+    let now = kiln_store::store::now();
     let older = a.filter.as_deref().map(parse_until).transpose()?;
     let keep = a.keep_storage.as_deref().map(parse_size).transpose()?;
     let mut steps = store.steps()?; // most recently used first

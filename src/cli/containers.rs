@@ -191,7 +191,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     match container::run(&store, &row, Tee::Terminal, stdin, true) {
         Ok(code) => Ok(code),
         Err(e) => {
-            let _ = store.container_exited(&id, Some(125), kiln_cache::store::now());
+            let _ = store.container_exited(&id, Some(125), kiln_store::store::now());
             if a.rm {
                 let _ = container::remove(&store, &id);
             }
@@ -229,11 +229,11 @@ pub struct PsArgs {
 struct PsFilter {
     status: Vec<String>,
     name: Vec<String>,
-    ancestor: Vec<(String, Option<kiln_cache::Digest>)>,
+    ancestor: Vec<(String, Option<kiln_store::Digest>)>,
 }
 
 impl PsFilter {
-    fn parse(store: &kiln_cache::Store, list: &[String]) -> Result<PsFilter> {
+    fn parse(store: &kiln_store::Store, list: &[String]) -> Result<PsFilter> {
         let mut f = PsFilter {
             status: vec![],
             name: vec![],
@@ -277,7 +277,7 @@ impl PsFilter {
         Ok(f)
     }
 
-    fn keeps(&self, c: &kiln_cache::ContainerRow) -> bool {
+    fn keeps(&self, c: &kiln_store::ContainerRow) -> bool {
         (self.status.is_empty() || self.status.contains(&c.record.state))
             && (self.name.is_empty()
                 || self.name.iter().any(|n| c.record.name.contains(n.as_str())))
@@ -295,7 +295,7 @@ fn quote_command(cmd: &[String]) -> String {
 
 pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
     let store = ctx.store()?;
-    let now = kiln_cache::store::now();
+    let now = kiln_store::store::now();
     let mut rows = vec![vec![
         "CONTAINER ID".to_string(),
         "IMAGE".into(),
@@ -404,7 +404,7 @@ pub struct StopArgs {
 fn each(
     ctx: &Ctx,
     names: &[String],
-    mut f: impl FnMut(&kiln_cache::Store, &kiln_cache::ContainerRow) -> Result<(), ContainerError>,
+    mut f: impl FnMut(&kiln_store::Store, &kiln_store::ContainerRow) -> Result<(), ContainerError>,
 ) -> Result<i32> {
     let store = ctx.store()?;
     let mut code = 0;
@@ -669,8 +669,8 @@ pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
 
 /// `kiln inspect CONTAINER`: Docker's shape, the fields kiln knows.
 pub fn inspect_container(
-    store: &kiln_cache::Store,
-    row: kiln_cache::ContainerRow,
+    store: &kiln_store::Store,
+    row: kiln_store::ContainerRow,
 ) -> Result<serde_json::Value> {
     let row = container::refresh(store, row)?;
     let spec = container::spec_of(&row)?;
@@ -756,7 +756,7 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
         if row.record.state == "running" {
             continue;
         }
-        bytes += kiln_cache::gc::dir_size(&container::dir(&store, &row.record.id));
+        bytes += kiln_store::gc::dir_size(&container::dir(&store, &row.record.id));
         container::remove(&store, &row.record.id)?;
         removed.push(row.record.id);
     }

@@ -8,7 +8,7 @@ use crate::image::{familiar_tags, parse_tags, read_config, read_manifest, resolv
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use kiln_cache::{Compression, GcOptions, ImageRecord, Store};
+use kiln_store::{Compression, GcOptions, ImageRecord, Store};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -212,7 +212,7 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
 /// image as gzip), with a progress bar on a terminal. Each variant is kept, so the next save is
 /// instant; the encoder uses every core.
 fn convert_layers(store: &Store, items: &[SaveItem], c: Compression) -> Result<()> {
-    let mut todo: Vec<&kiln_cache::LayerRecord> = Vec::new();
+    let mut todo: Vec<&kiln_store::LayerRecord> = Vec::new();
     for it in items {
         for l in &it.image.layers {
             if Compression::from_media_type(&l.media_type) != Some(c)
@@ -373,7 +373,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
         }
     };
     let mut out = String::new();
-    let now = kiln_cache::store::now();
+    let now = kiln_store::store::now();
     if a.quiet {
         let mut seen = std::collections::HashSet::new();
         for r in &rows {
@@ -628,7 +628,7 @@ pub fn history(ctx: &Ctx, a: HistoryArgs) -> Result<i32> {
     let r = resolve(&store, &a.image)?;
     let config = read_config(&store, &r.image)?;
     let mut layers = r.image.layers.iter();
-    let now = kiln_cache::store::now();
+    let now = kiln_store::store::now();
     let mut rows = Vec::new();
     for h in &config.history {
         let size = if h.empty_layer {

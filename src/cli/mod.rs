@@ -13,7 +13,7 @@ mod system;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use kiln_cache::Store;
+use kiln_store::Store;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -151,7 +151,7 @@ fn hint_for(e: &anyhow::Error) -> Option<String> {
         {
             return Some("`kiln images` lists what the store has; `kiln import` or `kiln load` brings an image in".into());
         }
-        if let Some(kiln_cache::Error::TooNew { .. }) = cause.downcast_ref::<kiln_cache::Error>() {
+        if let Some(kiln_store::Error::TooNew { .. }) = cause.downcast_ref::<kiln_store::Error>() {
             return Some("use a newer kiln, or another --root".into());
         }
     }

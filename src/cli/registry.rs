@@ -140,7 +140,7 @@ fn with_hint(e: RegistryError, extra: Option<String>) -> anyhow::Error {
 
 /// For a base that is not local and could not be pulled: the local images of the same
 /// repository, and for the demo's Python base the script that makes it.
-fn local_alternatives(store: &kiln_cache::Store, wanted: &Reference) -> Option<String> {
+fn local_alternatives(store: &kiln_store::Store, wanted: &Reference) -> Option<String> {
     let mut same: Vec<String> = store
         .refs()
         .ok()?
@@ -170,7 +170,7 @@ fn local_alternatives(store: &kiln_cache::Store, wanted: &Reference) -> Option<S
 
 /// Pulls `name` when the store lacks it (as `docker run` and `docker build` do), reporting on
 /// stderr; with `always`, pulls even when it is present (`kiln build --pull`).
-pub(crate) fn ensure_image(store: &kiln_cache::Store, name: &str, always: bool) -> Result<()> {
+pub(crate) fn ensure_image(store: &kiln_store::Store, name: &str, always: bool) -> Result<()> {
     let present = match crate::image::resolve(store, name) {
         Ok(_) => true,
         Err(crate::image::ImageError::NotFound(_)) => false,

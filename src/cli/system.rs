@@ -4,7 +4,7 @@ use super::{table, Ctx};
 use crate::timefmt::human_size;
 use anyhow::Result;
 use clap::Subcommand;
-use kiln_cache::GcOptions;
+use kiln_store::GcOptions;
 
 #[derive(Subcommand, Debug)]
 pub enum SystemCommand {
@@ -94,7 +94,7 @@ fn df(ctx: &Ctx) -> Result<i32> {
             for row in store.containers()? {
                 let row = crate::container::refresh(&store, row)?;
                 let bytes =
-                    kiln_cache::gc::dir_size(&crate::container::dir(&store, &row.record.id));
+                    kiln_store::gc::dir_size(&crate::container::dir(&store, &row.record.id));
                 size += bytes;
                 if row.record.state == "running" {
                     running += 1;

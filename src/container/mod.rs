@@ -18,9 +18,9 @@ pub mod ports;
 
 use crate::image::{self, ImageError};
 use crate::runtime::{self, Ids, Net, Rootfs, Spec};
-use crate::snapshot::view::View;
+use crate::snapshotter::view::View;
 use crate::timefmt;
-use kiln_cache::{ContainerRecord, ContainerRow, Store};
+use kiln_store::{ContainerRecord, ContainerRow, Store};
 use ports::PortSpec;
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -47,7 +47,7 @@ pub enum ContainerError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
-    Store(#[from] kiln_cache::Error),
+    Store(#[from] kiln_store::Error),
     #[error("{context}")]
     Io {
         context: String,
@@ -269,7 +269,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let resolved = image::resolve(store, &o.image)?;
     let img = resolved.image;
     let cfg = image::read_config(store, &img)?;
-    let snaps = crate::snapshot::unpack_image(store, &img).map_err(ImageError::from)?;
+    let snaps = crate::snapshotter::unpack_image(store, &img).map_err(ImageError::from)?;
     let lowers: Vec<PathBuf> = snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect();
     let view = View::new(lowers.clone());
     let rc = &cfg.config;
@@ -409,7 +409,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             // An overlay upper dir cannot live on overlayfs: copy the image instead.
             let tree = d.join("tree");
             fs::create_dir_all(&tree).map_err(io_err("create the container tree"))?;
-            crate::build::exec::materialize(&view, &tree).map_err(ContainerError::Invalid)?;
+            crate::builder::exec::materialize(&view, &tree).map_err(ContainerError::Invalid)?;
             Rootfs::Dir(tree)
         } else {
             Rootfs::Overlay {
@@ -464,7 +464,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         name: name.clone(),
         image: img.manifest.digest,
         image_ref: o.image.clone(),
-        created: kiln_cache::store::now(),
+        created: kiln_store::store::now(),
         state: "created".into(),
     };
     let json = serde_json::to_string(&spec).expect("spec serializes");
@@ -474,7 +474,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             runtime::devices::remove_cgroup(cg);
         }
         return Err(match e {
-            kiln_cache::Error::AlreadyExists(_) => ContainerError::NameInUse(name),
+            kiln_store::Error::AlreadyExists(_) => ContainerError::NameInUse(name),
             e => e.into(),
         });
     }
@@ -638,7 +638,7 @@ fn alive(pid: i64) -> bool {
 /// exited with an unknown code: `ps` tells the truth.
 pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, ContainerError> {
     if row.record.state == "running" && !row.pid.is_some_and(alive) {
-        store.container_exited(&row.record.id, None, kiln_cache::store::now())?;
+        store.container_exited(&row.record.id, None, kiln_store::store::now())?;
         return Ok(store.container(&row.record.id)?.unwrap_or(row));
     }
     Ok(row)
@@ -749,7 +749,7 @@ pub fn run(
     let init = child.wait_started();
     let mut child = child.child;
     if let Some(pid) = init {
-        store.container_started(&id, pid as i64, kiln_cache::store::now())?;
+        store.container_started(&id, pid as i64, kiln_store::store::now())?;
         if forward_signals {
             std::thread::spawn(move || {
                 let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -839,7 +839,7 @@ pub fn run(
         crate::sys::proc::restore_terminal(io::stdin().as_fd(), &t);
     }
     let code = runtime::exit_code(status);
-    store.container_exited(&id, Some(code as i64), kiln_cache::store::now())?;
+    store.container_exited(&id, Some(code as i64), kiln_store::store::now())?;
     // Its control groups only matter while it runs (as Docker's): they go now, not at `rm`, so
     // a stopped container that is never removed leaves nothing in /sys/fs/cgroup.
     for cg in &spec.runtime.cgroups {
@@ -922,7 +922,7 @@ pub fn supervise_main(root: &Path, id: &str) -> i32 {
         Err(e) => {
             eprintln!("kiln: supervise {id}: {e}");
             if let Ok(store) = Store::open(root) {
-                let _ = store.container_exited(id, Some(125), kiln_cache::store::now());
+                let _ = store.container_exited(id, Some(125), kiln_store::store::now());
             }
             125
         }
@@ -994,7 +994,7 @@ fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) -> bool {
                     _ => return true,
                 }
             }
-            let _ = store.container_exited(id, None, kiln_cache::store::now());
+            let _ = store.container_exited(id, None, kiln_store::store::now());
             return true;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -6,7 +6,7 @@
 //! keeps size and mtime still changes ctime (moby/buildkit#2592 and #4817 are that mistake).
 //! Hashing runs in parallel (rayon); new rows are written in one transaction at the end.
 
-use kiln_cache::{StatTuple, Store};
+use kiln_store::{StatTuple, Store};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs;

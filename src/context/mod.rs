@@ -70,7 +70,7 @@ pub struct Entry {
     /// Excluded itself, listed only as the parent of a re-included path.
     pub implied: bool,
     /// Its stat tuple, taken during the walk (the one stat a file costs).
-    pub stat: kiln_cache::StatTuple,
+    pub stat: kiln_store::StatTuple,
 }
 
 /// An opened build context.

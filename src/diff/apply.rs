@@ -14,8 +14,8 @@
 
 use crate::rootfs::{self, clean, InPath, Root};
 use crate::sys;
-use kiln_cache::digest::HashReader;
-use kiln_cache::Digest;
+use kiln_store::digest::HashReader;
+use kiln_store::Digest;
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd};

@@ -6,7 +6,7 @@
 use super::tar::{write_entries, EntrySource, TarOptions};
 use super::{apply_layer, overlay, walk};
 use crate::rootfs::Root;
-use crate::snapshot::view::{Found, View};
+use crate::snapshotter::view::{Found, View};
 use crate::sys;
 use proptest::prelude::*;
 use std::ffi::OsStr;

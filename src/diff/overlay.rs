@@ -7,7 +7,7 @@
 //! "Whiteouts"). Directories are listed in parallel.
 
 use super::tar::{join, sort_entries, EntrySource, TarEntry};
-use crate::snapshot::view::is_whiteout;
+use crate::snapshotter::view::is_whiteout;
 use rayon::prelude::*;
 use std::ffi::OsStr;
 use std::fs;

@@ -330,7 +330,7 @@ pub(crate) fn describe_tree(root: &Path) -> Vec<String> {
                     "file {:o} {} bytes {} mtime {} nlink {}",
                     m.mode() & 0o7777,
                     data.len(),
-                    kiln_cache::Digest::of(&data).short(),
+                    kiln_store::Digest::of(&data).short(),
                     m.mtime(),
                     m.nlink()
                 )

@@ -10,8 +10,8 @@
 use super::oci::{self, Descriptor, ImageConfig, Index, Manifest};
 use super::reference::Reference;
 use super::{io_err, ImageError, Result};
-use kiln_cache::digest::HashReader;
-use kiln_cache::{
+use kiln_store::digest::HashReader;
+use kiln_store::{
     codec, BlobRef, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, Store,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -437,7 +437,7 @@ fn import_oci_manifest(store: &Store, src: &Source, d: &Descriptor) -> Result<Im
             });
         }
         let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {
-            kiln_cache::Error::DigestMismatch { actual, .. } => ImageError::Corrupt {
+            kiln_store::Error::DigestMismatch { actual, .. } => ImageError::Corrupt {
                 what: format!("layer {} in {}", l.digest, src.describe()),
                 why: format!("content has digest {actual}"),
             },

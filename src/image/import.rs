@@ -5,7 +5,7 @@
 use super::oci::{host_platform, History, ImageConfig, RootFs, RunConfig};
 use super::{create_image, io_err, ImageError, Result, Tee};
 use crate::timefmt;
-use kiln_cache::{codec, Compression, ImageRecord, LayerEncoder, LayerRecord, Store};
+use kiln_store::{codec, Compression, ImageRecord, LayerEncoder, LayerRecord, Store};
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
@@ -77,7 +77,7 @@ pub fn import_tarball<R: Read>(
         size: digests.size,
         uncompressed_size: digests.uncompressed_size,
     };
-    let created = timefmt::rfc3339(opts.created.unwrap_or_else(kiln_cache::store::now));
+    let created = timefmt::rfc3339(opts.created.unwrap_or_else(kiln_store::store::now));
     let platform = host_platform();
     let mut run_config = RunConfig::default();
     if let Some(c) = &opts.changes {

@@ -7,7 +7,7 @@ pub mod oci;
 pub mod reference;
 
 use crate::timefmt;
-use kiln_cache::{BlobRef, Digest, ImageRecord, LayerRecord, NewImage, Store};
+use kiln_store::{BlobRef, Digest, ImageRecord, LayerRecord, NewImage, Store};
 use oci::{ImageConfig, Manifest};
 use reference::{RefError, Reference};
 use std::io;
@@ -21,7 +21,7 @@ pub enum ImageError {
     #[error(transparent)]
     Ref(#[from] RefError),
     #[error(transparent)]
-    Store(#[from] kiln_cache::Error),
+    Store(#[from] kiln_store::Error),
     #[error("{0}")]
     Invalid(String),
     #[error("corrupt image {what}: {why}")]
@@ -33,7 +33,7 @@ pub enum ImageError {
         source: io::Error,
     },
     #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::SnapshotError),
+    Snapshot(#[from] crate::snapshotter::SnapshotError),
 }
 
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
@@ -162,7 +162,7 @@ pub fn create_image(
 /// archive loads, which keep a config byte for byte (the image ID is its digest).
 pub(crate) fn commit_manifest(
     store: &Store,
-    config_digest: kiln_cache::Digest,
+    config_digest: kiln_store::Digest,
     config_bytes: &[u8],
     config: &ImageConfig,
     layers: Vec<LayerRecord>,
@@ -188,7 +188,7 @@ pub(crate) fn commit_manifest(
     );
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     // A rebuild that changed nothing: the image and its tags are already recorded.
-    let digest = kiln_cache::Digest::of(&manifest_bytes);
+    let digest = kiln_store::Digest::of(&manifest_bytes);
     if let Some(existing) = store.image(&digest)? {
         let mut tagged = true;
         for t in tags {

@@ -4,7 +4,7 @@
 //! kiln writes is canonical (same image, same bytes, same digest). Unknown fields of documents
 //! read from elsewhere are kept in `extra`, and kiln never rewrites a blob it did not create.
 
-use kiln_cache::Digest;
+use kiln_store::Digest;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -145,7 +145,7 @@ impl Manifest {
         config_media_type: &str,
         config: Digest,
         config_size: u64,
-        layers: &[kiln_cache::LayerRecord],
+        layers: &[kiln_store::LayerRecord],
     ) -> Manifest {
         let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
             media_type: media_type.to_string(),

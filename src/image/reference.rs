@@ -3,7 +3,7 @@
 //! a first component is a registry host only if it contains `.` or `:`, is `localhost`, or has
 //! upper-case letters; Docker Hub names get `docker.io/` and, with one component, `library/`.
 
-use kiln_cache::Digest;
+use kiln_store::Digest;
 use std::fmt;
 
 pub const DEFAULT_DOMAIN: &str = "docker.io";

@@ -25,17 +25,16 @@
 //! Each layer-making step (RUN, COPY, ADD, WORKDIR) gets a canonical definition; the key
 //! table is in [`key`]. Metadata instructions only change [`Config`].
 
-pub mod key;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::dockerfile::instructions::{self, parse_mount, Copy, Healthcheck};
-use crate::dockerfile::quote::go_quote_list;
-use crate::dockerfile::shell::{Lexer, Lookup};
-use crate::dockerfile::{
+use crate::frontend::instructions::{self, parse_mount, Copy, Healthcheck};
+use crate::frontend::quote::go_quote_list;
+use crate::frontend::shell::{Lexer, Lookup};
+use crate::frontend::{
     parser, Command, Dockerfile, DockerfileError, Instruction, Located, Warning,
 };
-pub use key::{step_key, Canon, StepKey, KEY_VERSION};
+pub use crate::key::{step_key, Canon, StepKey, KEY_VERSION};
 
 /// The platform kiln builds for.
 pub const PLATFORM: (&str, &str, &str) = ("linux", "amd64", "");

@@ -12,7 +12,7 @@
 use super::{fetch_manifest, pull_layer, push_blobs, Body, Client, RegistryError, Report, Result};
 use crate::image::oci::{self, Descriptor, Manifest};
 use crate::image::reference::Reference;
-use kiln_cache::{Digest, LayerRecord, StepRecord, Store};
+use kiln_store::{Digest, LayerRecord, StepRecord, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -309,7 +309,7 @@ impl RemoteCache {
                 )?
             }),
         };
-        let now = kiln_cache::store::now();
+        let now = kiln_store::store::now();
         let rec = StepRecord {
             key: r.key.clone(),
             slot: slot.to_string(),

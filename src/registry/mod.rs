@@ -14,7 +14,7 @@ use crate::image::oci::{self, Descriptor, ImageConfig, Index, Manifest, Platform
 use crate::image::reference::Reference;
 use crate::image::{self, ImageError};
 use auth::Challenge;
-use kiln_cache::{BlobRef, Compression, Digest, ImageRecord, LayerRecord, Store};
+use kiln_store::{BlobRef, Compression, Digest, ImageRecord, LayerRecord, Store};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::sync::Mutex;
@@ -61,7 +61,7 @@ pub enum RegistryError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
-    Store(#[from] kiln_cache::Error),
+    Store(#[from] kiln_store::Error),
 }
 
 type Result<T, E = RegistryError> = std::result::Result<T, E>;
@@ -883,7 +883,7 @@ fn pull_layer(
         });
     }
     let (_, size) = ingest.commit(Some(l.digest)).map_err(|e| match e {
-        kiln_cache::Error::DigestMismatch { actual, .. } => RegistryError::Corrupt {
+        kiln_store::Error::DigestMismatch { actual, .. } => RegistryError::Corrupt {
             host: c.host.clone(),
             what: format!("layer {}", l.digest),
             why: format!("its content has digest {actual}"),

@@ -3,7 +3,7 @@
 //! Root, real overlay mounts and namespaces; the base is busybox-static imported as `base`.
 
 use crate::common::*;
-use kiln::snapshot::view::View;
+use kiln::snapshotter::view::View;
 use std::fs;
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -47,7 +47,7 @@ fn build_raw(k: &Kiln, ctx: &Path, args: &[&str]) -> Output {
 fn image_view(k: &Kiln, name: &str) -> View {
     let store = k.store();
     let img = kiln::image::resolve(&store, name).unwrap().image;
-    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
     View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect())
 }
 
@@ -334,7 +334,7 @@ fn rebuilds_redo_only_what_changed() {
     let copy_layer = |id: &str| {
         let store = k.store();
         let img = kiln::image::resolve(&store, id).unwrap().image;
-        let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+        let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
         store.snapshot_fs(&snaps[3])
     };
     let (before, after) = (copy_layer(&id1), copy_layer(&id4));
@@ -634,7 +634,7 @@ fn built_images_read_the_same_in_skopeo_and_umoci() {
         .unwrap()
         .contains(&serde_json::json!("A=1")));
     assert_eq!(
-        format!("sha256:{}", kiln::cache::Digest::of(out.as_bytes()).hex()).len(),
+        format!("sha256:{}", kiln::store::Digest::of(out.as_bytes()).hex()).len(),
         id.len()
     );
     let layout = k.dir.path().join("layout");
@@ -825,9 +825,9 @@ fn a_store_on_overlayfs_builds_with_the_native_snapshotter() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("native snapshotter"), "{err}");
-    let store = kiln::cache::Store::open(&root).unwrap();
+    let store = kiln::store::Store::open(&root).unwrap();
     let img = kiln::image::resolve(&store, "ov").unwrap().image;
-    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
     let v = View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
     assert_eq!(read(&v, "/y"), "hi\n");
     assert!(v.resolve("/etc/group", false).unwrap().is_none());
@@ -1008,7 +1008,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
         let Ok(bytes) = fs::read(&e) else { continue };
         let mut found = bytes.windows(needle.len()).any(|w| w == needle);
         if !found {
-            let plain = kiln_cache::codec::decompress(&bytes[..])
+            let plain = kiln_store::codec::decompress(&bytes[..])
                 .ok()
                 .and_then(|mut r| {
                     let mut out = Vec::new();

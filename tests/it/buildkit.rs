@@ -16,7 +16,7 @@
 //! BuildKit's builds), the expected files are written from those archives instead.
 
 use crate::common::*;
-use kiln::snapshot::view::{Found, View};
+use kiln::snapshotter::view::{Found, View};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fs;
@@ -66,7 +66,7 @@ fn cases() -> Vec<Case> {
 fn tree(k: &Kiln, image: &str) -> BTreeMap<String, String> {
     let store = k.store();
     let img = kiln::image::resolve(&store, image).unwrap().image;
-    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
     let view = View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
     let mut out = BTreeMap::new();
     let top = view.resolve("/", true).unwrap().unwrap();
@@ -88,7 +88,7 @@ fn walk(view: &View, dir: &Found, prefix: &str, out: &mut BTreeMap<String, Strin
             format!(
                 "file {} {}",
                 data.len(),
-                &kiln::cache::Digest::of(&data).hex()[..16]
+                &kiln::store::Digest::of(&data).hex()[..16]
             )
         } else if ft.is_char_device() || ft.is_block_device() {
             format!("dev {}:{}", libc::major(m.rdev()), libc::minor(m.rdev()))

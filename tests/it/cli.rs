@@ -71,7 +71,7 @@ fn rmi_refuses_an_image_a_container_uses() {
     let store = k.store();
     let img = kiln::image::resolve(&store, "busybox").unwrap().image;
     store
-        .add_container(&kiln::cache::ContainerRecord {
+        .add_container(&kiln::store::ContainerRecord {
             id: "0123456789abcdef".repeat(4),
             name: "happy_kiln".into(),
             image: img.manifest.digest,

@@ -94,8 +94,8 @@ impl Kiln {
         );
         String::from_utf8(o.stderr).unwrap()
     }
-    pub fn store(&self) -> kiln::cache::Store {
-        kiln::cache::Store::open(self.root()).unwrap()
+    pub fn store(&self) -> kiln::store::Store {
+        kiln::store::Store::open(self.root()).unwrap()
     }
 }
 
@@ -181,7 +181,7 @@ pub fn describe(root: &Path) -> Vec<String> {
                     "file {:o} {} {} nlink {} mtime {}",
                     m.mode() & 0o7777,
                     data.len(),
-                    kiln::cache::Digest::of(&data).short(),
+                    kiln::store::Digest::of(&data).short(),
                     m.nlink(),
                     m.mtime()
                 )

@@ -7,11 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln::dockerfile::parser::{
+use kiln::frontend::parser::{
     self, chomp_heredoc, heredocs_from_line, parse_heredoc, parse_json_array, parse_words,
 };
-use kiln::dockerfile::shell::{env_from_strings, Lexer};
-use kiln::dockerfile::{instructions, Command, Instruction};
+use kiln::frontend::shell::{env_from_strings, Lexer};
+use kiln::frontend::{instructions, Command, Instruction};
 use serde_json::Value;
 
 /// The data folder: `$KILN_TESTDATA`, else `shared/testdata/buildkit` in the checkout's parent

@@ -188,9 +188,9 @@ fn sigkill_during_build_leaves_a_consistent_store() {
     k.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let store = k.store();
     let img = kiln::image::resolve(&store, "crashy").unwrap().image;
-    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
     let view =
-        kiln::snapshot::view::View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
+        kiln::snapshotter::view::View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
     assert_eq!(view.read_string("/count").unwrap(), "1502\n");
     assert_eq!(view.read_string("/sum").unwrap(), expected_sum);
     assert!(store.verify().unwrap().is_empty());

@@ -4,7 +4,7 @@
 //! trickle forever. Each must fail at once, naming the thing, with nothing recorded. No root.
 
 use crate::common::*;
-use kiln::cache::Digest;
+use kiln::store::Digest;
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

@@ -1,7 +1,7 @@
 //! Unpacking images into snapshots (the library path `run` and `build` use).
 
 use crate::common::*;
-use kiln::cache::{Compression, LayerEncoder, LayerRecord};
+use kiln::store::{Compression, LayerEncoder, LayerRecord};
 use std::io::Write;
 
 #[test]
@@ -11,11 +11,11 @@ fn unpacked_snapshot_equals_the_imported_tree() {
     };
     let store = k.store();
     let img = kiln::image::resolve(&store, "busybox").unwrap().image;
-    let snaps = kiln::snapshot::unpack_image(&store, &img).unwrap();
+    let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
     assert_eq!(snaps.len(), 1);
     assert_eq!(describe(&store.snapshot_fs(&snaps[0])), describe(&rootfs));
     // A second call finds the snapshot instead of unpacking again.
-    assert_eq!(kiln::snapshot::unpack_image(&store, &img).unwrap(), snaps);
+    assert_eq!(kiln::snapshotter::unpack_image(&store, &img).unwrap(), snaps);
     assert!(store.verify().unwrap().is_empty());
 }
 
@@ -76,7 +76,7 @@ fn a_malicious_layer_leaves_no_partial_snapshot() {
         &["docker.io/library/evil:latest".into()],
     )
     .unwrap();
-    let err = kiln::snapshot::unpack_image(&store, &img).unwrap_err();
+    let err = kiln::snapshotter::unpack_image(&store, &img).unwrap_err();
     let chain: Vec<String> =
         std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
             .map(|e| e.to_string())

@@ -16,7 +16,7 @@ use crate::context::hash::Hasher;
 use crate::context::{Entry, EntryKind};
 use crate::plan::Canon;
 use crate::rootfs::{clean, InPath, Root};
-use crate::snapshot::view::{Found, View};
+use crate::snapshotter::view::{Found, View};
 use crate::sys;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -169,7 +169,7 @@ pub fn select_context(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let list: Vec<(&str, kiln_cache::StatTuple)> = wanted
+    let list: Vec<(&str, kiln_store::StatTuple)> = wanted
         .iter()
         .map(|&i| (entries[i].path.as_str(), entries[i].stat))
         .collect();
@@ -801,7 +801,7 @@ impl<'a> Writer<'a> {
                     .map_err(|e| format!("{}: xz: {e}", archive.display()))?;
                 Box::new(io::Cursor::new(out))
             }
-            Archive::Other => kiln_cache::codec::decompress(f).map_err(io_s)?,
+            Archive::Other => kiln_store::codec::decompress(f).map_err(io_s)?,
         };
         // Entries go below `target` in the upper dir, their parents resolved through the
         // image's symlinks (`lib/x.so` lands in `usr/lib/` when `lib -> usr/lib`), as Docker's
@@ -901,7 +901,7 @@ fn archive_kind(p: &Path) -> io::Result<Option<Archive>> {
             out.truncate(512);
             Box::new(io::Cursor::new(out))
         }
-        Archive::Other => kiln_cache::codec::decompress(f)?,
+        Archive::Other => kiln_store::codec::decompress(f)?,
     };
     let mut block = vec![0u8; 512];
     let mut got = 0;

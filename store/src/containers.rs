@@ -1,5 +1,5 @@
 //! Containers' runtime state, rows of the `containers` table: what the runner recorded when it
-//! created, started and reaped each one. `spec` is the runner's own JSON (kiln-cache does not
+//! created, started and reaped each one. `spec` is the runner's own JSON (kiln-store does not
 //! read it); every transition is one UPDATE, so a reader sees one state or the next, never half.
 
 use crate::store::{ContainerRecord, Store};

@@ -14,8 +14,8 @@ use super::{Produced, Snapshotter};
 use crate::diff;
 use crate::plan::RunStep;
 use crate::runtime::{self, Net, Rootfs, Spec};
-use crate::snapshot::view::View;
-use kiln_cache::Store;
+use crate::snapshotter::view::View;
+use kiln_store::Store;
 use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -447,7 +447,7 @@ fn remove_stale_secrets(parent: &Path) {
 fn write_secret(
     file: &Path,
     value: &[u8],
-    m: &crate::dockerfile::instructions::Mount,
+    m: &crate::frontend::instructions::Mount,
 ) -> Result<(), RunError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
@@ -470,7 +470,7 @@ fn write_secret(
 /// `shared` (the default) neither. Cache mounts are never keyed and never in a layer.
 fn cache_dir(
     store: &Store,
-    m: &crate::dockerfile::instructions::Mount,
+    m: &crate::frontend::instructions::Mount,
     target: &str,
     seed: Option<&Path>,
 ) -> Result<
@@ -594,7 +594,7 @@ fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)], overlay: boo
             .map(|e| {
                 let wh = e
                     .metadata()
-                    .map(|m| crate::snapshot::view::is_whiteout(&m))
+                    .map(|m| crate::snapshotter::view::is_whiteout(&m))
                     .unwrap_or(false);
                 (e.file_name(), wh)
             })

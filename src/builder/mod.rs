@@ -23,15 +23,15 @@ pub mod remote;
 use crate::context::hash::Hasher;
 use crate::context::{Context, ContextError, Entry};
 use crate::diff::{self, TarEntry, TarOptions};
-use crate::dockerfile::{Dockerfile, DockerfileError};
+use crate::frontend::{Dockerfile, DockerfileError};
 use crate::image::oci::{self, History, ImageConfig, RootFs, RunConfig};
 use crate::image::{self, ImageError};
 use crate::plan::{
     self, Base, Canon, CopyStep, Plan, PlanOptions, Source, Stage, StepKey, StepKind,
 };
-use crate::snapshot::view::View;
+use crate::snapshotter::view::View;
 use crate::timefmt;
-use kiln_cache::{
+use kiln_store::{
     chain_ids, Compression, Digest, ImageRecord, LayerEncoder, LayerRecord, StepRecord, Store,
 };
 use std::collections::BTreeMap;
@@ -145,7 +145,7 @@ pub enum BuildError {
     #[error(transparent)]
     Context(#[from] ContextError),
     #[error(transparent)]
-    Store(#[from] kiln_cache::Error),
+    Store(#[from] kiln_store::Error),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("{0}")]
@@ -168,7 +168,7 @@ pub struct Outcome {
     pub keys: Vec<String>,
     pub steps: usize,
     pub cached: usize,
-    pub warnings: Vec<crate::dockerfile::Warning>,
+    pub warnings: Vec<crate::frontend::Warning>,
 }
 
 /// A stage's state after its last step.
@@ -285,7 +285,7 @@ pub fn build(
     }
     let now = opts
         .source_date_epoch
-        .unwrap_or_else(kiln_cache::store::now);
+        .unwrap_or_else(kiln_store::store::now);
     // When a step copies from the context, walk it while the stat cache loads.
     let uses_context = plan.stages.iter().any(|s| {
         s.steps.iter().any(|st| {
@@ -450,7 +450,7 @@ fn base_state(
         }),
         Base::Image(r) => {
             let img = &ctx.images[r];
-            let snaps = crate::snapshot::unpack_image(ctx.store, img).map_err(ImageError::from)?;
+            let snaps = crate::snapshotter::unpack_image(ctx.store, img).map_err(ImageError::from)?;
             Ok(StageState {
                 key: plan::base_key(&img.manifest.digest.to_string()),
                 base: format!("image {r} ({})", img.manifest.digest),
@@ -871,7 +871,7 @@ fn explain(
     out.push(format!(
         "  nearest earlier: key {}, built {}; differs in:",
         &prev.key[..12.min(prev.key.len())],
-        crate::timefmt::ago(prev.created, kiln_cache::store::now()).to_lowercase()
+        crate::timefmt::ago(prev.created, kiln_store::store::now()).to_lowercase()
     ));
     let before = out.len();
     if prev.parent != parent.to_hex() {
@@ -974,7 +974,7 @@ fn from_view(
         }
         Source::Image(r) => {
             let img = &ctx.images[r];
-            let snaps = crate::snapshot::unpack_image(ctx.store, img).map_err(ImageError::from)?;
+            let snaps = crate::snapshotter::unpack_image(ctx.store, img).map_err(ImageError::from)?;
             let lowers: Vec<PathBuf> = snaps
                 .iter()
                 .rev()
@@ -1454,12 +1454,12 @@ fn run_step(
         }
         Produced::Walked { .. } => {
             drop(dir);
-            crate::snapshot::unpack_layer_record(ctx.store, &layer, chain, parent_chain)
+            crate::snapshotter::unpack_layer_record(ctx.store, &layer, chain, parent_chain)
                 .map_err(ImageError::from)?
         }
     };
     next.lowers.push(ctx.store.snapshot_fs(&snap));
-    let built = kiln_cache::store::now();
+    let built = kiln_store::store::now();
     let rec = StepRecord {
         key: key.to_hex(),
         slot,
@@ -1602,7 +1602,7 @@ fn url_root(f: &remote::Fetched, unpack: bool) -> copy::Root_ {
     r
 }
 
-fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) -> copy::Root_ {
+fn inline_root(src: &crate::frontend::instructions::InlineSource, now: i64) -> copy::Root_ {
     file_root(
         &src.path,
         0o644,
@@ -1619,7 +1619,7 @@ fn inline_root(src: &crate::dockerfile::instructions::InlineSource, now: i64) ->
 fn no_space(ctx: &Ctx<'_>, step: &plan::Step, entries: &[TarEntry], e: BuildError) -> BuildError {
     // The encoder's errors reach here as text (BuildError::Io) or as the store's io::Error.
     let full = match &e {
-        BuildError::Store(kiln_cache::Error::Io { source, .. }) => {
+        BuildError::Store(kiln_store::Error::Io { source, .. }) => {
             source.raw_os_error() == Some(libc::ENOSPC)
         }
         _ => e.to_string().contains("os error 28"),
@@ -1689,7 +1689,7 @@ fn reuse(
     let chain = next.chain().expect("a layer");
     let snap = match ctx.store.snapshot(&chain)? {
         Some(s) => s,
-        None => crate::snapshot::unpack_layer_record(ctx.store, l, chain, state.chain())
+        None => crate::snapshotter::unpack_layer_record(ctx.store, l, chain, state.chain())
             .map_err(ImageError::from)?,
     };
     next.lowers.push(ctx.store.snapshot_fs(&snap));

@@ -9,14 +9,14 @@ pub mod view;
 
 use crate::diff::{apply_layer, ApplyError};
 use crate::rootfs::Root;
-use kiln_cache::{chain_ids, codec, Digest, ImageRecord, SnapshotRecord, Store};
+use kiln_store::{chain_ids, codec, Digest, ImageRecord, SnapshotRecord, Store};
 use rayon::prelude::*;
 use std::io;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error(transparent)]
-    Store(#[from] kiln_cache::Error),
+    Store(#[from] kiln_store::Error),
     #[error("unpack layer {layer}")]
     Apply {
         layer: Digest,
@@ -76,7 +76,7 @@ fn unpack_layer(
 /// snapshot already recorded under that ChainID.
 pub fn unpack_layer_record(
     store: &Store,
-    layer: &kiln_cache::LayerRecord,
+    layer: &kiln_store::LayerRecord,
     chain: Digest,
     parent: Option<Digest>,
 ) -> Result<SnapshotRecord, SnapshotError> {

@@ -1,4 +1,4 @@
-//! kiln-cache: kiln's content-addressed store.
+//! kiln-store: kiln's content-addressed store.
 //!
 //! It knows blobs, digests, SQLite and compression, and nothing about Dockerfiles or namespaces.
 //! The store is itself a valid OCI image layout (see [`store`] for the on-disk layout and its
