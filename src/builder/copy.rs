@@ -472,28 +472,28 @@ pub fn apply_parents_exclude(
 /// content hash. Ownership is fixed (root, or `--chown`, which the definition keys); mtimes,
 /// inode numbers and ctimes never are.
 pub fn inputs_digest(roots: &[Root_]) -> Canon {
-    let mut c = Canon::new();
+    use crate::key::schema::{FileType, SelectedFiles};
+    let mut files = SelectedFiles::new();
     for r in roots {
-        let mut rc = Canon::new();
-        rc.str(0, &r.name).flag(1, r.is_dir);
+        files.root(&r.name, r.is_dir);
         for it in &r.items {
-            let mut ic = Canon::new();
-            let (kind, target) = match &it.kind {
-                Kind::File => ("f", String::new()),
-                Kind::Dir => ("d", String::new()),
-                Kind::Symlink(t) => ("l", t.display().to_string()),
-                Kind::Special(t, d) => ("s", format!("{t}:{d}")),
+            let target;
+            let kind = match &it.kind {
+                Kind::File => FileType::File,
+                Kind::Dir => FileType::Dir,
+                Kind::Symlink(t) => {
+                    target = t.display().to_string();
+                    FileType::Symlink(&target)
+                }
+                Kind::Special(t, d) => {
+                    target = format!("{t}:{d}");
+                    FileType::Special(&target)
+                }
             };
-            ic.str(0, &it.rel)
-                .str(1, kind)
-                .str(2, &target)
-                .bytes(3, &it.mode.to_le_bytes())
-                .bytes(4, &it.hash);
-            rc.nested(2, &ic);
+            files.file(&it.rel, kind, it.mode, &it.hash);
         }
-        c.nested(0, &rc);
     }
-    c
+    files.finish()
 }
 
 /// Resolved COPY options.

@@ -10,11 +10,10 @@
 //! afterwards (as BuildKit's mount-stub cleaner does), together with a parent directory that
 //! only the stub's creation copied up.
 
-use super::{Produced, Snapshotter};
-use crate::diff;
 use crate::plan::RunStep;
-use crate::runtime::{self, Net, Rootfs, Spec};
+use crate::runtime::{self, Net, Spec};
 use crate::snapshotter::view::View;
+use crate::snapshotter::{Active, Snapshotter};
 use kiln_store::Store;
 use std::collections::VecDeque;
 use std::fs;
@@ -38,7 +37,7 @@ pub struct RunRequest<'a> {
     /// The prepared snapshot dir (its `fs/` is the upper dir).
     pub snapshot_dir: &'a Path,
     pub network_none: bool,
-    pub snapshotter: Snapshotter,
+    pub snapshotter: &'a dyn Snapshotter,
     /// `kiln build --secret` values by id (never keyed, logged or written to the store).
     pub secrets: &'a std::collections::BTreeMap<String, Vec<u8>>,
     /// `kiln build --ssh` agent sockets by id.
@@ -61,7 +60,7 @@ fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
 }
 
 /// Runs the step; output lines go to `out` as they come.
-pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Produced, RunError> {
+pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Active, RunError> {
     runtime::need_root("RUN").map_err(RunError::Setup)?;
     let r = req.run;
     let view = req.view;
@@ -224,45 +223,18 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         }
     }
 
-    let upper = req.snapshot_dir.join("fs");
-    let mut keep = Vec::new();
-    let (rootfs, tree) = match req.snapshotter {
-        Snapshotter::Overlay => {
-            let work = req.snapshot_dir.join("work");
-            let target = req.snapshot_dir.join("rootfs");
-            fs::create_dir_all(&work).map_err(setup("create overlay work dir"))?;
-            fs::create_dir_all(&target).map_err(setup("create mount point"))?;
-            let base = store.root().join("snapshots");
-            let lower =
-                runtime::overlay_lowers(&base, req.lowers.iter().rev(), &files.join("empty"));
-            (
-                Rootfs::Overlay {
-                    base,
-                    lower,
-                    upper: upper.clone(),
-                    work,
-                    target,
-                },
-                upper.clone(),
-            )
-        }
-        Snapshotter::Native => {
-            let old = tempfile::Builder::new()
-                .prefix("native-old-")
-                .tempdir_in(store.ingest_dir())
-                .map_err(setup("create a temp dir"))?;
-            let new = tempfile::Builder::new()
-                .prefix("native-new-")
-                .tempdir_in(store.ingest_dir())
-                .map_err(setup("create a temp dir"))?;
-            materialize(view, old.path()).map_err(setup("copy the parent tree"))?;
-            materialize(view, new.path()).map_err(setup("copy the parent tree"))?;
-            let dir = new.path().to_path_buf();
-            keep.push(old);
-            keep.push(new);
-            (Rootfs::Dir(dir.clone()), dir)
-        }
+    let snapshotter = req.snapshotter;
+    let dirs = crate::snapshotter::Dirs {
+        upper: req.snapshot_dir.join("fs"),
+        work: req.snapshot_dir.join("work"),
+        target: req.snapshot_dir.join("rootfs"),
+        empty: files.join("empty"),
     };
+    let active = snapshotter
+        .prepare(store, req.lowers, &dirs, true)
+        .map_err(setup("prepare the root filesystem"))?;
+    let rootfs = snapshotter.mounts(&active);
+    let tree = active.tree.clone();
 
     let mut env: Vec<String> = r.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     env.extend(secret_env);
@@ -333,24 +305,15 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Pr
         .into_iter()
         .filter(|(p, _)| !(p == "/proc" || p == "/sys" || (p == "/dev" && keep_dev)))
         .collect();
-    remove_stubs(&tree, view, &stubs, req.snapshotter == Snapshotter::Overlay);
+    let overlay = snapshotter.kind() == crate::snapshotter::Kind::Overlay;
+    remove_stubs(&tree, view, &stubs, overlay);
     if code != 0 {
         return Err(RunError::Exit {
             code,
             tail: tail.into_iter().collect(),
         });
     }
-    match req.snapshotter {
-        Snapshotter::Overlay => Ok(Produced::Upper),
-        Snapshotter::Native => {
-            let entries = diff::walk::changes(keep[0].path(), keep[1].path())
-                .map_err(setup("compare the trees"))?;
-            Ok(Produced::Walked {
-                entries,
-                _trees: keep,
-            })
-        }
-    }
+    Ok(active)
 }
 
 /// A RUN step's device cgroup (`kiln/build-<pid>-<n>`), removed when the step ends; what a
@@ -498,7 +461,7 @@ fn cache_dir(
             .map_err(setup("chown a cache mount"))?;
         // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
         if let Some(seed) = seed {
-            materialize(&View::new(vec![seed.to_path_buf()]), tmp.path())
+            crate::snapshotter::materialize(store, &View::new(vec![seed.to_path_buf()]), tmp.path())
                 .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
         }
         let kept = tmp.keep();
@@ -618,26 +581,4 @@ fn remove_stubs(tree: &Path, view: &View, stubs: &[(String, bool)], overlay: boo
             let _ = f.set_times(fs::FileTimes::new().set_modified(m).set_accessed(m));
         }
     }
-}
-
-/// Copies the merged view into `dest` (an empty directory), keeping modes, owners and mtimes.
-pub fn materialize(view: &View, dest: &Path) -> Result<(), String> {
-    if view.layers().is_empty() {
-        return Ok(());
-    }
-    let roots = super::copy::select_view(&["/".to_string()], view, "the parent")?;
-    let empty = View::default();
-    let mut w = super::copy::Writer::new(
-        dest,
-        &empty,
-        super::copy::WriteOptions {
-            chown: None,
-            chmod: None,
-            unpack: false,
-            now: 0,
-            link_from: None,
-        },
-    )?;
-    w.copy(&roots, "/")?;
-    w.finish()
 }

@@ -13,7 +13,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{Ctx, Hint};
-use crate::builder::{BuildError, BuildOptions, Event, Progress, Snapshotter};
+use crate::builder::{BuildError, BuildOptions, Event, Progress};
+use crate::snapshotter::Kind as Snapshotter;
 use crate::context::dockerignore::{clean, Pattern};
 use crate::context::{Context, ContextError, EntryKind};
 use crate::frontend::{Dockerfile, DockerfileError, Warning};
@@ -646,6 +647,15 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
             .to_string(),
         None => format!("stdin:{}", args.context.display()),
     };
+    let asked = match args.snapshotter.as_deref() {
+        Some("native") => Some(Snapshotter::Native),
+        Some(_) => Some(Snapshotter::Overlay),
+        None => None,
+    };
+    let (snapshotter, why) = crate::snapshotter::choose(store.root(), asked);
+    if let (Some(why), false) = (why, args.quiet) {
+        eprintln!("kiln: {why}");
+    }
     let opts = BuildOptions {
         secrets: secret_map(&args.secrets)?,
         ssh: ssh_map(&args.ssh)?,
@@ -662,21 +672,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
             Compression::Zstd
         },
         labels,
-        snapshotter: match args.snapshotter.as_deref() {
-            Some("native") => Snapshotter::Native,
-            Some(_) => Snapshotter::Overlay,
-            // An overlay upper dir cannot live on overlayfs (overlayfs.rst): fall back.
-            None if crate::sys::fs_type(store.root()).ok() == Some(crate::sys::OVERLAYFS_MAGIC) => {
-                if !args.quiet {
-                    eprintln!(
-                        "kiln: the store {} is on overlayfs, so RUN steps use the native snapshotter",
-                        store.root().display()
-                    );
-                }
-                Snapshotter::Native
-            }
-            None => Snapshotter::Overlay,
-        },
+        snapshotter,
         source_date_epoch,
         dockerfile_id,
     };

@@ -18,7 +18,6 @@ pub mod ports;
 
 use crate::image::{self, ImageError};
 use crate::runtime::{self, Ids, Net, Rootfs, Spec};
-use crate::snapshotter::view::View;
 use crate::timefmt;
 use kiln_store::{ContainerRecord, ContainerRow, Store};
 use ports::PortSpec;
@@ -270,8 +269,8 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let img = resolved.image;
     let cfg = image::read_config(store, &img)?;
     let snaps = crate::snapshotter::unpack_image(store, &img).map_err(ImageError::from)?;
-    let lowers: Vec<PathBuf> = snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect();
-    let view = View::new(lowers.clone());
+    let lowers: Vec<PathBuf> = snaps.iter().map(|s| store.snapshot_fs(s)).collect();
+    let view = crate::snapshotter::view(&lowers);
     let rc = &cfg.config;
 
     let id = new_id()?;
@@ -396,30 +395,21 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     // The root filesystem, the mount stubs it needs, its control groups.
     type Prepared = (Rootfs, Vec<(String, bool)>, Vec<PathBuf>);
     let prepared = (|| -> Result<Prepared, ContainerError> {
-        for sub in ["upper", "work", "rootfs", "files/empty"] {
-            fs::create_dir_all(d.join(sub)).map_err(io_err(format!("create {}", d.display())))?;
-        }
+        fs::create_dir_all(&files).map_err(io_err(format!("create {}", d.display())))?;
         runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
         let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
-        let base = store.root().join("snapshots");
-        let lower = runtime::overlay_lowers(&base, lowers.iter(), &files.join("empty"));
-        let on_overlayfs =
-            crate::sys::fs_type(store.root()).ok() == Some(crate::sys::OVERLAYFS_MAGIC);
-        let rootfs = if on_overlayfs {
-            // An overlay upper dir cannot live on overlayfs: copy the image instead.
-            let tree = d.join("tree");
-            fs::create_dir_all(&tree).map_err(io_err("create the container tree"))?;
-            crate::builder::exec::materialize(&view, &tree).map_err(ContainerError::Invalid)?;
-            Rootfs::Dir(tree)
-        } else {
-            Rootfs::Overlay {
-                base,
-                lower,
-                upper: d.join("upper"),
-                work: d.join("work"),
-                target: d.join("rootfs"),
-            }
+        let (kind, _) = crate::snapshotter::choose(store.root(), None);
+        let snapshotter = kind.get();
+        let dirs = crate::snapshotter::Dirs {
+            upper: d.join(if kind == crate::snapshotter::Kind::Overlay { "upper" } else { "tree" }),
+            work: d.join("work"),
+            target: d.join("rootfs"),
+            empty: files.join("empty"),
         };
+        let active = snapshotter
+            .prepare(store, &lowers, &dirs, false)
+            .map_err(io_err("prepare the root filesystem"))?;
+        let rootfs = snapshotter.mounts(&active);
         Ok((rootfs, stubs, cgroups(&id, o)?))
     })();
     let (rootfs, stubs, cgroups) = match prepared {

@@ -8,13 +8,20 @@
 //! key covers means changing [`KEY_VERSION`], so old cache entries can never be mistaken for
 //! new ones.
 //!
+//! [`schema`] is the only place that writes a key's fields: named tags and one function per step
+//! kind (definitions) and per input (files, URLs, `--from`, bind mounts, `--link` owners). The
+//! planner and the builder call those functions; a field added to a step is added there, and the
+//! table below is checked against the schema's names by a test.
+//!
 //! | step | keyed | not keyed |
 //! |---|---|---|
 //! | FROM | the base's manifest digest, or `scratch`, or the key of the stage it builds on; the platform | the reference text (two names for one digest share a key) |
 //! | RUN | parent key; argv after shell wrapping (heredoc bodies included); every ENV and every declared ARG in scope (sorted); workdir; user; network mode; security mode; each `--mount` definition (fields sorted); what each bind mount exposes (from the context: the selected files' digests as for COPY; `from=`: the stage key or image digest and the source path) | proxy build args not declared with ARG (`HTTP_PROXY`...); cache-mount contents; secret values (`--secret`); the ssh agent behind `--ssh`; LABEL, CMD and other metadata; the Dockerfile line number |
 //! | COPY/ADD | parent key; sources and destination after expansion (destination made absolute against WORKDIR); `--chown`, `--chmod`, `--link`, `--parents`, `--exclude`, ADD's `--checksum`/`--unpack`/`--keep-git-dir`; heredoc sources (name, bytes after expansion); the `--from` stage key or image digest; a content digest of exactly the selected files (relative path, type, mode bits, uid/gid, symlink target, blake3 of the bytes); for an ADD URL, the downloaded content's sha256, its file name and Last-Modified (BuildKit's http cache key) | mtime, atime, ctime, inode numbers; files the sources do not select; USER (COPY writes as root unless `--chown`); ENV and ARG (they reach COPY only through the expanded words) |
-//! | WORKDIR | parent key; the absolute path | the same path set again later |
+//! | WORKDIR | parent key; the absolute path; USER when set (the owner of the directories it makes) | the same path set again later |
 //! | ENV, ARG, LABEL, CMD, ENTRYPOINT, EXPOSE, VOLUME, USER, STOPSIGNAL, HEALTHCHECK, SHELL, MAINTAINER, ONBUILD | nothing of their own: they change the image config, and key later steps only through what those steps use (ENV/ARG through RUN's env, USER/SHELL through RUN's user/argv, WORKDIR through paths) | |
+
+pub mod schema;
 
 use std::fmt;
 

@@ -35,6 +35,7 @@ use crate::frontend::{
     parser, Command, Dockerfile, DockerfileError, Instruction, Located, Warning,
 };
 pub use crate::key::{step_key, Canon, StepKey, KEY_VERSION};
+use crate::key::schema;
 
 /// The platform kiln builds for.
 pub const PLATFORM: (&str, &str, &str) = ("linux", "amd64", "");
@@ -382,9 +383,7 @@ impl Step {
 
 /// The key of a stage's base: blake3 over the base's identity and the platform.
 pub fn base_key(identity: &str) -> StepKey {
-    let mut c = Canon::new();
-    c.str(0, "FROM").str(1, identity).str(2, &platform_string());
-    step_key(None, &c, &Canon::new())
+    crate::key::schema::from_key(identity, &platform_string())
 }
 
 fn platform_string() -> String {
@@ -1035,11 +1034,7 @@ fn plan_stage(
                         .push((l.line, format!("WORKDIR {abs}"), false));
                     continue;
                 }
-                let mut def = Canon::new();
-                def.str(0, "WORKDIR").str(1, &abs);
-                if !stage.config.user.is_empty() {
-                    def.str(2, &stage.config.user);
-                }
+                let def = schema::workdir_definition(&abs, &stage.config.user);
                 stage.steps.push(Step {
                     line: l.line,
                     end_line: l.end_line,
@@ -1086,37 +1081,28 @@ fn plan_stage(
                 };
                 let (argv, script) = run_argv(run, &stage.config);
                 let shown = run_history(&argv, &stage_args, &stage.config.env);
-                let mut def = Canon::new();
-                def.str(0, "RUN")
-                    .list(1, &argv)
-                    .opt(2, script.as_ref().map(|(_, body)| body.as_str()));
                 let keyed: Vec<(String, String)> = env
                     .iter()
                     .filter(|(k, _)| !unkeyed.contains(k))
                     .cloned()
                     .collect();
-                def.pairs(3, &keyed)
-                    .str(4, &stage.config.workdir())
-                    .str(5, &stage.config.user)
-                    .str(
-                        6,
-                        if network == Network::None {
-                            "none"
-                        } else {
-                            "host"
-                        },
-                    )
-                    .flag(7, run.security.as_deref() == Some("insecure"));
-                let mut mc = Canon::new();
-                for m in &mounts {
-                    let fields: Vec<(String, String)> = m
-                        .fields
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
-                    mc.str(0, &m.kind).pairs(1, &fields);
-                }
-                def.nested(8, &mc);
+                let mount_fields: Vec<(String, Vec<(String, String)>)> = mounts
+                    .iter()
+                    .map(|m: &crate::frontend::instructions::Mount| {
+                        let f = m.fields.iter().map(|(k, v)| (k.clone(), v.clone()));
+                        (m.kind.clone(), f.collect())
+                    })
+                    .collect();
+                let def = schema::run_definition(&schema::RunDefinition {
+                    argv: &argv,
+                    script: script.as_ref().map(|(_, body)| body.as_str()),
+                    env: &keyed,
+                    workdir: &stage.config.workdir(),
+                    user: &stage.config.user,
+                    network_none: network == Network::None,
+                    insecure: run.security.as_deref() == Some("insecure"),
+                    mounts: &mount_fields,
+                });
                 stage.steps.push(Step {
                     line: l.line,
                     end_line: l.end_line,
@@ -1185,23 +1171,25 @@ fn plan_stage(
                 {
                     dest.push('/');
                 }
-                let mut def = Canon::new();
-                def.str(0, if c.add { "ADD" } else { "COPY" })
-                    .list(1, &c.sources)
-                    .str(2, &dest)
-                    .opt(3, c.chown.as_deref())
-                    .opt(4, c.chmod.as_deref())
-                    .flag(5, c.link)
-                    .flag(6, c.parents)
-                    .list(7, &c.exclude)
-                    .opt(8, c.checksum.as_deref())
-                    .flag(9, c.keep_git_dir)
-                    .opt(10, c.unpack.map(|b| if b { "true" } else { "false" }));
-                let mut ic = Canon::new();
-                for src in &c.inline {
-                    ic.str(0, &src.path).str(1, &src.data);
-                }
-                def.nested(11, &ic);
+                let heredocs: Vec<(&str, &str)> = c
+                    .inline
+                    .iter()
+                    .map(|h| (h.path.as_str(), h.data.as_str()))
+                    .collect();
+                let def = schema::copy_definition(&schema::CopyDefinition {
+                    add: c.add,
+                    sources: &c.sources,
+                    dest: &dest,
+                    chown: c.chown.as_deref(),
+                    chmod: c.chmod.as_deref(),
+                    link: c.link,
+                    parents: c.parents,
+                    exclude: &c.exclude,
+                    checksum: c.checksum.as_deref(),
+                    keep_git_dir: c.keep_git_dir,
+                    unpack: c.unpack,
+                    heredocs: &heredocs,
+                });
                 // BuildKit 0.13: the instruction, --chown and --chmod as expanded (no other flag),
                 // the sources, the heredocs as `<<NAME`, the destination.
                 let mut shown = String::from(if c.add { "ADD" } else { "COPY" });
