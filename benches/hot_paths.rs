@@ -11,11 +11,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use kiln::builder::copy;
-use kiln::store::{Compression, LayerEncoder, Store};
 use kiln::context::hash::Hasher;
 use kiln::context::Context;
 use kiln::diff::{self, TarOptions};
 use kiln::rootfs::Root;
+use kiln::store::{Compression, LayerEncoder, Store};
 use std::fs;
 use std::io;
 use std::path::PathBuf;

@@ -6,8 +6,8 @@
 //! the system temp dir) and reused across runs.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use kiln::store::{Compression, LayerEncoder};
 use kiln::diff::{write_tree, TarOptions};
+use kiln::store::{Compression, LayerEncoder};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -200,6 +200,22 @@ pub fn ram_in_bytes(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// SOURCE_DATE_EPOCH (reproducible-builds.org): `value` when given (a build arg), else the
+/// environment's; unset or empty is None.
+pub fn source_date_epoch(value: Option<&str>) -> Result<Option<i64>, String> {
+    let v = match value {
+        Some(v) => v.to_string(),
+        None => std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default(),
+    };
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

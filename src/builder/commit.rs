@@ -140,4 +140,3 @@ pub(super) fn encode(ctx: &Ctx<'_>, entries: &[TarEntry]) -> Result<LayerRecord,
         uncompressed_size: d.uncompressed_size,
     })
 }
-

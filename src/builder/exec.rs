@@ -461,8 +461,12 @@ fn cache_dir(
             .map_err(setup("chown a cache mount"))?;
         // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
         if let Some(seed) = seed {
-            crate::snapshotter::materialize(store, &View::new(vec![seed.to_path_buf()]), tmp.path())
-                .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
+            crate::snapshotter::materialize(
+                store,
+                &View::new(vec![seed.to_path_buf()]),
+                tmp.path(),
+            )
+            .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
         }
         let kept = tmp.keep();
         // Another build may have made it meanwhile: theirs wins.

@@ -210,7 +210,10 @@ pub(super) fn resolve(
 
 /// The build context's entries (after .dockerignore), walked once for the whole build by
 /// whichever step needs them first.
-pub(super) fn context_entries<'c>(ctx: &'c Ctx<'_>, step: &plan::Step) -> Result<&'c [Entry], BuildError> {
+pub(super) fn context_entries<'c>(
+    ctx: &'c Ctx<'_>,
+    step: &plan::Step,
+) -> Result<&'c [Entry], BuildError> {
     ctx.entries
         .get_or_init(|| ctx.context.walk().map_err(|e| e.to_string()))
         .as_deref()
@@ -234,7 +237,8 @@ pub(super) fn from_view(
         }
         Source::Image(r) => {
             let img = &ctx.images[r];
-            let snaps = crate::snapshotter::unpack_image(ctx.store, img).map_err(ImageError::from)?;
+            let snaps =
+                crate::snapshotter::unpack_image(ctx.store, img).map_err(ImageError::from)?;
             let lowers: Vec<PathBuf> = snaps
                 .iter()
                 .rev()
@@ -289,7 +293,10 @@ fn url_root(f: &remote::Fetched, unpack: bool) -> copy::Root_ {
     r
 }
 
-pub(super) fn inline_root(src: &crate::frontend::instructions::InlineSource, now: i64) -> copy::Root_ {
+pub(super) fn inline_root(
+    src: &crate::frontend::instructions::InlineSource,
+    now: i64,
+) -> copy::Root_ {
     file_root(
         &src.path,
         0o644,
@@ -299,4 +306,3 @@ pub(super) fn inline_root(src: &crate::frontend::instructions::InlineSource, now
         src.data.len() as u64,
     )
 }
-

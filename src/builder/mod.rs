@@ -34,12 +34,8 @@ use crate::context::{Context, ContextError, Entry};
 use crate::frontend::{Dockerfile, DockerfileError};
 use crate::image::oci::ImageConfig;
 use crate::image::{self, ImageError};
-use crate::plan::{
-    self, Base, CopyStep, Plan, PlanOptions, Source, StepKind,
-};
-use kiln_store::{
-    Compression, ImageRecord, LayerRecord, Store,
-};
+use crate::plan::{self, Base, CopyStep, Plan, PlanOptions, Source, StepKind};
+use kiln_store::{Compression, ImageRecord, LayerRecord, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -107,6 +103,22 @@ pub enum Event<'a> {
     },
 }
 
+/// Where base and `--from` images come from when the store lacks them (the CLI pulls them).
+pub trait Bases: Sync {
+    /// Makes `reference` present in `store`, before the build resolves it. The error is shown
+    /// as the build's.
+    fn ensure(&self, store: &Store, reference: &str) -> Result<(), String>;
+}
+
+/// Only what the store holds: a missing image is [`BuildError::MissingImage`].
+pub struct StoreOnly;
+
+impl Bases for StoreOnly {
+    fn ensure(&self, _: &Store, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Receives progress; the CLI renders it.
 pub trait Progress: Sync {
     fn event(&self, e: Event<'_>);
@@ -144,6 +156,8 @@ pub enum BuildError {
     Store(#[from] kiln_store::Error),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error("{0}")]
+    Base(String),
     #[error("{0}")]
     Io(String),
     #[error("{0}")]
@@ -194,6 +208,7 @@ pub fn build(
     df: &Dockerfile,
     context: &Context,
     opts: &BuildOptions,
+    bases: &dyn Bases,
     progress: &dyn Progress,
 ) -> Result<Outcome, BuildError> {
     let _lease = store.lease()?;
@@ -212,6 +227,7 @@ pub fn build(
             .find(|s| s.base == Base::Image(r.clone()))
             .map(|s| s.line)
             .unwrap_or(0);
+        bases.ensure(store, &r).map_err(BuildError::Base)?;
         let resolved = match image::resolve(store, &r) {
             Ok(res) => res.image,
             Err(ImageError::NotFound(_)) => {
@@ -369,4 +385,3 @@ fn step_error(ctx: &Ctx<'_>, step: &plan::Step, message: impl Into<String>) -> B
         message: message.into(),
     }
 }
-

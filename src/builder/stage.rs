@@ -96,7 +96,8 @@ fn base_state(
         }),
         Base::Image(r) => {
             let img = &ctx.images[r];
-            let snaps = crate::snapshotter::unpack_image(ctx.store, img).map_err(ImageError::from)?;
+            let snaps =
+                crate::snapshotter::unpack_image(ctx.store, img).map_err(ImageError::from)?;
             Ok(StageState {
                 key: plan::base_key(&img.manifest.digest.to_string()),
                 base: format!("image {r} ({})", img.manifest.digest),
@@ -241,4 +242,3 @@ fn stage_config(
     out.history = history;
     out
 }
-

@@ -14,11 +14,9 @@ use std::time::Duration;
 
 use super::{Ctx, Hint};
 use crate::builder::{BuildError, BuildOptions, Event, Progress};
+use crate::context::Context;
+use crate::frontend::{lint, Dockerfile};
 use crate::snapshotter::Kind as Snapshotter;
-use crate::context::dockerignore::{clean, Pattern};
-use crate::context::{Context, ContextError, EntryKind};
-use crate::frontend::{Dockerfile, DockerfileError, Warning};
-use crate::plan::{self, Plan, PlanOptions, Source, StepKind};
 use kiln_store::Compression;
 
 #[derive(Args, Debug)]
@@ -278,8 +276,13 @@ pub fn build(ctx: &Ctx, args: BuildArgs) -> Result<i32> {
     }
     let build_args = build_arg_map(&args.build_args)?;
     let (name, path, bytes) = read_dockerfile(args.file.as_deref(), &args.context)?;
-    let outcome = check(
-        ctx,
+    let store = if ctx.root.join("kiln.db").exists() {
+        ctx.store().ok()
+    } else {
+        None
+    };
+    let outcome = lint::check(
+        store.as_ref(),
         &name,
         path.as_deref(),
         &bytes,
@@ -290,7 +293,7 @@ pub fn build(ctx: &Ctx, args: BuildArgs) -> Result<i32> {
     let mut out = String::new();
     let (warnings, error, fail_on_warnings) = match outcome {
         Ok(c) => (c.warnings, None, c.fail_on_warnings),
-        Err(Failure { warnings, error }) => (warnings, Some(error), false),
+        Err(lint::Failure { warnings, error }) => (warnings, Some(error), false),
     };
     for w in &warnings {
         let at = if w.line > 0 {
@@ -312,178 +315,6 @@ pub fn build(ctx: &Ctx, args: BuildArgs) -> Result<i32> {
     });
     print!("{out}");
     Ok(if failed { 1 } else { 0 })
-}
-
-struct Checked {
-    warnings: Vec<Warning>,
-    fail_on_warnings: bool,
-}
-
-struct Failure {
-    warnings: Vec<Warning>,
-    /// Already formatted: `FILE:LINE: error: message` and the excerpt.
-    error: String,
-}
-
-fn fmt_df_error(e: &DockerfileError) -> String {
-    let at = if e.line > 0 {
-        format!("{}:{}", e.file, e.line)
-    } else {
-        e.file.clone()
-    };
-    let mut s = format!("{at}: error: {}", e.message);
-    if !e.excerpt.is_empty() && e.line > 0 {
-        s.push_str(&format!("\n  {:>4} | {}", e.line, e.excerpt));
-    }
-    s
-}
-
-fn check(
-    ctx: &Ctx,
-    name: &str,
-    path: Option<&Path>,
-    bytes: &[u8],
-    context: &Path,
-    build_args: BTreeMap<String, String>,
-    target: Option<String>,
-) -> Result<Checked, Failure> {
-    let fail = |warnings: Vec<Warning>, error: String| Failure { warnings, error };
-    let mut df = Dockerfile::parse(name, bytes).map_err(|e| fail(vec![], fmt_df_error(&e)))?;
-    let ctxdir = Context::open(context, path).map_err(|e| {
-        let msg = match &e {
-            ContextError::Pattern { .. } => format!("{name}: error: {e}"),
-            _ => format!("{}: error: {e}", context.display()),
-        };
-        fail(df.warnings.clone(), msg)
-    })?;
-    let mut opts = PlanOptions {
-        build_args,
-        target,
-        ..PlanOptions::default()
-    };
-    let first = plan::plan(&df, &opts).map_err(|e| fail(df.warnings.clone(), fmt_df_error(&e)))?;
-    // Bases the local store has give planning their env, workdir and ONBUILD triggers.
-    let mut missing = Vec::new();
-    let store = if ctx.root.join("kiln.db").exists() {
-        ctx.store().ok()
-    } else {
-        None
-    };
-    for r in first.image_refs() {
-        let found = store.as_ref().and_then(|s| {
-            let img = crate::image::resolve(s, &r).ok()?;
-            crate::image::read_config(s, &img.image).ok()
-        });
-        match found {
-            Some(cfg) => {
-                opts.bases
-                    .insert(r.clone(), plan::Config::from(&cfg.config));
-            }
-            None => missing.push(r),
-        }
-    }
-    let plan = if opts.bases.is_empty() {
-        first
-    } else {
-        plan::plan(&df, &opts).map_err(|e| fail(df.warnings.clone(), fmt_df_error(&e)))?
-    };
-    let mut extra = plan.warnings.clone();
-    for r in &missing {
-        let line = from_line(&plan, r).unwrap_or(0);
-        extra.push(Warning {
-            rule: "BaseImageNotLocal",
-            message: format!(
-                "image {r:?} is not in the local store; the build will need it (kiln pull, kiln import or kiln load)"
-            ),
-            line,
-        });
-    }
-    df.add_warnings(extra);
-    if let Err(e) = check_sources(&df, &plan, &ctxdir) {
-        return Err(fail(df.warnings.clone(), fmt_df_error(&e)));
-    }
-    Ok(Checked {
-        warnings: df.warnings.clone(),
-        fail_on_warnings: df.check.error,
-    })
-}
-
-fn from_line(plan: &Plan, r: &str) -> Option<usize> {
-    plan.stages.iter().find_map(|s| match &s.base {
-        plan::Base::Image(i) if i == r => Some(s.line),
-        _ => s.steps.iter().find_map(|st| match &st.kind {
-            StepKind::Copy(c) if c.source == Source::Image(r.to_string()) => Some(st.line),
-            _ => None,
-        }),
-    })
-}
-
-/// Every COPY/ADD source from the context must select something the context sends.
-fn check_sources(df: &Dockerfile, plan: &Plan, ctx: &Context) -> Result<(), DockerfileError> {
-    let mut entries: Option<Vec<(String, EntryKind)>> = None;
-    for stage in &plan.stages {
-        for step in &stage.steps {
-            let StepKind::Copy(c) = &step.kind else {
-                continue;
-            };
-            if c.source != Source::Context {
-                continue;
-            }
-            let what = if c.copy.add { "ADD" } else { "COPY" };
-            for src in &c.copy.sources {
-                if c.copy.add && (src.contains("://") || src.starts_with("git@")) {
-                    continue;
-                }
-                let rel = clean(src.trim_start_matches('/'));
-                if rel == ".." || rel.starts_with("../") {
-                    return Err(df.error_at(
-                        step.line,
-                        format!("{what} source {src:?} is outside the build context"),
-                    ));
-                }
-                if rel == "." {
-                    continue;
-                }
-                let list = match &entries {
-                    Some(l) => l,
-                    None => {
-                        let walked = ctx
-                            .walk()
-                            .map_err(|e| df.error_at(step.line, e.to_string()))?;
-                        entries
-                            .get_or_insert(walked.into_iter().map(|e| (e.path, e.kind)).collect())
-                    }
-                };
-                let wildcard = rel.contains(['*', '?', '[']);
-                let found = if wildcard {
-                    // A wildcard may match nothing: BuildKit copies with AllowEmptyWildcard.
-                    Pattern::new(&rel).map_err(|e| {
-                        df.error_at(step.line, format!("{what} source {src:?}: {e}"))
-                    })?;
-                    true
-                } else {
-                    list.iter().any(|(path, _)| *path == rel)
-                };
-                if !found {
-                    let why = if ctx.excludes(&rel) {
-                        format!(
-                            "{what} source {src:?} is excluded by {}",
-                            ctx.ignore_file()
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_else(|| ".dockerignore".into())
-                        )
-                    } else {
-                        format!(
-                            "{what} source {src:?} matches no file in the build context {}",
-                            ctx.root().display()
-                        )
-                    };
-                    return Err(df.error_at(step.line, why));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Renders build progress: plain lines, one spinner per running step on a TTY, or nothing.
@@ -612,34 +443,14 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     let build_args = build_arg_map(&args.build_args)?;
     let labels = parse_labels(&args.labels)?;
     let source_date_epoch =
-        match build_args
-            .get("SOURCE_DATE_EPOCH")
-            .cloned()
-            .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        {
-            Some(v) if !v.is_empty() => Some(v.trim().parse::<i64>().map_err(|_| {
-                anyhow::anyhow!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
-            })?),
-            _ => None,
-        };
+        crate::timefmt::source_date_epoch(build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))
+            .map_err(anyhow::Error::msg)?;
     let (name, path, bytes) = read_dockerfile(args.file.as_deref(), &args.context)?;
-    let df = Dockerfile::parse(&name, &bytes).map_err(|e| anyhow::anyhow!(fmt_df_error(&e)))?;
+    let df =
+        Dockerfile::parse(&name, &bytes).map_err(|e| anyhow::anyhow!(lint::format_error(&e)))?;
     let context = Context::open(&args.context, path.as_deref())
         .with_context(|| format!("open build context {}", args.context.display()))?;
     let store = ctx.store()?;
-    // Bases and --from images the store lacks are pulled first (all of them with --pull).
-    if let Ok(first) = plan::plan(
-        &df,
-        &PlanOptions {
-            build_args: build_args.clone(),
-            target: args.target.clone(),
-            ..PlanOptions::default()
-        },
-    ) {
-        for r in first.image_refs() {
-            super::registry::ensure_image(&store, &r, args.pull)?;
-        }
-    }
     let dockerfile_id = match &path {
         Some(p) => std::fs::canonicalize(p)
             .unwrap_or_else(|_| p.clone())
@@ -700,9 +511,17 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--cache-to: {e}"))?;
     let t0 = std::time::Instant::now();
-    let outcome = match crate::builder::build(&store, &df, &context, &opts, &render) {
+    // Bases and --from images the store lacks are pulled (all of them with --pull).
+    let bases = Pulling {
+        always: args.pull,
+        failed: Mutex::new(None),
+    };
+    let outcome = match crate::builder::build(&store, &df, &context, &opts, &bases, &render) {
         Ok(o) => o,
         Err(e) => {
+            if let Some(pull) = bases.failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                return Err(pull);
+            }
             return Err(build_failure(e));
         }
     };
@@ -729,30 +548,44 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         }
     }
     if let Some(r) = cache_to {
-        let mut seen = std::collections::HashSet::new();
-        let mut records = Vec::new();
-        for k in &outcome.keys {
-            if seen.insert(k.clone()) {
-                if let Some(rec) = store.step(k)? {
-                    records.push(rec);
-                }
-            }
-        }
         let t = std::time::Instant::now();
         let quiet = |_: &str| {};
-        let digest = crate::registry::cache::export(&store, &records, &r, &quiet)
-            .with_context(|| format!("--cache-to {}", r.familiar()))?;
+        let (steps, digest) =
+            crate::registry::cache::export_keys(&store, &outcome.keys, &r, &quiet)
+                .with_context(|| format!("--cache-to {}", r.familiar()))?;
         if !args.quiet {
             eprintln!(
                 "exported cache to {}: {} steps, {digest} in {:.2}s",
                 r.familiar(),
-                records.len(),
+                steps,
                 t.elapsed().as_secs_f64()
             );
         }
     }
     println!("{}", outcome.image.id());
     Ok(0)
+}
+
+/// Pulls what the build names and the store lacks, reporting as `docker build` does; keeps the
+/// first failure whole (with its hints) for the error report.
+struct Pulling {
+    always: bool,
+    failed: Mutex<Option<anyhow::Error>>,
+}
+
+impl crate::builder::Bases for Pulling {
+    fn ensure(
+        &self,
+        store: &kiln_store::Store,
+        reference: &str,
+    ) -> std::result::Result<(), String> {
+        super::ui::pull::ensure_image(store, reference, self.always).map_err(|e| {
+            let text = format!("{e:#}");
+            let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            failed.get_or_insert(e);
+            text
+        })
+    }
 }
 
 fn tty_render() -> Render {
@@ -766,7 +599,7 @@ fn tty_render() -> Render {
 /// Turns a build error into the CLI's error, with the failing RUN's last output lines.
 fn build_failure(e: BuildError) -> anyhow::Error {
     match e {
-        BuildError::Dockerfile(d) => anyhow::anyhow!(fmt_df_error(&d)),
+        BuildError::Dockerfile(d) => anyhow::anyhow!(lint::format_error(&d)),
         BuildError::RunFailed {
             file,
             line,

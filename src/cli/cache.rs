@@ -1,6 +1,7 @@
 //! `kiln cache ls|du|inspect|prune`: the build step cache, looked at and trimmed.
 
-use super::{table, Ctx};
+use super::ui::table;
+use super::Ctx;
 use crate::timefmt;
 use anyhow::Result;
 use clap::{Args, Subcommand};

@@ -1,6 +1,7 @@
 //! Container commands, with Docker's flags and output: run, ps, stop, kill, rm, logs.
 
-use super::{table, Ctx, Hint};
+use super::ui::table;
+use super::{Ctx, Hint};
 use crate::container::{self, ports::PortSpec, ContainerError, RunOptions, Tee};
 use crate::timefmt;
 use anyhow::Result;
@@ -117,7 +118,7 @@ pub fn run(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     match run_inner(ctx, a) {
         Ok(code) => Ok(code),
         Err(e) => {
-            super::report(&e);
+            super::ui::report(&e);
             Ok(crate::runtime::EXIT_SETUP)
         }
     }
@@ -134,7 +135,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         .flatten()
         .collect();
     let store = ctx.store()?;
-    super::registry::ensure_image(&store, &a.image, false)?;
+    super::ui::pull::ensure_image(&store, &a.image, false)?;
     let opts = RunOptions {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -376,7 +377,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
             "RunningFor": "CREATED", "Status": "STATUS", "State": "STATE", "Ports": "PORTS",
             "Names": "NAMES", "Labels": "LABELS", "Size": "SIZE",
         });
-        print!("{}", super::format::render(f, &items, &headers)?);
+        print!("{}", super::ui::format::render(f, &items, &headers)?);
         return Ok(0);
     }
     if a.quiet {
@@ -413,7 +414,7 @@ fn each(
         match r {
             Ok(()) => println!("{n}"),
             Err(e) => {
-                super::report(&anyhow::Error::new(e));
+                super::ui::report(&anyhow::Error::new(e));
                 code = 1;
             }
         }
@@ -562,178 +563,29 @@ pub struct ExecArgs {
     cmd: Vec<String>,
 }
 
-/// Reads a small file inside a running container, resolved in its root (never through it).
-fn container_file(pid: i64, path: &str) -> Option<String> {
-    let root =
-        crate::rootfs::Root::open(std::path::Path::new(&format!("/proc/{pid}/root"))).ok()?;
-    let p = crate::rootfs::clean(std::path::Path::new(path))?;
-    let fd = root.open_at(&p, libc::O_RDONLY).ok()?;
-    let mut s = String::new();
-    std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut s).ok()?;
-    Some(s)
-}
-
 /// `kiln exec`: the command's exit code; 125 for kiln's own errors (not running, no such
 /// container), 126/127 as `run`.
 pub fn exec(ctx: &Ctx, a: ExecArgs) -> Result<i32> {
     let go = || -> Result<i32> {
         let store = ctx.store()?;
-        let row = container::refresh(&store, container::resolve(&store, &a.container)?)?;
-        let (Some(pid), "running") = (row.pid, row.record.state.as_str()) else {
-            anyhow::bail!("container {} is not running", row.record.name);
-        };
-        let spec = container::spec_of(&row)?;
-        let ids = match &a.user {
-            None => spec.runtime.ids.clone(),
-            Some(u) => crate::runtime::user::resolve(
-                u,
-                container_file(pid, "/etc/passwd").as_deref(),
-                container_file(pid, "/etc/group").as_deref(),
-            )?,
-        };
-        let mut env = spec.runtime.env.clone();
-        for kv in &a.env {
-            let (k, v) = match kv.split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (kv.clone(), std::env::var(kv).ok()),
-            };
-            env.retain(|e| e.split_once('=').map_or(e.as_str(), |(ek, _)| ek) != k);
-            if let Some(v) = v {
-                env.push(format!("{k}={v}"));
-            }
-        }
-        use std::os::fd::AsFd;
-        let es = crate::runtime::ExecSpec {
-            pid: pid as i32,
-            argv: a.cmd.clone(),
-            env,
-            cwd: a.workdir.clone().unwrap_or(spec.runtime.cwd.clone()),
-            ids,
-            no_new_privs: spec.runtime.no_new_privs,
+        let opts = container::exec::ExecOptions {
+            container: a.container.clone(),
+            cmd: a.cmd.clone(),
+            env: a.env.clone(),
+            user: a.user.clone(),
+            workdir: a.workdir.clone(),
             tty: a.tty,
-            winsize: crate::sys::proc::window_size(std::io::stdin().as_fd())
-                .map(|w| (w.ws_row, w.ws_col)),
-            cgroups: spec.runtime.cgroups.clone(),
-            security: spec.runtime.security.clone(),
+            interactive: a.interactive,
         };
-        if !a.tty {
-            let stdin = if a.interactive {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            };
-            let status = crate::runtime::spawn_exec(&es, stdin)?.child.wait()?;
-            return Ok(crate::runtime::exit_code(status));
-        }
-        // -t: the helper sends the terminal's master back over a socket given as its stdin.
-        let (ours, theirs) = crate::sys::proc::socketpair()?;
-        let mut child = crate::runtime::spawn_exec(&es, Stdio::from(theirs))?.child;
-        let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) else {
-            return Ok(crate::runtime::exit_code(child.wait()?));
-        };
-        let master = std::fs::File::from(master);
-        let raw = crate::sys::proc::make_raw(std::io::stdin().as_fd()).ok();
-        if a.interactive {
-            let mut w = master.try_clone()?;
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut w);
-            });
-        }
-        let mut r = master.try_clone()?;
-        drop(master);
-        let out = std::thread::spawn(move || {
-            let mut o = std::io::stdout();
-            let mut buf = [0u8; 8192];
-            // The master reads EIO once the last slave copy closes.
-            while let Ok(n) = std::io::Read::read(&mut r, &mut buf) {
-                if n == 0 || o.write_all(&buf[..n]).and_then(|_| o.flush()).is_err() {
-                    break;
-                }
-            }
-        });
-        let status = child.wait()?;
-        let _ = out.join();
-        if let Some(t) = raw {
-            crate::sys::proc::restore_terminal(std::io::stdin().as_fd(), &t);
-        }
-        Ok(crate::runtime::exit_code(status))
+        Ok(container::exec::exec(&store, &opts)?)
     };
     match go() {
         Ok(code) => Ok(code),
         Err(e) => {
-            super::report(&e);
+            super::ui::report(&e);
             Ok(crate::runtime::EXIT_SETUP)
         }
     }
-}
-
-/// `kiln inspect CONTAINER`: Docker's shape, the fields kiln knows.
-pub fn inspect_container(
-    store: &kiln_store::Store,
-    row: kiln_store::ContainerRow,
-) -> Result<serde_json::Value> {
-    let row = container::refresh(store, row)?;
-    let spec = container::spec_of(&row)?;
-    let time = |t: Option<i64>| {
-        t.map(timefmt::rfc3339)
-            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
-    };
-    // One entry per container port, with every host address it is published on (IPv4 and
-    // IPv6), as Docker's NetworkSettings.Ports.
-    let mut ports = serde_json::Map::new();
-    for p in &spec.ports {
-        let entry = ports
-            .entry(format!("{}/{}", p.container_port, p.proto))
-            .or_insert_with(|| serde_json::json!([]));
-        if let Some(a) = entry.as_array_mut() {
-            a.push(serde_json::json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
-        }
-    }
-    let running = row.record.state == "running";
-    let sec = &spec.runtime.security;
-    use crate::runtime::caps;
-    Ok(serde_json::json!({
-        "Id": row.record.id,
-        "Created": timefmt::rfc3339(row.record.created),
-        "Path": spec.command.first(),
-        "Args": spec.command.iter().skip(1).collect::<Vec<_>>(),
-        "State": {
-            "Status": row.record.state,
-            "Running": running,
-            "Pid": if running { row.pid.unwrap_or(0) } else { 0 },
-            "ExitCode": row.exit_code,
-            "StartedAt": time(row.started),
-            "FinishedAt": time(row.finished),
-        },
-        // Docker's "Image" is the image ID (the config's digest), not the manifest's.
-        "Image": store
-            .image(&row.record.image)?
-            .map(|i| i.id().to_string())
-            .unwrap_or_else(|| row.record.image.to_string()),
-        "Name": format!("/{}", row.record.name),
-        "LogPath": container::dir(store, &row.record.id).join("log.json"),
-        "Config": {
-            "Hostname": spec.runtime.hostname,
-            "User": format!("{}:{}", spec.runtime.ids.uid, spec.runtime.ids.gid),
-            "Env": spec.runtime.env,
-            "Cmd": spec.command,
-            "Image": row.record.image_ref,
-            "WorkingDir": spec.runtime.cwd,
-            "StopSignal": spec.stop_signal,
-        },
-        "HostConfig": {
-            "NetworkMode": match spec.runtime.net { crate::runtime::Net::Host => "host", crate::runtime::Net::Private => "private" },
-            "AutoRemove": spec.remove,
-            "Privileged": sec.privileged,
-            "CapAdd": caps::names(sec.caps & !caps::default_mask()),
-            "CapDrop": caps::names(caps::default_mask() & !sec.caps),
-            "SecurityOpt": sec.security_opt(),
-            "Devices": sec.devices.iter().map(|d| serde_json::json!({
-                "PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.access,
-            })).collect::<Vec<_>>(),
-        },
-        "NetworkSettings": { "Ports": ports },
-    }))
 }
 
 #[derive(Args, Debug)]
@@ -745,7 +597,7 @@ pub struct PruneArgs {
 
 /// `kiln container prune`: removes every stopped container, as `docker container prune`.
 pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
-    if !super::manage::confirm(a.force, "This will remove all stopped containers.")? {
+    if !super::ui::confirm(a.force, "This will remove all stopped containers.")? {
         return Ok(1);
     }
     let store = ctx.store()?;

@@ -1,6 +1,7 @@
 //! Image commands: import, load, save, images, tag, rmi, inspect.
 
-use super::{table, Ctx, Hint};
+use super::ui::{table, CompressionArg};
+use super::{Ctx, Hint};
 use crate::image::archive::{self, ArchiveFormat, SaveItem};
 use crate::image::import::{import_tarball, ImportOptions};
 use crate::image::reference::Reference;
@@ -11,33 +12,6 @@ use clap::{Args, ValueEnum};
 use kiln_store::{Compression, GcOptions, ImageRecord, Store};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum CompressionArg {
-    Zstd,
-    Gzip,
-}
-
-impl From<CompressionArg> for Compression {
-    fn from(c: CompressionArg) -> Compression {
-        match c {
-            CompressionArg::Zstd => Compression::Zstd,
-            CompressionArg::Gzip => Compression::Gzip,
-        }
-    }
-}
-
-/// SOURCE_DATE_EPOCH, when set (reproducible-builds.org): fixes `created` timestamps.
-pub(crate) fn source_date_epoch() -> Result<Option<i64>> {
-    match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => {
-            Ok(Some(v.trim().parse().with_context(|| {
-                format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
-            })?))
-        }
-        _ => Ok(None),
-    }
-}
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {
@@ -63,7 +37,7 @@ pub fn import(ctx: &Ctx, a: ImportArgs) -> Result<i32> {
     let opts = ImportOptions {
         compression: a.compression.into(),
         message: a.message,
-        created: source_date_epoch()?,
+        created: crate::timefmt::source_date_epoch(None).map_err(anyhow::Error::msg)?,
         source: a.file.clone(),
         changes: if a.change.is_empty() {
             None
@@ -405,7 +379,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
                 "ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
                 "CreatedAt": "CREATED AT", "CreatedSince": "CREATED", "Size": "SIZE",
             });
-            out = super::format::render(&a.format, &items, &headers)?;
+            out = super::ui::format::render(&a.format, &items, &headers)?;
         }
     } else {
         let mut t = vec![vec![
@@ -464,7 +438,7 @@ pub fn rmi(ctx: &Ctx, a: RmiArgs) -> Result<i32> {
     let mut failed = false;
     for name in &a.images {
         if let Err(e) = rmi_one(&store, name, a.force) {
-            super::report(&e);
+            super::ui::report(&e);
             failed = true;
         }
     }
@@ -533,13 +507,13 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     for name in &a.images {
         // A container's name or ID first, as Docker does; then an image.
         if let Ok(row) = crate::container::resolve(&store, name) {
-            out.push(super::containers::inspect_container(&store, row)?);
+            out.push(crate::container::inspect::inspect(&store, row)?);
             continue;
         }
         match inspect_one(&store, name) {
             Ok(v) => out.push(v),
             Err(e) => {
-                super::report(&e);
+                super::ui::report(&e);
                 failed = true;
             }
         }
@@ -547,7 +521,7 @@ pub fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     match &a.format {
         Some(f) => print!(
             "{}",
-            super::format::render(f, &out, &serde_json::json!({}))?
+            super::ui::format::render(f, &out, &serde_json::json!({}))?
         ),
         None => println!("{}", serde_json::to_string_pretty(&out)?),
     }
@@ -715,7 +689,7 @@ pub fn prune(ctx: &Ctx, a: ImagePruneArgs) -> Result<i32> {
     } else {
         "This will remove all dangling images."
     };
-    if !super::manage::confirm(a.force, warning)? {
+    if !super::ui::confirm(a.force, warning)? {
         return Ok(1);
     }
     let store = ctx.store()?;

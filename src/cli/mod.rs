@@ -5,11 +5,10 @@
 mod build;
 mod cache;
 mod containers;
-mod format;
 mod images;
-mod manage;
 mod registry;
 mod system;
+mod ui;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -96,13 +95,13 @@ enum Command {
     System(system::SystemCommand),
     /// Manage images: ls, rm, inspect, tag, push, pull, save, load, import, history, prune
     #[command(subcommand)]
-    Image(manage::ImageCommand),
+    Image(ImageCommand),
     /// Manage containers: ls, run, stop, kill, rm, logs, exec, inspect, prune
     #[command(subcommand)]
-    Container(manage::ContainerCommand),
+    Container(ContainerCommand),
     /// Manage the build cache: prune
     #[command(subcommand)]
-    Builder(manage::BuilderCommand),
+    Builder(BuilderCommand),
     /// Show the history of an image
     History(images::HistoryArgs),
 }
@@ -139,23 +138,6 @@ impl std::fmt::Display for Hint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-fn hint_for(e: &anyhow::Error) -> Option<String> {
-    if let Some(h) = e.downcast_ref::<Hint>() {
-        return Some(h.0.clone());
-    }
-    for cause in e.chain() {
-        if let Some(crate::image::ImageError::NotFound(_)) =
-            cause.downcast_ref::<crate::image::ImageError>()
-        {
-            return Some("`kiln images` lists what the store has; `kiln import` or `kiln load` brings an image in".into());
-        }
-        if let Some(kiln_store::Error::TooNew { .. }) = cause.downcast_ref::<kiln_store::Error>() {
-            return Some("use a newer kiln, or another --root".into());
-        }
-    }
-    None
 }
 
 /// Parses argv, runs the command, prints any error; returns the process exit code.
@@ -243,60 +225,116 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Pull(a) => registry::pull(&ctx, a),
         Command::Cache(c) => cache::run(&ctx, c),
         Command::System(c) => system::run(&ctx, c),
-        Command::Image(c) => manage::image(&ctx, c),
-        Command::Container(c) => manage::container(&ctx, c),
-        Command::Builder(c) => manage::builder(&ctx, c),
+        Command::Image(c) => image(&ctx, c),
+        Command::Container(c) => container(&ctx, c),
+        Command::Builder(c) => builder(&ctx, c),
         Command::History(a) => images::history(&ctx, a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            report(&e);
+            ui::report(&e);
             1
         }
     }
 }
 
-/// Prints an error Docker-style: the message, each cause on its own line, then a hint.
-pub(crate) fn report(e: &anyhow::Error) {
-    let hint = e.downcast_ref::<Hint>().map(|h| h.0.clone());
-    let mut chain = e.chain().filter(|c| Some(c.to_string()) != hint);
-    if let Some(first) = chain.next() {
-        eprintln!("kiln: error: {first}");
-    }
-    let mut last = String::new();
-    for c in chain {
-        let s = c.to_string();
-        if s != last {
-            eprintln!("  caused by: {s}");
-        }
-        last = s;
-    }
-    if let Some(h) = hint_for(e) {
-        eprintln!("hint: {h}");
+// Docker's management commands (`kiln image ls`, `kiln container rm`, `kiln builder prune`):
+// the same arguments and the same code as the top-level commands they name, so a script
+// written for `docker image ls` or `docker container prune` runs as it is.
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// List images (as `kiln images`)
+    #[command(alias = "list")]
+    Ls(images::ImagesArgs),
+    /// Remove images (as `kiln rmi`)
+    #[command(alias = "remove", alias = "rmi")]
+    Rm(images::RmiArgs),
+    /// Show images' details as JSON
+    Inspect(images::InspectArgs),
+    /// Create a tag TARGET that refers to SOURCE
+    Tag(images::TagArgs),
+    /// Push an image to a registry
+    Push(registry::PushArgs),
+    /// Pull an image from a registry
+    Pull(registry::PullArgs),
+    /// Save images to an archive
+    Save(images::SaveArgs),
+    /// Load images from an archive
+    Load(images::LoadArgs),
+    /// Import a rootfs tarball as a one-layer image
+    Import(images::ImportArgs),
+    /// Show the history of an image
+    History(images::HistoryArgs),
+    /// Remove images no container uses: untagged ones, or with -a every one
+    Prune(images::ImagePruneArgs),
+}
+
+// Parsed once per process: the size of the `run` variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// List containers (as `kiln ps`)
+    #[command(alias = "list", alias = "ps")]
+    Ls(containers::PsArgs),
+    /// Run a command in a new container
+    Run(containers::RunArgs),
+    /// Stop running containers
+    Stop(containers::StopArgs),
+    /// Send a signal to running containers
+    Kill(containers::KillArgs),
+    /// Remove containers
+    #[command(alias = "remove")]
+    Rm(containers::RmArgs),
+    /// Show a container's output
+    Logs(containers::LogsArgs),
+    /// Run a command in a running container
+    Exec(containers::ExecArgs),
+    /// Show containers' details as JSON
+    Inspect(images::InspectArgs),
+    /// Remove every stopped container
+    Prune(containers::PruneArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BuilderCommand {
+    /// Remove build cache entries (as `kiln cache prune`)
+    Prune(cache::PruneArgs),
+}
+
+fn image(ctx: &Ctx, c: ImageCommand) -> Result<i32> {
+    match c {
+        ImageCommand::Ls(a) => images::images(ctx, a),
+        ImageCommand::Rm(a) => images::rmi(ctx, a),
+        ImageCommand::Inspect(a) => images::inspect(ctx, a),
+        ImageCommand::Tag(a) => images::tag(ctx, a),
+        ImageCommand::Push(a) => registry::push(ctx, a),
+        ImageCommand::Pull(a) => registry::pull(ctx, a),
+        ImageCommand::Save(a) => images::save(ctx, a),
+        ImageCommand::Load(a) => images::load(ctx, a),
+        ImageCommand::Import(a) => images::import(ctx, a),
+        ImageCommand::History(a) => images::history(ctx, a),
+        ImageCommand::Prune(a) => images::prune(ctx, a),
     }
 }
 
-/// Formats rows as Docker's tabwriter does (columns padded by 3 spaces, last column unpadded).
-pub(crate) fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0; cols];
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
+fn container(ctx: &Ctx, c: ContainerCommand) -> Result<i32> {
+    match c {
+        ContainerCommand::Ls(a) => containers::ps(ctx, a),
+        ContainerCommand::Run(a) => containers::run(ctx, a),
+        ContainerCommand::Stop(a) => containers::stop(ctx, a),
+        ContainerCommand::Kill(a) => containers::kill(ctx, a),
+        ContainerCommand::Rm(a) => containers::rm(ctx, a),
+        ContainerCommand::Logs(a) => containers::logs(ctx, a),
+        ContainerCommand::Exec(a) => containers::exec(ctx, a),
+        ContainerCommand::Inspect(a) => images::inspect(ctx, a),
+        ContainerCommand::Prune(a) => containers::prune(ctx, a),
     }
-    let mut out = String::new();
-    for r in rows {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            line.push_str(c);
-            if i + 1 < r.len() {
-                line.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
+}
+
+fn builder(ctx: &Ctx, c: BuilderCommand) -> Result<i32> {
+    match c {
+        BuilderCommand::Prune(a) => cache::run(ctx, cache::CacheCommand::Prune(a)),
     }
-    out
 }

@@ -1,6 +1,7 @@
 //! `kiln system`: prune (GC), df (usage by kind), check (verify the store's invariants).
 
-use super::{table, Ctx};
+use super::ui::table;
+use super::Ctx;
 use crate::timefmt::human_size;
 use anyhow::Result;
 use clap::Subcommand;
@@ -29,7 +30,7 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
 }
 
 fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
-    if !super::manage::confirm(
+    if !super::ui::confirm(
         force,
         "This will remove:\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n",
     )? {

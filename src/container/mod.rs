@@ -14,6 +14,8 @@
 //! output, its ports and its exit status. If that owner is killed, the container dies with it
 //! (parent-death signals down the chain) and `ps` reports it `Exited (unknown)`.
 
+pub mod exec;
+pub mod inspect;
 pub mod ports;
 
 use crate::image::{self, ImageError};
@@ -401,7 +403,11 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         let (kind, _) = crate::snapshotter::choose(store.root(), None);
         let snapshotter = kind.get();
         let dirs = crate::snapshotter::Dirs {
-            upper: d.join(if kind == crate::snapshotter::Kind::Overlay { "upper" } else { "tree" }),
+            upper: d.join(if kind == crate::snapshotter::Kind::Overlay {
+                "upper"
+            } else {
+                "tree"
+            }),
             work: d.join("work"),
             target: d.join("rootfs"),
             empty: files.join("empty"),
@@ -910,7 +916,7 @@ pub fn supervise_main(root: &Path, id: &str) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: supervise {id}: {e}");
+            tracing::error!("supervise {id}: {e}");
             if let Ok(store) = Store::open(root) {
                 let _ = store.container_exited(id, Some(125), kiln_store::store::now());
             }

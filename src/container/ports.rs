@@ -338,8 +338,7 @@ mod tests {
 
     #[test]
     fn tcp_and_udp_reach_a_server_in_another_network_namespace() {
-        if !crate::sys::is_root() {
-            eprintln!("skipped: network namespaces need root");
+        if !crate::sys::test_has_root("network namespaces need root") {
             return;
         }
         let ns = echo_namespace(7007);

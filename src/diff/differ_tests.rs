@@ -339,8 +339,7 @@ proptest! {
         base in proptest::collection::vec(base_entry(), 1..24),
         ops in proptest::collection::vec(op(), 1..12),
     ) {
-        if !sys::is_root() {
-            eprintln!("skipped: overlay mounts need root");
+        if !sys::test_has_root("overlay mounts need root") {
             return Ok(());
         }
         let t = tempfile::tempdir().unwrap();

@@ -283,8 +283,7 @@ fn whiteouts_of_dot_dot_are_rejected_and_others_contained() {
 
 #[test]
 fn whiteouts_and_opaque_dirs_become_overlay_form() {
-    if !crate::sys::is_root() {
-        eprintln!("skipped: whiteout device nodes and trusted.* xattrs need root");
+    if !crate::sys::test_has_root("whiteout device nodes and trusted.* xattrs need root") {
         return;
     }
     let j = Jail::new();

@@ -14,6 +14,7 @@
 #[cfg(test)]
 mod fuzz;
 pub mod instructions;
+pub mod lint;
 pub mod parser;
 pub mod quote;
 pub mod shell;

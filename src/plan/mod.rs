@@ -25,7 +25,6 @@
 //! Each layer-making step (RUN, COPY, ADD, WORKDIR) gets a canonical definition; the key
 //! table is in [`key`]. Metadata instructions only change [`Config`].
 
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::frontend::instructions::{self, parse_mount, Copy, Healthcheck};
@@ -34,8 +33,8 @@ use crate::frontend::shell::{Lexer, Lookup};
 use crate::frontend::{
     parser, Command, Dockerfile, DockerfileError, Instruction, Located, Warning,
 };
-pub use crate::key::{step_key, Canon, StepKey, KEY_VERSION};
 use crate::key::schema;
+pub use crate::key::{step_key, Canon, StepKey, KEY_VERSION};
 
 /// The platform kiln builds for.
 pub const PLATFORM: (&str, &str, &str) = ("linux", "amd64", "");

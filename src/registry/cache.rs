@@ -86,6 +86,27 @@ pub fn parse_spec(spec: &str) -> std::result::Result<Reference, String> {
     Reference::parse(r).map_err(|e| format!("cache reference {r:?}: {e}"))
 }
 
+/// Exports the steps a build used or made (its [`crate::builder::Outcome::keys`], in order,
+/// duplicates skipped) to `reference`; returns how many steps went and the manifest digest.
+pub fn export_keys(
+    store: &Store,
+    keys: &[String],
+    reference: &Reference,
+    report: Report<'_>,
+) -> Result<(usize, Digest)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    for k in keys {
+        if seen.insert(k.as_str()) {
+            if let Some(rec) = store.step(k)? {
+                records.push(rec);
+            }
+        }
+    }
+    let digest = export(store, &records, reference, report)?;
+    Ok((records.len(), digest))
+}
+
 /// Pushes `records` (and their layers) as the cache manifest `reference`; returns its digest.
 pub fn export(
     store: &Store,

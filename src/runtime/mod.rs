@@ -372,7 +372,9 @@ pub fn overlay_lowers<'p>(
 
 /// The [`MOUNT_POINTS`] the root filesystem `view` lacks, as `(absolute path, is a directory)`:
 /// the stubs the helper creates to mount on, removed again afterwards.
-pub fn missing_mount_points(view: &crate::snapshotter::view::View) -> io::Result<Vec<(String, bool)>> {
+pub fn missing_mount_points(
+    view: &crate::snapshotter::view::View,
+) -> io::Result<Vec<(String, bool)>> {
     let mut stubs = Vec::new();
     for (p, dir) in MOUNT_POINTS {
         let abs = format!("/{p}");

@@ -87,8 +87,9 @@ pub fn materialize(store: &Store, view: &View, dest: &Path) -> io::Result<()> {
         let tar = tempfile::tempfile_in(store.ingest_dir())?;
         let mut tar = diff::write_entries(&entries, tar, &TarOptions::default())?;
         tar.rewind()?;
-        diff::apply_layer(&root, io::BufReader::new(tar))
-            .map_err(|e| io::Error::other(format!("copy {}: {}", layer.display(), diff::chain(&e))))?;
+        diff::apply_layer(&root, io::BufReader::new(tar)).map_err(|e| {
+            io::Error::other(format!("copy {}: {}", layer.display(), diff::chain(&e)))
+        })?;
     }
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! once stacked by overlay), checked against its DiffID, and only then moved into snapshots/ and
 //! recorded; a failure leaves nothing behind. Missing layers unpack in parallel.
 
-
 use super::view;
 use crate::diff::{apply_layer, ApplyError};
 use crate::rootfs::Root;

@@ -316,8 +316,7 @@ mod tests {
 
     #[test]
     fn merges_layers_with_whiteouts_opaque_dirs_and_symlinks() {
-        if !crate::sys::is_root() {
-            eprintln!("skipped: whiteouts need mknod (root)");
+        if !crate::sys::test_has_root("whiteouts need mknod (root)") {
             return;
         }
         let t = tempfile::tempdir().unwrap();

@@ -387,3 +387,19 @@ pub const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
 /// `statfs` type of tmpfs (linux/magic.h).
 pub const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// For unit tests that need root: false (skip, saying why) when not root, unless
+/// `KILN_REQUIRE_PRIVILEGED` is set, when a missing privilege fails the test as the integration
+/// tests do.
+#[cfg(test)]
+pub fn test_has_root(why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("KILN_REQUIRE_PRIVILEGED").is_none(),
+        "KILN_REQUIRE_PRIVILEGED is set but this test is not root: {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}

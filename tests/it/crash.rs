@@ -189,8 +189,9 @@ fn sigkill_during_build_leaves_a_consistent_store() {
     let store = k.store();
     let img = kiln::image::resolve(&store, "crashy").unwrap().image;
     let snaps = kiln::snapshotter::unpack_image(&store, &img).unwrap();
-    let view =
-        kiln::snapshotter::view::View::new(snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect());
+    let view = kiln::snapshotter::view::View::new(
+        snaps.iter().rev().map(|s| store.snapshot_fs(s)).collect(),
+    );
     assert_eq!(view.read_string("/count").unwrap(), "1502\n");
     assert_eq!(view.read_string("/sum").unwrap(), expected_sum);
     assert!(store.verify().unwrap().is_empty());

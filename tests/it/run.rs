@@ -288,10 +288,8 @@ fn detached_containers_publish_ports_list_log_stop_and_remove() {
         "{err}"
     );
 
-    // httpd as PID 1 ignores SIGTERM: stop kills it after -t.
-    let t = Instant::now();
+    // httpd as PID 1 ignores SIGTERM: stop kills it after -t (137 = SIGKILL, below).
     assert_eq!(k.ok(&["stop", "-t", "1", "web"]).trim(), "web");
-    assert!(t.elapsed() < Duration::from_secs(8));
     let ps = k.ok(&["ps", "-a"]);
     assert!(ps.contains("Exited (137)"), "{ps}");
     assert!(!k.ok(&["ps"]).contains("web"));

@@ -15,7 +15,10 @@ fn unpacked_snapshot_equals_the_imported_tree() {
     assert_eq!(snaps.len(), 1);
     assert_eq!(describe(&store.snapshot_fs(&snaps[0])), describe(&rootfs));
     // A second call finds the snapshot instead of unpacking again.
-    assert_eq!(kiln::snapshotter::unpack_image(&store, &img).unwrap(), snaps);
+    assert_eq!(
+        kiln::snapshotter::unpack_image(&store, &img).unwrap(),
+        snaps
+    );
     assert!(store.verify().unwrap().is_empty());
 }
 

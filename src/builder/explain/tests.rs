@@ -4,8 +4,14 @@ use crate::key::StepKey;
 fn summary(definition: &str, env: &[(&str, &str)], files: &[(&str, &str)]) -> Summary {
     Summary {
         definition: definition.into(),
-        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        files: files.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        files: files
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -28,7 +34,10 @@ fn record(parent: &str, s: &Summary) -> StepRecord {
 #[test]
 fn a_miss_names_its_cause() {
     let now = summary("d1", &[("A", "1")], &[("a.txt", "h1"), ("b.txt", "h2")]);
-    assert_eq!(why_missed(true, None, "p", &now, false), "cache miss: --no-cache");
+    assert_eq!(
+        why_missed(true, None, "p", &now, false),
+        "cache miss: --no-cache"
+    );
     assert_eq!(
         why_missed(false, None, "p", &now, false),
         "cache miss: not built before"
@@ -56,11 +65,7 @@ fn a_miss_names_its_cause() {
         why_missed(false, Some(&same), "p", &text_changed, false),
         "cache miss: the instruction changed"
     );
-    let files = summary(
-        "d1",
-        &[("A", "1")],
-        &[("a.txt", "h9"), ("c.txt", "h3")],
-    );
+    let files = summary("d1", &[("A", "1")], &[("a.txt", "h9"), ("c.txt", "h3")]);
     assert_eq!(
         why_missed(false, Some(&same), "p", &files, false),
         "cache miss: 1 file changed: a.txt, 1 added, 1 removed"
@@ -74,11 +79,18 @@ fn explain_lists_the_key_and_the_differences() {
     let mut now = summary("d", &[("A", "2")], &[("a.txt", "h2")]);
     now.canonical = vec!["run: [\"make\"]".into()];
     let hit = explain(&key, &parent, &now, None, true);
-    assert!(hit[0].starts_with("key 010101010101 = blake3(parent 020202020202"), "{hit:?}");
+    assert!(
+        hit[0].starts_with("key 010101010101 = blake3(parent 020202020202"),
+        "{hit:?}"
+    );
     assert!(hit[0].ends_with("found by its --link key (base-independent)"));
     assert!(hit.contains(&"  run: [\"make\"]".to_string()));
     assert!(hit.contains(&"  env: A=2".to_string()));
-    let mut old = summary("d", &[("A", "1"), ("B", "x")], &[("a.txt", "h1"), ("gone", "h")]);
+    let mut old = summary(
+        "d",
+        &[("A", "1"), ("B", "x")],
+        &[("a.txt", "h1"), ("gone", "h")],
+    );
     old.canonical = vec!["run: [\"make\", \"all\"]".into()];
     let rec = record(&parent.to_hex(), &old);
     let miss = explain(&key, &parent, &now, Some(Some(&rec)), false);
@@ -90,7 +102,10 @@ fn explain_lists_the_key_and_the_differences() {
         "    changed a.txt: h1 -> h2",
         "    removed gone",
     ] {
-        assert!(miss.contains(&want.to_string()), "missing {want:?} in {miss:#?}");
+        assert!(
+            miss.contains(&want.to_string()),
+            "missing {want:?} in {miss:#?}"
+        );
     }
     let none = explain(&key, &parent, &now, Some(None), false);
     assert_eq!(

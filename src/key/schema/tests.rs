@@ -52,7 +52,14 @@ fn inputs_keep_their_encoding() {
     let files = files.finish();
     let mut legacy_files = Canon::new();
     for (name, dir, items) in [
-        ("a", true, vec![("x", "f", "", 0o644u32, [1u8; 32]), ("l", "l", "x", 0o777, [2; 32])]),
+        (
+            "a",
+            true,
+            vec![
+                ("x", "f", "", 0o644u32, [1u8; 32]),
+                ("l", "l", "x", 0o777, [2; 32]),
+            ],
+        ),
         ("b", false, vec![("", "s", "fifo:0", 0o600, [3; 32])]),
     ] {
         let mut rc = Canon::new();
@@ -79,13 +86,25 @@ fn inputs_keep_their_encoding() {
     }])
     .files(&files)
     .from_source("stage:k")
-    .bind_mount(1, BindSource::From { identity: "image:d", path: "src" })
+    .bind_mount(
+        1,
+        BindSource::From {
+            identity: "image:d",
+            path: "src",
+        },
+    )
     .bind_mount(2, BindSource::Context(&files))
     .link_owner(1, 2);
     let mut legacy = Canon::new();
     let mut url = Canon::new();
-    url.str(0, "http://x/y").str(1, "abc").str(2, "y").str(3, "7");
-    legacy.nested(4, &url).nested(0, &legacy_files).str(1, "stage:k");
+    url.str(0, "http://x/y")
+        .str(1, "abc")
+        .str(2, "y")
+        .str(3, "7");
+    legacy
+        .nested(4, &url)
+        .nested(0, &legacy_files)
+        .str(1, "stage:k");
     let mut b1 = Canon::new();
     b1.str(0, "1").str(1, "image:d").str(2, "src");
     let mut b2 = Canon::new();
@@ -171,7 +190,10 @@ fn the_key_table_names_every_field() {
     let mut consts = Vec::new();
     for line in src.lines() {
         let t = line.trim();
-        if let Some(m) = t.strip_prefix("pub mod ").and_then(|r| r.strip_suffix(" {")) {
+        if let Some(m) = t
+            .strip_prefix("pub mod ")
+            .and_then(|r| r.strip_suffix(" {"))
+        {
             stack.push(m);
         } else if t == "}" && line.len() - t.len() < 8 && !stack.is_empty() {
             // A closing brace at a module's indentation (consts are indented deeper).

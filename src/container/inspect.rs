@@ -1,0 +1,70 @@
+//! `inspect`: a container's record, spec and state in Docker's JSON shape.
+
+use super::ContainerError;
+use kiln_store::{ContainerRow, Store};
+
+/// A container as `docker inspect` shows it: Docker's shape, the fields kiln knows.
+pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, ContainerError> {
+    let row = super::refresh(store, row)?;
+    let spec = super::spec_of(&row)?;
+    let time = |t: Option<i64>| {
+        t.map(crate::timefmt::rfc3339)
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+    };
+    // One entry per container port, with every host address it is published on (IPv4 and
+    // IPv6), as Docker's NetworkSettings.Ports.
+    let mut ports = serde_json::Map::new();
+    for p in &spec.ports {
+        let entry = ports
+            .entry(format!("{}/{}", p.container_port, p.proto))
+            .or_insert_with(|| serde_json::json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(serde_json::json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
+        }
+    }
+    let running = row.record.state == "running";
+    let sec = &spec.runtime.security;
+    use crate::runtime::caps;
+    Ok(serde_json::json!({
+        "Id": row.record.id,
+        "Created": crate::timefmt::rfc3339(row.record.created),
+        "Path": spec.command.first(),
+        "Args": spec.command.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": row.record.state,
+            "Running": running,
+            "Pid": if running { row.pid.unwrap_or(0) } else { 0 },
+            "ExitCode": row.exit_code,
+            "StartedAt": time(row.started),
+            "FinishedAt": time(row.finished),
+        },
+        // Docker's "Image" is the image ID (the config's digest), not the manifest's.
+        "Image": store
+            .image(&row.record.image)?
+            .map(|i| i.id().to_string())
+            .unwrap_or_else(|| row.record.image.to_string()),
+        "Name": format!("/{}", row.record.name),
+        "LogPath": super::dir(store, &row.record.id).join("log.json"),
+        "Config": {
+            "Hostname": spec.runtime.hostname,
+            "User": format!("{}:{}", spec.runtime.ids.uid, spec.runtime.ids.gid),
+            "Env": spec.runtime.env,
+            "Cmd": spec.command,
+            "Image": row.record.image_ref,
+            "WorkingDir": spec.runtime.cwd,
+            "StopSignal": spec.stop_signal,
+        },
+        "HostConfig": {
+            "NetworkMode": match spec.runtime.net { crate::runtime::Net::Host => "host", crate::runtime::Net::Private => "private" },
+            "AutoRemove": spec.remove,
+            "Privileged": sec.privileged,
+            "CapAdd": caps::names(sec.caps & !caps::default_mask()),
+            "CapDrop": caps::names(caps::default_mask() & !sec.caps),
+            "SecurityOpt": sec.security_opt(),
+            "Devices": sec.devices.iter().map(|d| serde_json::json!({
+                "PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.access,
+            })).collect::<Vec<_>>(),
+        },
+        "NetworkSettings": { "Ports": ports },
+    }))
+}
