@@ -1,5 +1,5 @@
 //! The build orchestrator: the only module that drives a build from a parsed Dockerfile to an
-//! image in the store (DESIGN.md "A build").
+//! image in the store (docs/ARCHITECTURE.md "A build").
 //!
 //! 1. Plan once, resolve every base and `--from` image in the store, plan again with their
 //!    configs (ONBUILD triggers, ENV, USER, WORKDIR come from the base).

@@ -1,7 +1,7 @@
 //! Process, namespace and mount syscalls for the container init helper (`runtime::init`).
 //!
 //! These run in the freshly spawned, single-threaded helper and in its forked child, never in the
-//! multithreaded kiln process (CONVENTIONS: never fork there). Each wrapper is one syscall.
+//! multithreaded kiln process (never fork there: see docs/ARCHITECTURE.md "System calls"). Each wrapper is one syscall.
 
 use super::{cstr, cvt};
 use std::ffi::{CString, OsStr};

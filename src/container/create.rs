@@ -1,0 +1,335 @@
+//! Creating a container: flags checked, the image's config and `run`'s options merged into its spec, its root prepared by the snapshotter, its cgroups made.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Creates a container: resolves the image, makes its directories and records it. Returns the
+/// container's row, in state "created".
+pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerError> {
+    runtime::need_root("kiln run").map_err(ContainerError::Invalid)?;
+    check_flags(o)?;
+    let resolved = image::resolve(store, &o.image)?;
+    let img = resolved.image;
+    let cfg = image::read_config(store, &img)?;
+    let snaps = crate::snapshotter::unpack_image(store, &img).map_err(ImageError::from)?;
+    let lowers: Vec<PathBuf> = snaps.iter().map(|s| store.snapshot_fs(s)).collect();
+    let view = crate::snapshotter::view(&lowers);
+    let rc = &cfg.config;
+
+    let id = new_id()?;
+    let name = match &o.name {
+        Some(n) if !valid_name(n) => {
+            return Err(ContainerError::Invalid(format!(
+                "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )))
+        }
+        Some(n) => n.clone(),
+        None => generate_name(store, &id)?,
+    };
+    let hostname = o.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+
+    // Docker's rules: --entrypoint replaces the image's and drops its CMD; CLI args replace CMD.
+    let entrypoint: Vec<String> = match &o.entrypoint {
+        Some(e) if e.is_empty() => vec![],
+        Some(e) => vec![e.clone()],
+        None => rc.entrypoint.clone().unwrap_or_default(),
+    };
+    let cmd: Vec<String> = if !o.cmd.is_empty() {
+        o.cmd.clone()
+    } else if o.entrypoint.is_some() {
+        vec![]
+    } else {
+        rc.cmd.clone().unwrap_or_default()
+    };
+    let argv: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if argv.is_empty() {
+        return Err(ContainerError::Invalid(format!(
+            "no command specified: image {} has no CMD or ENTRYPOINT; give one after the image name",
+            o.image
+        )));
+    }
+
+    // Env: the image's, HOSTNAME, then --env-file, then -e; PATH and HOME as Docker sets them.
+    let mut env: Vec<String> = rc.env.clone().unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={}", crate::plan::DEFAULT_PATH));
+    }
+    set_env(&mut env, &format!("HOSTNAME={hostname}"));
+    for f in &o.env_files {
+        for kv in read_env_file(f)? {
+            set_env(&mut env, &kv);
+        }
+    }
+    for kv in &o.env {
+        set_env(&mut env, kv);
+    }
+    let user = o
+        .user
+        .clone()
+        .or_else(|| rc.user.clone())
+        .unwrap_or_default();
+    let ids: Ids = runtime::user::resolve(
+        &user,
+        view.read_string("/etc/passwd").as_deref(),
+        view.read_string("/etc/group").as_deref(),
+    )
+    .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!(
+            "HOME={}",
+            ids.home.clone().unwrap_or_else(|| "/".into())
+        ));
+    }
+    let cwd = o
+        .workdir
+        .clone()
+        .or_else(|| rc.working_dir.clone().filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+
+    let net = match o.network.as_str() {
+        "" | "private" | "bridge" | "default" => Net::Private,
+        "host" => Net::Host,
+        "none" => Net::Private,
+        other => {
+            return Err(ContainerError::Invalid(format!(
+                "unknown network {other:?}: use private, host or none"
+            )))
+        }
+    };
+    let mut ports = o.ports.clone();
+    if o.publish_all {
+        for p in rc.exposed_ports.iter().flat_map(|m| m.keys()) {
+            let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+            if let Ok(n) = num.parse::<u16>() {
+                if !ports
+                    .iter()
+                    .any(|q| q.container_port == n && q.proto == proto)
+                {
+                    ports.push(PortSpec {
+                        host_ip: "0.0.0.0".into(),
+                        host_port: 0,
+                        container_port: n,
+                        proto: proto.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if !ports.is_empty() && (net != Net::Private || o.network == "none") {
+        return Err(ContainerError::Invalid(format!(
+            "ports cannot be published with --network {}",
+            o.network
+        )));
+    }
+    let stop_signal = o
+        .stop_signal
+        .clone()
+        .or_else(|| rc.stop_signal.clone())
+        .unwrap_or_else(|| "SIGTERM".into());
+    if crate::sys::proc::signal_number(&stop_signal).is_none() {
+        return Err(ContainerError::Invalid(format!(
+            "invalid stop signal {stop_signal:?}"
+        )));
+    }
+
+    let d = dir(store, &id);
+    let files = d.join("files");
+    // Everything made from here on is removed again if a later step fails.
+    // The root filesystem, the mount stubs it needs, its control groups.
+    type Prepared = (Rootfs, Vec<(String, bool)>, Vec<PathBuf>);
+    let prepared = (|| -> Result<Prepared, ContainerError> {
+        fs::create_dir_all(&files).map_err(io_err(format!("create {}", d.display())))?;
+        runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
+        let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
+        let (kind, _) = crate::snapshotter::choose(store.root(), None);
+        let snapshotter = kind.get();
+        let dirs = crate::snapshotter::Dirs {
+            upper: d.join(if kind == crate::snapshotter::Kind::Overlay {
+                "upper"
+            } else {
+                "tree"
+            }),
+            work: d.join("work"),
+            target: d.join("rootfs"),
+            empty: files.join("empty"),
+        };
+        let active = snapshotter
+            .prepare(store, &lowers, &dirs, false)
+            .map_err(io_err("prepare the root filesystem"))?;
+        let rootfs = snapshotter.mounts(&active);
+        Ok((rootfs, stubs, cgroups(&id, o)?))
+    })();
+    let (rootfs, stubs, cgroups) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = fs::remove_dir_all(&d);
+            return Err(e);
+        }
+    };
+    let spec = ContainerSpec {
+        runtime: Spec {
+            rootfs,
+            argv: argv.clone(),
+            env,
+            cwd,
+            ids,
+            hostname,
+            net,
+            files: vec![
+                ("/etc/hosts".into(), files.join("hosts")),
+                ("/etc/hostname".into(), files.join("hostname")),
+                ("/etc/resolv.conf".into(), files.join("resolv.conf")),
+            ],
+            stubs,
+            script: None,
+            no_new_privs: true,
+            mask_proc: true,
+            tty: o.tty,
+            winsize: None,
+            cgroups,
+            mounts: vec![],
+            security: o.security.clone(),
+        },
+        ports,
+        stop_signal,
+        stop_timeout: o.stop_timeout.unwrap_or(10),
+        remove: o.remove,
+        command: argv,
+    };
+    let rec = ContainerRecord {
+        id: id.clone(),
+        name: name.clone(),
+        image: img.manifest.digest,
+        image_ref: o.image.clone(),
+        created: kiln_store::store::now(),
+        state: "created".into(),
+    };
+    let json = serde_json::to_string(&spec).expect("spec serializes");
+    if let Err(e) = store.create_container(&rec, &json) {
+        let _ = fs::remove_dir_all(&d);
+        for cg in &spec.runtime.cgroups {
+            runtime::devices::remove_cgroup(cg);
+        }
+        return Err(match e {
+            kiln_store::Error::AlreadyExists(_) => ContainerError::NameInUse(name),
+            e => e.into(),
+        });
+    }
+    store
+        .container(&id)?
+        .ok_or_else(|| ContainerError::NotFound(id.clone()))
+}
+
+/// Refuses what Docker refuses, before anything is created: an environment entry with no name
+/// (`-e =x`), a relative working directory, a hostname the kernel would refuse, bad limits.
+pub(super) fn check_flags(o: &RunOptions) -> Result<(), ContainerError> {
+    for kv in &o.env {
+        if kv.is_empty() || kv.starts_with('=') {
+            return Err(ContainerError::Invalid(format!(
+                "invalid environment variable: {kv:?}: the name is empty"
+            )));
+        }
+    }
+    if let Some(w) = &o.workdir {
+        if !w.starts_with('/') {
+            return Err(ContainerError::Invalid(format!(
+                "the working directory {w:?} is invalid: it needs to be an absolute path"
+            )));
+        }
+    }
+    if let Some(h) = &o.hostname {
+        // HOST_NAME_MAX
+        if h.len() > 64 || h.is_empty() {
+            return Err(ContainerError::Invalid(format!(
+                "invalid hostname {h:?}: a hostname has 1 to 64 characters"
+            )));
+        }
+    }
+    check_limits(o)
+}
+
+/// Checks the resource flags before anything is created (Docker's ranges: `--cpus` from 0.01
+/// to the number of CPUs, a memory limit of at least 6 MiB).
+pub(super) fn check_limits(o: &RunOptions) -> Result<(), ContainerError> {
+    if let Some(c) = o.cpus {
+        let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        if !c.is_finite() || c < 0.01 || c > ncpu {
+            return Err(ContainerError::Invalid(format!(
+                "invalid --cpus {c}: the range of CPUs is from 0.01 to {ncpu} (the CPUs available)"
+            )));
+        }
+    }
+    if let Some(m) = o.memory {
+        if m < 6 << 20 {
+            return Err(ContainerError::Invalid(format!(
+                "invalid -m {m}: the minimum memory limit allowed is 6MB"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the container's control groups (cgroup v1: `/sys/fs/cgroup/<controller>/kiln/<id>`):
+/// `devices` always (Docker's device list, unless `--privileged`), `memory`, `cpu` and `pids`
+/// for `-m`, `--cpus` and `--pids-limit`. Whatever was created is removed again if a later one
+/// fails.
+pub(super) fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
+    let mut want: Vec<(&str, Vec<(&str, String)>)> = Vec::new();
+    if let Some(m) = o.memory {
+        want.push(("memory", vec![("memory.limit_in_bytes", m.to_string())]));
+    }
+    if let Some(c) = o.cpus {
+        let period = 100_000u64;
+        let quota = ((c * period as f64).round() as u64).max(1000);
+        want.push((
+            "cpu",
+            vec![
+                ("cpu.cfs_period_us", period.to_string()),
+                ("cpu.cfs_quota_us", quota.to_string()),
+            ],
+        ));
+    }
+    if let Some(p) = o.pids_limit {
+        want.push(("pids", vec![("pids.max", p.to_string())]));
+    }
+    let mut out = Vec::new();
+    let undo = |out: &Vec<PathBuf>| {
+        for d in out {
+            runtime::devices::remove_cgroup(d);
+        }
+    };
+    if let Some(rules) = o.security.device_rules() {
+        match runtime::devices::create(id, &rules) {
+            Ok(d) => out.push(d),
+            Err(e) => {
+                return Err(ContainerError::Io {
+                    context: "limit the container's devices".into(),
+                    source: e,
+                })
+            }
+        }
+    }
+    for (ctrl, files) in want {
+        let base = Path::new(runtime::devices::CGROUP_ROOT).join(ctrl);
+        if !base.join("cgroup.procs").exists() {
+            undo(&out);
+            return Err(ContainerError::Invalid(format!(
+                "this machine has no cgroup v1 {ctrl} controller at {}: the {ctrl} limit cannot be set",
+                base.display()
+            )));
+        }
+        let dir = base.join("kiln").join(id);
+        if let Err(e) = fs::create_dir_all(&dir) {
+            undo(&out);
+            return Err(io_err(format!("create cgroup {}", dir.display()))(e));
+        }
+        out.push(dir.clone());
+        for (f, v) in files {
+            if let Err(e) = fs::write(dir.join(f), &v) {
+                undo(&out);
+                return Err(io_err(format!("set {f}={v} in {}", dir.display()))(e));
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,366 @@
+//! A container's life after `create`: running it (attached or under a detached supervisor), its log, stop, kill and removal.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// One line of the container's log (Docker's json-file driver format).
+#[derive(Serialize, Deserialize)]
+pub struct LogLine {
+    pub log: String,
+    pub stream: String,
+    pub time: String,
+}
+
+pub(super) fn now_rfc3339_nanos() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = timefmt::rfc3339(d.as_secs() as i64);
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+}
+
+/// Where the container's output goes besides the log.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tee {
+    /// Detached: the log only.
+    None,
+    /// Foreground: also to kiln's own stdout/stderr.
+    Terminal,
+}
+
+/// Runs a created container to its end: starts it, publishes its ports, writes its log, and
+/// records its start and exit. Returns the exit code (Docker's: 125 setup, 126, 127, else the
+/// command's; 128+N when killed by signal N).
+pub fn run(
+    store: &Store,
+    row: &ContainerRow,
+    tee: Tee,
+    stdin: Stdio,
+    forward_signals: bool,
+) -> Result<i32, ContainerError> {
+    let id = row.record.id.clone();
+    let mut spec = spec_of(row)?;
+    let listeners = ports::bind(&mut spec.ports).map_err(ContainerError::Invalid)?;
+    // The chosen host ports (for -P and `-p 80`) are what ps shows.
+    store.set_container_spec(&id, &serde_json::to_string(&spec).expect("spec serializes"))?;
+
+    let log_path = dir(store, &id).join("log.json");
+    let log = Arc::new(Mutex::new(
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io_err(format!("open {}", log_path.display())))?,
+    ));
+    // With -t the container's three streams are the slave side of a pseudo-terminal; kiln
+    // relays the master side (and, in the foreground, puts its own terminal in raw mode).
+    let mut pty_master: Option<fs::File> = None;
+    let mut child = if spec.runtime.tty {
+        use std::os::fd::AsFd;
+        let (ours, theirs) =
+            crate::sys::proc::socketpair().map_err(io_err("create the terminal socket"))?;
+        let mut rt = spec.runtime.clone();
+        rt.winsize =
+            crate::sys::proc::window_size(io::stdin().as_fd()).map(|w| (w.ws_row, w.ws_col));
+        drop(stdin);
+        // stderr stays a pipe until the terminal replaces it: setup errors still reach kiln.
+        let c = runtime::spawn_with_stdin(&rt, Stdio::from(theirs), Stdio::null(), Stdio::piped())
+            .map_err(io_err("start the container"))?;
+        // No terminal means the helper failed before making one; its exit code says why.
+        if let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) {
+            pty_master = Some(fs::File::from(master));
+        }
+        c
+    } else {
+        runtime::spawn_with_stdin(&spec.runtime, stdin, Stdio::piped(), Stdio::piped())
+            .map_err(io_err("start the container"))?
+    };
+    let helper = child.child.id();
+    // The PID arrives once the workload is forked, the pipe's end once it has exec'd: then it
+    // is "running", so `exec` and `stop` meet a container set up.
+    let init = child.wait_started();
+    let mut child = child.child;
+    if let Some(pid) = init {
+        store.container_started(&id, pid as i64, kiln_store::store::now())?;
+        if forward_signals {
+            std::thread::spawn(move || {
+                let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+                while let Ok(sig) = crate::sys::proc::wait_signal(&sigs) {
+                    let _ = crate::sys::proc::kill(pid, sig);
+                }
+            });
+        }
+        if let Ok(ns) = fs::File::open(format!("/proc/{helper}/ns/net")) {
+            let _ = ports::serve(listeners, ns.into());
+        }
+    }
+    let mut pumps = Vec::new();
+    let mut raw_mode = None;
+    let mut tty_reader: Option<Box<dyn io::Read + Send>> = None;
+    if let Some(master) = &pty_master {
+        use std::os::fd::AsFd;
+        tty_reader = Some(Box::new(
+            master.try_clone().map_err(io_err("dup the terminal"))?,
+        ));
+        if tee == Tee::Terminal {
+            raw_mode = crate::sys::proc::make_raw(io::stdin().as_fd()).ok();
+            let mut writer = master.try_clone().map_err(io_err("dup the terminal"))?;
+            // Keyboard input to the container, until kiln ends.
+            std::thread::spawn(move || {
+                let _ = io::copy(&mut io::stdin().lock(), &mut writer);
+            });
+        }
+    }
+    for (reader, stream) in [
+        (
+            tty_reader.or_else(|| {
+                child
+                    .stdout
+                    .take()
+                    .map(|r| Box::new(r) as Box<dyn io::Read + Send>)
+            }),
+            "stdout",
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn io::Read + Send>),
+            "stderr",
+        ),
+    ] {
+        let Some(reader) = reader else { continue };
+        let log = log.clone();
+        pumps.push(std::thread::spawn(move || {
+            let mut r = BufReader::new(reader);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match r.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                if tee == Tee::Terminal {
+                    let _ = if stream == "stdout" {
+                        let mut o = io::stdout().lock();
+                        o.write_all(&buf).and_then(|_| o.flush())
+                    } else {
+                        io::stderr().lock().write_all(&buf)
+                    };
+                }
+                let line = LogLine {
+                    log: String::from_utf8_lossy(&buf).into_owned(),
+                    stream: stream.into(),
+                    time: now_rfc3339_nanos(),
+                };
+                let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
+                let _ = serde_json::to_writer(&mut *f, &line);
+                let _ = f.write_all(b"\n");
+            }
+        }));
+    }
+    let status = child.wait().map_err(io_err("wait for the container"))?;
+    // The terminal's reader sees EOF (EIO) once every slave copy is closed; ours went to the
+    // child, so only the master copies remain.
+    drop(pty_master);
+    for p in pumps {
+        let _ = p.join();
+    }
+    if let Some(t) = raw_mode {
+        use std::os::fd::AsFd;
+        crate::sys::proc::restore_terminal(io::stdin().as_fd(), &t);
+    }
+    let code = runtime::exit_code(status);
+    store.container_exited(&id, Some(code as i64), kiln_store::store::now())?;
+    // Its control groups only matter while it runs (as Docker's): they go now, not at `rm`, so
+    // a stopped container that is never removed leaves nothing in /sys/fs/cgroup.
+    for cg in &spec.runtime.cgroups {
+        runtime::devices::remove_cgroup(cg);
+    }
+    if spec.remove {
+        remove(store, &id)?;
+    }
+    Ok(code)
+}
+
+/// Starts a created container under a detached supervisor (`kiln __kiln-supervise`) in its own
+/// session, and waits until it runs (or failed to).
+pub fn start_detached(store: &Store, row: &ContainerRow) -> Result<(), ContainerError> {
+    let id = &row.record.id;
+    let errfile = dir(store, id).join("supervisor.err");
+    let err = fs::File::create(&errfile).map_err(io_err("create the supervisor's error file"))?;
+    std::process::Command::new("/proc/self/exe")
+        .arg(SUPERVISE_ARG)
+        .arg(store.root())
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .map_err(io_err("start the supervisor"))?;
+    let t = std::time::Instant::now();
+    loop {
+        let r = store
+            .container(id)?
+            .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
+        match r.record.state.as_str() {
+            "running" => return Ok(()),
+            "exited" => {
+                let why = fs::read_to_string(&errfile).unwrap_or_default();
+                if r.exit_code.unwrap_or(0) != 0 || !why.trim().is_empty() {
+                    return Err(ContainerError::Invalid(format!(
+                        "container {} exited at once (code {}){}",
+                        &id[..12],
+                        r.exit_code
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "unknown".into()),
+                        if why.trim().is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", why.trim())
+                        }
+                    )));
+                }
+                return Ok(());
+            }
+            _ => {}
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            return Err(ContainerError::Invalid(format!(
+                "container {} did not start within 30 s",
+                &id[..12]
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The supervisor: `kiln __kiln-supervise ROOT ID`. Leaves the caller's session, runs the
+/// container with its output to the log, records its end, and exits.
+pub fn supervise_main(root: &Path, id: &str) -> i32 {
+    // The caller's descriptors stay with the caller: a supervisor lives as long as its
+    // container, and would otherwise hold them (a pipe never closing, a file kept open).
+    let _ = crate::sys::proc::close_fds_from(3, true);
+    let _ = crate::sys::proc::setsid();
+    let result = (|| -> Result<i32, ContainerError> {
+        let store = Store::open(root)?;
+        let row = store
+            .container(id)?
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        run(&store, &row, Tee::None, Stdio::null(), false)
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("supervise {id}: {e}");
+            if let Ok(store) = Store::open(root) {
+                let _ = store.container_exited(id, Some(125), kiln_store::store::now());
+            }
+            125
+        }
+    }
+}
+
+/// Stops a container: its stop signal, then SIGKILL after `timeout` seconds. Returns whether it
+/// was running.
+pub fn stop(
+    store: &Store,
+    row: &ContainerRow,
+    timeout: Option<u64>,
+) -> Result<bool, ContainerError> {
+    let row = refresh(store, row.clone())?;
+    if row.record.state != "running" {
+        return Ok(false);
+    }
+    let spec = spec_of(&row)?;
+    let Some(pid) = row.pid else { return Ok(false) };
+    let sig = crate::sys::proc::signal_number(&spec.stop_signal).unwrap_or(libc::SIGTERM);
+    let _ = crate::sys::proc::kill(pid as i32, sig);
+    let wait = Duration::from_secs(timeout.unwrap_or(spec.stop_timeout));
+    if !wait_exit(store, &row.record.id, pid, wait) {
+        let _ = crate::sys::proc::kill(pid as i32, libc::SIGKILL);
+        wait_exit(store, &row.record.id, pid, Duration::from_secs(10));
+    }
+    Ok(true)
+}
+
+/// Sends `sig` to a running container's init.
+pub fn kill(store: &Store, row: &ContainerRow, sig: libc::c_int) -> Result<(), ContainerError> {
+    let row = refresh(store, row.clone())?;
+    match (row.record.state.as_str(), row.pid) {
+        ("running", Some(pid)) => {
+            crate::sys::proc::kill(pid as i32, sig).map_err(io_err("send the signal"))?;
+            if sig == libc::SIGKILL {
+                wait_exit(store, &row.record.id, pid, Duration::from_secs(10));
+            }
+            Ok(())
+        }
+        _ => Err(ContainerError::Invalid(format!(
+            "container {} is not running",
+            row.record.name
+        ))),
+    }
+}
+
+/// Waits until the container's owner recorded its exit (or its init is gone).
+pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) -> bool {
+    let t = std::time::Instant::now();
+    while t.elapsed() < timeout {
+        let exited = store
+            .container(id)
+            .ok()
+            .flatten()
+            .is_none_or(|r| r.record.state != "running");
+        if exited {
+            return true;
+        }
+        if !alive(pid) {
+            // The owner (supervisor or foreground kiln) records the code as soon as it reaps
+            // the helper; give it time, then record the exit as unknown (it was killed too).
+            let t2 = std::time::Instant::now();
+            while t2.elapsed() < Duration::from_secs(3) {
+                match store.container(id) {
+                    Ok(Some(r)) if r.record.state == "running" => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => return true,
+                }
+            }
+            let _ = store.container_exited(id, None, kiln_store::store::now());
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+/// Removes a stopped container: its control groups, its directory, then its row.
+pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
+    if let Some(row) = store.container(id)? {
+        if let Ok(spec) = spec_of(&row) {
+            for cg in &spec.runtime.cgroups {
+                runtime::devices::remove_cgroup(cg);
+            }
+        }
+    }
+    let d = dir(store, id);
+    if d.exists() {
+        fs::remove_dir_all(&d).map_err(io_err(format!("remove {}", d.display())))?;
+    }
+    store.remove_container(id)?;
+    Ok(())
+}
+
+/// The container's log lines.
+pub fn read_log(store: &Store, id: &str) -> Result<Vec<LogLine>, ContainerError> {
+    let p = dir(store, id).join("log.json");
+    let text = match fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
