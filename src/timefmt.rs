@@ -36,6 +36,15 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// RFC 3339 with nanoseconds (`2006-01-02T15:04:05.000000000Z`), as Docker's json-file log.
+pub fn rfc3339_nanos(t: std::time::SystemTime) -> String {
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let base = rfc3339(d.as_secs() as i64);
+    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
+}
+
 /// Parses RFC 3339 (`Z` or `±hh:mm`, optional fraction) to Unix seconds, with the `time`
 /// crate: impossible dates and times are refused, and untrusted text never panics.
 pub fn parse_rfc3339(s: &str) -> Result<i64, String> {

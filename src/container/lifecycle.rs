@@ -11,14 +11,6 @@ pub struct LogLine {
     pub time: String,
 }
 
-pub(super) fn now_rfc3339_nanos() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let base = timefmt::rfc3339(d.as_secs() as i64);
-    format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
-}
-
 /// Where the container's output goes besides the log.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Tee {
@@ -151,7 +143,7 @@ pub fn run(
                 let line = LogLine {
                     log: String::from_utf8_lossy(&buf).into_owned(),
                     stream: stream.into(),
-                    time: now_rfc3339_nanos(),
+                    time: timefmt::rfc3339_nanos(std::time::SystemTime::now()),
                 };
                 let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
                 let _ = serde_json::to_writer(&mut *f, &line);

@@ -166,9 +166,8 @@ pub fn dir(store: &Store, id: &str) -> PathBuf {
 
 fn new_id() -> Result<String, ContainerError> {
     let mut b = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| io::Read::read_exact(&mut f, &mut b))
-        .map_err(io_err("read /dev/urandom"))?;
+    getrandom::fill(&mut b)
+        .map_err(|e| ContainerError::Invalid(format!("no random bytes for an ID: {e}")))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

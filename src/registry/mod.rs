@@ -437,22 +437,18 @@ impl Client {
     }
 }
 
+/// Escapes a query value: every byte but letters, digits and `-_.~:/,` as `%XX`.
 fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z'
-            | b'a'..=b'z'
-            | b'0'..=b'9'
-            | b'-'
-            | b'_'
-            | b'.'
-            | b'~'
-            | b':'
-            | b'/'
-            | b',' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    const QUERY: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~')
+        .remove(b':')
+        .remove(b'/')
+        .remove(b',');
+    utf8_percent_encode(s, QUERY).to_string()
 }
 
 /// The registry's error message from a response body (`{"errors":[{"code","message"}]}`).
