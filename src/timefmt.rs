@@ -38,9 +38,7 @@ pub fn rfc3339(secs: i64) -> String {
 
 /// RFC 3339 with nanoseconds (`2006-01-02T15:04:05.000000000Z`), as Docker's json-file log.
 pub fn rfc3339_nanos(t: std::time::SystemTime) -> String {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let base = rfc3339(d.as_secs() as i64);
     format!("{}.{:09}Z", base.trim_end_matches('Z'), d.subsec_nanos())
 }

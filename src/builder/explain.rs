@@ -29,6 +29,19 @@ pub(super) struct Summary {
     pub(super) env_omitted: bool,
 }
 
+/// A step row's input summary as it leaves the machine (`--cache-to`): without the env values
+/// (build args may hold secrets), marked so the importing store's explanations say so.
+pub fn inputs_for_export(inputs: &str) -> String {
+    match serde_json::from_str::<Summary>(inputs) {
+        Ok(mut s) => {
+            s.env.clear();
+            s.env_omitted = true;
+            serde_json::to_string(&s).unwrap_or_default()
+        }
+        Err(_) => String::new(),
+    }
+}
+
 /// One line saying why `key` missed, comparing with the last build of the same step.
 pub(super) fn why_missed(
     no_cache: bool,

@@ -21,6 +21,7 @@ pub mod copy;
 pub mod exec;
 mod execute;
 mod explain;
+pub use explain::inputs_for_export;
 mod inputs;
 mod lookup;
 pub mod remote;

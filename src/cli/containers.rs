@@ -6,6 +6,7 @@ use crate::container::{self, ports::PortSpec, ContainerError, RunOptions, Tee};
 use crate::timefmt;
 use anyhow::Result;
 use clap::Args;
+use kiln_store::ContainerState;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -279,7 +280,7 @@ impl PsFilter {
     }
 
     fn keeps(&self, c: &kiln_store::ContainerRow) -> bool {
-        (self.status.is_empty() || self.status.contains(&c.record.state))
+        (self.status.is_empty() || self.status.iter().any(|s| s == c.record.state.as_str()))
             && (self.name.is_empty()
                 || self.name.iter().any(|n| c.record.name.contains(n.as_str())))
             && (self.ancestor.is_empty()
@@ -319,7 +320,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
     }
     for c in list {
         let c = container::refresh(&store, c)?;
-        if (!all && c.record.state != "running") || !filter.keeps(&c) {
+        if (!all && c.record.state != ContainerState::Running) || !filter.keeps(&c) {
             continue;
         }
         let id = if a.no_trunc {
@@ -336,7 +337,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
         if !a.no_trunc && command.chars().count() > 22 {
             command = format!("{}…\"", command.chars().take(20).collect::<String>());
         }
-        let ports = if c.record.state == "running" {
+        let ports = if c.record.state == ContainerState::Running {
             spec.map(|s| {
                 s.ports
                     .iter()
@@ -355,7 +356,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
             "CreatedAt": timefmt::rfc3339(c.record.created),
             "RunningFor": timefmt::ago(c.record.created, now),
             "Status": container::status(&c, now),
-            "State": c.record.state,
+            "State": c.record.state.as_str(),
             "Ports": ports,
             "Names": c.record.name,
             "Labels": "",
@@ -458,7 +459,7 @@ pub struct RmArgs {
 pub fn rm(ctx: &Ctx, a: RmArgs) -> Result<i32> {
     each(ctx, &a.containers, |store, row| {
         let row = container::refresh(store, row.clone())?;
-        if row.record.state == "running" {
+        if row.record.state == ContainerState::Running {
             if !a.force {
                 return Err(ContainerError::Invalid(format!(
                     "cannot remove container {:?}: it is running: stop it first, or use rm -f",
@@ -527,7 +528,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32> {
                 &store,
                 store.container(&row.record.id)?.unwrap_or(row.clone()),
             )?;
-            if now.record.state != "running" {
+            if now.record.state != ContainerState::Running {
                 let lines = container::read_log(&store, &row.record.id)?;
                 if lines.len() > seen {
                     print(&lines[seen..]);
@@ -605,7 +606,7 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let mut bytes = 0u64;
     for row in store.containers()? {
         let row = container::refresh(&store, row)?;
-        if row.record.state == "running" {
+        if row.record.state == ContainerState::Running {
             continue;
         }
         bytes += kiln_store::gc::dir_size(&container::dir(&store, &row.record.id));

@@ -5,6 +5,7 @@ use super::Ctx;
 use crate::timefmt::human_size;
 use anyhow::Result;
 use clap::Subcommand;
+use kiln_store::ContainerState;
 use kiln_store::GcOptions;
 
 #[derive(Subcommand, Debug)]
@@ -97,7 +98,7 @@ fn df(ctx: &Ctx) -> Result<i32> {
                 let bytes =
                     kiln_store::gc::dir_size(&crate::container::dir(&store, &row.record.id));
                 size += bytes;
-                if row.record.state == "running" {
+                if row.record.state == ContainerState::Running {
                     running += 1;
                 } else {
                     stopped += bytes;

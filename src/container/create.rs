@@ -1,7 +1,8 @@
 //! Creating a container: flags checked, the image's config and `run`'s options merged into its spec, its root prepared by the snapshotter, its cgroups made.
 
-#[allow(unused_imports)]
 use super::*;
+#[allow(unused_imports)]
+use kiln_store::ContainerState;
 
 /// Creates a container: resolves the image, makes its directories and records it. Returns the
 /// container's row, in state "created".
@@ -202,7 +203,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         image: img.manifest.digest,
         image_ref: o.image.clone(),
         created: kiln_store::store::now(),
-        state: "created".into(),
+        state: ContainerState::Created,
     };
     let json = serde_json::to_string(&spec).expect("spec serializes");
     if let Err(e) = store.create_container(&rec, &json) {

@@ -2,6 +2,7 @@
 //! an optional terminal relayed to the caller's.
 
 use super::{io_err, ContainerError};
+use kiln_store::ContainerState;
 use kiln_store::Store;
 use std::io::Write;
 use std::process::Stdio;
@@ -36,7 +37,7 @@ fn container_file(pid: i64, path: &str) -> Option<String> {
 /// stdin and stdout (raw mode while it runs).
 pub fn exec(store: &Store, a: &ExecOptions) -> Result<i32, ContainerError> {
     let row = super::refresh(store, super::resolve(store, &a.container)?)?;
-    let (Some(pid), "running") = (row.pid, row.record.state.as_str()) else {
+    let (Some(pid), ContainerState::Running) = (row.pid, row.record.state) else {
         return Err(ContainerError::Invalid(format!(
             "container {} is not running",
             row.record.name

@@ -1,6 +1,7 @@
 //! `inspect`: a container's record, spec and state in Docker's JSON shape.
 
 use super::ContainerError;
+use kiln_store::ContainerState;
 use kiln_store::{ContainerRow, Store};
 
 /// A container as `docker inspect` shows it: Docker's shape, the fields kiln knows.
@@ -22,7 +23,7 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
             a.push(serde_json::json!({"HostIp": p.host_ip, "HostPort": p.host_port.to_string()}));
         }
     }
-    let running = row.record.state == "running";
+    let running = row.record.state == ContainerState::Running;
     let sec = &spec.runtime.security;
     use crate::runtime::caps;
     Ok(serde_json::json!({
@@ -31,7 +32,7 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
         "Path": spec.command.first(),
         "Args": spec.command.iter().skip(1).collect::<Vec<_>>(),
         "State": {
-            "Status": row.record.state,
+            "Status": row.record.state.as_str(),
             "Running": running,
             "Pid": if running { row.pid.unwrap_or(0) } else { 0 },
             "ExitCode": row.exit_code,

@@ -1,7 +1,8 @@
 //! A container's life after `create`: running it (attached or under a detached supervisor), its log, stop, kill and removal.
 
-#[allow(unused_imports)]
 use super::*;
+#[allow(unused_imports)]
+use kiln_store::ContainerState;
 
 /// One line of the container's log (Docker's json-file driver format).
 #[derive(Serialize, Deserialize)]
@@ -195,9 +196,9 @@ pub fn start_detached(store: &Store, row: &ContainerRow) -> Result<(), Container
         let r = store
             .container(id)?
             .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
-        match r.record.state.as_str() {
-            "running" => return Ok(()),
-            "exited" => {
+        match r.record.state {
+            ContainerState::Running => return Ok(()),
+            ContainerState::Exited => {
                 let why = fs::read_to_string(&errfile).unwrap_or_default();
                 if r.exit_code.unwrap_or(0) != 0 || !why.trim().is_empty() {
                     return Err(ContainerError::Invalid(format!(
@@ -261,7 +262,7 @@ pub fn stop(
     timeout: Option<u64>,
 ) -> Result<bool, ContainerError> {
     let row = refresh(store, row.clone())?;
-    if row.record.state != "running" {
+    if row.record.state != ContainerState::Running {
         return Ok(false);
     }
     let spec = spec_of(&row)?;
@@ -279,8 +280,8 @@ pub fn stop(
 /// Sends `sig` to a running container's init.
 pub fn kill(store: &Store, row: &ContainerRow, sig: libc::c_int) -> Result<(), ContainerError> {
     let row = refresh(store, row.clone())?;
-    match (row.record.state.as_str(), row.pid) {
-        ("running", Some(pid)) => {
+    match (row.record.state, row.pid) {
+        (ContainerState::Running, Some(pid)) => {
             crate::sys::proc::kill(pid as i32, sig).map_err(io_err("send the signal"))?;
             if sig == libc::SIGKILL {
                 wait_exit(store, &row.record.id, pid, Duration::from_secs(10));
@@ -302,7 +303,7 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
             .container(id)
             .ok()
             .flatten()
-            .is_none_or(|r| r.record.state != "running");
+            .is_none_or(|r| r.record.state != ContainerState::Running);
         if exited {
             return true;
         }
@@ -312,7 +313,7 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
             let t2 = std::time::Instant::now();
             while t2.elapsed() < Duration::from_secs(3) {
                 match store.container(id) {
-                    Ok(Some(r)) if r.record.state == "running" => {
+                    Ok(Some(r)) if r.record.state == ContainerState::Running => {
                         std::thread::sleep(Duration::from_millis(5))
                     }
                     _ => return true,

@@ -21,6 +21,7 @@ pub mod ports;
 use crate::image::{self, ImageError};
 use crate::runtime::{self, Ids, Net, Rootfs, Spec};
 use crate::timefmt;
+use kiln_store::ContainerState;
 use kiln_store::{ContainerRecord, ContainerRow, Store};
 use ports::PortSpec;
 use serde::{Deserialize, Serialize};
@@ -306,7 +307,7 @@ fn alive(pid: i64) -> bool {
 /// The row, with a "running" container whose init is gone (its owner was killed) recorded as
 /// exited with an unknown code: `ps` tells the truth.
 pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, ContainerError> {
-    if row.record.state == "running" && !row.pid.is_some_and(alive) {
+    if row.record.state == ContainerState::Running && !row.pid.is_some_and(alive) {
         store.container_exited(&row.record.id, None, kiln_store::store::now())?;
         return Ok(store.container(&row.record.id)?.unwrap_or(row));
     }
@@ -315,12 +316,12 @@ pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, Contain
 
 /// Docker's STATUS column: `Up 3 seconds`, `Exited (0) 2 minutes ago`, `Created`.
 pub fn status(row: &ContainerRow, now: i64) -> String {
-    match row.record.state.as_str() {
-        "running" => format!(
+    match row.record.state {
+        ContainerState::Running => format!(
             "Up {}",
             timefmt::ago(row.started.unwrap_or(now), now).trim_end_matches(" ago")
         ),
-        "exited" => {
+        ContainerState::Exited => {
             let code = row
                 .exit_code
                 .map(|c| c.to_string())

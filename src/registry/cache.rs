@@ -139,7 +139,7 @@ pub fn export(
             instruction: rec.instruction.clone(),
             // The input summary goes without its env and build-arg values, which stay on this
             // machine (file digests and the instruction still explain the next miss).
-            inputs: without_env(&rec.inputs),
+            inputs: crate::builder::inputs_for_export(&rec.inputs),
             created: rec.created,
         });
     }
@@ -175,19 +175,6 @@ pub fn export(
         &format!("cache manifest {}", r.familiar()),
     )?;
     Ok(Digest::of(&bytes))
-}
-
-/// A step's input summary (JSON) without its `env` values, marked so (`env_omitted`) for the
-/// miss explanations of the store that imports it.
-fn without_env(inputs: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(inputs) {
-        Ok(serde_json::Value::Object(mut m)) => {
-            m.remove("env");
-            m.insert("env_omitted".into(), true.into());
-            serde_json::Value::Object(m).to_string()
-        }
-        _ => String::new(),
-    }
 }
 
 /// Step records imported from a registry, their layers fetched on first use.

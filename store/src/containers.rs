@@ -6,6 +6,58 @@ use crate::store::{ContainerRecord, Store};
 use crate::{Error, Result};
 use rusqlite::{params, OptionalExtension};
 
+/// Where a container is in its life. Stored as Docker's words (`created`, `running`, `exited`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Made, never started (or its start failed before the workload ran).
+    Created,
+    /// Its init process runs (as far as the last writer knew: see the runner's refresh).
+    Running,
+    /// Its init process ended; the exit code is recorded.
+    Exited,
+}
+
+impl ContainerState {
+    /// Docker's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Exited => "exited",
+        }
+    }
+
+    fn parse(s: &str) -> Option<ContainerState> {
+        match s {
+            "created" => Some(ContainerState::Created),
+            "running" => Some(ContainerState::Running),
+            "exited" => Some(ContainerState::Exited),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl rusqlite::types::ToSql for ContainerState {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}
+
+impl rusqlite::types::FromSql for ContainerState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        ContainerState::parse(s).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown container state {s:?}").into())
+        })
+    }
+}
+
 /// A container as the runner tracks it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerRow {

@@ -14,7 +14,7 @@ pub mod store;
 
 pub use blob::Ingest;
 pub use codec::{Compression, LayerDigests, LayerEncoder};
-pub use containers::ContainerRow;
+pub use containers::{ContainerRow, ContainerState};
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
 pub use steps::{StatRow, StatTuple, StepRecord};

@@ -200,7 +200,7 @@ pub struct ContainerRecord {
     pub image: Digest,
     pub image_ref: String,
     pub created: i64,
-    pub state: String,
+    pub state: crate::containers::ContainerState,
 }
 
 /// The ChainIDs of a layer stack (image-spec config.md, "Layer ChainID"):

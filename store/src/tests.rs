@@ -222,7 +222,7 @@ fn gc_keeps_roots_and_sweeps_the_rest() {
         image: b.manifest.digest,
         image_ref: "b:1".into(),
         created: 0,
-        state: "created".into(),
+        state: ContainerState::Created,
     })
     .unwrap();
     let r = s

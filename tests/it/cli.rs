@@ -77,7 +77,7 @@ fn rmi_refuses_an_image_a_container_uses() {
             image: img.manifest.digest,
             image_ref: "busybox".into(),
             created: 0,
-            state: "exited".into(),
+            state: kiln::store::ContainerState::Exited,
         })
         .unwrap();
     let err = k.fails(&["rmi", "busybox"]);

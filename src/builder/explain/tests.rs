@@ -119,3 +119,14 @@ fn short_ids_shortens_every_digest() {
     let s = format!("a sha256:{} b sha256:{}", "f".repeat(64), "e".repeat(64));
     assert_eq!(short_ids(&s), "a sha256:ffffffffffff b sha256:eeeeeeeeeeee");
 }
+
+#[test]
+fn exported_inputs_keep_no_env_values() {
+    let s = summary("d", &[("TOKEN", "secret")], &[("a", "h")]);
+    let out = inputs_for_export(&serde_json::to_string(&s).unwrap());
+    assert!(!out.contains("secret"), "{out}");
+    let back: Summary = serde_json::from_str(&out).unwrap();
+    assert!(back.env_omitted && back.env.is_empty());
+    assert_eq!(back.files, s.files);
+    assert_eq!(inputs_for_export("not json"), "");
+}
