@@ -10,6 +10,7 @@
 //! afterwards (as BuildKit's mount-stub cleaner does), together with a parent directory that
 //! only the stub's creation copied up.
 
+use crate::frontend::mount::{MountKind, Sharing};
 use crate::plan::RunStep;
 use crate::runtime::{self, Net, Spec};
 use crate::snapshotter::view::View;
@@ -86,123 +87,127 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
     // reaches a disk), in a directory only root can enter, gone after the step.
     let mut secret_dir: Option<tempfile::TempDir> = None;
     for (i, m) in r.mounts.iter().enumerate() {
-        let target = m.fields.get("target").cloned();
-        if m.kind == "secret" {
-            let id = m
-                .fields
-                .get("id")
-                .cloned()
-                .or_else(|| {
-                    target
-                        .as_deref()
-                        .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
-                })
-                .ok_or_else(|| RunError::Setup("--mount=type=secret needs an id".into()))?;
-            let required = m.fields.get("required").is_some_and(|v| v != "false");
-            let Some(value) = req.secrets.get(&id) else {
-                if required {
-                    return Err(RunError::Setup(format!(
-                        "secret {id:?} is required but was not given: kiln build --secret id={id},src=FILE"
-                    )));
-                }
-                continue;
-            };
-            if let Some(var) = m.fields.get("env") {
-                secret_env.push(format!("{var}={}", String::from_utf8_lossy(value)));
-                if target.is_none() {
+        match &m.kind {
+            MountKind::Secret {
+                id,
+                target,
+                env,
+                required,
+                mode,
+                uid,
+                gid,
+            } => {
+                let Some(value) = req.secrets.get(id) else {
+                    if *required {
+                        return Err(RunError::Setup(format!(
+                            "secret {id:?} is required but was not given: kiln build --secret id={id},src=FILE"
+                        )));
+                    }
                     continue;
-                }
-            }
-            let target = target.unwrap_or_else(|| format!("/run/secrets/{id}"));
-            let target = crate::plan::resolve_path(&r.workdir, &target);
-            add_stubs(view, &target, false, &mut stubs)?;
-            if secret_dir.is_none() {
-                let shm = Path::new("/dev/shm");
-                let parent = if crate::sys::fs_type(shm).ok() == Some(crate::sys::TMPFS_MAGIC) {
-                    shm.to_path_buf()
-                } else {
-                    std::env::temp_dir()
                 };
-                remove_stale_secrets(&parent);
-                let prefix = format!("{SECRETS_PREFIX}{}-", std::process::id());
-                secret_dir = Some(
-                    tempfile::Builder::new()
-                        .prefix(&prefix)
-                        .tempdir_in(&parent)
-                        .map_err(setup("create the secrets directory"))?,
-                );
-            }
-            let file = secret_dir
-                .as_ref()
-                .expect("made above")
-                .path()
-                .join(blake3::hash(id.as_bytes()).to_hex().as_str());
-            write_secret(&file, value, m)?;
-            extra.push(runtime::ExtraMount::ReadOnly {
-                target,
-                source: file,
-            });
-            continue;
-        }
-        if m.kind == "ssh" {
-            // The agent's socket, bound in (BuildKit's default path and SSH_AUTH_SOCK).
-            let id = m.fields.get("id").map_or("default", |s| s.as_str());
-            let required = m.fields.get("required").is_some_and(|v| v != "false");
-            let Some(sock) = req.ssh.get(id) else {
-                if required {
-                    return Err(RunError::Setup(format!(
-                        "ssh agent {id:?} is required but was not given: kiln build --ssh {id}[=SOCKET]"
-                    )));
+                if let Some(var) = env {
+                    secret_env.push(format!("{var}={}", String::from_utf8_lossy(value)));
+                    if target.is_none() {
+                        continue;
+                    }
                 }
-                continue;
-            };
-            let target = target.unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_n}"));
-            ssh_n += 1;
-            let target = crate::plan::resolve_path(&r.workdir, &target);
-            add_stubs(view, &target, false, &mut stubs)?;
-            if !secret_env
-                .iter()
-                .any(|e: &String| e.starts_with("SSH_AUTH_SOCK="))
-            {
-                secret_env.push(format!("SSH_AUTH_SOCK={target}"));
+                let target = target
+                    .clone()
+                    .unwrap_or_else(|| format!("/run/secrets/{id}"));
+                let target = crate::plan::resolve_path(&r.workdir, &target);
+                add_stubs(view, &target, false, &mut stubs)?;
+                if secret_dir.is_none() {
+                    let shm = Path::new("/dev/shm");
+                    let parent = if crate::sys::fs_type(shm).ok() == Some(crate::sys::TMPFS_MAGIC) {
+                        shm.to_path_buf()
+                    } else {
+                        std::env::temp_dir()
+                    };
+                    remove_stale_secrets(&parent);
+                    let prefix = format!("{SECRETS_PREFIX}{}-", std::process::id());
+                    secret_dir = Some(
+                        tempfile::Builder::new()
+                            .prefix(&prefix)
+                            .tempdir_in(&parent)
+                            .map_err(setup("create the secrets directory"))?,
+                    );
+                }
+                let file = secret_dir
+                    .as_ref()
+                    .expect("made above")
+                    .path()
+                    .join(blake3::hash(id.as_bytes()).to_hex().as_str());
+                write_secret(&file, value, *mode, *uid, *gid)?;
+                extra.push(runtime::ExtraMount::ReadOnly {
+                    target,
+                    source: file,
+                });
             }
-            extra.push(runtime::ExtraMount::Bind {
+            MountKind::Ssh {
+                id,
                 target,
-                source: sock.clone(),
-            });
-            continue;
-        }
-        let target = target
-            .ok_or_else(|| RunError::Setup(format!("--mount=type={} needs a target", m.kind)))?;
-        let target = crate::plan::resolve_path(&r.workdir, &target);
-        if m.kind == "bind" {
-            let (source, is_dir) = req
-                .binds
-                .get(&i)
-                .cloned()
-                .ok_or_else(|| RunError::Setup("bind mount source not prepared".into()))?;
-            add_stubs(view, &target, is_dir, &mut stubs)?;
-            let rw = m.fields.get("rw").or(m.fields.get("readwrite"));
-            if rw.is_some_and(|v| v != "false") {
-                extra.push(runtime::ExtraMount::Bind { target, source });
-            } else {
-                extra.push(runtime::ExtraMount::ReadOnly { target, source });
+                required,
+            } => {
+                // The agent's socket, bound in (BuildKit's default path and SSH_AUTH_SOCK).
+                let Some(sock) = req.ssh.get(id) else {
+                    if *required {
+                        return Err(RunError::Setup(format!(
+                            "ssh agent {id:?} is required but was not given: kiln build --ssh {id}[=SOCKET]"
+                        )));
+                    }
+                    continue;
+                };
+                let target = target
+                    .clone()
+                    .unwrap_or_else(|| format!("/run/buildkit/ssh_agent.{ssh_n}"));
+                ssh_n += 1;
+                let target = crate::plan::resolve_path(&r.workdir, &target);
+                add_stubs(view, &target, false, &mut stubs)?;
+                if !secret_env
+                    .iter()
+                    .any(|e: &String| e.starts_with("SSH_AUTH_SOCK="))
+                {
+                    secret_env.push(format!("SSH_AUTH_SOCK={target}"));
+                }
+                extra.push(runtime::ExtraMount::Bind {
+                    target,
+                    source: sock.clone(),
+                });
             }
-            continue;
-        }
-        add_stubs(view, &target, true, &mut stubs)?;
-        match m.kind.as_str() {
-            "tmpfs" => {
+            MountKind::Bind { target, rw, .. } => {
+                let target = crate::plan::resolve_path(&r.workdir, target);
+                let (source, is_dir) = req
+                    .binds
+                    .get(&i)
+                    .cloned()
+                    .ok_or_else(|| RunError::Setup("bind mount source not prepared".into()))?;
+                add_stubs(view, &target, is_dir, &mut stubs)?;
+                if *rw {
+                    extra.push(runtime::ExtraMount::Bind { target, source });
+                } else {
+                    extra.push(runtime::ExtraMount::ReadOnly { target, source });
+                }
+            }
+            MountKind::Tmpfs { target, size } => {
+                let target = crate::plan::resolve_path(&r.workdir, target);
+                add_stubs(view, &target, true, &mut stubs)?;
                 let mut options = "mode=1777".to_string();
-                if let Some(size) = m.fields.get("size") {
-                    // Docker's sizes (`64mb`, `1.5g`), given to the kernel in bytes.
-                    let bytes = crate::timefmt::ram_in_bytes(size)
-                        .map_err(|e| RunError::Setup(format!("--mount=type=tmpfs: {e}")))?;
+                if let Some(bytes) = size {
                     options.push_str(&format!(",size={bytes}"));
                 }
                 extra.push(runtime::ExtraMount::Tmpfs { target, options });
             }
-            "cache" => {
+            MountKind::Cache {
+                target,
+                id,
+                sharing,
+                mode,
+                uid,
+                gid,
+                ..
+            } => {
+                let target = crate::plan::resolve_path(&r.workdir, target);
+                add_stubs(view, &target, true, &mut stubs)?;
                 let seed = req.binds.get(&i).map(|(p, is_dir)| {
                     if *is_dir {
                         p.as_path()
@@ -210,15 +215,16 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
                         p.parent().unwrap_or(p)
                     }
                 });
-                let (source, lock, scratch) = cache_dir(store, m, &target, seed)?;
+                let cache = CacheMount {
+                    id: id.as_deref().unwrap_or(&target),
+                    sharing: *sharing,
+                    mode: *mode,
+                    owner: (*uid, *gid),
+                };
+                let (source, lock, scratch) = cache_dir(store, &cache, seed)?;
                 _locks.extend(lock);
                 _scratch.extend(scratch);
                 extra.push(runtime::ExtraMount::Bind { target, source });
-            }
-            other => {
-                return Err(RunError::Setup(format!(
-                "RUN --mount=type={other} is not supported (bind, cache, tmpfs, secret and ssh are)"
-            )))
             }
         }
     }
@@ -407,14 +413,9 @@ fn remove_stale_secrets(parent: &Path) {
 }
 
 /// Writes a secret file with the mount's mode (default 0400) and owner.
-fn write_secret(
-    file: &Path,
-    value: &[u8],
-    m: &crate::frontend::instructions::Mount,
-) -> Result<(), RunError> {
+fn write_secret(file: &Path, value: &[u8], mode: u32, uid: u32, gid: u32) -> Result<(), RunError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt;
-    let mode = m.mode_or(0o400);
     let mut f = fs::OpenOptions::new()
         .create_new(true)
         .write(true)
@@ -422,7 +423,6 @@ fn write_secret(
         .open(file)
         .map_err(setup("write a secret"))?;
     f.write_all(value).map_err(setup("write a secret"))?;
-    let (uid, gid) = m.owner();
     std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(setup("chown a secret"))?;
     Ok(())
 }
@@ -431,10 +431,18 @@ fn write_secret(
 /// mount's mode, uid and gid the first time. `sharing=locked` holds an exclusive lock on it for
 /// the step; `sharing=private` takes a fresh scratch directory when another build holds it;
 /// `shared` (the default) neither. Cache mounts are never keyed and never in a layer.
+/// A cache mount, resolved: its id (the target by default), sharing, and the mode and owner a
+/// new one gets.
+struct CacheMount<'a> {
+    id: &'a str,
+    sharing: Sharing,
+    mode: u32,
+    owner: (u32, u32),
+}
+
 fn cache_dir(
     store: &Store,
-    m: &crate::frontend::instructions::Mount,
-    target: &str,
+    m: &CacheMount<'_>,
     seed: Option<&Path>,
 ) -> Result<
     (
@@ -445,7 +453,7 @@ fn cache_dir(
     RunError,
 > {
     use std::os::unix::fs::PermissionsExt;
-    let id = m.fields.get("id").map(String::as_str).unwrap_or(target);
+    let id = m.id;
     let base = store.root().join("cache-mounts");
     let dir = base.join(blake3::hash(id.as_bytes()).to_hex().as_str());
     if !dir.exists() {
@@ -454,9 +462,9 @@ fn cache_dir(
             .prefix(".new-")
             .tempdir_in(&base)
             .map_err(setup("create a cache mount"))?;
-        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(m.mode_or(0o755)))
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(m.mode))
             .map_err(setup("chmod a cache mount"))?;
-        let (uid, gid) = m.owner();
+        let (uid, gid) = m.owner;
         std::os::unix::fs::chown(tmp.path(), Some(uid), Some(gid))
             .map_err(setup("chown a cache mount"))?;
         // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
@@ -474,11 +482,6 @@ fn cache_dir(
             let _ = fs::remove_dir_all(&kept);
         }
     }
-    let sharing = m
-        .fields
-        .get("sharing")
-        .map(String::as_str)
-        .unwrap_or("shared");
     let lockfile = || {
         fs::OpenOptions::new()
             .create(true)
@@ -487,13 +490,13 @@ fn cache_dir(
             .open(dir.with_extension("lock"))
             .map_err(setup("open a cache mount's lock"))
     };
-    match sharing {
-        "locked" => {
+    match m.sharing {
+        Sharing::Locked => {
             let f = lockfile()?;
             f.lock().map_err(setup("lock a cache mount"))?;
             Ok((dir, Some(f), None))
         }
-        "private" => {
+        Sharing::Private => {
             let f = lockfile()?;
             match f.try_lock() {
                 Ok(()) => Ok((dir, Some(f), None)),
@@ -506,7 +509,7 @@ fn cache_dir(
                 }
             }
         }
-        _ => Ok((dir, None, None)),
+        Sharing::Shared => Ok((dir, None, None)),
     }
 }
 

@@ -178,7 +178,7 @@ pub(super) fn describe(step: &plan::Step) -> Vec<String> {
             ));
             for m in &r.mounts {
                 let f: Vec<String> = m.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                out.push(format!("mount: type={},{}", m.kind, f.join(",")));
+                out.push(format!("mount: type={},{}", m.type_name(), f.join(",")));
             }
         }
         StepKind::Copy(c) => {

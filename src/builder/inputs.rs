@@ -6,6 +6,7 @@ use super::explain::{file_summary, Summary};
 use super::stage::StageState;
 use super::{copy, remote, step_error, BuildError, Ctx, Event};
 use crate::context::Entry;
+use crate::frontend::mount::MountKind;
 use crate::image::ImageError;
 use crate::key::schema::{self, BindSource, Download};
 use crate::plan::{self, Source, StepKind};
@@ -124,41 +125,26 @@ pub(super) fn resolve(
             }
         }
         StepKind::Run(r) => {
-            if let Some(m) = r.mounts.iter().find(|m| {
-                !matches!(
-                    m.kind.as_str(),
-                    "tmpfs" | "cache" | "secret" | "bind" | "ssh"
-                )
-            }) {
-                return Err(step_error(
-                    ctx,
-                    step,
-                    format!(
-                        "RUN --mount=type={} is not supported (bind, cache, tmpfs, secret and ssh are)",
-                        m.kind
-                    ),
-                ));
-            }
             // Bind mounts are keyed by what they expose: the selected context files' digests,
-            // or a stage's key / an image's digest with the source path.
+            // or a stage's key / an image's digest with the source path. A cache mount's
+            // `from` seeds it and is not keyed: cache contents never are.
             let mut from_sources = r.mount_sources.iter();
             for (i, m) in r.mounts.iter().enumerate() {
-                let seeds_cache = m.kind == "cache" && m.fields.contains_key("from");
-                if m.kind != "bind" && !seeds_cache {
-                    if m.fields.contains_key("from") {
-                        from_sources.next();
-                    }
-                    continue;
-                }
-                let source = m.fields.get("source").map_or(".", |s| s.as_str());
-                let source = source.trim_start_matches('/');
-                let source = if source.is_empty() { "." } else { source };
-                let (roots, identity, files) = if m.fields.contains_key("from") {
+                let (source, seeds_cache) = match &m.kind {
+                    MountKind::Bind { source, .. } => (source.as_str(), false),
+                    MountKind::Cache {
+                        source,
+                        from: Some(_),
+                        ..
+                    } => (source.as_str(), true),
+                    _ => continue,
+                };
+                let (roots, identity, files) = if let Some(from) = m.from() {
                     let src = from_sources
                         .next()
                         .ok_or_else(|| BuildError::Internal("mount source not resolved".into()))?;
                     let (view, identity) = from_view(ctx, src, results)?;
-                    let what = format!("the --mount from={}", m.fields["from"]);
+                    let what = format!("the --mount from={from}");
                     let r = copy::select_view(&[source.to_string()], &view, &what)
                         .map_err(|e| step_error(ctx, step, e))?;
                     (r, Some(identity), None)

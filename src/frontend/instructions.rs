@@ -699,78 +699,7 @@ pub fn parse_go_duration(s: &str) -> Option<u64> {
     Some(total)
 }
 
-/// A `RUN --mount` value, parsed (`type=cache,target=/x,...`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mount {
-    /// bind, cache, tmpfs, secret or ssh.
-    pub kind: String,
-    /// The other fields, by name (`target`, `source`, `from`, `id`, `sharing`, `rw`...).
-    pub fields: BTreeMap<String, String>,
-}
-
-impl Mount {
-    /// The octal `mode=` field, or `default`.
-    pub fn mode_or(&self, default: u32) -> u32 {
-        self.fields
-            .get("mode")
-            .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .unwrap_or(default)
-    }
-
-    /// `uid=` and `gid=`, root by default.
-    pub fn owner(&self) -> (u32, u32) {
-        let num = |k: &str| {
-            self.fields
-                .get(k)
-                .and_then(|v| v.parse::<u32>().ok())
-                .unwrap_or(0)
-        };
-        (num("uid"), num("gid"))
-    }
-}
-
-/// Parses one `--mount` value (after expansion). `dst`/`destination` become `target`,
-/// `src` becomes `source`, as BuildKit's aliases.
-pub fn parse_mount(v: &str) -> Result<Mount, String> {
-    let mut kind = "bind".to_string();
-    let mut fields = BTreeMap::new();
-    for part in v.split(',').filter(|p| !p.is_empty()) {
-        let (k, val) = match part.split_once('=') {
-            Some((k, val)) => (k.trim().to_ascii_lowercase(), val.trim().to_string()),
-            None => (part.trim().to_ascii_lowercase(), "true".to_string()),
-        };
-        let k = match k.as_str() {
-            "dst" | "destination" => "target".to_string(),
-            "src" => "source".to_string(),
-            "readwrite" => "rw".to_string(),
-            _ => k,
-        };
-        if k == "type" {
-            kind = val;
-            continue;
-        }
-        let known = [
-            "target", "source", "from", "rw", "readonly", "ro", "id", "sharing", "mode", "uid",
-            "gid", "size", "required", "env",
-        ];
-        if !known.contains(&k.as_str()) {
-            return Err(format!("unexpected key '{k}' in '{v}'"));
-        }
-        fields.insert(k, val);
-    }
-    if !matches!(kind.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
-        return Err(format!("unsupported mount type {kind:?} in --mount={v}"));
-    }
-    if matches!(kind.as_str(), "bind" | "cache" | "tmpfs") && !fields.contains_key("target") {
-        return Err(format!("mount {v:?}: target is required"));
-    }
-    if let Some(s) = fields.get("sharing") {
-        if !matches!(s.as_str(), "shared" | "private" | "locked") {
-            return Err(format!("unsupported sharing value {s:?} in --mount={v}"));
-        }
-    }
-    Ok(Mount { kind, fields })
-}
+pub use super::mount::{parse_mount, Mount, MountKind, Sharing};
 
 #[cfg(test)]
 mod tests {

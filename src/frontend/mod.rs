@@ -15,6 +15,7 @@
 mod fuzz;
 pub mod instructions;
 pub mod lint;
+pub mod mount;
 pub mod parser;
 pub mod quote;
 pub mod shell;

@@ -286,7 +286,7 @@ pub(super) fn plan_stage(
                 for m in &run.mounts {
                     let m = expand(m, &stage.config.env, &args)?;
                     let mount = parse_mount(&m).map_err(at)?;
-                    if let Some(from) = mount.fields.get("from") {
+                    if let Some(from) = mount.from() {
                         let src = resolve_from(from, s.position, raw).map_err(at)?;
                         if let Source::Stage(p) = src {
                             deps.insert(p);
@@ -310,7 +310,7 @@ pub(super) fn plan_stage(
                     .iter()
                     .map(|m: &crate::frontend::instructions::Mount| {
                         let f = m.fields.iter().map(|(k, v)| (k.clone(), v.clone()));
-                        (m.kind.clone(), f.collect())
+                        (m.type_name().to_string(), f.collect())
                     })
                     .collect();
                 let def = schema::run_definition(&schema::RunDefinition {
