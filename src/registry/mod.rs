@@ -437,6 +437,42 @@ impl Client {
     }
 }
 
+/// Layers downloaded at once (Docker's `max-concurrent-downloads`).
+pub const PARALLEL_DOWNLOADS: usize = 3;
+/// Blobs uploaded at once (Docker's `max-concurrent-uploads`).
+pub const PARALLEL_UPLOADS: usize = 5;
+
+/// Runs `f` on every item with at most `workers` threads (a manifest names any number of
+/// layers: never one thread per item); results in the items' order.
+fn bounded<T: Sync, R: Send>(
+    items: &[T],
+    workers: usize,
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Vec<Result<R>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<R>>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..workers.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)))
+                    .unwrap_or_else(|_| Err(RegistryError::Invalid("a transfer panicked".into())));
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|| Err(RegistryError::Invalid("a transfer did not run".into())))
+        })
+        .collect()
+}
+
 /// Escapes a query value: every byte but letters, digits and `-_.~:/,` as `%XX`.
 fn query_escape(s: &str) -> String {
     use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -586,4 +622,36 @@ fn fetch_manifest(
         }
     }
     Ok((bytes, mt, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounded_keeps_order_and_never_exceeds_its_workers() {
+        let running = std::sync::atomic::AtomicUsize::new(0);
+        let most = std::sync::atomic::AtomicUsize::new(0);
+        let items: Vec<u32> = (0..40).collect();
+        let out = bounded(&items, 3, |n| {
+            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(2));
+            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            if *n == 7 {
+                Err(RegistryError::Invalid("seven".into()))
+            } else {
+                Ok(n * 2)
+            }
+        });
+        assert_eq!(out.len(), 40);
+        assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+        for (i, r) in out.iter().enumerate() {
+            match r {
+                Ok(v) => assert_eq!(*v, i as u32 * 2),
+                Err(e) => assert_eq!((i, e.to_string().contains("seven")), (7, true)),
+            }
+        }
+        assert!(bounded(&Vec::<u32>::new(), 3, |_| Ok(())).is_empty());
+    }
 }

@@ -186,24 +186,13 @@ pub fn pull(
         });
     }
     // Layers, in parallel, each verified before it is recorded.
-    let results: Vec<Result<LayerRecord>> = std::thread::scope(|s| {
-        let handles: Vec<_> = manifest
-            .layers
-            .iter()
-            .zip(&config.rootfs.diff_ids)
-            .map(|(l, diff_id)| {
-                let (c, scope, repo) = (&c, &scope, &repo);
-                s.spawn(move || pull_layer(store, c, repo, scope, l, *diff_id, report))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(RegistryError::Invalid("a layer download panicked".into()))
-                })
-            })
-            .collect()
+    let pairs: Vec<_> = manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .collect();
+    let results = bounded(&pairs, PARALLEL_DOWNLOADS, |(l, diff_id)| {
+        pull_layer(store, &c, &repo, &scope, l, **diff_id, report)
     });
     let layers = results.into_iter().collect::<Result<Vec<_>>>()?;
     store.put_blob(&config_bytes, Some(manifest.config.digest))?;
@@ -309,7 +298,7 @@ pub(super) fn pull_layer(
     let rec = image::archive::verify_layer(store, &l.digest, size, &l.media_type, diff_id)
         .map_err(|e| {
             // The blob matched its digest but not the config's DiffID: drop it, record nothing.
-            let _ = std::fs::remove_file(store.blob_path(&l.digest));
+            let _ = store.discard_blob(&l.digest);
             RegistryError::Image(e)
         })?;
     report.line(&format!("{short}: Pull complete"));

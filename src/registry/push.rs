@@ -109,19 +109,8 @@ pub(super) fn push_blobs(
     known: &HashMap<Digest, String>,
     report: Report<'_>,
 ) -> Result<Vec<String>> {
-    let results: Vec<Result<String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = blobs
-            .iter()
-            .map(|d| s.spawn(move || push_blob(store, c, repo, scope, d, known.get(d), report)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(RegistryError::Invalid("a blob upload panicked".into()))
-                })
-            })
-            .collect()
+    let results = bounded(blobs, PARALLEL_UPLOADS, |d| {
+        push_blob(store, c, repo, scope, d, known.get(d), report)
     });
     results.into_iter().collect::<Result<Vec<_>>>()
 }

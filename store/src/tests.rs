@@ -291,3 +291,17 @@ fn chain_ids_follow_the_image_spec() {
     assert_eq!(c[0], a);
     assert_eq!(c[1], Digest::of(format!("{a} {b}").as_bytes()));
 }
+
+#[test]
+fn discard_blob_removes_only_what_nothing_uses() {
+    let (_d, s) = store();
+    let loose = s.put_blob(b"downloaded, then refused", None).unwrap();
+    assert!(s.discard_blob(&loose).unwrap());
+    assert!(!s.has_blob(&loose));
+    assert!(!s.discard_blob(&loose).unwrap(), "already gone");
+    let l = layer(&s, b"a layer an image uses");
+    s.record_layer(&l).unwrap();
+    assert!(!s.discard_blob(&l.digest).unwrap());
+    assert!(s.has_blob(&l.digest));
+    assert!(s.layer(&l.digest).unwrap().is_some());
+}

@@ -74,4 +74,37 @@ impl Store {
         }
         Ok(bytes)
     }
+
+    /// Removes a blob nothing refers to (no layer row, no image as manifest or config): for a
+    /// download that matched its digest but not what the image says of it. The row goes before
+    /// the file. Returns whether it was removed; a blob in use stays.
+    pub fn discard_blob(&self, d: &Digest) -> Result<bool> {
+        let key = d.to_string();
+        let removed = {
+            let db = self.db();
+            db.execute(
+                "DELETE FROM blobs WHERE digest = ?1
+                   AND NOT EXISTS (SELECT 1 FROM layers WHERE digest = ?1)
+                   AND NOT EXISTS (SELECT 1 FROM images WHERE manifest = ?1 OR config = ?1)",
+                params![key],
+            )?
+        };
+        let in_use = removed == 0 && {
+            let db = self.db();
+            db.query_row(
+                "SELECT EXISTS(SELECT 1 FROM layers WHERE digest = ?1)
+                     OR EXISTS(SELECT 1 FROM images WHERE manifest = ?1 OR config = ?1)",
+                params![key],
+                |r| r.get::<_, bool>(0),
+            )?
+        };
+        if in_use {
+            return Ok(false);
+        }
+        match fs::remove_file(self.blob_path(d)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(removed > 0),
+            Err(e) => Err(io_err(format!("remove blob {d}"), e)),
+        }
+    }
 }
