@@ -73,8 +73,7 @@ pub fn exec(store: &Store, a: &ExecOptions) -> Result<i32, ContainerError> {
         ids,
         no_new_privs: spec.runtime.no_new_privs,
         tty: a.tty,
-        winsize: crate::sys::proc::window_size(std::io::stdin().as_fd())
-            .map(|w| (w.ws_row, w.ws_col)),
+        winsize: crate::sys::proc::window_size(std::io::stdin().as_fd()),
         cgroups: spec.runtime.cgroups.clone(),
         security: spec.runtime.security.clone(),
     };

@@ -53,8 +53,7 @@ pub fn run(
         let (ours, theirs) =
             crate::sys::proc::socketpair().map_err(io_err("create the terminal socket"))?;
         let mut rt = spec.runtime.clone();
-        rt.winsize =
-            crate::sys::proc::window_size(io::stdin().as_fd()).map(|w| (w.ws_row, w.ws_col));
+        rt.winsize = crate::sys::proc::window_size(io::stdin().as_fd());
         drop(stdin);
         // stderr stays a pipe until the terminal replaces it: setup errors still reach kiln.
         let c = runtime::spawn_with_stdin(&rt, Stdio::from(theirs), Stdio::null(), Stdio::piped())
@@ -234,7 +233,7 @@ pub fn supervise_main(root: &Path, id: &str) -> i32 {
     // The caller's descriptors stay with the caller: a supervisor lives as long as its
     // container, and would otherwise hold them (a pipe never closing, a file kept open).
     let _ = crate::sys::proc::close_fds_from(3, true);
-    let _ = crate::sys::proc::setsid();
+    let _ = nix::unistd::setsid();
     let result = (|| -> Result<i32, ContainerError> {
         let store = Store::open(root)?;
         let row = store

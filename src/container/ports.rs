@@ -208,9 +208,8 @@ pub fn serve(listeners: Listeners, netns: OwnedFd) -> io::Result<()> {
     let (tx, rx) = mpsc::channel::<NsJob>();
     let (ready_tx, ready_rx) = mpsc::channel::<io::Result<()>>();
     thread::spawn(move || {
-        use std::os::fd::AsFd;
-        if let Err(e) = crate::sys::proc::setns(netns.as_fd(), libc::CLONE_NEWNET) {
-            let _ = ready_tx.send(Err(e));
+        if let Err(e) = nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET) {
+            let _ = ready_tx.send(Err(e.into()));
             return;
         }
         let _ = ready_tx.send(Ok(()));
@@ -305,7 +304,7 @@ mod tests {
     fn echo_namespace(port: u16) -> OwnedFd {
         let (tx, rx) = mpsc::channel();
         thread::spawn(move || {
-            crate::sys::proc::unshare(libc::CLONE_NEWNET).unwrap();
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
             crate::sys::proc::loopback_up().unwrap();
             let tid = thread_id();
             let ns = std::fs::File::open(format!("/proc/self/task/{tid}/ns/net")).unwrap();

@@ -328,7 +328,7 @@ fn stacked(layer_tar: &[u8], parent: &Path, scratch: &Path) -> Vec<String> {
 struct Mounted(PathBuf);
 impl Drop for Mounted {
     fn drop(&mut self) {
-        let _ = sys::proc::umount2(self.0.as_os_str(), libc::MNT_DETACH);
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -360,7 +360,7 @@ proptest! {
             "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
             lower.display(), upper.display(), work.display()
         );
-        sys::proc::mount("overlay", merged.as_os_str(), "overlay", 0, &opts).unwrap();
+        sys::proc::mount("overlay", merged.as_os_str(), "overlay", nix::mount::MsFlags::empty(), &opts).unwrap();
         let guard = Mounted(merged.clone());
         apply_ops(&merged, &targets, &ops);
         drop(guard);

@@ -335,21 +335,21 @@ mod tests {
             fs::create_dir_all(top.join(d)).unwrap();
         }
         fs::write(top.join("etc/passwd"), "top").unwrap();
-        let wh = std::ffi::CString::new(top.join("a/b/gone").as_os_str().as_bytes()).unwrap();
-        // SAFETY: test-only mknod of a whiteout at a valid path.
-        assert_eq!(unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR, 0) }, 0);
+        nix::sys::stat::mknod(
+            &top.join("a/b/gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
         fs::write(top.join("opq/new"), "n").unwrap();
-        let c = std::ffi::CString::new(top.join("opq").as_os_str().as_bytes()).unwrap();
-        // SAFETY: test-only setxattr with valid strings.
-        unsafe {
-            libc::setxattr(
-                c.as_ptr(),
-                c"trusted.overlay.opaque".as_ptr(),
-                b"y".as_ptr().cast(),
-                1,
-                0,
-            )
-        };
+        rustix::fs::setxattr(
+            top.join("opq"),
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         let v = View::new(vec![top, low]);
         assert_eq!(v.read_string("/etc/passwd").as_deref(), Some("top"));
         assert!(v.resolve("/a/b/gone", false).unwrap().is_none());

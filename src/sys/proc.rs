@@ -1,134 +1,72 @@
-//! Process, namespace and mount syscalls for the container init helper (`runtime::init`).
+//! Process, namespace, signal, terminal and descriptor calls: for the container init helper
+//! (`runtime::init`, a fresh single-threaded process: never fork inside the multithreaded kiln
+//! process, see docs/ARCHITECTURE.md "System calls") and for the runner around it.
 //!
-//! These run in the freshly spawned, single-threaded helper and in its forked child, never in the
-//! multithreaded kiln process (never fork there: see docs/ARCHITECTURE.md "System calls"). Each wrapper is one syscall.
+//! Most calls are nix's, used directly by their callers; what is here adds kiln's semantics to
+//! them (retries, defaults, the descriptor passing protocol) or is a call neither nix nor rustix
+//! has (capset, PR_CAPBSET_DROP, SIOCSIFFLAGS, TIOCSPTLCK/TIOCGPTPEER, close_range, seccomp,
+//! bpf, the pre-exec descriptor shuffle), each `unsafe` block with its reason.
 
-use super::{cstr, cvt};
+use nix::mount::MsFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::termios::Termios;
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// mount(2). `source`, `fstype` and `data` may be empty (passed as NULL).
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// mount(2); an empty `source`, `fstype` or `data` is passed as NULL.
 pub fn mount(
     source: &str,
     target: &OsStr,
     fstype: &str,
-    flags: libc::c_ulong,
+    flags: MsFlags,
     data: &str,
 ) -> io::Result<()> {
-    let opt = |s: &str| -> io::Result<Option<CString>> {
-        if s.is_empty() {
-            Ok(None)
-        } else {
-            cstr(OsStr::new(s)).map(Some)
-        }
-    };
-    let (src, ty, dat) = (opt(source)?, opt(fstype)?, opt(data)?);
-    let tgt = cstr(target)?;
-    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-    // SAFETY: every pointer is NULL or a valid NUL-terminated string that outlives the call.
-    cvt(unsafe { libc::mount(ptr(&src), tgt.as_ptr(), ptr(&ty), flags, ptr(&dat).cast()) })
-        .map(drop)
+    let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    Ok(nix::mount::mount(
+        opt(source).as_deref(),
+        target,
+        opt(fstype).as_deref(),
+        flags,
+        opt(data).as_deref(),
+    )?)
 }
 
-/// umount2(2).
-pub fn umount2(target: &OsStr, flags: libc::c_int) -> io::Result<()> {
-    let t = cstr(target)?;
-    // SAFETY: valid C string for the duration of the call.
-    cvt(unsafe { libc::umount2(t.as_ptr(), flags) }).map(drop)
-}
-
-/// unshare(2).
-pub fn unshare(flags: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall with integer flags.
-    cvt(unsafe { libc::unshare(flags) }).map(drop)
-}
-
-/// pivot_root(2) (no libc wrapper).
-pub fn pivot_root(new_root: &OsStr, put_old: &OsStr) -> io::Result<()> {
-    let n = cstr(new_root)?;
-    let o = cstr(put_old)?;
-    // SAFETY: valid C strings for the duration of the call.
-    let r = unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) };
-    cvt(r as libc::c_int).map(drop)
-}
-
-pub fn sethostname(name: &str) -> io::Result<()> {
-    // SAFETY: the pointer and length describe `name`'s bytes.
-    cvt(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
-}
-
-/// The result of fork(2).
-pub enum Fork {
-    Parent(libc::pid_t),
-    Child,
-}
-
-/// fork(2).
-///
-/// # Safety
-/// The caller must be single-threaded (the init helper is), so the child inherits no lock held by
-/// another thread.
-pub unsafe fn fork() -> io::Result<Fork> {
-    // SAFETY: the caller guarantees a single-threaded process.
-    let pid = cvt(unsafe { libc::fork() })?;
-    Ok(if pid == 0 {
-        Fork::Child
-    } else {
-        Fork::Parent(pid)
-    })
-}
-
-/// waitpid(2) for one child, retried on EINTR; returns the raw status.
-pub fn waitpid(pid: libc::pid_t) -> io::Result<libc::c_int> {
-    let mut status = 0;
+/// waitpid(2) for one child, retried on EINTR: its exit code, or 128+N when signal N killed it.
+pub fn wait_exit_code(pid: nix::unistd::Pid) -> io::Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
     loop {
-        // SAFETY: `status` is valid writable memory.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r >= 0 {
-            return Ok(status);
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
-/// kill(2).
+/// kill(2) with a signal number (as [`signal_number`] gives).
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall.
-    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+    let sig = Signal::try_from(sig)?;
+    Ok(nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        sig,
+    )?)
 }
 
-/// prctl(2) with integer arguments.
-pub fn prctl(option: libc::c_int, arg: libc::c_ulong) -> io::Result<()> {
-    // SAFETY: the options kiln uses take integer arguments only.
-    cvt(unsafe {
-        libc::prctl(
-            option,
-            arg,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-            0 as libc::c_ulong,
-        )
-    })
-    .map(drop)
-}
-
-pub fn setgroups(groups: &[libc::gid_t]) -> io::Result<()> {
-    // SAFETY: the pointer and length describe `groups`.
-    cvt(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) }).map(drop)
-}
-
-pub fn setresgid(gid: libc::gid_t) -> io::Result<()> {
-    // SAFETY: plain syscall.
-    cvt(unsafe { libc::setresgid(gid, gid, gid) }).map(drop)
-}
-
-pub fn setresuid(uid: libc::uid_t) -> io::Result<()> {
-    // SAFETY: plain syscall.
-    cvt(unsafe { libc::setresuid(uid, uid, uid) }).map(drop)
+/// Removes capability `cap` from the bounding set (prctl PR_CAPBSET_DROP).
+pub fn capbset_drop(cap: u32) -> io::Result<()> {
+    // SAFETY: PR_CAPBSET_DROP takes one integer argument; the unused ones are zero.
+    cvt(unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) }).map(drop)
 }
 
 /// Sets the effective, permitted and inheritable capability sets to `caps` (a bit mask over
@@ -163,53 +101,45 @@ pub fn capset(caps: u64) -> io::Result<()> {
 
 /// Brings the loopback interface up (SIOCSIFFLAGS on "lo") in the current network namespace.
 pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: socket(2) with constant arguments; the fd is closed below.
-    let fd = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (i, b) in b"lo".iter().enumerate() {
         req.ifr_name[i] = *b as libc::c_char;
     }
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    // SAFETY: `req` is a valid ifreq for the duration of the ioctl.
-    let r = unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) };
-    let res = cvt(r).map(drop);
-    // SAFETY: closing the socket opened above.
-    unsafe { libc::close(fd) };
-    res
+    // SAFETY: `req` is a valid ifreq for the duration of the ioctl on our socket.
+    cvt(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
-/// execve(2); returns only on failure.
+/// execve(2) of `path` with `argv` and `env`; returns only on failure.
 pub fn execve(path: &OsStr, argv: &[CString], env: &[CString]) -> io::Error {
-    let p = match cstr(path) {
+    let path = match CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path)) {
         Ok(p) => p,
-        Err(e) => return e,
+        Err(_) => return io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
     };
-    let mut a: Vec<*const libc::c_char> = argv.iter().map(|s| s.as_ptr()).collect();
-    a.push(std::ptr::null());
-    let mut e: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
-    e.push(std::ptr::null());
-    // SAFETY: `p`, and the NULL-terminated arrays of valid C strings, outlive the call.
-    unsafe { libc::execve(p.as_ptr(), a.as_ptr(), e.as_ptr()) };
-    io::Error::last_os_error()
+    match nix::unistd::execve(&path, argv, env) {
+        Err(e) => e.into(),
+        Ok(never) => match never {},
+    }
 }
 
 /// Resets a signal to its default disposition.
-pub fn default_signal(sig: libc::c_int) {
-    // SAFETY: installing SIG_DFL has no memory-safety preconditions.
-    unsafe { libc::signal(sig, libc::SIG_DFL) };
+pub fn default_signal(sig: Signal) {
+    // SAFETY: SIG_DFL is not a handler function, so no code of ours can run in signal context.
+    let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
 }
 
 /// Ignores a signal.
-pub fn ignore_signal(sig: libc::c_int) {
-    // SAFETY: installing SIG_IGN has no memory-safety preconditions.
-    unsafe { libc::signal(sig, libc::SIG_IGN) };
-}
-
-/// dup2(2).
-pub fn dup2(fd: BorrowedFd<'_>, to: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid fd.
-    cvt(unsafe { libc::dup2(fd.as_raw_fd(), to) }).map(drop)
+pub fn ignore_signal(sig: Signal) {
+    // SAFETY: SIG_IGN is not a handler function, so no code of ours can run in signal context.
+    let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigIgn) };
 }
 
 /// The highest capability number the kernel knows.
@@ -218,18 +148,6 @@ pub fn last_cap() -> u32 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(40)
-}
-
-/// setns(2): moves the calling *thread* into the namespace `fd` refers to.
-pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid fd.
-    cvt(unsafe { libc::setns(fd.as_raw_fd(), nstype) }).map(drop)
-}
-
-/// setsid(2): a new session with this process as its leader (detaches from the terminal).
-pub fn setsid() -> io::Result<()> {
-    // SAFETY: plain syscall without arguments.
-    cvt(unsafe { libc::setsid() }).map(drop)
 }
 
 /// A signal number from a name (`SIGTERM`, `TERM`) or a number, as Docker's STOPSIGNAL accepts.
@@ -274,239 +192,147 @@ pub fn signal_number(s: &str) -> Option<libc::c_int> {
     })
 }
 
+fn sigset(sigs: &[libc::c_int]) -> io::Result<SigSet> {
+    let mut set = SigSet::empty();
+    for s in sigs {
+        set.add(Signal::try_from(*s)?);
+    }
+    Ok(set)
+}
+
 /// Blocks `sigs` in the calling thread (and the threads it creates afterwards), so a dedicated
 /// thread can take them with [`wait_signal`].
 pub fn block_signals(sigs: &[libc::c_int]) -> io::Result<()> {
-    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialize it; pthread_sigmask reads
-    // it and may write the (NULL) old set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in sigs {
-            libc::sigaddset(&mut set, *s);
-        }
-        let r = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-    }
-    Ok(())
+    Ok(sigset(sigs)?.thread_block()?)
 }
 
 /// sigwait(3) for one of `sigs` (which must be blocked); returns the signal taken.
 pub fn wait_signal(sigs: &[libc::c_int]) -> io::Result<libc::c_int> {
-    // SAFETY: as in block_signals; `sig` is valid writable memory.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in sigs {
-            libc::sigaddset(&mut set, *s);
-        }
-        let mut sig: libc::c_int = 0;
-        let r = libc::sigwait(&set, &mut sig);
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-        Ok(sig)
-    }
+    Ok(sigset(sigs)?.wait()? as libc::c_int)
 }
 
 /// Unblocks every signal in the calling thread (a child inherits its parent's mask across exec;
 /// the runner blocks SIGINT/SIGTERM to forward them, the container must not inherit that).
 pub fn unblock_all_signals() {
-    // SAFETY: sigset_t is plain data initialized by sigemptyset; pthread_sigmask only reads it.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-/// A new pseudo-terminal: (master, slave).
-pub fn openpty() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let (mut m, mut s) = (0, 0);
-    // SAFETY: `m` and `s` are valid out-pointers; name, termios and winsize may be NULL.
-    cvt(unsafe {
-        libc::openpty(
-            &mut m,
-            &mut s,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    })?;
-    // SAFETY: openpty returned two fresh fds nothing else owns.
-    let fds = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(m),
-            std::os::fd::OwnedFd::from_raw_fd(s),
-        )
-    };
-    for fd in [&fds.0, &fds.1] {
-        // SAFETY: plain fcntl on a valid fd.
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
-    }
-    Ok(fds)
+    let _ = SigSet::empty().thread_set_mask();
 }
 
 /// Makes the terminal on fd 0 the calling session leader's controlling terminal (TIOCSCTTY).
 pub fn set_controlling_tty() -> io::Result<()> {
-    // SAFETY: ioctl TIOCSCTTY takes an integer argument.
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal it from another session).
     cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map(drop)
 }
 
-/// The window size of terminal `fd`, if it is one.
-pub fn window_size(fd: BorrowedFd<'_>) -> Option<libc::winsize> {
-    // SAFETY: winsize is plain data; TIOCGWINSZ fills it.
-    unsafe {
-        let mut ws: libc::winsize = std::mem::zeroed();
-        (libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0).then_some(ws)
-    }
+/// The window size (rows, columns) of terminal `fd`, if it is one.
+pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    rustix::termios::tcgetwinsize(fd)
+        .ok()
+        .map(|w| (w.ws_row, w.ws_col))
 }
 
-/// Sets the window size of terminal `fd`.
-pub fn set_window_size(fd: BorrowedFd<'_>, ws: &libc::winsize) {
-    // SAFETY: `ws` is a valid winsize for the duration of the ioctl.
-    unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws) };
+/// Sets the window size (rows, columns) of terminal `fd`.
+pub fn set_window_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) {
+    let ws = rustix::termios::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let _ = rustix::termios::tcsetwinsize(fd, ws);
 }
 
 /// Puts terminal `fd` in raw mode; returns the previous settings to restore.
-pub fn make_raw(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
-    // SAFETY: termios is plain data filled by tcgetattr; cfmakeraw and tcsetattr read it.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        cvt(libc::tcgetattr(fd.as_raw_fd(), &mut t))?;
-        let old = t;
-        libc::cfmakeraw(&mut t);
-        cvt(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t))?;
-        Ok(old)
-    }
+pub fn make_raw(fd: BorrowedFd<'_>) -> io::Result<Termios> {
+    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+    let old = tcgetattr(fd)?;
+    let mut t = old.clone();
+    cfmakeraw(&mut t);
+    tcsetattr(fd, SetArg::TCSANOW, &t)?;
+    Ok(old)
 }
 
 /// Turns the echo of terminal `fd` off (a line is still read whole, and the newline typed is
 /// still shown); returns the previous settings to restore. For password prompts.
-pub fn echo_off(fd: BorrowedFd<'_>) -> io::Result<libc::termios> {
-    // SAFETY: termios is plain data filled by tcgetattr; tcsetattr reads it.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        cvt(libc::tcgetattr(fd.as_raw_fd(), &mut t))?;
-        let old = t;
-        t.c_lflag &= !libc::ECHO;
-        t.c_lflag |= libc::ECHONL;
-        cvt(libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &t))?;
-        Ok(old)
-    }
+pub fn echo_off(fd: BorrowedFd<'_>) -> io::Result<Termios> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    let old = tcgetattr(fd)?;
+    let mut t = old.clone();
+    t.local_flags.remove(LocalFlags::ECHO);
+    t.local_flags.insert(LocalFlags::ECHONL);
+    tcsetattr(fd, SetArg::TCSANOW, &t)?;
+    Ok(old)
 }
 
 /// Restores terminal settings saved by [`make_raw`] or [`echo_off`].
-pub fn restore_terminal(fd: BorrowedFd<'_>, t: &libc::termios) {
-    // SAFETY: `t` is a valid termios.
-    unsafe { libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, t) };
+pub fn restore_terminal(fd: BorrowedFd<'_>, t: &Termios) {
+    let _ = nix::sys::termios::tcsetattr(fd, nix::sys::termios::SetArg::TCSANOW, t);
 }
 
 /// A connected pair of Unix stream sockets, close-on-exec.
-pub fn socketpair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is valid writable memory for two ints.
-    cvt(unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    })?;
-    // SAFETY: the kernel returned two fresh fds nothing else owns.
-    Ok(unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    })
+pub fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
 }
 
 /// Sends `fd` over the Unix socket `sock` (SCM_RIGHTS), with one byte of data.
 pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer in it refers to the live buffers above, and
-    // the control message is written within `cbuf` as CMSG_FIRSTHDR/CMSG_DATA lay it out.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>(), fd.as_raw_fd());
-        let r = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let fds = [fd.as_raw_fd()];
+    let iov = [io::IoSlice::new(&[0u8])];
+    sendmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
     Ok(())
 }
 
-/// Receives one fd sent with [`send_fd`].
-pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+/// Receives one fd sent with [`send_fd`] (close-on-exec).
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    // SAFETY: CMSG_SPACE is a pure size computation.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
-    let mut cbuf = vec![0u8; space];
-    // SAFETY: as in send_fd; the kernel fills the buffers, and the fd read from the control
-    // message is a fresh one the kernel installed for this process.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = space as _;
-        let r = libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
-        if r < 0 {
-            return Err(io::Error::last_os_error());
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel installed this descriptor for us with the message; nothing
+                // else in this process knows it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
         }
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if r == 0 || cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "no file descriptor was sent",
-            ));
-        }
-        let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::c_int>());
-        Ok(std::os::fd::OwnedFd::from_raw_fd(fd))
     }
+    Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "no file descriptor was sent",
+    ))
 }
 
 /// Opens a new pseudo-terminal from `ptmx` (the container's /dev/ptmx): (master, slave).
-pub fn open_pty_at(
-    ptmx: &std::path::Path,
-) -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    use std::os::fd::FromRawFd;
-    let p = cstr(ptmx.as_os_str())?;
-    // SAFETY: valid C string; the fd returned is fresh.
-    let m =
-        cvt(unsafe { libc::open(p.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
-    // SAFETY: `m` is the fresh fd just opened.
-    let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(m) };
+pub fn open_pty_at(ptmx: &std::path::Path) -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::OFlag;
+    let master = nix::fcntl::open(
+        ptmx,
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
     let mut unlock: libc::c_int = 0;
-    // SAFETY: TIOCSPTLCK takes a pointer to an int; TIOCGPTPEER takes open flags and returns a
-    // fresh fd for the slave of this master (Linux 4.13+), without a path lookup.
+    // SAFETY: TIOCSPTLCK takes a pointer to an int, valid for the call; TIOCGPTPEER takes open
+    // flags and returns a fresh descriptor for this master's slave (Linux 4.13+), without a
+    // path lookup.
     let s = unsafe {
         cvt(libc::ioctl(
             master.as_raw_fd(),
@@ -519,26 +345,18 @@ pub fn open_pty_at(
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         ))?
     };
-    // SAFETY: `s` is the fresh fd TIOCGPTPEER returned.
-    Ok((master, unsafe { std::os::fd::OwnedFd::from_raw_fd(s) }))
-}
-
-/// getppid(2).
-pub fn getppid() -> libc::pid_t {
-    // SAFETY: getppid has no preconditions and cannot fail.
-    unsafe { libc::getppid() }
+    // SAFETY: `s` is the fresh descriptor TIOCGPTPEER returned.
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
 }
 
 /// Whether reading `fd` would not block (data or end of file), without waiting.
 pub fn readable_now(fd: BorrowedFd<'_>) -> bool {
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `p` is one valid pollfd; a zero timeout never blocks.
-    let r = unsafe { libc::poll(&mut p, 1, 0) };
-    r > 0 && p.revents & (libc::POLLIN | libc::POLLHUP) != 0
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
+        && p[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
 }
 
 /// Marks every descriptor from `lowest` up close-on-exec (close_range(2) with

@@ -1,0 +1,397 @@
+//! The init helper: runs in a fresh single-threaded kiln process (`kiln __kiln-init`), reads its
+//! [`Spec`](super::Spec) from descriptor 3 and reports the workload's start on descriptor 4.
+//!
+//! Order matters and follows runc: unshare, make every mount private (nothing propagates back to
+//! the host), fork (the child is PID 1 of the new PID namespace, so the /proc it mounts is its
+//! own), mount the rootfs, create missing mount points in-root, mount /proc, /sys, /dev and the
+//! provided files onto in-root-resolved targets (through `/proc/self/fd/N`, so a symlink in the
+//! image can never redirect a mount to the host), pivot_root, mask /proc paths, set hostname,
+//! loopback, then credentials and capabilities last, and exec.
+//!
+//! Both processes die with their parent (PR_SET_PDEATHSIG), so killing kiln kills the build step.
+
+use super::{ExecSpec, Net, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, READY_FD, SPEC_FD};
+mod mounts;
+
+use crate::sys::{self, proc as p};
+use mounts::Linux;
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::prctl;
+use nix::sys::signal::Signal;
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use std::ffi::{CString, OsStr};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+pub(super) fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    let _ = writeln!(io::stderr(), "kiln: container setup: {what}: {e}");
+    std::process::exit(EXIT_SETUP)
+}
+
+/// Dies (SIGKILL) when the parent does; exits at once if the parent is already gone (it may
+/// have died before the parent-death signal was set).
+fn die_with_parent() {
+    let parent = nix::unistd::getppid();
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail("set parent-death signal", e);
+    }
+    if nix::unistd::getppid() != parent {
+        std::process::exit(EXIT_SETUP);
+    }
+}
+
+/// Reads the spec from its descriptor (then closed), takes the ready descriptor, and closes
+/// every other one the caller left open: nothing the caller had open passes this point.
+fn take_spec<T: serde::de::DeserializeOwned>() -> (T, OwnedFd) {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    if !sys::is_open(SPEC_FD) || !sys::is_open(READY_FD) {
+        fail(
+            "read spec",
+            "descriptors 3 and 4 are not open (kiln starts this helper itself)",
+        );
+    }
+    // SAFETY: descriptors 3 and 4 are the pipes kiln's spawn placed there, open (checked above)
+    // and owned by nothing else in this fresh process.
+    let (spec_fd, ready) = unsafe {
+        (
+            OwnedFd::from_raw_fd(SPEC_FD),
+            OwnedFd::from_raw_fd(READY_FD),
+        )
+    };
+    let mut json = Vec::new();
+    std::fs::File::from(spec_fd)
+        .read_to_end(&mut json)
+        .unwrap_or_else(|e| fail("read spec", e));
+    let _ = p::close_fds_from(READY_FD as u32 + 1, true);
+    sys::set_cloexec(ready.as_fd()).unwrap_or_else(|e| fail("prepare the ready pipe", e));
+    let spec = serde_json::from_slice(&json).unwrap_or_else(|e| fail("parse spec", e));
+    (spec, ready)
+}
+
+/// The helper's half after the fork: tells the caller the workload's PID, then lets go of the
+/// pipe so only the workload holds it until its exec.
+fn report_pid(ready: OwnedFd, pid: Pid) {
+    let _ = std::fs::File::from(ready).write_all(&pid.as_raw().to_ne_bytes());
+}
+
+/// Entry point of `kiln __kiln-init`; never returns.
+pub fn main() -> ! {
+    let (spec, ready): (Spec, OwnedFd) = take_spec();
+    p::unblock_all_signals();
+    die_with_parent();
+    for cg in &spec.cgroups {
+        // "0" moves the writing process; its children are born inside.
+        std::fs::write(cg.join("cgroup.procs"), "0")
+            .unwrap_or_else(|e| fail(&format!("join cgroup {}", cg.display()), e));
+    }
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    if spec.net != Net::Host {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = nix::sched::unshare(flags) {
+        fail("unshare namespaces", e);
+    }
+    if let Err(e) = p::mount(
+        "",
+        OsStr::new("/"),
+        "",
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        "",
+    ) {
+        fail("make mounts private", e);
+    }
+    // The workload learns that the helper died from this pipe's end of file (its parent-death
+    // signal is cleared by the credential change and set again only just before exec).
+    let (alive_r, alive_w) = sys::pipe().unwrap_or_else(|e| fail("create a pipe", e));
+    // SAFETY: this helper is single-threaded: it was just exec'd and starts no threads.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => fail("fork", e),
+        Ok(ForkResult::Child) => {
+            drop(alive_w);
+            // Until the credentials change, the parent-death signal holds.
+            let _ = prctl::set_pdeathsig(Signal::SIGKILL);
+            child(&spec, alive_r, ready)
+        }
+        Ok(ForkResult::Parent { child: pid }) => {
+            report_pid(ready, pid);
+            // Terminal signals reach the whole process group; the workload (PID 1 of its
+            // namespace) ignores what it has no handler for, so the helper stays to reap it and
+            // the parent-death signal takes it down if the helper is killed.
+            reap_and_exit(pid)
+        }
+    }
+}
+
+/// A terminal of the container's own devpts (so ttyname works inside), its master sent to the
+/// caller over fd 0, the slave as the three standard streams; then a session of its own with it
+/// as controlling terminal, so Ctrl-C typed there signals the workload.
+fn attach_tty(winsize: Option<(u16, u16)>) {
+    let (master, slave) = sys::proc::open_pty_at(Path::new("/dev/ptmx"))
+        .unwrap_or_else(|e| fail("open a pseudo-terminal", e));
+    if let Some((rows, cols)) = winsize {
+        p::set_window_size(slave.as_fd(), rows, cols);
+    }
+    // SAFETY: fd 0 is the socket the caller passed as stdin; it stays open for this call.
+    let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(0) };
+    p::send_fd(sock, master.as_fd()).unwrap_or_else(|e| fail("send the terminal", e));
+    drop(master);
+    nix::unistd::dup2_stdin(&slave)
+        .and_then(|_| nix::unistd::dup2_stdout(&slave))
+        .and_then(|_| nix::unistd::dup2_stderr(&slave))
+        .unwrap_or_else(|e| fail("attach the terminal", e));
+    drop(slave);
+    nix::unistd::setsid().unwrap_or_else(|e| fail("setsid", e));
+    p::set_controlling_tty().unwrap_or_else(|e| fail("set the controlling terminal", e));
+}
+
+/// Entry point of `kiln __kiln-exec`: joins a running container's namespaces (IPC, UTS,
+/// network, PID, mount: mount last, since it changes what /proc means), forks so the command is
+/// in the PID namespace, and execs it with the container's credentials. Never returns.
+pub fn exec_main() -> ! {
+    let (spec, ready): (ExecSpec, OwnedFd) = take_spec();
+    p::unblock_all_signals();
+    if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
+        fail("set parent-death signal", e);
+    }
+    let kinds = [
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("net", CloneFlags::CLONE_NEWNET),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("mnt", CloneFlags::CLONE_NEWNS),
+    ];
+    for cg in &spec.cgroups {
+        let _ = std::fs::write(cg.join("cgroup.procs"), "0");
+    }
+    let fds: Vec<(OwnedFd, CloneFlags, &str)> = kinds
+        .iter()
+        .map(|(n, k)| {
+            let f = std::fs::File::open(format!("/proc/{}/ns/{n}", spec.pid))
+                .unwrap_or_else(|e| fail(&format!("open the container's {n} namespace"), e));
+            (OwnedFd::from(f), *k, *n)
+        })
+        .collect();
+    for (fd, kind, n) in &fds {
+        nix::sched::setns(fd, *kind)
+            .unwrap_or_else(|e| fail(&format!("join the {n} namespace"), e));
+    }
+    drop(fds);
+    // SAFETY: this helper is single-threaded: it was just exec'd and starts no threads.
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => fail("fork", e),
+        Ok(ForkResult::Child) => {
+            let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+            std::env::set_current_dir(cwd)
+                .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
+            confine(&spec.security);
+            drop_caps(&spec.ids, caps_of(&spec.security));
+            if spec.no_new_privs {
+                prctl::set_no_new_privs().unwrap_or_else(|e| fail("set no_new_privs", e));
+            }
+            prctl::set_pdeathsig(Signal::SIGKILL)
+                .unwrap_or_else(|e| fail("set parent-death signal", e));
+            if spec.tty {
+                attach_tty(spec.winsize);
+            }
+            // Held (close-on-exec) until the exec.
+            let _ready = ready;
+            exec_argv(&spec.argv, &spec.env)
+        }
+        Ok(ForkResult::Parent { child: pid }) => {
+            report_pid(ready, pid);
+            reap_and_exit(pid)
+        }
+    }
+}
+
+/// Waits for the workload `pid` and exits with its status (128+N for signal N), ignoring the
+/// terminal's SIGINT/SIGQUIT meanwhile: they reach the whole process group, and the workload
+/// decides about them itself.
+fn reap_and_exit(pid: Pid) -> ! {
+    p::ignore_signal(Signal::SIGINT);
+    p::ignore_signal(Signal::SIGQUIT);
+    let code = p::wait_exit_code(pid).unwrap_or_else(|e| fail("wait", e));
+    std::process::exit(code)
+}
+
+/// The capability set root keeps: all with --privileged, else the container's set.
+fn caps_of(sec: &super::Security) -> u64 {
+    if sec.privileged {
+        u64::MAX
+    } else {
+        sec.caps
+    }
+}
+
+/// Installs the container's seccomp filter. It comes before the credential change, while the
+/// helper still holds CAP_SYS_ADMIN, so RUN steps (which keep setuid working, without
+/// no_new_privs) are filtered too; every call made after it (setgroups, setresuid, capset,
+/// prctl, execve) is one the filter allows.
+fn confine(sec: &super::Security) {
+    if let Some(prog) = sec.seccomp_program() {
+        p::install_seccomp(&prog).unwrap_or_else(|e| fail("install the seccomp filter", e));
+    }
+}
+
+fn drop_caps(ids: &super::Ids, keep: u64) {
+    // Never more than kiln itself holds (a host may withhold some, e.g. CAP_SYS_RESOURCE).
+    let keep = keep & ((1u64 << (p::last_cap() + 1)) - 1) & permitted_caps();
+    for cap in 0..=p::last_cap() {
+        if keep & (1u64 << cap) == 0 {
+            p::capbset_drop(cap).unwrap_or_else(|e| fail("drop capabilities", e));
+        }
+    }
+    let groups: Vec<Gid> = ids.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).unwrap_or_else(|e| fail("setgroups", e));
+    let (g, u) = (Gid::from_raw(ids.gid), Uid::from_raw(ids.uid));
+    nix::unistd::setresgid(g, g, g).unwrap_or_else(|e| fail("setgid", e));
+    nix::unistd::setresuid(u, u, u).unwrap_or_else(|e| fail("setuid", e));
+    // A non-root uid lost its capabilities in setresuid; root keeps exactly the default set.
+    let caps = if ids.uid == 0 { keep } else { 0 };
+    p::capset(caps).unwrap_or_else(|e| fail("set capabilities", e));
+}
+
+/// This process's permitted capabilities (`CapPrm` in /proc/self/status).
+fn permitted_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapPrm:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
+
+fn env_value<'a>(env: &'a [String], key: &str) -> Option<&'a str> {
+    env.iter()
+        .rev()
+        .find_map(|e| e.split_once('=').filter(|(k, _)| *k == key).map(|(_, v)| v))
+}
+
+/// Finds `cmd` on the container's PATH, as execvp does (but with the workload's PATH).
+fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
+    if cmd.contains('/') {
+        return Ok(PathBuf::from(cmd));
+    }
+    let path = env_value(env, "PATH").unwrap_or(crate::plan::DEFAULT_PATH);
+    let mut denied = None;
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = Path::new(dir).join(cmd);
+        if let Ok(meta) = std::fs::metadata(&cand) {
+            if meta.is_file() {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.permissions().mode() & 0o111 != 0 {
+                    return Ok(cand);
+                }
+                denied = Some(cand);
+            }
+        }
+    }
+    match denied {
+        Some(p) => Ok(p),
+        None => {
+            let _ = writeln!(
+                io::stderr(),
+                "kiln: exec: {cmd:?}: executable file not found in $PATH"
+            );
+            Err(EXIT_NOT_FOUND)
+        }
+    }
+}
+
+/// The workload's side: `_ready` stays open (close-on-exec) until the exec tells the caller
+/// that setup is done.
+fn child(spec: &Spec, helper_alive: OwnedFd, _ready: OwnedFd) -> ! {
+    let (rootfs, argv) = mounts::prepare_root(&Linux, spec);
+
+    std::env::set_current_dir(&rootfs).unwrap_or_else(|e| fail("enter the root filesystem", e));
+    nix::unistd::pivot_root(".", ".").unwrap_or_else(|e| fail("pivot_root", e));
+    nix::mount::umount2(".", MntFlags::MNT_DETACH)
+        .unwrap_or_else(|e| fail("detach the old root", e));
+    std::env::set_current_dir("/").unwrap_or_else(|e| fail("chdir /", e));
+    if spec.mask_proc && !spec.security.privileged {
+        mounts::mask_proc(&Linux);
+    }
+    nix::unistd::sethostname(&spec.hostname).unwrap_or_else(|e| fail("set hostname", e));
+    if spec.net != Net::Host {
+        p::loopback_up().unwrap_or_else(|e| fail("bring loopback up", e));
+    }
+
+    let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
+    if std::env::set_current_dir(cwd).is_err() {
+        // BuildKit and Docker create a missing working directory.
+        let _ = std::fs::create_dir_all(cwd);
+        std::env::set_current_dir(cwd)
+            .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
+    }
+    confine(&spec.security);
+    drop_caps(&spec.ids, caps_of(&spec.security));
+    if spec.no_new_privs {
+        prctl::set_no_new_privs().unwrap_or_else(|e| fail("set no_new_privs", e));
+    }
+    // Credentials changes clear the parent-death signal; set it again last, then make sure
+    // the helper did not die in between (its end of the pipe closed).
+    prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail("set parent-death signal", e));
+    if p::readable_now(helper_alive.as_fd()) {
+        std::process::exit(EXIT_SETUP);
+    }
+    drop(helper_alive);
+    if spec.tty {
+        attach_tty(spec.winsize);
+    }
+    exec_argv(&argv, &spec.env)
+}
+
+/// Resets the signals a workload should see at their defaults and execs `argv` with `env`,
+/// finding the command on the workload's PATH; exits 127/126 as Docker when it cannot.
+fn exec_argv(argv: &[String], env: &[String]) -> ! {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGPIPE,
+    ] {
+        p::default_signal(s);
+    }
+    let Some(cmd) = argv.first() else {
+        fail("exec", "no command given");
+    };
+    let path = match lookup(cmd, env) {
+        Ok(p) => p,
+        Err(code) => std::process::exit(code),
+    };
+    let cargs: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("argument", e)))
+        .collect();
+    let cenv: Vec<CString> = env
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).unwrap_or_else(|e| fail("environment", e)))
+        .collect();
+    // No descriptor past the standard three survives the exec (runc closes them too).
+    if let Err(e) = p::close_fds_from(3, false) {
+        fail("close inherited descriptors", e);
+    }
+    let err = p::execve(path.as_os_str(), &cargs, &cenv);
+    let code = match err.raw_os_error() {
+        Some(libc::ENOENT) => EXIT_NOT_FOUND,
+        _ => EXIT_CANNOT_EXEC,
+    };
+    let _ = writeln!(
+        io::stderr(),
+        "kiln: exec {}: {err}",
+        String::from_utf8_lossy(path.as_os_str().as_bytes())
+    );
+    std::process::exit(code)
+}
