@@ -25,6 +25,9 @@ pub use pull::*;
 mod push;
 pub use push::*;
 
+mod transfer;
+pub use transfer::*;
+
 /// Docker Hub's API host for the `docker.io` domain.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
@@ -119,72 +122,6 @@ pub struct Client {
     creds: Option<(String, String)>,
     /// Authorization header values by scope.
     tokens: Mutex<HashMap<String, String>>,
-}
-
-/// How long a transfer may go without progress: no byte at all, or under 1 KiB/s over the whole
-/// period, ends it (`KILN_REGISTRY_STALL_TIMEOUT` seconds, default 60). There is no total
-/// timeout: a large layer over a slow link is legitimate.
-pub fn stall_timeout() -> Duration {
-    Duration::from_secs(
-        std::env::var("KILN_REGISTRY_STALL_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(60),
-    )
-}
-
-/// The slowest rate that counts as progress.
-const MIN_RATE: u64 = 1024;
-
-/// Ends a read that makes no progress (see [`stall_timeout`]); each read waits at most that
-/// long too (the agent's read timeout).
-pub struct Deadline<R> {
-    inner: R,
-    stall: Duration,
-    window: std::time::Instant,
-    bytes: u64,
-}
-
-impl<R> Deadline<R> {
-    pub fn new(inner: R) -> Deadline<R> {
-        Deadline {
-            inner,
-            stall: stall_timeout(),
-            window: std::time::Instant::now(),
-            bytes: 0,
-        }
-    }
-}
-
-impl<R: Read> Read for Deadline<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let stalled = |msg: String| io::Error::new(io::ErrorKind::TimedOut, msg);
-        let secs = self.stall.as_secs();
-        let n = match self.inner.read(buf) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                ) =>
-            {
-                return Err(stalled(format!("no data for {secs} s")))
-            }
-            r => r?,
-        };
-        self.bytes += n as u64;
-        if self.window.elapsed() >= self.stall {
-            if self.bytes < MIN_RATE * secs {
-                return Err(stalled(format!(
-                    "{} bytes in {secs} s, under 1 KiB/s (KILN_REGISTRY_STALL_TIMEOUT sets the period)",
-                    self.bytes
-                )));
-            }
-            self.window = std::time::Instant::now();
-            self.bytes = 0;
-        }
-        Ok(n)
-    }
 }
 
 /// kiln's HTTP client: rustls with the system's CAs, 30 s to connect, at most the stall timeout
@@ -437,42 +374,6 @@ impl Client {
     }
 }
 
-/// Layers downloaded at once (Docker's `max-concurrent-downloads`).
-pub const PARALLEL_DOWNLOADS: usize = 3;
-/// Blobs uploaded at once (Docker's `max-concurrent-uploads`).
-pub const PARALLEL_UPLOADS: usize = 5;
-
-/// Runs `f` on every item with at most `workers` threads (a manifest names any number of
-/// layers: never one thread per item); results in the items' order.
-fn bounded<T: Sync, R: Send>(
-    items: &[T],
-    workers: usize,
-    f: impl Fn(&T) -> Result<R> + Sync,
-) -> Vec<Result<R>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<Result<R>>>> =
-        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..workers.clamp(1, items.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(item) = items.get(i) else { break };
-                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(item)))
-                    .unwrap_or_else(|_| Err(RegistryError::Invalid("a transfer panicked".into())));
-                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err(RegistryError::Invalid("a transfer did not run".into())))
-        })
-        .collect()
-}
-
 /// Escapes a query value: every byte but letters, digits and `-_.~:/,` as `%XX`.
 fn query_escape(s: &str) -> String {
     use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -625,33 +526,4 @@ fn fetch_manifest(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bounded_keeps_order_and_never_exceeds_its_workers() {
-        let running = std::sync::atomic::AtomicUsize::new(0);
-        let most = std::sync::atomic::AtomicUsize::new(0);
-        let items: Vec<u32> = (0..40).collect();
-        let out = bounded(&items, 3, |n| {
-            let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
-            std::thread::sleep(Duration::from_millis(2));
-            running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            if *n == 7 {
-                Err(RegistryError::Invalid("seven".into()))
-            } else {
-                Ok(n * 2)
-            }
-        });
-        assert_eq!(out.len(), 40);
-        assert!(most.load(std::sync::atomic::Ordering::SeqCst) <= 3);
-        for (i, r) in out.iter().enumerate() {
-            match r {
-                Ok(v) => assert_eq!(*v, i as u32 * 2),
-                Err(e) => assert_eq!((i, e.to_string().contains("seven")), (7, true)),
-            }
-        }
-        assert!(bounded(&Vec::<u32>::new(), 3, |_| Ok(())).is_empty());
-    }
-}
+mod tests;

@@ -13,6 +13,7 @@ mod crash;
 mod demo;
 mod hostile;
 mod interop;
+mod layout;
 mod registry;
 mod run;
 mod security;
