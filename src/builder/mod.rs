@@ -35,7 +35,7 @@ use crate::context::{Context, ContextError, Entry};
 use crate::frontend::{Dockerfile, DockerfileError};
 use crate::image::oci::ImageConfig;
 use crate::image::{self, ImageError};
-use crate::plan::{self, Base, CopyStep, Plan, PlanOptions, Source, StepKind};
+use crate::plan::{self, CopyStep, Plan, PlanOptions, Source, StepKind};
 use kiln_store::{Compression, ImageRecord, LayerRecord, Store};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -213,41 +213,32 @@ pub fn build(
     progress: &dyn Progress,
 ) -> Result<Outcome, BuildError> {
     let _lease = store.lease()?;
-    let mut popts = PlanOptions {
+    let popts = PlanOptions {
         build_args: opts.build_args.clone(),
         target: opts.target.clone(),
         bases: BTreeMap::new(),
     };
-    let first = plan::plan(df, &popts)?;
     let mut images = BTreeMap::new();
     let mut configs = BTreeMap::new();
-    for r in first.image_refs() {
-        let line = first
-            .stages
-            .iter()
-            .find(|s| s.base == Base::Image(r.clone()))
-            .map(|s| s.line)
-            .unwrap_or(0);
-        bases.ensure(store, &r).map_err(BuildError::Base)?;
-        let resolved = match image::resolve(store, &r) {
+    let (plan, _) = plan::plan_with_bases(df, &popts, |r, line| {
+        bases.ensure(store, r).map_err(BuildError::Base)?;
+        let resolved = match image::resolve(store, r) {
             Ok(res) => res.image,
             Err(ImageError::NotFound(_)) => {
                 return Err(BuildError::MissingImage {
                     file: df.file.clone(),
                     line,
-                    reference: r,
+                    reference: r.to_string(),
                 })
             }
             Err(e) => return Err(e.into()),
         };
         let cfg = image::read_config(store, &resolved)?;
-        popts
-            .bases
-            .insert(r.clone(), plan::Config::from(&cfg.config));
-        images.insert(r.clone(), resolved);
-        configs.insert(r, cfg);
-    }
-    let plan = plan::plan(df, &popts)?;
+        let base = plan::Config::from(&cfg.config);
+        images.insert(r.to_string(), resolved);
+        configs.insert(r.to_string(), cfg);
+        Ok(Some(base))
+    })?;
     tracing::debug!("planned");
     let mut numbers = Vec::new();
     let mut n = 0;

@@ -44,20 +44,7 @@ impl Fetched {
     }
 }
 
-/// True for the sources ADD fetches over HTTP.
-pub fn is_url(src: &str) -> bool {
-    src.starts_with("http://") || src.starts_with("https://")
-}
-
-/// True for git sources (`git@host:repo`, `https://host/repo.git#ref`, `git://`).
-pub fn is_git(src: &str) -> bool {
-    src.starts_with("git@")
-        || src.starts_with("git://")
-        || (is_url(src) && {
-            let path = src.split(['#', '?']).next().unwrap_or(src);
-            path.ends_with(".git")
-        })
-}
+pub use crate::context::select::{is_git, is_url};
 
 /// The cache directory of one URL.
 fn entry_dir(root: &Path, url: &str) -> PathBuf {

@@ -10,6 +10,7 @@
 
 pub mod dockerignore;
 pub mod hash;
+pub mod select;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,8 @@
 //! error, in the words a build would fail with.
 
 use super::{Dockerfile, DockerfileError, Warning};
-use crate::context::dockerignore::{clean, Pattern};
-use crate::context::{Context, ContextError, EntryKind};
+use crate::context::dockerignore::Pattern;
+use crate::context::{Context, ContextError};
 use crate::plan::{self, Plan, PlanOptions, Source, StepKind};
 use kiln_store::Store;
 use std::collections::BTreeMap;
@@ -56,35 +56,23 @@ pub fn check(
         };
         fail(df.warnings.clone(), msg)
     })?;
-    let mut opts = PlanOptions {
+    let opts = PlanOptions {
         build_args,
         target,
         ..PlanOptions::default()
     };
-    let first = plan::plan(&df, &opts).map_err(|e| fail(df.warnings.clone(), format_error(&e)))?;
     // Bases the local store has give planning their env, workdir and ONBUILD triggers.
-    let mut missing = Vec::new();
-    for r in first.image_refs() {
+    let (plan, missing) = plan::plan_with_bases(&df, &opts, |r, _| {
         let found = store.and_then(|s| {
-            let img = crate::image::resolve(s, &r).ok()?;
+            let img = crate::image::resolve(s, r).ok()?;
             crate::image::read_config(s, &img.image).ok()
         });
-        match found {
-            Some(cfg) => {
-                opts.bases
-                    .insert(r.clone(), plan::Config::from(&cfg.config));
-            }
-            None => missing.push(r),
-        }
-    }
-    let plan = if opts.bases.is_empty() {
-        first
-    } else {
-        plan::plan(&df, &opts).map_err(|e| fail(df.warnings.clone(), format_error(&e)))?
-    };
+        Ok::<_, DockerfileError>(found.map(|cfg| plan::Config::from(&cfg.config)))
+    })
+    .map_err(|e| fail(df.warnings.clone(), format_error(&e)))?;
     let mut extra = plan.warnings.clone();
     for r in &missing {
-        let line = from_line(&plan, r).unwrap_or(0);
+        let line = plan.line_naming(r).unwrap_or(0);
         extra.push(Warning {
             rule: "BaseImageNotLocal",
             message: format!(
@@ -103,19 +91,12 @@ pub fn check(
     })
 }
 
-fn from_line(plan: &Plan, r: &str) -> Option<usize> {
-    plan.stages.iter().find_map(|s| match &s.base {
-        plan::Base::Image(i) if i == r => Some(s.line),
-        _ => s.steps.iter().find_map(|st| match &st.kind {
-            StepKind::Copy(c) if c.source == Source::Image(r.to_string()) => Some(st.line),
-            _ => None,
-        }),
-    })
-}
-
 /// Every COPY/ADD source from the context must select something the context sends.
+/// Every COPY/ADD source from the context must select what a build would: the same rule as the
+/// builder's (`context::select::pick`), with the reason said in a linter's words.
 fn check_sources(df: &Dockerfile, plan: &Plan, ctx: &Context) -> Result<(), DockerfileError> {
-    let mut entries: Option<Vec<(String, EntryKind)>> = None;
+    use crate::context::select::{clean_source, has_wildcard, is_git, is_url, pick};
+    let mut entries: Option<Vec<crate::context::Entry>> = None;
     for stage in &plan.stages {
         for step in &stage.steps {
             let StepKind::Copy(c) = &step.kind else {
@@ -126,55 +107,47 @@ fn check_sources(df: &Dockerfile, plan: &Plan, ctx: &Context) -> Result<(), Dock
             }
             let what = if c.copy.add { "ADD" } else { "COPY" };
             for src in &c.copy.sources {
-                if c.copy.add && (src.contains("://") || src.starts_with("git@")) {
+                if (c.copy.add && is_url(src)) || is_git(src) {
                     continue;
                 }
-                let rel = clean(src.trim_start_matches('/'));
-                if rel == ".." || rel.starts_with("../") {
+                let Some(rel) = clean_source(src) else {
                     return Err(df.error_at(
                         step.line,
                         format!("{what} source {src:?} is outside the build context"),
                     ));
-                }
-                if rel == "." {
-                    continue;
-                }
-                let list = match &entries {
-                    Some(l) => l,
-                    None => {
-                        let walked = ctx
-                            .walk()
-                            .map_err(|e| df.error_at(step.line, e.to_string()))?;
-                        entries
-                            .get_or_insert(walked.into_iter().map(|e| (e.path, e.kind)).collect())
-                    }
                 };
-                let wildcard = rel.contains(['*', '?', '[']);
-                let found = if wildcard {
-                    // A wildcard may match nothing: BuildKit copies with AllowEmptyWildcard.
+                if has_wildcard(&rel) {
+                    // A bad pattern is an error even where it would match nothing.
                     Pattern::new(&rel).map_err(|e| {
                         df.error_at(step.line, format!("{what} source {src:?}: {e}"))
                     })?;
-                    true
-                } else {
-                    list.iter().any(|(path, _)| *path == rel)
-                };
-                if !found {
-                    let why = if ctx.excludes(&rel) {
-                        format!(
-                            "{what} source {src:?} is excluded by {}",
-                            ctx.ignore_file()
-                                .map(|p| p.display().to_string())
-                                .unwrap_or_else(|| ".dockerignore".into())
-                        )
-                    } else {
-                        format!(
-                            "{what} source {src:?} matches no file in the build context {}",
-                            ctx.root().display()
-                        )
-                    };
-                    return Err(df.error_at(step.line, why));
                 }
+                let list = match &entries {
+                    Some(l) => l,
+                    None => entries.get_or_insert(
+                        ctx.walk()
+                            .map_err(|e| df.error_at(step.line, e.to_string()))?,
+                    ),
+                };
+                let Err(e) = pick(std::slice::from_ref(src), list, ctx.root()) else {
+                    continue;
+                };
+                let why = if ctx.excludes(&rel) {
+                    format!(
+                        "{what} source {src:?} is excluded by {}",
+                        ctx.ignore_file()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| ".dockerignore".into())
+                    )
+                } else if e.contains("not found in the build context") {
+                    format!(
+                        "{what} source {src:?} matches no file in the build context {}",
+                        ctx.root().display()
+                    )
+                } else {
+                    format!("{what} source {src:?}: {e}")
+                };
+                return Err(df.error_at(step.line, why));
             }
         }
     }

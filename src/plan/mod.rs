@@ -36,6 +36,8 @@ use crate::frontend::{
 use crate::key::schema;
 pub use crate::key::{step_key, Canon, StepKey, KEY_VERSION};
 
+mod bases;
+pub use bases::plan_with_bases;
 mod config;
 pub use config::*;
 mod stage;

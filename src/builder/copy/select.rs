@@ -2,19 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
-
-pub(super) fn has_wildcard(s: &str) -> bool {
-    s.contains(['*', '?', '['])
-}
-
-/// Cleans a source path into a context-relative one ("" is the root); `None` if it climbs out.
-pub(super) fn clean_source(src: &str) -> Option<String> {
-    clean(Path::new(src)).map(|p| p.as_path().to_string_lossy().into_owned())
-}
-
-pub(super) fn base_name(p: &str) -> String {
-    p.rsplit('/').next().unwrap_or(p).to_string()
-}
+use crate::context::select::{base_name, clean_source, has_wildcard};
 
 /// Selects context sources from the walk (`entries`: depth first, a directory's subtree right
 /// after it, ignore-aware), hashing what they select with `hasher`.
@@ -23,56 +11,12 @@ pub fn select_context(
     entries: &[Entry],
     hasher: &Hasher<'_>,
 ) -> Result<Vec<Root_>, String> {
-    let by_path: HashMap<&str, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.path.as_str(), i))
+    let picks = crate::context::select::pick(srcs, entries, hasher.root())?;
+    let paths: Vec<String> = picks.iter().map(|p| p.named.clone()).collect();
+    let picked: Vec<(String, bool, Option<usize>)> = picks
+        .into_iter()
+        .map(|p| (p.name, p.is_dir, p.at))
         .collect();
-    // (root name, is_dir, matched entry index or None for the context root)
-    let mut picked: Vec<(String, bool, Option<usize>)> = Vec::new();
-    for src in srcs {
-        let Some(c) = clean_source(src) else {
-            return Err(format!("source {src:?} is outside the build context"));
-        };
-        if c.is_empty() {
-            picked.push((String::new(), true, None));
-        } else if has_wildcard(&c) {
-            let pat = Pattern::new(&c)
-                .map_err(|e| format!("bad source pattern {src:?}: {}", e.why))?
-                .ok_or_else(|| format!("empty source {src:?}"))?;
-            for (i, e) in entries.iter().enumerate() {
-                if !e.implied && pat.matches(&e.path) {
-                    picked.push((base_name(&e.path), e.kind == EntryKind::Dir, Some(i)));
-                }
-            }
-        } else {
-            match by_path.get(c.as_str()) {
-                Some(&i) if !entries[i].implied || entries[i].kind == EntryKind::Dir => {
-                    picked.push((base_name(&c), entries[i].kind == EntryKind::Dir, Some(i)))
-                }
-                _ => {
-                    return Err(format!(
-                        "{src:?} not found in the build context (or excluded by .dockerignore)"
-                    ))
-                }
-            }
-        }
-    }
-    // A source that is itself a symlink is followed (BuildKit copies with FollowSymlinks; links
-    // below a copied directory stay links). The target resolves inside the context.
-    let paths: Vec<String> = picked
-        .iter()
-        .map(|(_, _, at)| at.map(|i| entries[i].path.clone()).unwrap_or_default())
-        .collect();
-    for (_, is_dir, at) in picked.iter_mut() {
-        let Some(i) = *at else { continue };
-        if entries[i].kind != EntryKind::Symlink {
-            continue;
-        }
-        let j = follow_in_context(entries, &by_path, hasher.root(), i)?;
-        *is_dir = entries[j].kind == EntryKind::Dir;
-        *at = Some(j);
-    }
     // Each pick's entries: the entry itself, then (a directory) its contiguous subtree.
     let span = |at: Option<usize>, is_dir: bool| -> std::ops::Range<usize> {
         match at {
@@ -171,53 +115,6 @@ pub fn select_context(
         });
     }
     Ok(out)
-}
-
-/// Follows the symlink `entries[i]` within the context root (absolute targets start at the
-/// root, `..` stops there), through further links; returns the index of what it names.
-pub(super) fn follow_in_context(
-    entries: &[Entry],
-    by_path: &HashMap<&str, usize>,
-    root: &Path,
-    mut i: usize,
-) -> Result<usize, String> {
-    for _ in 0..40 {
-        let e = &entries[i];
-        if e.kind != EntryKind::Symlink {
-            return Ok(i);
-        }
-        let target =
-            fs::read_link(root.join(&e.path)).map_err(|err| format!("{}: {err}", e.path))?;
-        let t = target.to_string_lossy();
-        let mut parts: Vec<&str> = if t.starts_with('/') {
-            Vec::new()
-        } else {
-            e.path.split('/').collect::<Vec<_>>()[..e.path.matches('/').count()].to_vec()
-        };
-        for c in t.split('/') {
-            match c {
-                "" | "." => {}
-                ".." => {
-                    parts.pop();
-                }
-                c => parts.push(c),
-            }
-        }
-        let joined = parts.join("/");
-        i = match by_path.get(joined.as_str()) {
-            Some(&j) if !entries[j].implied || entries[j].kind == EntryKind::Dir => j,
-            _ => {
-                return Err(format!(
-                    "{:?} is a symlink to {joined:?}, which is not in the build context (or is excluded by .dockerignore)",
-                    e.path
-                ))
-            }
-        };
-    }
-    Err(format!(
-        "{:?}: too many levels of symlinks",
-        entries[i].path
-    ))
 }
 
 pub(super) fn view_item(rel: String, f: &Found) -> Result<Item, String> {
