@@ -32,6 +32,11 @@ pub fn run(
     forward_signals: bool,
 ) -> Result<i32, ContainerError> {
     let id = row.record.id.clone();
+    // Held until the exit is recorded (close-on-exec: no container inherits it).
+    let owner = owner_lock_file(store, &id).map_err(io_err("open the container's owner lock"))?;
+    owner
+        .lock()
+        .map_err(io_err("take the container's owner lock"))?;
     let mut spec = spec_of(row)?;
     let listeners = ports::bind(&mut spec.ports).map_err(ContainerError::Invalid)?;
     // The chosen host ports (for -P and `-p 80`) are what ps shows.
@@ -307,10 +312,12 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
             return true;
         }
         if !alive(pid) {
-            // The owner (supervisor or foreground kiln) records the code as soon as it reaps
-            // the helper; give it time, then record the exit as unknown (it was killed too).
+            // The owner (supervisor or foreground kiln) records the code once it reaps the
+            // helper, and holds its lock until then: wait for the record while it works, and
+            // record the exit as unknown only when it is gone too (killed with the container)
+            // or stuck past a minute.
             let t2 = std::time::Instant::now();
-            while t2.elapsed() < Duration::from_secs(3) {
+            while owner_busy(store, id) && t2.elapsed() < Duration::from_secs(60) {
                 match store.container(id) {
                     Ok(Some(r)) if r.record.state == ContainerState::Running => {
                         std::thread::sleep(Duration::from_millis(5))
@@ -318,7 +325,11 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
                     _ => return true,
                 }
             }
-            let _ = store.container_exited(id, None, kiln_store::store::now());
+            if let Ok(Some(r)) = store.container(id) {
+                if r.record.state == ContainerState::Running {
+                    let _ = store.container_exited(id, None, kiln_store::store::now());
+                }
+            }
             return true;
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -304,10 +304,33 @@ fn alive(pid: i64) -> bool {
         .is_some_and(|zombie| !zombie)
 }
 
-/// The row, with a "running" container whose init is gone (its owner was killed) recorded as
-/// exited with an unknown code: `ps` tells the truth.
+/// The lock a container's owner (the foreground `kiln run`, or the detached supervisor) holds
+/// from the start until it has recorded the exit: while it is held, an exit the owner is about
+/// to record is not guessed by anyone else.
+fn owner_lock_file(store: &Store, id: &str) -> io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir(store, id).join("owner.lock"))
+}
+
+/// Whether the container's owner is still at work (holds its lock).
+fn owner_busy(store: &Store, id: &str) -> bool {
+    match owner_lock_file(store, id) {
+        Ok(f) => matches!(f.try_lock(), Err(fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
+/// The row, with a "running" container whose init is gone and whose owner is gone too (killed
+/// before it could record the exit) recorded as exited with an unknown code: `ps` tells the
+/// truth.
 pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, ContainerError> {
-    if row.record.state == ContainerState::Running && !row.pid.is_some_and(alive) {
+    if row.record.state == ContainerState::Running
+        && !row.pid.is_some_and(alive)
+        && !owner_busy(store, &row.record.id)
+    {
         store.container_exited(&row.record.id, None, kiln_store::store::now())?;
         return Ok(store.container(&row.record.id)?.unwrap_or(row));
     }
