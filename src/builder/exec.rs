@@ -1,9 +1,9 @@
-//! Executing RUN: the step's root filesystem, the container process, and what it left.
+//! Executing RUN: the step's mounts, the container process, and what it left.
 //!
-//! Overlay snapshotter: lower dirs = the parent chain's snapshots, upper = the new snapshot's
-//! `fs/`, so the upper dir is both the change set the overlay differ reads and, once committed,
-//! the snapshot later steps stack on. Native snapshotter: the parent's merged tree is copied twice
-//! (the step runs in one copy), and the walk differ compares them.
+//! The root comes from the build's [`Snapshotter`] in the step's snapshot dir: with overlay,
+//! lower dirs = the parent chain's snapshots and upper = the dir's `fs/`, both the change set
+//! and, once committed, the snapshot later steps stack on; with native, `fs/` is a copy of the
+//! parent's merged tree the step runs in, compared with a second copy by the walk differ.
 //!
 //! /proc, /sys, /dev, /etc/hosts, /etc/resolv.conf and /etc/hostname are mounted for the step
 //! and never reach the layer: mount points the image lacks are created as stubs and removed

@@ -1,15 +1,15 @@
 //! The build orchestrator: the only module that drives a build from a parsed Dockerfile to an
 //! image in the store (docs/ARCHITECTURE.md "A build").
 //!
-//! 1. Plan once, resolve every base and `--from` image in the store, plan again with their
-//!    configs (ONBUILD triggers, ENV, USER, WORKDIR come from the base).
-//! 2. Stages run in waves: every stage whose dependencies are done runs at once (scoped threads),
-//!    so independent stages build in parallel; only the stages the target reaches were planned.
-//! 3. Per step: compute its inputs (COPY/ADD: the selected context files' content digest via the
-//!    stat cache, or the `--from` source's identity), its key, and look the key up. A hit reuses
-//!    the recorded layer and snapshot; a miss executes ([`exec`] for RUN and WORKDIR, [`copy`] for
-//!    COPY/ADD) into a fresh upper directory, diffs it into a layer (no layer when nothing
-//!    changed), commits the snapshot under its ChainID, and records the step.
+//! 1. Plan with the bases' configs ([`plan::plan_with_bases`]; [`Bases`] brings in what the
+//!    store lacks).
+//! 2. Stages run in waves ([`stage`]): every stage whose dependencies are done runs at once
+//!    (scoped threads), so independent stages build in parallel; only the stages the target
+//!    reaches were planned.
+//! 3. Each step ([`step`]): resolve its inputs ([`inputs`]), key it, look it up ([`lookup`]: local,
+//!    `--link`, `--cache-from`); on a miss say why ([`explain`]), execute ([`execute`]: COPY/ADD
+//!    and WORKDIR through [`copy`], RUN through [`exec`] in a root the snapshotter prepares) and
+//!    commit the layer, snapshot and cache row ([`commit`]).
 //! 4. The target stage's layers and config (the base's config with the stage's changes, history
 //!    with `empty_layer` for metadata instructions) become the image, tagged.
 //!

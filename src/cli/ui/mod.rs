@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::ValueEnum;
 use kiln_store::Compression;
 
+/// `--compression` of `save` and `push`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum CompressionArg {
     Zstd,
@@ -25,6 +26,7 @@ impl From<CompressionArg> for Compression {
     }
 }
 
+/// The `hint:` line an error deserves: its own [`Hint`], or one for a kind of error users meet.
 pub fn hint_for(e: &anyhow::Error) -> Option<String> {
     if let Some(h) = e.downcast_ref::<Hint>() {
         return Some(h.0.clone());
