@@ -64,7 +64,7 @@ pub(super) fn commit(
         last_used: built,
         hits: 0,
     };
-    ctx.store.record_step(&rec)?;
+    ctx.store.steps().record(&rec)?;
     ctx.keys
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -73,7 +73,7 @@ pub(super) fn commit(
         let link_slot = blake3::hash(format!("{}:link", rec.slot).as_bytes())
             .to_hex()
             .to_string();
-        ctx.store.record_step(&StepRecord {
+        ctx.store.steps().record(&StepRecord {
             key: lk.to_hex(),
             slot: link_slot,
             parent: String::new(),

@@ -51,7 +51,7 @@ pub(super) fn find(
     n: usize,
 ) -> Result<Option<Hit>, BuildError> {
     let linked = match link_key {
-        Some(lk) => ctx.store.step(&lk.to_hex())?.map(|mut r| {
+        Some(lk) => ctx.store.steps().get(&lk.to_hex())?.map(|mut r| {
             // Reused on this parent: record it under the full key too.
             r.key = key.to_hex();
             r.slot = slot.to_string();
@@ -60,7 +60,7 @@ pub(super) fn find(
         }),
         None => None,
     };
-    let mut found = match ctx.store.step(&key.to_hex())? {
+    let mut found = match ctx.store.steps().get(&key.to_hex())? {
         Some(r) => Some((r, false)),
         None => linked.map(|r| (r, true)),
     };
@@ -84,7 +84,7 @@ pub(super) fn find(
         return Ok(None);
     };
     if relinked {
-        ctx.store.record_step(&StepRecord {
+        ctx.store.steps().record(&StepRecord {
             chain_id: next.chain(),
             hits: 0,
             ..rec.clone()

@@ -330,7 +330,8 @@ pub fn build(
     tracing::debug!("stages done");
     ctx.hasher.save()?;
     ctx.store
-        .touch_steps(&ctx.hits.lock().unwrap_or_else(|p| p.into_inner()))?;
+        .steps()
+        .touch(&ctx.hits.lock().unwrap_or_else(|p| p.into_inner()))?;
 
     let state = results[plan.target]
         .lock()

@@ -74,7 +74,8 @@ pub(super) fn run_step(
     }
     let prev = ctx
         .store
-        .previous_step(&slot, &key.to_hex(), &state.key.to_hex())?;
+        .steps()
+        .previous(&slot, &key.to_hex(), &state.key.to_hex())?;
     // The previous build of this COPY on the same parent: files whose type, mode and content
     // are unchanged are hard-linked from its (immutable) snapshot instead of copied again.
     let mut link_from: Option<PathBuf> = None;

@@ -73,7 +73,7 @@ fn truncate(s: &str, n: usize) -> String {
 
 fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     let store = ctx.store()?;
-    let steps = store.steps()?;
+    let steps = store.steps().all()?;
     if a.format == "json" {
         let v: Vec<serde_json::Value> = steps
             .iter()
@@ -134,7 +134,7 @@ fn shared_layers(store: &Store, steps: &[StepRecord]) -> Result<HashSet<String>>
 
 fn du(ctx: &Ctx) -> Result<i32> {
     let store = ctx.store()?;
-    let steps = store.steps()?;
+    let steps = store.steps().all()?;
     let shared = shared_layers(&store, &steps)?;
     let mut seen = HashSet::new();
     let (mut total, mut shared_bytes) = (0u64, 0u64);
@@ -209,7 +209,8 @@ fn du(ctx: &Ctx) -> Result<i32> {
 
 fn find(store: &Store, key: &str) -> Result<StepRecord> {
     let hits: Vec<StepRecord> = store
-        .steps()?
+        .steps()
+        .all()?
         .into_iter()
         .filter(|s| s.key.starts_with(key))
         .collect();
@@ -299,7 +300,7 @@ fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let now = kiln_store::store::now();
     let older = a.filter.as_deref().map(parse_until).transpose()?;
     let keep = a.keep_storage.as_deref().map(parse_size).transpose()?;
-    let mut steps = store.steps()?; // most recently used first
+    let mut steps = store.steps().all()?; // most recently used first
     let shared = shared_layers(&store, &steps)?;
     // With --keep-storage, the most recently used entries up to SIZE stay.
     let mut kept_bytes = 0u64;
@@ -327,7 +328,7 @@ fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
             doomed.push(s.key.clone());
         }
     }
-    let removed = store.delete_steps(&doomed)?;
+    let removed = store.steps().delete(&doomed)?;
     // --all drops the RUN cache mounts too (taking each one's lock, so no build is using it),
     // and ADD's downloads.
     let mut mounts_bytes = 0;

@@ -196,7 +196,9 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     match container::run(&store, &row, Tee::Terminal, stdin, true) {
         Ok(code) => Ok(code),
         Err(e) => {
-            let _ = store.container_exited(&id, Some(125), kiln_store::store::now());
+            let _ = store
+                .containers()
+                .exited(&id, Some(125), kiln_store::store::now());
             if a.rm {
                 let _ = container::remove(&store, &id);
             }
@@ -340,7 +342,10 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32> {
             }
             let now = container::refresh(
                 &store,
-                store.container(&row.record.id)?.unwrap_or(row.clone()),
+                store
+                    .containers()
+                    .get(&row.record.id)?
+                    .unwrap_or(row.clone()),
             )?;
             if now.record.state != ContainerState::Running {
                 let lines = container::read_log(&store, &row.record.id)?;
@@ -418,7 +423,7 @@ pub fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let store = ctx.store()?;
     let mut removed = Vec::new();
     let mut bytes = 0u64;
-    for row in store.containers()? {
+    for row in store.containers().list()? {
         let row = container::refresh(&store, row)?;
         if row.record.state == ContainerState::Running {
             continue;

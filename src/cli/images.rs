@@ -244,7 +244,7 @@ fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
         }
         _ => tags.clone(),
     };
-    let users = store.containers_using(&m)?;
+    let users = store.containers().using(&m)?;
     let last = to_untag.len() == tags.len();
     if last && !users.is_empty() && !force {
         bail!(
@@ -476,7 +476,7 @@ pub fn prune(ctx: &Ctx, a: ImagePruneArgs) -> Result<i32> {
     for image in store.images()? {
         let m = image.manifest.digest;
         let tags = store.refs_of(&m)?;
-        if (!tags.is_empty() && !a.all) || !store.containers_using(&m)?.is_empty() {
+        if (!tags.is_empty() && !a.all) || !store.containers().using(&m)?.is_empty() {
             continue;
         }
         for t in &tags {

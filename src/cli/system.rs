@@ -93,7 +93,7 @@ fn df(ctx: &Ctx) -> Result<i32> {
         {
             // ACTIVE: running now (as Docker); SIZE: their writable layers and logs.
             let (mut running, mut size, mut stopped) = (0, 0u64, 0u64);
-            for row in store.containers()? {
+            for row in store.containers().list()? {
                 let row = crate::container::refresh(&store, row)?;
                 let bytes =
                     kiln_store::gc::dir_size(&crate::container::dir(&store, &row.record.id));

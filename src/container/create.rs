@@ -206,7 +206,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         state: ContainerState::Created,
     };
     let json = serde_json::to_string(&spec).expect("spec serializes");
-    if let Err(e) = store.create_container(&rec, &json) {
+    if let Err(e) = store.containers().create(&rec, &json) {
         let _ = fs::remove_dir_all(&d);
         for cg in &spec.runtime.cgroups {
             runtime::devices::remove_cgroup(cg);
@@ -217,7 +217,8 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         });
     }
     store
-        .container(&id)?
+        .containers()
+        .get(&id)?
         .ok_or_else(|| ContainerError::NotFound(id.clone()))
 }
 

@@ -40,7 +40,9 @@ pub fn run(
     let mut spec = spec_of(row)?;
     let listeners = ports::bind(&mut spec.ports).map_err(ContainerError::Invalid)?;
     // The chosen host ports (for -P and `-p 80`) are what ps shows.
-    store.set_container_spec(&id, &serde_json::to_string(&spec).expect("spec serializes"))?;
+    store
+        .containers()
+        .set_spec(&id, &serde_json::to_string(&spec).expect("spec serializes"))?;
 
     let log_path = dir(store, &id).join("log.json");
     let log = Arc::new(Mutex::new(
@@ -78,7 +80,9 @@ pub fn run(
     let init = child.wait_started();
     let mut child = child.child;
     if let Some(pid) = init {
-        store.container_started(&id, pid as i64, kiln_store::store::now())?;
+        store
+            .containers()
+            .started(&id, pid as i64, kiln_store::store::now())?;
         if forward_signals {
             std::thread::spawn(move || {
                 let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -168,7 +172,9 @@ pub fn run(
         crate::sys::proc::restore_terminal(io::stdin().as_fd(), &t);
     }
     let code = runtime::exit_code(status);
-    store.container_exited(&id, Some(code as i64), kiln_store::store::now())?;
+    store
+        .containers()
+        .exited(&id, Some(code as i64), kiln_store::store::now())?;
     // Its control groups only matter while it runs (as Docker's): they go now, not at `rm`, so
     // a stopped container that is never removed leaves nothing in /sys/fs/cgroup.
     for cg in &spec.runtime.cgroups {
@@ -198,7 +204,8 @@ pub fn start_detached(store: &Store, row: &ContainerRow) -> Result<(), Container
     let t = std::time::Instant::now();
     loop {
         let r = store
-            .container(id)?
+            .containers()
+            .get(id)?
             .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
         match r.record.state {
             ContainerState::Running => return Ok(()),
@@ -242,7 +249,8 @@ pub fn supervise_main(root: &Path, id: &str) -> i32 {
     let result = (|| -> Result<i32, ContainerError> {
         let store = Store::open(root)?;
         let row = store
-            .container(id)?
+            .containers()
+            .get(id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         run(&store, &row, Tee::None, Stdio::null(), false)
     })();
@@ -251,7 +259,9 @@ pub fn supervise_main(root: &Path, id: &str) -> i32 {
         Err(e) => {
             tracing::error!("supervise {id}: {e}");
             if let Ok(store) = Store::open(root) {
-                let _ = store.container_exited(id, Some(125), kiln_store::store::now());
+                let _ = store
+                    .containers()
+                    .exited(id, Some(125), kiln_store::store::now());
             }
             125
         }
@@ -304,7 +314,8 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
     let t = std::time::Instant::now();
     while t.elapsed() < timeout {
         let exited = store
-            .container(id)
+            .containers()
+            .get(id)
             .ok()
             .flatten()
             .is_none_or(|r| r.record.state != ContainerState::Running);
@@ -318,16 +329,18 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
             // or stuck past a minute.
             let t2 = std::time::Instant::now();
             while owner_busy(store, id) && t2.elapsed() < Duration::from_secs(60) {
-                match store.container(id) {
+                match store.containers().get(id) {
                     Ok(Some(r)) if r.record.state == ContainerState::Running => {
                         std::thread::sleep(Duration::from_millis(5))
                     }
                     _ => return true,
                 }
             }
-            if let Ok(Some(r)) = store.container(id) {
+            if let Ok(Some(r)) = store.containers().get(id) {
                 if r.record.state == ContainerState::Running {
-                    let _ = store.container_exited(id, None, kiln_store::store::now());
+                    let _ = store
+                        .containers()
+                        .exited(id, None, kiln_store::store::now());
                 }
             }
             return true;
@@ -339,7 +352,7 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
 
 /// Removes a stopped container: its control groups, its directory, then its row.
 pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
-    if let Some(row) = store.container(id)? {
+    if let Some(row) = store.containers().get(id)? {
         if let Ok(spec) = spec_of(&row) {
             for cg in &spec.runtime.cgroups {
                 runtime::devices::remove_cgroup(cg);
@@ -350,7 +363,7 @@ pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
     if d.exists() {
         fs::remove_dir_all(&d).map_err(io_err(format!("remove {}", d.display())))?;
     }
-    store.remove_container(id)?;
+    store.containers().remove(id)?;
     Ok(())
 }
 

@@ -218,7 +218,8 @@ const NAMES: &[&str] = &[
 /// A Docker-style generated name (`adjective_scientist`), unused in the store.
 fn generate_name(store: &Store, id: &str) -> Result<String, ContainerError> {
     let taken: Vec<String> = store
-        .containers()?
+        .containers()
+        .list()?
         .into_iter()
         .map(|c| c.record.name)
         .collect();
@@ -275,7 +276,7 @@ pub fn spec_of(row: &ContainerRow) -> Result<ContainerSpec, ContainerError> {
 
 /// Finds a container by full ID, unique ID prefix, or name (as Docker: exact ID or name first).
 pub fn resolve(store: &Store, what: &str) -> Result<ContainerRow, ContainerError> {
-    let all = store.containers()?;
+    let all = store.containers().list()?;
     if let Some(c) = all
         .iter()
         .find(|c| c.record.id == what || c.record.name == what)
@@ -331,8 +332,10 @@ pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, Contain
         && !row.pid.is_some_and(alive)
         && !owner_busy(store, &row.record.id)
     {
-        store.container_exited(&row.record.id, None, kiln_store::store::now())?;
-        return Ok(store.container(&row.record.id)?.unwrap_or(row));
+        store
+            .containers()
+            .exited(&row.record.id, None, kiln_store::store::now())?;
+        return Ok(store.containers().get(&row.record.id)?.unwrap_or(row));
     }
     Ok(row)
 }

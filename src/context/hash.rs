@@ -63,7 +63,8 @@ impl<'a> Hasher<'a> {
         let prefix = root.as_os_str().as_bytes().len() + 1;
         let cache = match store {
             Some(s) => s
-                .stat_cache_under(root.as_os_str().as_bytes())
+                .stat_cache()
+                .under(root.as_os_str().as_bytes())
                 .map_err(io::Error::other)?
                 .into_iter()
                 .map(|(k, v)| (k[prefix.min(k.len())..].to_vec(), v))
@@ -138,7 +139,7 @@ impl<'a> Hasher<'a> {
     pub fn save(&self) -> io::Result<()> {
         let rows = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(s) = self.store {
-            s.stat_cache_put(&rows).map_err(io::Error::other)?;
+            s.stat_cache().put(&rows).map_err(io::Error::other)?;
         }
         Ok(())
     }

@@ -98,7 +98,7 @@ pub fn export_keys(
     let mut records = Vec::new();
     for k in keys {
         if seen.insert(k.as_str()) {
-            if let Some(rec) = store.step(k)? {
+            if let Some(rec) = store.steps().get(k)? {
                 records.push(rec);
             }
         }
@@ -330,7 +330,7 @@ impl RemoteCache {
             last_used: now,
             hits: 0,
         };
-        store.record_step(&rec)?;
+        store.steps().record(&rec)?;
         Ok(Some(rec))
     }
 }

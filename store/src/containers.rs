@@ -2,6 +2,7 @@
 //! created, started and reaped each one. `spec` is the runner's own JSON (kiln-store does not
 //! read it); every transition is one UPDATE, so a reader sees one state or the next, never half.
 
+use crate::digest::Digest;
 use crate::store::{ContainerRecord, Store};
 use crate::{Error, Result};
 use rusqlite::{params, OptionalExtension};
@@ -99,11 +100,23 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ContainerRow> {
     })
 }
 
+/// The containers table (`store.containers()`).
+pub struct Containers<'s> {
+    store: &'s Store,
+}
+
 impl Store {
+    /// The containers table.
+    pub fn containers(&self) -> Containers<'_> {
+        Containers { store: self }
+    }
+}
+
+impl Containers<'_> {
     /// Records a new container with its spec, in state "created".
-    pub fn create_container(&self, c: &ContainerRecord, spec: &str) -> Result<()> {
-        self.add_container(c)?;
-        let db = self.db();
+    pub fn create(&self, c: &ContainerRecord, spec: &str) -> Result<()> {
+        self.add(c)?;
+        let db = self.store.db();
         db.execute(
             "UPDATE containers SET spec = ?2 WHERE id = ?1",
             params![c.id, spec],
@@ -112,8 +125,8 @@ impl Store {
     }
 
     /// Replaces a container's spec (the runner fills in host ports chosen at start).
-    pub fn set_container_spec(&self, id: &str, spec: &str) -> Result<()> {
-        self.update_container(
+    pub fn set_spec(&self, id: &str, spec: &str) -> Result<()> {
+        self.update(
             id,
             "UPDATE containers SET spec = ?2 WHERE id = ?1",
             params![id, spec],
@@ -121,8 +134,8 @@ impl Store {
     }
 
     /// Every container, newest first (the later insert first within a second).
-    pub fn containers(&self) -> Result<Vec<ContainerRow>> {
-        let db = self.db();
+    pub fn list(&self) -> Result<Vec<ContainerRow>> {
+        let db = self.store.db();
         let mut st = db.prepare(&format!(
             "SELECT {COLUMNS} FROM containers ORDER BY created DESC, rowid DESC"
         ))?;
@@ -131,8 +144,8 @@ impl Store {
     }
 
     /// One container by full ID.
-    pub fn container(&self, id: &str) -> Result<Option<ContainerRow>> {
-        let db = self.db();
+    pub fn get(&self, id: &str) -> Result<Option<ContainerRow>> {
+        let db = self.store.db();
         Ok(db
             .query_row(
                 &format!("SELECT {COLUMNS} FROM containers WHERE id = ?1"),
@@ -143,8 +156,8 @@ impl Store {
     }
 
     /// The container started: its init's host PID.
-    pub fn container_started(&self, id: &str, pid: i64, at: i64) -> Result<()> {
-        self.update_container(
+    pub fn started(&self, id: &str, pid: i64, at: i64) -> Result<()> {
+        self.update(
             id,
             "UPDATE containers SET state = 'running', pid = ?2, started = ?3, exit_code = NULL, finished = NULL WHERE id = ?1",
             params![id, pid, at],
@@ -152,19 +165,50 @@ impl Store {
     }
 
     /// The container exited with `code` (None: unknown, its supervisor died).
-    pub fn container_exited(&self, id: &str, code: Option<i64>, at: i64) -> Result<()> {
-        self.update_container(
+    pub fn exited(&self, id: &str, code: Option<i64>, at: i64) -> Result<()> {
+        self.update(
             id,
             "UPDATE containers SET state = 'exited', pid = NULL, exit_code = ?2, finished = ?3 WHERE id = ?1",
             params![id, code, at],
         )
     }
 
-    fn update_container(&self, id: &str, sql: &str, p: impl rusqlite::Params) -> Result<()> {
-        let db = self.db();
+    fn update(&self, id: &str, sql: &str, p: impl rusqlite::Params) -> Result<()> {
+        let db = self.store.db();
         if db.execute(sql, p)? == 0 {
             return Err(Error::NotFound(format!("container {id}")));
         }
         Ok(())
+    }
+
+    /// Records a container (the runner's state; here so the store knows which images are in use).
+    pub fn add(&self, c: &ContainerRecord) -> Result<()> {
+        let db = self.store.db();
+        db.execute(
+            "INSERT INTO containers(id, name, image, image_ref, created, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![c.id, c.name, c.image.to_string(), c.image_ref, c.created, c.state],
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Error::AlreadyExists(format!("container {} ({})", c.name, c.id))
+            }
+            e => e.into(),
+        })?;
+        Ok(())
+    }
+
+    /// Removes a container's row; true when there was one.
+    pub fn remove(&self, id: &str) -> Result<bool> {
+        let db = self.store.db();
+        Ok(db.execute("DELETE FROM containers WHERE id = ?1", [id])? > 0)
+    }
+
+    /// The containers (id, name) that use an image.
+    pub fn using(&self, manifest: &Digest) -> Result<Vec<(String, String)>> {
+        let db = self.store.db();
+        let mut st =
+            db.prepare_cached("SELECT id, name FROM containers WHERE image = ?1 ORDER BY created")?;
+        let rows = st.query_map([manifest.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }

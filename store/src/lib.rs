@@ -2,7 +2,12 @@
 //!
 //! It knows blobs, digests, SQLite and compression, and nothing about Dockerfiles or namespaces.
 //! The store is itself a valid OCI image layout (see [`store`] for the on-disk layout and its
-//! crash-safety invariants); [`codec`] writes and reads layer blobs; [`gc`] collects garbage.
+//! crash-safety invariants). Split as containerd splits its own: content (blobs and their
+//! ingest, `store/content.rs`; [`codec`] writes and reads layer blobs), metadata (leases, images,
+//! refs, layers, snapshots: `store/metadata.rs`), and typed tables with handles of their own:
+//! [`Store::steps`] (the build step cache), [`Store::stat_cache`] (the context stat cache),
+//! [`Store::containers`] (the runner's containers, with [`ContainerState`]). [`gc`] collects
+//! garbage.
 
 pub mod blob;
 pub mod codec;
@@ -14,10 +19,10 @@ pub mod store;
 
 pub use blob::Ingest;
 pub use codec::{Compression, LayerDigests, LayerEncoder};
-pub use containers::{ContainerRow, ContainerState};
+pub use containers::{ContainerRow, ContainerState, Containers};
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
-pub use steps::{StatRow, StatTuple, StepRecord};
+pub use steps::{StatCache, StatRow, StatTuple, StepCache, StepRecord};
 pub use store::{
     chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,
     Store,

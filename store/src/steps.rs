@@ -89,10 +89,32 @@ fn step_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StepRecord> {
     })
 }
 
+/// The build step cache (`store.steps()`).
+pub struct StepCache<'s> {
+    store: &'s Store,
+}
+
+/// The context stat cache (`store.stat_cache()`).
+pub struct StatCache<'s> {
+    store: &'s Store,
+}
+
 impl Store {
+    /// The build step cache.
+    pub fn steps(&self) -> StepCache<'_> {
+        StepCache { store: self }
+    }
+
+    /// The context stat cache.
+    pub fn stat_cache(&self) -> StatCache<'_> {
+        StatCache { store: self }
+    }
+}
+
+impl StepCache<'_> {
     /// The step-cache row for `key`, if any.
-    pub fn step(&self, key: &str) -> Result<Option<StepRecord>> {
-        let db = self.db();
+    pub fn get(&self, key: &str) -> Result<Option<StepRecord>> {
+        let db = self.store.db();
         let sql = format!(
             "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer WHERE s.key = ?1"
         );
@@ -101,8 +123,8 @@ impl Store {
 
     /// The row of `slot` other than `key` to explain a miss against: one with the same `parent`
     /// if any (then only the step's own inputs differ), else the most recently used.
-    pub fn previous_step(&self, slot: &str, key: &str, parent: &str) -> Result<Option<StepRecord>> {
-        let db = self.db();
+    pub fn previous(&self, slot: &str, key: &str, parent: &str) -> Result<Option<StepRecord>> {
+        let db = self.store.db();
         let sql = format!(
             "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer
              WHERE s.slot = ?1 AND s.key != ?2
@@ -114,8 +136,8 @@ impl Store {
     }
 
     /// Every step-cache row, most recently used first.
-    pub fn steps(&self) -> Result<Vec<StepRecord>> {
-        let db = self.db();
+    pub fn all(&self) -> Result<Vec<StepRecord>> {
+        let db = self.store.db();
         let sql = format!(
             "SELECT {STEP_COLUMNS} FROM step_cache s LEFT JOIN layers l ON l.digest = s.layer
              ORDER BY s.last_used DESC, s.key"
@@ -127,11 +149,11 @@ impl Store {
 
     /// Records a step's result. Its layer (if any) must already be a recorded layer and its
     /// snapshot committed. An existing row for the key (a concurrent build) is kept.
-    pub fn record_step(&self, rec: &StepRecord) -> Result<()> {
+    pub fn record(&self, rec: &StepRecord) -> Result<()> {
         if let Some(l) = &rec.layer {
-            self.record_layer(l)?;
+            self.store.record_layer(l)?;
         }
-        let db = self.db();
+        let db = self.store.db();
         db.execute(
             "INSERT OR IGNORE INTO step_cache(key, slot, parent, layer, chain_id, instruction, inputs, created, last_used, hits)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
@@ -151,11 +173,11 @@ impl Store {
     }
 
     /// Counts cache hits (one transaction for all of a build's).
-    pub fn touch_steps(&self, keys: &[String]) -> Result<()> {
+    pub fn touch(&self, keys: &[String]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
         }
-        let mut db = self.db();
+        let mut db = self.store.db();
         let tx = db.transaction()?;
         {
             let mut st = tx.prepare_cached(
@@ -169,10 +191,12 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
 
+impl StatCache<'_> {
     /// Stat-cache rows for every path under `prefix` (an absolute directory, no trailing slash).
-    pub fn stat_cache_under(&self, prefix: &[u8]) -> Result<HashMap<Vec<u8>, StatRow>> {
-        let db = self.db();
+    pub fn under(&self, prefix: &[u8]) -> Result<HashMap<Vec<u8>, StatRow>> {
+        let db = self.store.db();
         let mut lo = prefix.to_vec();
         lo.push(b'/');
         let mut hi = prefix.to_vec();
@@ -204,11 +228,11 @@ impl Store {
     }
 
     /// Stores freshly computed hashes, in one transaction.
-    pub fn stat_cache_put(&self, rows: &[(Vec<u8>, StatTuple, [u8; 32])]) -> Result<()> {
+    pub fn put(&self, rows: &[(Vec<u8>, StatTuple, [u8; 32])]) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut db = self.db();
+        let mut db = self.store.db();
         let tx = db.transaction()?;
         {
             let mut st = tx.prepare_cached(
@@ -232,10 +256,10 @@ impl Store {
     }
 }
 
-impl Store {
+impl StepCache<'_> {
     /// Deletes step-cache rows (their files go with the next GC); returns how many went.
-    pub fn delete_steps(&self, keys: &[String]) -> Result<usize> {
-        let mut db = self.db();
+    pub fn delete(&self, keys: &[String]) -> Result<usize> {
+        let mut db = self.store.db();
         let tx = db.transaction()?;
         let mut n = 0;
         {
@@ -247,7 +271,9 @@ impl Store {
         tx.commit()?;
         Ok(n)
     }
+}
 
+impl Store {
     /// The images (manifest digests) whose layers include the blob `layer`.
     pub fn images_using_layer(&self, layer: &Digest) -> Result<Vec<Digest>> {
         let db = self.db();

@@ -216,15 +216,16 @@ fn gc_keeps_roots_and_sweeps_the_rest() {
     let r = s.gc(GcOptions::default()).unwrap().unwrap();
     assert_eq!(r.blobs_removed, 0);
     // A container keeps an untagged image alive.
-    s.add_container(&ContainerRecord {
-        id: "c1".into(),
-        name: "n1".into(),
-        image: b.manifest.digest,
-        image_ref: "b:1".into(),
-        created: 0,
-        state: ContainerState::Created,
-    })
-    .unwrap();
+    s.containers()
+        .add(&ContainerRecord {
+            id: "c1".into(),
+            name: "n1".into(),
+            image: b.manifest.digest,
+            image_ref: "b:1".into(),
+            created: 0,
+            state: ContainerState::Created,
+        })
+        .unwrap();
     let r = s
         .gc(GcOptions {
             prune_dangling: true,
@@ -233,7 +234,7 @@ fn gc_keeps_roots_and_sweeps_the_rest() {
         .unwrap()
         .unwrap();
     assert!(r.images_removed.is_empty());
-    s.remove_container("c1").unwrap();
+    s.containers().remove("c1").unwrap();
     let r = s
         .gc(GcOptions {
             prune_dangling: true,

@@ -71,7 +71,8 @@ fn rmi_refuses_an_image_a_container_uses() {
     let store = k.store();
     let img = kiln::image::resolve(&store, "busybox").unwrap().image;
     store
-        .add_container(&kiln::store::ContainerRecord {
+        .containers()
+        .add(&kiln::store::ContainerRecord {
             id: "0123456789abcdef".repeat(4),
             name: "happy_kiln".into(),
             image: img.manifest.digest,
@@ -92,7 +93,8 @@ fn rmi_refuses_an_image_a_container_uses() {
     );
     assert!(k.ok(&["images", "-q", "--no-trunc"]).contains(&id));
     store
-        .remove_container(&"0123456789abcdef".repeat(4))
+        .containers()
+        .remove(&"0123456789abcdef".repeat(4))
         .unwrap();
     let pruned = k.ok(&["system", "prune", "-f"]);
     assert!(

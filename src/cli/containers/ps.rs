@@ -115,7 +115,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
     let last = if a.latest { Some(1) } else { a.last };
     let all = a.all || last.is_some() || !filter.status.is_empty();
     // Newest first, as the store lists them.
-    let mut list = store.containers()?;
+    let mut list = store.containers().list()?;
     if let Some(n) = last {
         list.truncate(n);
     }
