@@ -350,26 +350,6 @@ pub fn write_etc_files(files: &std::path::Path, hostname: &str) -> io::Result<()
     Ok(())
 }
 
-/// Overlay `lowerdir` entries for snapshot dirs given top first: relative to `base` (the init
-/// helper mounts from there, keeping the option string short), or `empty` when there are none.
-pub fn overlay_lowers<'p>(
-    base: &std::path::Path,
-    top_first: impl Iterator<Item = &'p PathBuf>,
-    empty: &std::path::Path,
-) -> Vec<String> {
-    let mut lower: Vec<String> = top_first
-        .map(|p| {
-            p.strip_prefix(base)
-                .map(|r| r.display().to_string())
-                .unwrap_or_else(|_| p.display().to_string())
-        })
-        .collect();
-    if lower.is_empty() {
-        lower.push(empty.display().to_string());
-    }
-    lower
-}
-
 /// The [`MOUNT_POINTS`] the root filesystem `view` lacks, as `(absolute path, is a directory)`:
 /// the stubs the helper creates to mount on, removed again afterwards.
 pub fn missing_mount_points(

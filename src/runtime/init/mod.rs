@@ -192,13 +192,7 @@ pub fn exec_main() -> ! {
             let cwd = if spec.cwd.is_empty() { "/" } else { &spec.cwd };
             std::env::set_current_dir(cwd)
                 .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
-            confine(&spec.security);
-            drop_caps(&spec.ids, caps_of(&spec.security));
-            if spec.no_new_privs {
-                prctl::set_no_new_privs().unwrap_or_else(|e| fail("set no_new_privs", e));
-            }
-            prctl::set_pdeathsig(Signal::SIGKILL)
-                .unwrap_or_else(|e| fail("set parent-death signal", e));
+            lock_down(&spec.security, &spec.ids, spec.no_new_privs);
             if spec.tty {
                 attach_tty(spec.winsize);
             }
@@ -230,6 +224,17 @@ fn caps_of(sec: &super::Security) -> u64 {
     } else {
         sec.caps
     }
+}
+
+/// The workload's last steps before exec, in this order: the seccomp filter, capabilities and
+/// credentials, no_new_privs, and the parent-death signal again (a credential change clears it).
+fn lock_down(sec: &super::Security, ids: &super::Ids, no_new_privs: bool) {
+    confine(sec);
+    drop_caps(ids, caps_of(sec));
+    if no_new_privs {
+        prctl::set_no_new_privs().unwrap_or_else(|e| fail("set no_new_privs", e));
+    }
+    prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail("set parent-death signal", e));
 }
 
 /// Installs the container's seccomp filter. It comes before the credential change, while the
@@ -335,14 +340,9 @@ fn child(spec: &Spec, helper_alive: OwnedFd, _ready: OwnedFd) -> ! {
         std::env::set_current_dir(cwd)
             .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
     }
-    confine(&spec.security);
-    drop_caps(&spec.ids, caps_of(&spec.security));
-    if spec.no_new_privs {
-        prctl::set_no_new_privs().unwrap_or_else(|e| fail("set no_new_privs", e));
-    }
-    // Credentials changes clear the parent-death signal; set it again last, then make sure
-    // the helper did not die in between (its end of the pipe closed).
-    prctl::set_pdeathsig(Signal::SIGKILL).unwrap_or_else(|e| fail("set parent-death signal", e));
+    lock_down(&spec.security, &spec.ids, spec.no_new_privs);
+    // Then make sure the helper did not die before the parent-death signal was set again (its
+    // end of the pipe closed).
     if p::readable_now(helper_alive.as_fd()) {
         std::process::exit(EXIT_SETUP);
     }
