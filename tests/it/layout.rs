@@ -163,3 +163,27 @@ fn the_architecture_document_names_every_room() {
         "docs/ARCHITECTURE.md does not describe {missing:?}"
     );
 }
+
+#[test]
+fn every_source_path_the_docs_name_exists() {
+    let mut bad = Vec::new();
+    for doc in ["README.md", "docs/ARCHITECTURE.md"] {
+        let text = std::fs::read_to_string(repo().join(doc)).unwrap();
+        for word in text.split(|c: char| c.is_whitespace() || "`()[],;:".contains(c)) {
+            let word = word.trim_end_matches('.');
+            let rooted = ["src/", "store/", "tests/", "benches/", "fixtures/"]
+                .iter()
+                .any(|r| word.starts_with(r));
+            if rooted
+                && (word.ends_with(".rs") || word.ends_with(".sh"))
+                && !repo().join(word).exists()
+            {
+                bad.push(format!("{doc}: {word}"));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "the docs name files that are not there: {bad:#?}"
+    );
+}
