@@ -2,7 +2,7 @@
 
 use super::ui::table;
 use super::{Ctx, Hint};
-use crate::container::{self, ports::PortSpec, ContainerError, RunOptions, Tee};
+use crate::container::{self, ports::PortSpec, ContainerError, RunOptions};
 use crate::timefmt;
 use anyhow::Result;
 use clap::Args;
@@ -178,12 +178,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     };
     let row = container::create(&store, &opts).map_err(container_failure)?;
     if a.detach {
-        if let Err(e) = container::start_detached(&store, &row) {
-            if a.rm {
-                let _ = container::remove(&store, &row.record.id);
-            }
-            return Err(anyhow::Error::new(e));
-        }
+        container::run_detached(&store, &row)?;
         println!("{}", row.record.id);
         return Ok(0);
     }
@@ -192,19 +187,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     } else {
         Stdio::null()
     };
-    let id = row.record.id.clone();
-    match container::run(&store, &row, Tee::Terminal, stdin, true) {
-        Ok(code) => Ok(code),
-        Err(e) => {
-            let _ = store
-                .containers()
-                .exited(&id, Some(125), kiln_store::store::now());
-            if a.rm {
-                let _ = container::remove(&store, &id);
-            }
-            Err(anyhow::Error::new(e))
-        }
-    }
+    Ok(container::run_attached(&store, &row, stdin)?)
 }
 
 #[derive(Args, Debug)]

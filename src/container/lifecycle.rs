@@ -12,6 +12,35 @@ pub struct LogLine {
     pub time: String,
 }
 
+/// `run` in the foreground: the container's output on the terminal, SIGINT/SIGTERM forwarded; its
+/// exit code. A container that could not start is recorded as exited with 125 and, with `--rm`,
+/// removed.
+pub fn run_attached(
+    store: &Store,
+    row: &ContainerRow,
+    stdin: Stdio,
+) -> Result<i32, ContainerError> {
+    let id = &row.record.id;
+    run(store, row, Tee::Terminal, stdin, true).inspect_err(|_| {
+        let _ = store
+            .containers()
+            .exited(id, Some(125), kiln_store::store::now());
+        if spec_of(row).is_ok_and(|s| s.remove) {
+            let _ = remove(store, id);
+        }
+    })
+}
+
+/// `run -d`: starts the container under a supervisor of its own; one that could not start is
+/// removed with `--rm`.
+pub fn run_detached(store: &Store, row: &ContainerRow) -> Result<(), ContainerError> {
+    start_detached(store, row).inspect_err(|_| {
+        if spec_of(row).is_ok_and(|s| s.remove) {
+            let _ = remove(store, &row.record.id);
+        }
+    })
+}
+
 /// Where the container's output goes besides the log.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Tee {

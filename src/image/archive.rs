@@ -279,6 +279,27 @@ fn header(path: &str, size: u64, dir: bool) -> tar::Header {
     h
 }
 
+/// The layers of `items` that have no stored encoding in compression `c` yet (each DiffID once):
+/// what [`layer_in`] would have to make before saving them so.
+pub fn layers_to_encode(
+    store: &Store,
+    items: &[SaveItem],
+    c: Compression,
+) -> Result<Vec<LayerRecord>> {
+    let mut todo: Vec<LayerRecord> = Vec::new();
+    for it in items {
+        for l in &it.image.layers {
+            if Compression::from_media_type(&l.media_type) != Some(c)
+                && store.layer_variant(&l.diff_id, c.media_type())?.is_none()
+                && !todo.iter().any(|t| t.diff_id == l.diff_id)
+            {
+                todo.push(l.clone());
+            }
+        }
+    }
+    Ok(todo)
+}
+
 /// A stored encoding of `layer` in compression `c`, made and recorded the first time it is asked
 /// for (re-encoding is deterministic, so every machine makes the same blob).
 pub fn layer_in(store: &Store, layer: &LayerRecord, c: Compression) -> Result<LayerRecord> {

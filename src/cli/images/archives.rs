@@ -176,17 +176,7 @@ pub fn save(ctx: &Ctx, a: SaveArgs) -> Result<i32> {
 /// image as gzip), with a progress bar on a terminal. Each variant is kept, so the next save is
 /// instant; the encoder uses every core.
 pub(super) fn convert_layers(store: &Store, items: &[SaveItem], c: Compression) -> Result<()> {
-    let mut todo: Vec<&kiln_store::LayerRecord> = Vec::new();
-    for it in items {
-        for l in &it.image.layers {
-            if Compression::from_media_type(&l.media_type) != Some(c)
-                && store.layer_variant(&l.diff_id, c.media_type())?.is_none()
-                && !todo.iter().any(|t| t.diff_id == l.diff_id)
-            {
-                todo.push(l);
-            }
-        }
-    }
+    let todo = crate::image::archive::layers_to_encode(store, items, c)?;
     if todo.is_empty() {
         return Ok(());
     }
@@ -215,7 +205,7 @@ pub(super) fn convert_layers(store: &Store, items: &[SaveItem], c: Compression) 
         eprintln!("{what}");
         None
     };
-    for l in todo {
+    for l in &todo {
         crate::image::archive::layer_in(store, l, c)?;
         if let Some(b) = &bar {
             b.inc(l.uncompressed_size);
