@@ -230,41 +230,15 @@ pub fn rmi(ctx: &Ctx, a: RmiArgs) -> Result<i32> {
 }
 
 fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
-    let r = resolve(store, name)?;
-    let m = r.image.manifest.digest;
-    let tags = store.refs_of(&m)?;
-    let to_untag: Vec<String> = match &r.reference {
-        // Removing by tag: only that tag, unless it is the last one.
-        Some(reference) if tags.len() > 1 => vec![reference.to_string()],
-        _ if tags.len() > 1 && !force => {
-            bail!(
-                "conflict: unable to delete {} (must be forced) - image is referenced in multiple repositories",
-                r.image.id().short()
-            )
-        }
-        _ => tags.clone(),
-    };
-    let users = store.containers().using(&m)?;
-    let last = to_untag.len() == tags.len();
-    if last && !users.is_empty() && !force {
-        bail!(
-            "conflict: unable to remove repository reference {name:?} (must force) - container {} is using its referenced image {}",
-            &users[0].0[..users[0].0.len().min(12)],
-            r.image.id().short()
-        );
+    let removed = crate::image::remove(store, name, force)?;
+    for t in &removed.untagged {
+        let shown = Reference::parse(t)
+            .map(|r| r.familiar())
+            .unwrap_or_else(|_| t.clone());
+        println!("Untagged: {shown}");
     }
-    for t in &to_untag {
-        store.remove_ref(t)?;
-        println!(
-            "Untagged: {}",
-            Reference::parse(t)
-                .map(|r| r.familiar())
-                .unwrap_or_else(|_| t.clone())
-        );
-    }
-    if last && users.is_empty() {
-        store.delete_image(&m)?;
-        println!("Deleted: {}", r.image.id());
+    if let Some(id) = removed.deleted {
+        println!("Deleted: {id}");
     }
     Ok(())
 }

@@ -34,6 +34,9 @@ pub enum ImageError {
     },
     #[error(transparent)]
     Snapshot(#[from] crate::snapshotter::SnapshotError),
+    /// Docker's `conflict: ...` refusals of `rmi`.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = ImageError> = std::result::Result<T, E>;
@@ -285,4 +288,47 @@ pub fn parse_tags(tags: &[String]) -> Result<Vec<String>> {
             Ok(r.to_string())
         })
         .collect()
+}
+
+/// What [`remove`] did: the tags it removed, and the image ID when the image itself went.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub untagged: Vec<String>,
+    pub deleted: Option<Digest>,
+}
+
+/// `rmi NAME` with Docker's rules: by tag, only that tag while others remain; the image goes with
+/// its last tag unless a container uses it (then `force` keeps it, untagged); an image with
+/// several tags named by ID needs `force`.
+pub fn remove(store: &Store, name: &str, force: bool) -> Result<Removed> {
+    let r = resolve(store, name)?;
+    let m = r.image.manifest.digest;
+    let tags = store.refs_of(&m)?;
+    let to_untag: Vec<String> = match &r.reference {
+        Some(reference) if tags.len() > 1 => vec![reference.to_string()],
+        _ if tags.len() > 1 && !force => return Err(ImageError::Conflict(format!(
+            "unable to delete {} (must be forced) - image is referenced in multiple repositories",
+            r.image.id().short()
+        ))),
+        _ => tags.clone(),
+    };
+    let users = store.containers().using(&m)?;
+    let last = to_untag.len() == tags.len();
+    if last && !users.is_empty() && !force {
+        return Err(ImageError::Conflict(format!(
+            "unable to remove repository reference {name:?} (must force) - container {} is using its referenced image {}",
+            &users[0].0[..users[0].0.len().min(12)],
+            r.image.id().short()
+        )));
+    }
+    let mut out = Removed::default();
+    for t in to_untag {
+        store.remove_ref(&t)?;
+        out.untagged.push(t);
+    }
+    if last && users.is_empty() {
+        store.delete_image(&m)?;
+        out.deleted = Some(r.image.id());
+    }
+    Ok(out)
 }
