@@ -24,6 +24,7 @@ mod explain;
 pub use explain::inputs_for_export;
 mod inputs;
 mod lookup;
+pub mod prune;
 pub mod remote;
 mod stage;
 mod step;

@@ -6,7 +6,7 @@ use crate::timefmt;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use kiln_store::gc::dir_size;
-use kiln_store::{GcOptions, StepRecord, Store};
+use kiln_store::{StepRecord, Store};
 use std::collections::HashSet;
 
 #[derive(Subcommand, Debug)]
@@ -59,10 +59,6 @@ pub fn run(ctx: &Ctx, c: CacheCommand) -> Result<i32> {
     }
 }
 
-fn layer_size(r: &StepRecord) -> u64 {
-    r.layer.as_ref().map_or(0, |l| l.size)
-}
-
 fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
         s.to_string()
@@ -85,7 +81,7 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
                     "last_used": timefmt::rfc3339(s.last_used),
                     "hits": s.hits,
                     "layer": s.layer.as_ref().map(|l| l.digest.to_string()),
-                    "layer_size": layer_size(s),
+                    "layer_size": crate::builder::prune::layer_size(s),
                 })
             })
             .collect();
@@ -109,7 +105,7 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
             timefmt::ago(s.last_used, now),
             s.hits.to_string(),
             if s.layer.is_some() {
-                timefmt::human_size(layer_size(s))
+                timefmt::human_size(crate::builder::prune::layer_size(s))
             } else {
                 "0B".into()
             },
@@ -119,23 +115,10 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// The step-layer digests some image also uses (their bytes are shared, not reclaimable).
-fn shared_layers(store: &Store, steps: &[StepRecord]) -> Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for s in steps {
-        if let Some(l) = &s.layer {
-            if !store.images_using_layer(&l.digest)?.is_empty() {
-                out.insert(l.digest.to_string());
-            }
-        }
-    }
-    Ok(out)
-}
-
 fn du(ctx: &Ctx) -> Result<i32> {
     let store = ctx.store()?;
     let steps = store.steps().all()?;
-    let shared = shared_layers(&store, &steps)?;
+    let shared = crate::builder::prune::shared_layers(&store, &steps)?;
     let mut seen = HashSet::new();
     let (mut total, mut shared_bytes) = (0u64, 0u64);
     let mut snap_bytes = 0u64;
@@ -183,7 +166,7 @@ fn du(ctx: &Ctx) -> Result<i32> {
             "-".into(),
         ],
         {
-            let (n, bytes) = cache_mounts(&store);
+            let (n, bytes) = crate::builder::prune::cache_mounts(&store);
             vec![
                 "Cache mounts".into(),
                 n.to_string(),
@@ -263,16 +246,6 @@ fn inspect(ctx: &Ctx, a: InspectArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// RUN cache mounts (`<root>/cache-mounts/<id>`): how many, and their bytes.
-fn cache_mounts(store: &Store) -> (usize, u64) {
-    let Ok(rd) = std::fs::read_dir(store.root().join("cache-mounts")) else {
-        return (0, 0);
-    };
-    rd.flatten()
-        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
-        .fold((0, 0), |(n, b), e| (n + 1, b + dir_size(&e.path())))
-}
-
 /// Parses Docker's sizes (`500mb`, `2gb`, `1024`), as `docker builder prune` does.
 fn parse_size(s: &str) -> Result<u64> {
     crate::timefmt::ram_in_bytes(s).map_err(|e| anyhow::anyhow!(e))
@@ -297,79 +270,19 @@ fn parse_until(f: &str) -> Result<i64> {
 fn prune(ctx: &Ctx, a: PruneArgs) -> Result<i32> {
     let store = ctx.store()?;
     let _ = a.force;
-    let now = kiln_store::store::now();
-    let older = a.filter.as_deref().map(parse_until).transpose()?;
-    let keep = a.keep_storage.as_deref().map(parse_size).transpose()?;
-    let mut steps = store.steps().all()?; // most recently used first
-    let shared = shared_layers(&store, &steps)?;
-    // With --keep-storage, the most recently used entries up to SIZE stay.
-    let mut kept_bytes = 0u64;
-    let mut doomed = Vec::new();
-    steps.sort_by_key(|s| std::cmp::Reverse(s.last_used));
-    for s in &steps {
-        let size = layer_size(s);
-        let eligible = older.is_none_or(|o| s.last_used <= now - o);
-        let used = s
-            .layer
-            .as_ref()
-            .is_some_and(|l| shared.contains(&l.digest.to_string()));
-        let wanted = match keep {
-            Some(limit) => {
-                if kept_bytes + size <= limit {
-                    kept_bytes += size;
-                    false
-                } else {
-                    true
-                }
-            }
-            None => a.all || !used,
-        };
-        if eligible && wanted {
-            doomed.push(s.key.clone());
-        }
-    }
-    let removed = store.steps().delete(&doomed)?;
-    // --all drops the RUN cache mounts too (taking each one's lock, so no build is using it),
-    // and ADD's downloads.
-    let mut mounts_bytes = 0;
-    if a.all && older.is_none() && keep.is_none() {
-        let dir = store.root().join("cache-mounts");
-        if let Ok(rd) = std::fs::read_dir(&dir) {
-            for e in rd.flatten() {
-                let p = e.path();
-                if !p.is_dir() {
-                    continue;
-                }
-                let lock = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(p.with_extension("lock"));
-                if let Ok(l) = &lock {
-                    if l.try_lock().is_err() {
-                        continue;
-                    }
-                }
-                mounts_bytes += dir_size(&p);
-                let _ = std::fs::remove_dir_all(&p);
-            }
-        }
-        // ADD's downloads: the next build downloads again.
-        let http = store.root().join("http-cache");
-        mounts_bytes += dir_size(&http);
-        let _ = std::fs::remove_dir_all(&http);
-    }
-    let report = store.gc(GcOptions {
-        prune_dangling: false,
-        wait: true,
-    })?;
-    let reclaimed = report.map_or(0, |r| r.bytes_reclaimed) + mounts_bytes;
-    for k in &doomed {
+    let opts = crate::builder::prune::PruneOptions {
+        all: a.all,
+        unused_for: a.filter.as_deref().map(parse_until).transpose()?,
+        keep_storage: a.keep_storage.as_deref().map(parse_size).transpose()?,
+    };
+    let pruned = crate::builder::prune::prune(&store, &opts)?;
+    for k in &pruned.entries {
         println!("Deleted cache entry {}", &k[..12]);
     }
     println!(
-        "Total reclaimed space: {} ({removed} cache entries)",
-        timefmt::human_size(reclaimed)
+        "Total reclaimed space: {} ({} cache entries)",
+        timefmt::human_size(pruned.bytes),
+        pruned.entries.len()
     );
     Ok(0)
 }

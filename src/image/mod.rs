@@ -306,10 +306,12 @@ pub fn remove(store: &Store, name: &str, force: bool) -> Result<Removed> {
     let tags = store.refs_of(&m)?;
     let to_untag: Vec<String> = match &r.reference {
         Some(reference) if tags.len() > 1 => vec![reference.to_string()],
-        _ if tags.len() > 1 && !force => return Err(ImageError::Conflict(format!(
+        _ if tags.len() > 1 && !force => {
+            return Err(ImageError::Conflict(format!(
             "unable to delete {} (must be forced) - image is referenced in multiple repositories",
             r.image.id().short()
-        ))),
+        )))
+        }
         _ => tags.clone(),
     };
     let users = store.containers().using(&m)?;
