@@ -1,15 +1,15 @@
 //! The native snapshotter: the chain is copied into a plain directory the step runs in; a second,
 //! untouched copy is what the walk differ compares it with. Committing unpacks the layer the
-//! changes became, so the snapshot is the same as one made from a pulled layer.
+//! changes became, so the snapshot is the same as one made from a pulled layer. The copies use
+//! the builder's tree writer (the one COPY uses), so a native build costs two plain copies.
 
 use super::view::View;
 use super::{Active, Dirs, Kind, SnapshotError, Snapshotter};
-use crate::diff::{self, TarEntry, TarOptions};
-use crate::rootfs::Root;
+use crate::diff::{self, TarEntry};
 use crate::runtime::Rootfs;
 use kiln_store::{Digest, LayerRecord, SnapshotRecord, Store};
 use std::fs;
-use std::io::{self, Seek};
+use std::io;
 use std::path::{Path, PathBuf};
 
 pub struct Native;
@@ -75,21 +75,27 @@ impl Snapshotter for Native {
 }
 
 /// Copies the merged `view` into `dest` (an empty directory), keeping modes, owners, mtimes and
-/// xattrs: each snapshot, bottom to top, is read as a layer (whiteouts in either form) and applied
-/// as one, through a temporary tar in the store's ingest dir.
-pub fn materialize(store: &Store, view: &View, dest: &Path) -> io::Result<()> {
+/// xattrs, with the tree writer COPY uses (`COPY / /` from the view onto an empty tree): whiteouts
+/// of either form are resolved by the view, and nothing is encoded or hashed on the way.
+pub fn materialize(_store: &Store, view: &View, dest: &Path) -> io::Result<()> {
+    use crate::builder::copy::{select_view, WriteOptions, Writer};
     if view.layers().is_empty() {
         return Ok(());
     }
-    let root = Root::open(dest)?;
-    for layer in view.layers().iter().rev() {
-        let entries = diff::overlay::changes(layer)?;
-        let tar = tempfile::tempfile_in(store.ingest_dir())?;
-        let mut tar = diff::write_entries(&entries, tar, &TarOptions::default())?;
-        tar.rewind()?;
-        diff::apply_layer(&root, io::BufReader::new(tar)).map_err(|e| {
-            io::Error::other(format!("copy {}: {}", layer.display(), diff::chain(&e)))
-        })?;
-    }
-    Ok(())
+    let roots = select_view(&["/".to_string()], view, "the parent").map_err(io::Error::other)?;
+    let empty = View::default();
+    let mut w = Writer::new(
+        dest,
+        &empty,
+        WriteOptions {
+            chown: None,
+            chmod: None,
+            unpack: false,
+            now: 0,
+            link_from: None,
+        },
+    )
+    .map_err(io::Error::other)?;
+    w.copy(&roots, "/").map_err(io::Error::other)?;
+    w.finish().map_err(io::Error::other)
 }
