@@ -54,13 +54,11 @@ pub fn wait_exit_code(pid: nix::unistd::Pid) -> io::Result<i32> {
     }
 }
 
-/// kill(2) with a signal number (as [`signal_number`] gives).
+/// kill(2) with a signal number (as [`signal_number`] gives). Raw, because nix's `Signal` has
+/// no real-time signals, which STOPSIGNAL and `kill -s` accept (SIGRTMIN+3 is 37).
 pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
-    let sig = Signal::try_from(sig)?;
-    Ok(nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        sig,
-    )?)
+    // SAFETY: kill(2) takes two integers and touches no memory of ours.
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
 /// Removes capability `cap` from the bounding set (prctl PR_CAPBSET_DROP).
@@ -539,4 +537,23 @@ pub fn spawn_with_fds(
         });
     }
     cmd.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn kill_sends_real_time_signals_too() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let rt = signal_number("40").unwrap();
+        kill(child.id() as libc::pid_t, rt).unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(40));
+        assert_eq!(signal_number("SIGTERM"), Some(libc::SIGTERM));
+        assert_eq!(signal_number("65"), None);
+    }
 }
