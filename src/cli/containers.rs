@@ -2,7 +2,7 @@
 
 use super::ui::table;
 use super::{Ctx, Hint};
-use crate::container::{self, ports::PortSpec, ContainerError, RunOptions};
+use crate::container::{self, ports::PortSpec, volume, ContainerError, RunOptions};
 use crate::timefmt;
 use anyhow::Result;
 use clap::Args;
@@ -88,6 +88,18 @@ pub struct RunArgs {
     /// Security options: seccomp=unconfined or seccomp=PATH (a Docker-format profile)
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Mount a volume or a host path (NAME:CTR[:ro], /HOST:CTR[:ro], or CTR for an anonymous volume)
+    #[arg(short = 'v', long = "volume", value_name = "[SRC:]CTR[:ro]")]
+    volumes: Vec<String>,
+    /// Mount: type=bind|volume|tmpfs,source=...,target=...[,readonly]
+    #[arg(long = "mount", value_name = "type=...,target=...")]
+    mount: Vec<String>,
+    /// Mount a tmpfs (PATH[:OPTIONS])
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// Mount every volume of another container (CONTAINER[:ro|rw])
+    #[arg(long = "volumes-from", value_name = "CONTAINER")]
+    volumes_from: Vec<String>,
     /// The image
     image: String,
     /// The command and its arguments
@@ -139,8 +151,22 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         .flatten()
         .collect();
     let store = ctx.store()?;
+    let mut mounts = Vec::new();
+    for v in &a.volumes {
+        mounts.push(volume::parse_volume_flag(v).map_err(anyhow::Error::msg)?);
+    }
+    for m in &a.mount {
+        mounts.push(volume::parse_mount_flag(m).map_err(anyhow::Error::msg)?);
+    }
+    for t in &a.tmpfs {
+        mounts.push(volume::parse_tmpfs_flag(t).map_err(anyhow::Error::msg)?);
+    }
+    for c in &a.volumes_from {
+        mounts.extend(volume::volumes_from(&store, c)?);
+    }
     super::ui::pull::ensure_image(&store, &a.image, false)?;
     let opts = RunOptions {
+        mounts,
         image: a.image.clone(),
         name: a.name.clone(),
         cmd: a.cmd.clone(),
@@ -251,6 +277,9 @@ pub struct RmArgs {
     /// Kill and remove a running container
     #[arg(short, long)]
     force: bool,
+    /// Remove the anonymous volumes made for the container too
+    #[arg(short, long)]
+    volumes: bool,
     #[arg(required = true)]
     containers: Vec<String>,
 }
@@ -267,7 +296,11 @@ pub fn rm(ctx: &Ctx, a: RmArgs) -> Result<i32> {
             }
             container::kill(store, &row, libc::SIGKILL)?;
         }
-        container::remove(store, &row.record.id)
+        if a.volumes {
+            container::remove_with_volumes(store, &row.record.id)
+        } else {
+            container::remove(store, &row.record.id)
+        }
     })
 }
 

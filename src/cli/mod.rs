@@ -9,6 +9,7 @@ mod images;
 mod registry;
 mod system;
 mod ui;
+mod volumes;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -102,6 +103,9 @@ enum Command {
     /// Manage the build cache: prune
     #[command(subcommand)]
     Builder(BuilderCommand),
+    /// Manage volumes: create, ls, inspect, rm, prune
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
     /// Show the history of an image
     History(images::HistoryArgs),
 }
@@ -228,6 +232,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Image(c) => image(&ctx, c),
         Command::Container(c) => container(&ctx, c),
         Command::Builder(c) => builder(&ctx, c),
+        Command::Volume(c) => volumes::run(&ctx, c),
         Command::History(a) => images::history(&ctx, a),
     };
     match result {

@@ -15,6 +15,9 @@ pub enum SystemCommand {
         /// Do not prompt for confirmation
         #[arg(short, long)]
         force: bool,
+        /// Prune anonymous volumes no container uses too
+        #[arg(long)]
+        volumes: bool,
     },
     /// Show the store's disk usage by kind
     Df,
@@ -24,13 +27,13 @@ pub enum SystemCommand {
 
 pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
     match c {
-        SystemCommand::Prune { force } => prune(ctx, force),
+        SystemCommand::Prune { force, volumes } => prune(ctx, force, volumes),
         SystemCommand::Df => df(ctx),
         SystemCommand::Check => check(ctx),
     }
 }
 
-fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
+fn prune(ctx: &Ctx, force: bool, volumes: bool) -> Result<i32> {
     if !super::ui::confirm(
         force,
         "This will remove:\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n",
@@ -60,10 +63,19 @@ fn prune(ctx: &Ctx, force: bool) -> Result<i32> {
         }
         println!();
     }
-    println!(
-        "Total reclaimed space: {}",
-        human_size(report.bytes_reclaimed)
-    );
+    let mut reclaimed = report.bytes_reclaimed;
+    if volumes {
+        let (names, bytes) = crate::container::volume::prune(&store, false)?;
+        if !names.is_empty() {
+            println!("Deleted Volumes:");
+            for n in &names {
+                println!("{n}");
+            }
+            println!();
+        }
+        reclaimed += bytes;
+    }
+    println!("Total reclaimed space: {}", human_size(reclaimed));
     Ok(0)
 }
 

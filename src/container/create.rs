@@ -133,6 +133,9 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         )));
     }
 
+    // Volumes (made now, a new one filled from the image), bind mounts, tmpfs mounts.
+    let image_volumes: Vec<String> = rc.volumes.iter().flat_map(|m| m.keys().cloned()).collect();
+    let mounts = volume::resolve(store, &o.mounts, &image_volumes, &view)?;
     let d = dir(store, &id);
     let files = d.join("files");
     // Everything made from here on is removed again if a later step fails.
@@ -141,7 +144,21 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let prepared = (|| -> Result<Prepared, ContainerError> {
         fs::create_dir_all(&files).map_err(io_err(format!("create {}", d.display())))?;
         runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
-        let stubs = runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
+        let mut stubs =
+            runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
+        // Mount points the image lacks are made in the container's own root (in-root, as the
+        // runtime resolves every target): a directory, or a file for a bind of one.
+        for m in &mounts {
+            let t = m.target();
+            if view
+                .resolve(t, true)
+                .map_err(io_err(format!("look up {t}")))?
+                .is_none()
+            {
+                let file = matches!(m, volume::MountSpec::Bind { source, .. } if !source.is_dir());
+                stubs.push((t.to_string(), !file));
+            }
+        }
         let (kind, _) = crate::snapshotter::choose(store.root(), None);
         let snapshotter = kind.get();
         let dirs = crate::snapshotter::Dirs {
@@ -164,9 +181,34 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         Ok(p) => p,
         Err(e) => {
             let _ = fs::remove_dir_all(&d);
+            drop_anonymous(store, &mounts);
             return Err(e);
         }
     };
+    let runtime_mounts = mounts
+        .iter()
+        .map(|m| match m {
+            volume::MountSpec::Bind {
+                source,
+                target,
+                readonly,
+            } => bind(target, source.clone(), *readonly),
+            volume::MountSpec::Volume {
+                name,
+                target,
+                readonly,
+                ..
+            } => bind(
+                target,
+                store.root().join("volumes").join(name).join("_data"),
+                *readonly,
+            ),
+            volume::MountSpec::Tmpfs { target, options } => runtime::ExtraMount::Tmpfs {
+                target: target.clone(),
+                options: options.clone(),
+            },
+        })
+        .collect();
     let spec = ContainerSpec {
         runtime: Spec {
             rootfs,
@@ -188,7 +230,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             tty: o.tty,
             winsize: None,
             cgroups,
-            mounts: vec![],
+            mounts: runtime_mounts,
             security: o.security.clone(),
         },
         ports,
@@ -196,6 +238,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         stop_timeout: o.stop_timeout.unwrap_or(10),
         remove: o.remove,
         command: argv,
+        mounts,
     };
     let rec = ContainerRecord {
         id: id.clone(),
@@ -208,6 +251,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let json = serde_json::to_string(&spec).expect("spec serializes");
     if let Err(e) = store.containers().create(&rec, &json) {
         let _ = fs::remove_dir_all(&d);
+        drop_anonymous(store, &spec.mounts);
         for cg in &spec.runtime.cgroups {
             runtime::devices::remove_cgroup(cg);
         }
@@ -220,6 +264,29 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         .containers()
         .get(&id)?
         .ok_or_else(|| ContainerError::NotFound(id.clone()))
+}
+
+fn bind(target: &str, source: PathBuf, readonly: bool) -> runtime::ExtraMount {
+    let target = target.to_string();
+    if readonly {
+        runtime::ExtraMount::ReadOnly { target, source }
+    } else {
+        runtime::ExtraMount::Bind { target, source }
+    }
+}
+
+/// Removes the anonymous volumes made for a container that was not created after all.
+fn drop_anonymous(store: &Store, mounts: &[volume::MountSpec]) {
+    for m in mounts {
+        if let volume::MountSpec::Volume {
+            name,
+            anonymous: true,
+            ..
+        } = m
+        {
+            let _ = volume::remove(store, name);
+        }
+    }
 }
 
 /// Refuses what Docker refuses, before anything is created: an environment entry with no name

@@ -26,7 +26,7 @@ pub fn run_attached(
             .containers()
             .exited(id, Some(125), kiln_store::store::now());
         if spec_of(row).is_ok_and(|s| s.remove) {
-            let _ = remove(store, id);
+            let _ = remove_with_volumes(store, id);
         }
     })
 }
@@ -36,7 +36,7 @@ pub fn run_attached(
 pub fn run_detached(store: &Store, row: &ContainerRow) -> Result<(), ContainerError> {
     start_detached(store, row).inspect_err(|_| {
         if spec_of(row).is_ok_and(|s| s.remove) {
-            let _ = remove(store, &row.record.id);
+            let _ = remove_with_volumes(store, &row.record.id);
         }
     })
 }
@@ -210,7 +210,7 @@ pub fn run(
         runtime::devices::remove_cgroup(cg);
     }
     if spec.remove {
-        remove(store, &id)?;
+        remove_with_volumes(store, &id)?;
     }
     Ok(code)
 }
@@ -377,6 +377,39 @@ pub(super) fn wait_exit(store: &Store, id: &str, pid: i64, timeout: Duration) ->
         std::thread::sleep(Duration::from_millis(5));
     }
     false
+}
+
+/// Removes a stopped container and the anonymous volumes made for it (`rm -v`, and `run --rm`
+/// when it exits, as Docker's); named volumes stay.
+pub fn remove_with_volumes(store: &Store, id: &str) -> Result<(), ContainerError> {
+    let anonymous: Vec<String> = store
+        .containers()
+        .get(id)?
+        .and_then(|row| spec_of(&row).ok())
+        .map(|spec| {
+            spec.mounts
+                .into_iter()
+                .filter_map(|m| match m {
+                    super::volume::MountSpec::Volume {
+                        name,
+                        anonymous: true,
+                        ..
+                    } => Some(name),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    remove(store, id)?;
+    for name in anonymous {
+        // Another container may have taken it with --volumes-from: then it stays.
+        match super::volume::remove(store, &name) {
+            Ok(()) | Err(ContainerError::NoSuchVolume(_)) => {}
+            Err(ContainerError::Invalid(m)) if m.contains("in use") => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Removes a stopped container: its control groups, its directory, then its row.

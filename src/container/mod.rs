@@ -17,6 +17,7 @@
 pub mod exec;
 pub mod inspect;
 pub mod ports;
+pub mod volume;
 
 use crate::image::{self, ImageError};
 use crate::runtime::{self, Ids, Net, Rootfs, Spec};
@@ -45,6 +46,8 @@ pub const SUPERVISE_ARG: &str = "__kiln-supervise";
 pub enum ContainerError {
     #[error("no such container: {0}")]
     NotFound(String),
+    #[error("no such volume: {0}")]
+    NoSuchVolume(String),
     #[error("container name {0:?} matches several containers; use more of the ID")]
     Ambiguous(String),
     #[error("the container name {0:?} is already in use")]
@@ -100,6 +103,8 @@ pub struct RunOptions {
     pub pids_limit: Option<u64>,
     /// `--privileged`, `--cap-add/--cap-drop`, `--device`, `--security-opt`.
     pub security: runtime::Security,
+    /// `-v`, `--mount`, `--tmpfs`, `--volumes-from`, in order.
+    pub mounts: Vec<volume::MountRequest>,
 }
 
 /// The container's confinement from the run flags, checked before anything is created.
@@ -158,6 +163,9 @@ pub struct ContainerSpec {
     pub remove: bool,
     /// The command as `ps` shows it.
     pub command: Vec<String>,
+    /// Volumes, bind mounts and tmpfs mounts (`volume::users` reads them from here).
+    #[serde(default)]
+    pub mounts: Vec<volume::MountSpec>,
 }
 
 /// The container's directory.
@@ -165,7 +173,7 @@ pub fn dir(store: &Store, id: &str) -> PathBuf {
     store.root().join("containers").join(id)
 }
 
-fn new_id() -> Result<String, ContainerError> {
+pub(crate) fn new_id() -> Result<String, ContainerError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
         .map_err(|e| ContainerError::Invalid(format!("no random bytes for an ID: {e}")))?;

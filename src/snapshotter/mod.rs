@@ -21,7 +21,7 @@ mod overlay;
 mod unpack;
 pub mod view;
 
-pub use native::materialize;
+pub use native::{copy_dir, materialize};
 pub use unpack::{unpack_image, unpack_layer_record, SnapshotError};
 
 use crate::diff::TarEntry;

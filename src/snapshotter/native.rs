@@ -77,12 +77,18 @@ impl Snapshotter for Native {
 /// Copies the merged `view` into `dest` (an empty directory), keeping modes, owners, mtimes and
 /// xattrs, with the tree writer COPY uses (`COPY / /` from the view onto an empty tree): whiteouts
 /// of either form are resolved by the view, and nothing is encoded or hashed on the way.
-pub fn materialize(_store: &Store, view: &View, dest: &Path) -> io::Result<()> {
+pub fn materialize(store: &Store, view: &View, dest: &Path) -> io::Result<()> {
+    copy_dir(store, view, "/", dest)
+}
+
+/// Copies the directory `path` of the merged `view` into `dest` (an existing directory): its
+/// contents, with their modes, owners, mtimes and xattrs (a new volume's first contents).
+pub fn copy_dir(_store: &Store, view: &View, path: &str, dest: &Path) -> io::Result<()> {
     use crate::builder::copy::{select_view, WriteOptions, Writer};
     if view.layers().is_empty() {
         return Ok(());
     }
-    let roots = select_view(&["/".to_string()], view, "the parent").map_err(io::Error::other)?;
+    let roots = select_view(&[path.to_string()], view, "the image").map_err(io::Error::other)?;
     let empty = View::default();
     let mut w = Writer::new(
         dest,

@@ -18,3 +18,4 @@ mod registry;
 mod run;
 mod security;
 mod snapshot;
+mod volumes;
