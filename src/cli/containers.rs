@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// Mount a tmpfs (PATH[:OPTIONS])
     #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
     tmpfs: Vec<String>,
+    /// Restart policy: no, on-failure[:N], always, unless-stopped
+    #[arg(long, default_value = "no", value_name = "POLICY")]
+    restart: String,
     /// Mount every volume of another container (CONTAINER[:ro|rw])
     #[arg(long = "volumes-from", value_name = "CONTAINER")]
     volumes_from: Vec<String>,
@@ -165,8 +168,11 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         mounts.extend(volume::volumes_from(&store, c)?);
     }
     super::ui::pull::ensure_image(&store, &a.image, false)?;
+    let restart =
+        container::restart::RestartPolicy::parse(&a.restart).map_err(anyhow::Error::msg)?;
     let opts = RunOptions {
         mounts,
+        restart,
         image: a.image.clone(),
         name: a.name.clone(),
         cmd: a.cmd.clone(),
@@ -251,6 +257,40 @@ fn each(
 pub fn stop(ctx: &Ctx, a: StopArgs) -> Result<i32> {
     each(ctx, &a.containers, |store, row| {
         container::stop(store, row, a.time).map(drop)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `kiln start`: runs stopped containers again, in the background.
+pub fn start(ctx: &Ctx, a: StartArgs) -> Result<i32> {
+    each(ctx, &a.containers, |store, row| {
+        container::restart::start(store, row)
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// Seconds to wait for a running container to stop before killing it
+    #[arg(short = 't', long = "time")]
+    time: Option<u64>,
+    #[arg(required = true)]
+    containers: Vec<String>,
+}
+
+/// `kiln restart`: stops (if running) and starts containers again.
+pub fn restart(ctx: &Ctx, a: RestartArgs) -> Result<i32> {
+    each(ctx, &a.containers, |store, row| {
+        container::stop(store, row, a.time)?;
+        let row = store
+            .containers()
+            .get(&row.record.id)?
+            .ok_or_else(|| ContainerError::NotFound(row.record.id.clone()))?;
+        container::restart::start(store, &row)
     })
 }
 

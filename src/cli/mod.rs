@@ -72,6 +72,10 @@ enum Command {
     Ps(containers::PsArgs),
     /// Stop running containers (stop signal, then SIGKILL after a timeout)
     Stop(containers::StopArgs),
+    /// Start stopped containers again (in the background)
+    Start(containers::StartArgs),
+    /// Stop and start containers again
+    Restart(containers::RestartArgs),
     /// Send a signal to running containers
     Kill(containers::KillArgs),
     /// Remove containers
@@ -219,6 +223,8 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Run(a) => containers::run(&ctx, a),
         Command::Ps(a) => containers::ps(&ctx, a),
         Command::Stop(a) => containers::stop(&ctx, a),
+        Command::Start(a) => containers::start(&ctx, a),
+        Command::Restart(a) => containers::restart(&ctx, a),
         Command::Kill(a) => containers::kill(&ctx, a),
         Command::Rm(a) => containers::rm(&ctx, a),
         Command::Logs(a) => containers::logs(&ctx, a),
@@ -287,6 +293,10 @@ pub enum ContainerCommand {
     Run(containers::RunArgs),
     /// Stop running containers
     Stop(containers::StopArgs),
+    /// Start stopped containers again (in the background)
+    Start(containers::StartArgs),
+    /// Stop and start containers again
+    Restart(containers::RestartArgs),
     /// Send a signal to running containers
     Kill(containers::KillArgs),
     /// Remove containers
@@ -329,6 +339,8 @@ fn container(ctx: &Ctx, c: ContainerCommand) -> Result<i32> {
         ContainerCommand::Ls(a) => containers::ps(ctx, a),
         ContainerCommand::Run(a) => containers::run(ctx, a),
         ContainerCommand::Stop(a) => containers::stop(ctx, a),
+        ContainerCommand::Start(a) => containers::start(ctx, a),
+        ContainerCommand::Restart(a) => containers::restart(ctx, a),
         ContainerCommand::Kill(a) => containers::kill(ctx, a),
         ContainerCommand::Rm(a) => containers::rm(ctx, a),
         ContainerCommand::Logs(a) => containers::logs(ctx, a),

@@ -23,6 +23,9 @@ pub enum SystemCommand {
     Df,
     /// Verify the store: every recorded blob present and matching its digest, every record whole
     Check,
+    /// Start every container whose restart policy asks for it (what a boot unit calls: kiln has
+    /// no daemon, so after a reboot nothing runs until this does)
+    Restore,
 }
 
 pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
@@ -30,6 +33,13 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
         SystemCommand::Prune { force, volumes } => prune(ctx, force, volumes),
         SystemCommand::Df => df(ctx),
         SystemCommand::Check => check(ctx),
+        SystemCommand::Restore => {
+            let store = ctx.store()?;
+            for name in crate::container::restart::restore(&store)? {
+                println!("{name}");
+            }
+            Ok(0)
+        }
     }
 }
 

@@ -133,6 +133,11 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         )));
     }
 
+    let limits = Limits {
+        memory: o.memory,
+        cpus: o.cpus,
+        pids: o.pids_limit,
+    };
     // Volumes (made now, a new one filled from the image), bind mounts, tmpfs mounts.
     let image_volumes: Vec<String> = rc.volumes.iter().flat_map(|m| m.keys().cloned()).collect();
     let mounts = volume::resolve(store, &o.mounts, &image_volumes, &view)?;
@@ -175,7 +180,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             .prepare(store, &lowers, &dirs, false)
             .map_err(io_err("prepare the root filesystem"))?;
         let rootfs = snapshotter.mounts(&active);
-        Ok((rootfs, stubs, cgroups(&id, o)?))
+        Ok((rootfs, stubs, cgroups(&id, &limits, &o.security)?))
     })();
     let (rootfs, stubs, cgroups) = match prepared {
         Ok(p) => p,
@@ -239,6 +244,8 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         remove: o.remove,
         command: argv,
         mounts,
+        restart: o.restart,
+        limits,
     };
     let rec = ContainerRecord {
         id: id.clone(),
@@ -292,6 +299,11 @@ fn drop_anonymous(store: &Store, mounts: &[volume::MountSpec]) {
 /// Refuses what Docker refuses, before anything is created: an environment entry with no name
 /// (`-e =x`), a relative working directory, a hostname the kernel would refuse, bad limits.
 pub(super) fn check_flags(o: &RunOptions) -> Result<(), ContainerError> {
+    if o.remove && o.restart != restart::RestartPolicy::No {
+        return Err(ContainerError::Invalid(
+            "conflicting options: --restart and --rm".into(),
+        ));
+    }
     for kv in &o.env {
         if kv.is_empty() || kv.starts_with('=') {
             return Err(ContainerError::Invalid(format!(
@@ -342,12 +354,16 @@ pub(super) fn check_limits(o: &RunOptions) -> Result<(), ContainerError> {
 /// `devices` always (Docker's device list, unless `--privileged`), `memory`, `cpu` and `pids`
 /// for `-m`, `--cpus` and `--pids-limit`. Whatever was created is removed again if a later one
 /// fails.
-pub(super) fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, ContainerError> {
+pub(super) fn cgroups(
+    id: &str,
+    limits: &Limits,
+    security: &runtime::Security,
+) -> Result<Vec<PathBuf>, ContainerError> {
     let mut want: Vec<(&str, Vec<(&str, String)>)> = Vec::new();
-    if let Some(m) = o.memory {
+    if let Some(m) = limits.memory {
         want.push(("memory", vec![("memory.limit_in_bytes", m.to_string())]));
     }
-    if let Some(c) = o.cpus {
+    if let Some(c) = limits.cpus {
         let period = 100_000u64;
         let quota = ((c * period as f64).round() as u64).max(1000);
         want.push((
@@ -358,7 +374,7 @@ pub(super) fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, Containe
             ],
         ));
     }
-    if let Some(p) = o.pids_limit {
+    if let Some(p) = limits.pids {
         want.push(("pids", vec![("pids.max", p.to_string())]));
     }
     let mut out = Vec::new();
@@ -367,7 +383,7 @@ pub(super) fn cgroups(id: &str, o: &RunOptions) -> Result<Vec<PathBuf>, Containe
             runtime::devices::remove_cgroup(d);
         }
     };
-    if let Some(rules) = o.security.device_rules() {
+    if let Some(rules) = security.device_rules() {
         match runtime::devices::create(id, &rules) {
             Ok(d) => out.push(d),
             Err(e) => {

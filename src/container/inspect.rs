@@ -38,7 +38,9 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
             "ExitCode": row.exit_code,
             "StartedAt": time(row.started),
             "FinishedAt": time(row.finished),
+            "Restarting": row.record.state == kiln_store::ContainerState::Restarting,
         },
+        "RestartCount": super::restart::state(store, &row.record.id).count,
         // Docker's "Image" is the image ID (the config's digest), not the manifest's.
         "Image": store
             .image(&row.record.image)?
@@ -58,6 +60,13 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
         "HostConfig": {
             "NetworkMode": match spec.runtime.net { crate::runtime::Net::Host => "host", crate::runtime::Net::Private => "private" },
             "AutoRemove": spec.remove,
+            "RestartPolicy": {
+                "Name": spec.restart.name(),
+                "MaximumRetryCount": match spec.restart {
+                    super::restart::RestartPolicy::OnFailure { max: Some(n) } => n,
+                    _ => 0,
+                },
+            },
             "Privileged": sec.privileged,
             "CapAdd": caps::names(sec.caps & !caps::default_mask()),
             "CapDrop": caps::names(caps::default_mask() & !sec.caps),

@@ -67,6 +67,10 @@ pub fn run(
         .lock()
         .map_err(io_err("take the container's owner lock"))?;
     let mut spec = spec_of(row)?;
+    // Its control groups went when it last exited: a start makes them again.
+    if spec.runtime.cgroups.iter().any(|c| !c.exists()) {
+        spec.runtime.cgroups = super::cgroups(&id, &spec.limits, &spec.runtime.security)?;
+    }
     let listeners = ports::bind(&mut spec.ports).map_err(ContainerError::Invalid)?;
     // The chosen host ports (for -P and `-p 80`) are what ps shows.
     store
@@ -237,7 +241,15 @@ pub fn start_detached(store: &Store, row: &ContainerRow) -> Result<(), Container
             .get(id)?
             .ok_or_else(|| ContainerError::NotFound(id.clone()))?;
         match r.record.state {
-            ContainerState::Running => return Ok(()),
+            ContainerState::Running | ContainerState::Restarting => return Ok(()),
+            // It ran and ended already; its restart policy takes it from here.
+            ContainerState::Exited
+                if r.started.is_some()
+                    && spec_of(&r)
+                        .is_ok_and(|s| s.restart != super::restart::RestartPolicy::No) =>
+            {
+                return Ok(())
+            }
             ContainerState::Exited => {
                 let why = fs::read_to_string(&errfile).unwrap_or_default();
                 if r.exit_code.unwrap_or(0) != 0 || !why.trim().is_empty() {
@@ -281,7 +293,8 @@ pub fn supervise_main(root: &Path, id: &str) -> i32 {
             .containers()
             .get(id)?
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
-        run(&store, &row, Tee::None, Stdio::null(), false)
+        drop(row);
+        super::restart::supervise(&store, id)
     })();
     match result {
         Ok(code) => code,
@@ -305,6 +318,24 @@ pub fn stop(
     timeout: Option<u64>,
 ) -> Result<bool, ContainerError> {
     let row = refresh(store, row.clone())?;
+    // Stopped by its user: its restart policy does not bring it back.
+    super::restart::mark_stopped(store, &row.record.id)?;
+    if row.record.state == ContainerState::Restarting {
+        // Its supervisor ends the back-off when it sees the mark; one that is gone cannot.
+        let t = std::time::Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            match store.containers().get(&row.record.id)? {
+                Some(r) if r.record.state == ContainerState::Restarting => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                _ => return Ok(true),
+            }
+        }
+        store
+            .containers()
+            .exited(&row.record.id, row.exit_code, kiln_store::store::now())?;
+        return Ok(true);
+    }
     if row.record.state != ContainerState::Running {
         return Ok(false);
     }
@@ -325,6 +356,7 @@ pub fn kill(store: &Store, row: &ContainerRow, sig: libc::c_int) -> Result<(), C
     let row = refresh(store, row.clone())?;
     match (row.record.state, row.pid) {
         (ContainerState::Running, Some(pid)) => {
+            super::restart::mark_stopped(store, &row.record.id)?;
             crate::sys::proc::kill(pid as i32, sig).map_err(io_err("send the signal"))?;
             if sig == libc::SIGKILL {
                 wait_exit(store, &row.record.id, pid, Duration::from_secs(10));

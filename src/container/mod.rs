@@ -17,6 +17,7 @@
 pub mod exec;
 pub mod inspect;
 pub mod ports;
+pub mod restart;
 pub mod volume;
 
 use crate::image::{self, ImageError};
@@ -105,6 +106,8 @@ pub struct RunOptions {
     pub security: runtime::Security,
     /// `-v`, `--mount`, `--tmpfs`, `--volumes-from`, in order.
     pub mounts: Vec<volume::MountRequest>,
+    /// `--restart`.
+    pub restart: restart::RestartPolicy,
 }
 
 /// The container's confinement from the run flags, checked before anything is created.
@@ -166,6 +169,23 @@ pub struct ContainerSpec {
     /// Volumes, bind mounts and tmpfs mounts (`volume::users` reads them from here).
     #[serde(default)]
     pub mounts: Vec<volume::MountSpec>,
+    /// When the supervisor runs it again.
+    #[serde(default)]
+    pub restart: restart::RestartPolicy,
+    /// `-m`, `--cpus`, `--pids-limit`: what its control groups are made with (again at each
+    /// start: they go when it exits).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A container's resource limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Bytes.
+    pub memory: Option<u64>,
+    /// CPUs (a CFS quota).
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
 }
 
 /// The container's directory.
@@ -362,6 +382,16 @@ pub fn status(row: &ContainerRow, now: i64) -> String {
                 .unwrap_or_else(|| "unknown".into());
             format!(
                 "Exited ({code}) {}",
+                timefmt::ago(row.finished.unwrap_or(now), now)
+            )
+        }
+        ContainerState::Restarting => {
+            let code = row
+                .exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "unknown".into());
+            format!(
+                "Restarting ({code}) {}",
                 timefmt::ago(row.finished.unwrap_or(now), now)
             )
         }

@@ -16,6 +16,8 @@ pub enum ContainerState {
     Running,
     /// Its init process ended; the exit code is recorded.
     Exited,
+    /// Ended, and waiting out its restart policy's back-off before it runs again.
+    Restarting,
 }
 
 impl ContainerState {
@@ -25,6 +27,7 @@ impl ContainerState {
             ContainerState::Created => "created",
             ContainerState::Running => "running",
             ContainerState::Exited => "exited",
+            ContainerState::Restarting => "restarting",
         }
     }
 
@@ -33,6 +36,7 @@ impl ContainerState {
             "created" => Some(ContainerState::Created),
             "running" => Some(ContainerState::Running),
             "exited" => Some(ContainerState::Exited),
+            "restarting" => Some(ContainerState::Restarting),
             _ => None,
         }
     }
@@ -170,6 +174,24 @@ impl Containers<'_> {
             id,
             "UPDATE containers SET state = 'exited', pid = NULL, exit_code = ?2, finished = ?3 WHERE id = ?1",
             params![id, code, at],
+        )
+    }
+
+    /// The container exited with `code` and will run again after its back-off.
+    pub fn restarting(&self, id: &str, code: i64, at: i64) -> Result<()> {
+        self.update(
+            id,
+            "UPDATE containers SET state = 'restarting', pid = NULL, exit_code = ?2, finished = ?3 WHERE id = ?1",
+            params![id, code, at],
+        )
+    }
+
+    /// The container is to start again (`kiln start`): back to "created".
+    pub fn recreated(&self, id: &str) -> Result<()> {
+        self.update(
+            id,
+            "UPDATE containers SET state = 'created', pid = NULL WHERE id = ?1",
+            params![id],
         )
     }
 

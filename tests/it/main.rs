@@ -15,6 +15,7 @@ mod hostile;
 mod interop;
 mod layout;
 mod registry;
+mod restart;
 mod run;
 mod security;
 mod snapshot;
