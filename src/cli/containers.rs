@@ -97,6 +97,24 @@ pub struct RunArgs {
     /// Mount a tmpfs (PATH[:OPTIONS])
     #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
     tmpfs: Vec<String>,
+    /// A health check: a shell command run in the container every --health-interval
+    #[arg(long = "health-cmd", value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// Time between health checks (e.g. 30s, 1m; default 30s)
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// Time a health check may take (default 30s)
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Time to start before failures count (default 0s)
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    health_start_period: Option<String>,
+    /// Failures in a row that make the container unhealthy (default 3)
+    #[arg(long = "health-retries", value_name = "N")]
+    health_retries: Option<u32>,
+    /// Disable the image's HEALTHCHECK
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
     /// Restart policy: no, on-failure[:N], always, unless-stopped
     #[arg(long, default_value = "no", value_name = "POLICY")]
     restart: String,
@@ -170,9 +188,27 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
     super::ui::pull::ensure_image(&store, &a.image, false)?;
     let restart =
         container::restart::RestartPolicy::parse(&a.restart).map_err(anyhow::Error::msg)?;
+    let duration = |flag: &str, v: &Option<String>| -> Result<Option<u64>> {
+        v.as_deref()
+            .map(|d| {
+                crate::frontend::instructions::parse_go_duration(d).ok_or_else(|| {
+                    anyhow::anyhow!("invalid {flag} {d:?}: a duration such as 30s, 1m30s or 500ms")
+                })
+            })
+            .transpose()
+    };
+    let health = container::health::from_flags(
+        a.health_cmd.as_deref(),
+        duration("--health-interval", &a.health_interval)?,
+        duration("--health-timeout", &a.health_timeout)?,
+        duration("--health-start-period", &a.health_start_period)?,
+        a.health_retries,
+    );
     let opts = RunOptions {
         mounts,
         restart,
+        health,
+        no_healthcheck: a.no_healthcheck,
         image: a.image.clone(),
         name: a.name.clone(),
         cmd: a.cmd.clone(),

@@ -246,6 +246,11 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         mounts,
         restart: o.restart,
         limits,
+        health: health::HealthConfig::resolve(
+            rc.extra.get("Healthcheck"),
+            &o.health,
+            o.no_healthcheck,
+        ),
     };
     let rec = ContainerRecord {
         id: id.clone(),

@@ -39,6 +39,7 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
             "StartedAt": time(row.started),
             "FinishedAt": time(row.finished),
             "Restarting": row.record.state == kiln_store::ContainerState::Restarting,
+            "Health": spec.health.as_ref().and_then(|_| super::health::read(&super::dir(store, &row.record.id))),
         },
         "RestartCount": super::restart::state(store, &row.record.id).count,
         // Docker's "Image" is the image ID (the config's digest), not the manifest's.

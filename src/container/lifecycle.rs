@@ -112,10 +112,32 @@ pub fn run(
     // is "running", so `exec` and `stop` meet a container set up.
     let init = child.wait_started();
     let mut child = child.child;
+    let health_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut health_thread = None;
     if let Some(pid) = init {
         store
             .containers()
             .started(&id, pid as i64, kiln_store::store::now())?;
+        if let Some(cfg) = spec.health.clone() {
+            let exec = runtime::ExecSpec {
+                pid,
+                argv: vec![],
+                env: spec.runtime.env.clone(),
+                cwd: spec.runtime.cwd.clone(),
+                ids: spec.runtime.ids.clone(),
+                no_new_privs: spec.runtime.no_new_privs,
+                tty: false,
+                winsize: None,
+                cgroups: spec.runtime.cgroups.clone(),
+                security: spec.runtime.security.clone(),
+            };
+            health_thread = Some(super::health::monitor(
+                dir(store, &id),
+                cfg,
+                exec,
+                health_stop.clone(),
+            ));
+        }
         if forward_signals {
             std::thread::spawn(move || {
                 let sigs = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
@@ -194,6 +216,10 @@ pub fn run(
         }));
     }
     let status = child.wait().map_err(io_err("wait for the container"))?;
+    health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = health_thread {
+        let _ = t.join();
+    }
     // The terminal's reader sees EOF (EIO) once every slave copy is closed; ours went to the
     // child, so only the master copies remain.
     drop(pty_master);

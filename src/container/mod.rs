@@ -15,6 +15,7 @@
 //! (parent-death signals down the chain) and `ps` reports it `Exited (unknown)`.
 
 pub mod exec;
+pub mod health;
 pub mod inspect;
 pub mod ports;
 pub mod restart;
@@ -108,6 +109,10 @@ pub struct RunOptions {
     pub mounts: Vec<volume::MountRequest>,
     /// `--restart`.
     pub restart: restart::RestartPolicy,
+    /// `--health-*` (what they leave empty comes from the image).
+    pub health: health::HealthConfig,
+    /// `--no-healthcheck`.
+    pub no_healthcheck: bool,
 }
 
 /// The container's confinement from the run flags, checked before anything is created.
@@ -176,6 +181,9 @@ pub struct ContainerSpec {
     /// start: they go when it exits).
     #[serde(default)]
     pub limits: Limits,
+    /// The health check its owner runs while it is up.
+    #[serde(default)]
+    pub health: Option<health::HealthConfig>,
 }
 
 /// A container's resource limits.
@@ -368,13 +376,20 @@ pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, Contain
     Ok(row)
 }
 
-/// Docker's STATUS column: `Up 3 seconds`, `Exited (0) 2 minutes ago`, `Created`.
-pub fn status(row: &ContainerRow, now: i64) -> String {
+/// Docker's STATUS column: `Up 3 seconds (healthy)`, `Exited (0) 2 minutes ago`, `Created`.
+pub fn status(store: &Store, row: &ContainerRow, now: i64) -> String {
     match row.record.state {
-        ContainerState::Running => format!(
-            "Up {}",
-            timefmt::ago(row.started.unwrap_or(now), now).trim_end_matches(" ago")
-        ),
+        ContainerState::Running => {
+            let up = format!(
+                "Up {}",
+                timefmt::ago(row.started.unwrap_or(now), now).trim_end_matches(" ago")
+            );
+            match health::read(&dir(store, &row.record.id)) {
+                Some(h) if h.status == "starting" => format!("{up} (health: starting)"),
+                Some(h) => format!("{up} ({})", h.status),
+                None => up,
+            }
+        }
         ContainerState::Exited => {
             let code = row
                 .exit_code

@@ -235,6 +235,20 @@ pub fn spawn_exec(spec: &ExecSpec, stdin: Stdio) -> io::Result<Helper> {
     start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)
 }
 
+/// Starts the exec helper for a probe: no input, its standard output and error together on
+/// the returned pipe (a health check's output, as Docker keeps it).
+pub fn spawn_exec_output(spec: &ExecSpec) -> io::Result<(Child, std::fs::File)> {
+    let (r, w) = crate::sys::pipe()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(EXEC_ARG)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(w.try_clone()?))
+        .stderr(Stdio::from(w));
+    let helper = start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)?;
+    Ok((helper.child, std::fs::File::from(r)))
+}
+
 /// A started helper: the process, and the pipe on which it reports the workload's start.
 pub struct Helper {
     pub child: Child,

@@ -11,6 +11,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod demo;
+mod health;
 mod hostile;
 mod interop;
 mod layout;

@@ -156,7 +156,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
             "Command": command,
             "CreatedAt": timefmt::rfc3339(c.record.created),
             "RunningFor": timefmt::ago(c.record.created, now),
-            "Status": container::status(&c, now),
+            "Status": container::status(&store, &c, now),
             "State": c.record.state.as_str(),
             "Ports": ports,
             "Names": c.record.name,
@@ -168,7 +168,7 @@ pub fn ps(ctx: &Ctx, a: PsArgs) -> Result<i32> {
             c.record.image_ref.clone(),
             command,
             timefmt::ago(c.record.created, now),
-            container::status(&c, now),
+            container::status(&store, &c, now),
             ports,
             c.record.name.clone(),
         ]);
