@@ -282,6 +282,7 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
         cgroups: devices.0.iter().cloned().collect(),
         mounts: extra,
         security,
+        init: false,
     };
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;

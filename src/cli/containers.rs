@@ -112,6 +112,9 @@ pub struct RunArgs {
     /// Failures in a row that make the container unhealthy (default 3)
     #[arg(long = "health-retries", value_name = "N")]
     health_retries: Option<u32>,
+    /// Run a small init as PID 1 that forwards signals and reaps orphans
+    #[arg(long)]
+    init: bool,
     /// Disable the image's HEALTHCHECK
     #[arg(long = "no-healthcheck")]
     no_healthcheck: bool,
@@ -209,6 +212,7 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         restart,
         health,
         no_healthcheck: a.no_healthcheck,
+        init: a.init,
         image: a.image.clone(),
         name: a.name.clone(),
         cmd: a.cmd.clone(),

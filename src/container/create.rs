@@ -237,6 +237,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             cgroups,
             mounts: runtime_mounts,
             security: o.security.clone(),
+            init: o.init,
         },
         ports,
         stop_signal,

@@ -113,6 +113,8 @@ pub struct RunOptions {
     pub health: health::HealthConfig,
     /// `--no-healthcheck`.
     pub no_healthcheck: bool,
+    /// `--init`: a reaper as PID 1.
+    pub init: bool,
 }
 
 /// The container's confinement from the run flags, checked before anything is created.

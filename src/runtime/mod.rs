@@ -114,6 +114,10 @@ pub struct Spec {
     /// Capabilities, seccomp, devices, privileged mode.
     #[serde(default)]
     pub security: Security,
+    /// `--init`: PID 1 is a small reaper that forwards signals to the workload and reaps
+    /// orphans, instead of the workload itself.
+    #[serde(default)]
+    pub init: bool,
 }
 
 /// What confines a container beyond its namespaces (the README's "Security" section).

@@ -315,9 +315,9 @@ fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
     }
 }
 
-/// The workload's side: `_ready` stays open (close-on-exec) until the exec tells the caller
+/// The workload's side: `ready` stays open (close-on-exec) until the exec tells the caller
 /// that setup is done.
-fn child(spec: &Spec, helper_alive: OwnedFd, _ready: OwnedFd) -> ! {
+fn child(spec: &Spec, helper_alive: OwnedFd, ready: OwnedFd) -> ! {
     let (rootfs, argv) = mounts::prepare_root(&Linux, spec);
 
     std::env::set_current_dir(&rootfs).unwrap_or_else(|e| fail("enter the root filesystem", e));
@@ -350,7 +350,63 @@ fn child(spec: &Spec, helper_alive: OwnedFd, _ready: OwnedFd) -> ! {
     if spec.tty {
         attach_tty(spec.winsize);
     }
+    let _ready = if spec.init { reaper(ready) } else { ready };
     exec_argv(&argv, &spec.env)
+}
+
+/// `--init`: stays PID 1, runs the workload as its child, forwards the signals a container is
+/// sent to it, reaps every orphan that ends up here, and exits with the workload's status (as
+/// tini and docker-init do). Returns only in the workload's process, which then execs, with the
+/// ready pipe (its end of file tells the caller the workload exec'd); PID 1 lets go of it.
+fn reaper(ready: OwnedFd) -> OwnedFd {
+    use nix::sys::signal::SigSet;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let forward = [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+    ];
+    let mut set = SigSet::empty();
+    for s in forward {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set.thread_block()
+        .unwrap_or_else(|e| fail("block signals for the init", e));
+    // SAFETY: this process is single-threaded (a fork of the single-threaded helper).
+    match unsafe { nix::unistd::fork() } {
+        Err(e) => fail("fork the workload", e),
+        Ok(ForkResult::Child) => {
+            let _ = SigSet::empty().thread_set_mask();
+            ready
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(ready);
+            loop {
+                let Ok(sig) = set.wait() else { continue };
+                if sig != Signal::SIGCHLD {
+                    let _ = nix::sys::signal::kill(child, sig);
+                    continue;
+                }
+                loop {
+                    match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                        Ok(WaitStatus::Exited(pid, code)) if pid == child => {
+                            std::process::exit(code)
+                        }
+                        Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                            std::process::exit(128 + sig as i32)
+                        }
+                        Ok(WaitStatus::StillAlive) | Err(_) => break,
+                        Ok(_) => continue,
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Resets the signals a workload should see at their defaults and execs `argv` with `env`,

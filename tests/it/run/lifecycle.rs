@@ -317,3 +317,62 @@ pub(super) fn ctrl_c_of_a_foreground_run_reaches_the_container() {
     assert_eq!(rest, "got-int\n");
     assert_eq!(status.code(), Some(130));
 }
+
+#[test]
+fn init_forwards_signals_reaps_and_keeps_the_exit_code() {
+    let Some(k) = setup() else { return };
+    // The workload's code is the container's.
+    let (code, _, _) = run(&k, &["run", "--rm", "--init", "base", "sh", "-c", "exit 7"]);
+    assert_eq!(code, 7);
+    // PID 1 is kiln's init, the workload its child.
+    let out = k.ok(&[
+        "run",
+        "--rm",
+        "--init",
+        "base",
+        "sh",
+        "-c",
+        "echo $$; tr '\\0' ' ' < /proc/1/cmdline",
+    ]);
+    let mut lines = out.lines();
+    assert_ne!(lines.next(), Some("1"), "{out}");
+    assert!(lines.next().unwrap_or("").contains("__kiln-init"), "{out}");
+    // A `sleep` that is not PID 1 dies of SIGTERM at once (143), where as PID 1 it ignores it
+    // and stop has to kill it (137).
+    k.ok(&[
+        "run", "-d", "--name", "with", "--init", "base", "sleep", "60",
+    ]);
+    k.ok(&["run", "-d", "--name", "without", "base", "sleep", "60"]);
+    k.ok(&["stop", "-t", "1", "with", "without"]);
+    let ps = k.ok(&["ps", "-a"]);
+    let status = |name: &str| {
+        ps.lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(status("with").contains("Exited (143)"), "{ps}");
+    assert!(status("without").contains("Exited (137)"), "{ps}");
+    // Orphans are reaped. A process whose parent exits is handed to PID 1: a `sleep` there never
+    // waits for it, so it stays a zombie; kiln's init reaps it.
+    let zombies = |init: bool| {
+        let mut args = vec!["run", "-d"];
+        if init {
+            args.push("--init");
+        }
+        args.extend(["base", "sh", "-c", "(sleep 0.1 &); exec sleep 5"]);
+        let id = k.ok(&args).trim().to_string();
+        std::thread::sleep(Duration::from_millis(600));
+        let n = k.ok(&[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "grep -l '^State:.Z' /proc/[0-9]*/status | wc -l",
+        ]);
+        k.ok(&["rm", "-f", &id]);
+        n.trim().to_string()
+    };
+    assert_eq!(zombies(false), "1", "the check cannot see a zombie");
+    assert_eq!(zombies(true), "0", "--init left a zombie");
+}

@@ -98,6 +98,7 @@ fn spec(root: &Path, files: &Path) -> Spec {
             }],
             ..Security::default()
         },
+        init: false,
     }
 }
 
