@@ -15,6 +15,7 @@ mod health;
 mod hostile;
 mod interop;
 mod layout;
+mod redis;
 mod registry;
 mod restart;
 mod run;
