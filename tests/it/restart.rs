@@ -110,39 +110,23 @@ fn start_restart_and_restore_after_a_reboot() {
     // "Reboot": everything stopped by hand. restore starts `always` (even when stopped by its
     // user, as Docker's daemon does on boot) and an `unless-stopped` one nobody stopped; not one
     // its user stopped, and not one without a policy.
-    k.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "always",
-        "--restart",
-        "always",
-        "base",
-        "sleep",
-        "60",
-    ]);
-    k.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "unless",
-        "--restart",
-        "unless-stopped",
-        "base",
-        "sleep",
-        "60",
-    ]);
-    k.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "unless2",
-        "--restart",
-        "unless-stopped",
-        "base",
-        "sleep",
-        "60",
-    ]);
+    for (name, policy) in [
+        ("always", "always"),
+        ("unless", "unless-stopped"),
+        ("unless2", "unless-stopped"),
+    ] {
+        k.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--restart",
+            policy,
+            "base",
+            "sleep",
+            "60",
+        ]);
+    }
     for n in ["always", "unless", "srv"] {
         k.ok(&["stop", "-t", "1", n]);
     }
