@@ -246,6 +246,8 @@ pub fn remove(store: &Store, name: &str) -> Result<(), ContainerError> {
     let dir = volumes_dir(store).join(name);
     // Renamed away first, so a half-removed volume is never seen under its name.
     let gone = volumes_dir(store).join(format!(".rm-{name}"));
+    // What a crash in an earlier removal left.
+    let _ = fs::remove_dir_all(&gone);
     fs::rename(&dir, &gone).map_err(super::io_err(format!("remove volume {name}")))?;
     fs::remove_dir_all(&gone).map_err(super::io_err(format!("remove volume {name}")))
 }
