@@ -428,6 +428,21 @@ fn write_secret(file: &Path, value: &[u8], mode: u32, uid: u32, gid: u32) -> Res
     Ok(())
 }
 
+/// Where RUN cache mounts live: `<root>/cache-mounts/<blake3(id)>`.
+pub(super) fn cache_mounts_dir(store: &Store) -> PathBuf {
+    store.root().join("cache-mounts")
+}
+
+/// A cache mount's lock file (`<dir>.lock`): held by a build whose mount is `locked` or
+/// `private`, and taken by `cache prune --all` before it removes the mount.
+pub(super) fn cache_mount_lock(dir: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.with_extension("lock"))
+}
+
 /// The host directory of a cache mount: `<root>/cache-mounts/<blake3(id)>`, made with the
 /// mount's mode, uid and gid the first time. `sharing=locked` holds an exclusive lock on it for
 /// the step; `sharing=private` takes a fresh scratch directory when another build holds it;
@@ -455,7 +470,7 @@ fn cache_dir(
 > {
     use std::os::unix::fs::PermissionsExt;
     let id = m.id;
-    let base = store.root().join("cache-mounts");
+    let base = cache_mounts_dir(store);
     let dir = base.join(blake3::hash(id.as_bytes()).to_hex().as_str());
     if !dir.exists() {
         fs::create_dir_all(&base).map_err(setup("create cache mounts"))?;
@@ -470,11 +485,7 @@ fn cache_dir(
             .map_err(setup("chown a cache mount"))?;
         // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
         if let Some(seed) = seed {
-            crate::snapshotter::materialize(
-                store,
-                &View::new(vec![seed.to_path_buf()]),
-                tmp.path(),
-            )
+            crate::snapshotter::materialize(&View::new(vec![seed.to_path_buf()]), tmp.path())
             .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
         }
         let kept = tmp.keep();
@@ -483,14 +494,7 @@ fn cache_dir(
             let _ = fs::remove_dir_all(&kept);
         }
     }
-    let lockfile = || {
-        fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.with_extension("lock"))
-            .map_err(setup("open a cache mount's lock"))
-    };
+    let lockfile = || cache_mount_lock(&dir).map_err(setup("open a cache mount's lock"));
     match m.sharing {
         Sharing::Locked => {
             let f = lockfile()?;

@@ -47,7 +47,7 @@ pub fn shared_layers(store: &Store, steps: &[StepRecord]) -> kiln_store::Result<
 
 /// RUN cache mounts (`<root>/cache-mounts/<id>`): how many, and their bytes.
 pub fn cache_mounts(store: &Store) -> (usize, u64) {
-    let Ok(rd) = std::fs::read_dir(store.root().join("cache-mounts")) else {
+    let Ok(rd) = std::fs::read_dir(super::exec::cache_mounts_dir(store)) else {
         return (0, 0);
     };
     rd.flatten()
@@ -89,18 +89,15 @@ pub fn prune(store: &Store, opts: &PruneOptions) -> kiln_store::Result<Pruned> {
     store.steps().delete(&doomed)?;
     let mut bytes = 0;
     if opts.all && opts.unused_for.is_none() && opts.keep_storage.is_none() {
-        let dir = store.root().join("cache-mounts");
+        let dir = super::exec::cache_mounts_dir(store);
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
                 let p = e.path();
                 if !p.is_dir() {
                     continue;
                 }
-                let lock = std::fs::OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .open(p.with_extension("lock"));
+                // Held until the mount is gone.
+                let lock = super::exec::cache_mount_lock(&p);
                 if let Ok(l) = &lock {
                     if l.try_lock().is_err() {
                         continue;

@@ -28,12 +28,12 @@ impl Snapshotter for Native {
     ) -> io::Result<Active> {
         let view = super::view(lowers);
         fs::create_dir_all(&dirs.upper)?;
-        materialize(store, &view, &dirs.upper)?;
+        materialize(&view, &dirs.upper)?;
         let pristine = if diffable {
             let old = tempfile::Builder::new()
                 .prefix("native-old-")
                 .tempdir_in(store.ingest_dir())?;
-            materialize(store, &view, old.path())?;
+            materialize(&view, old.path())?;
             Some(old)
         } else {
             None
@@ -77,13 +77,13 @@ impl Snapshotter for Native {
 /// Copies the merged `view` into `dest` (an empty directory), keeping modes, owners, mtimes and
 /// xattrs, with the tree writer COPY uses (`COPY / /` from the view onto an empty tree): whiteouts
 /// of either form are resolved by the view, and nothing is encoded or hashed on the way.
-pub fn materialize(store: &Store, view: &View, dest: &Path) -> io::Result<()> {
-    copy_dir(store, view, "/", dest)
+pub fn materialize(view: &View, dest: &Path) -> io::Result<()> {
+    copy_dir(view, "/", dest)
 }
 
 /// Copies the directory `path` of the merged `view` into `dest` (an existing directory): its
 /// contents, with their modes, owners, mtimes and xattrs (a new volume's first contents).
-pub fn copy_dir(_store: &Store, view: &View, path: &str, dest: &Path) -> io::Result<()> {
+pub fn copy_dir(view: &View, path: &str, dest: &Path) -> io::Result<()> {
     use crate::builder::copy::{select_view, WriteOptions, Writer};
     if view.layers().is_empty() {
         return Ok(());

@@ -332,7 +332,7 @@ pub(super) fn resolve(
                     };
                     let v = create(store, name.as_deref(), BTreeMap::new())?;
                     if fresh {
-                        if let Err(e) = fill_from_image(store, view, &target, &v.mountpoint) {
+                        if let Err(e) = fill_from_image(view, &target, &v.mountpoint) {
                             let _ = remove(store, &v.name);
                             return Err(e);
                         }
@@ -375,7 +375,6 @@ pub(super) fn resolve(
 /// A new volume mounted where the image has a directory starts as a copy of it: its files, and
 /// the directory's own owner and mode.
 fn fill_from_image(
-    store: &Store,
     view: &crate::snapshotter::view::View,
     target: &str,
     data: &Path,
@@ -390,7 +389,7 @@ fn fill_from_image(
         return Ok(());
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    crate::snapshotter::copy_dir(store, view, target, data).map_err(super::io_err(format!(
+    crate::snapshotter::copy_dir(view, target, data).map_err(super::io_err(format!(
         "copy the image's {target} into its volume"
     )))?;
     fs::set_permissions(data, fs::Permissions::from_mode(found.meta.mode() & 0o7777))
