@@ -486,7 +486,7 @@ fn cache_dir(
         // `from=`: a new cache starts as a copy of the source (BuildKit's base of the cache).
         if let Some(seed) = seed {
             crate::snapshotter::materialize(&View::new(vec![seed.to_path_buf()]), tmp.path())
-            .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
+                .map_err(|e| RunError::Setup(format!("seed the cache mount: {e}")))?;
         }
         let kept = tmp.keep();
         // Another build may have made it meanwhile: theirs wins.

@@ -186,7 +186,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         Ok(p) => p,
         Err(e) => {
             let _ = fs::remove_dir_all(&d);
-            drop_anonymous(store, &mounts);
+            volume::remove_anonymous(store, &mounts);
             return Err(e);
         }
     };
@@ -264,7 +264,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let json = serde_json::to_string(&spec).expect("spec serializes");
     if let Err(e) = store.containers().create(&rec, &json) {
         let _ = fs::remove_dir_all(&d);
-        drop_anonymous(store, &spec.mounts);
+        volume::remove_anonymous(store, &spec.mounts);
         for cg in &spec.runtime.cgroups {
             runtime::devices::remove_cgroup(cg);
         }
@@ -285,20 +285,6 @@ fn bind(target: &str, source: PathBuf, readonly: bool) -> runtime::ExtraMount {
         runtime::ExtraMount::ReadOnly { target, source }
     } else {
         runtime::ExtraMount::Bind { target, source }
-    }
-}
-
-/// Removes the anonymous volumes made for a container that was not created after all.
-fn drop_anonymous(store: &Store, mounts: &[volume::MountSpec]) {
-    for m in mounts {
-        if let volume::MountSpec::Volume {
-            name,
-            anonymous: true,
-            ..
-        } = m
-        {
-            let _ = volume::remove(store, name);
-        }
     }
 }
 

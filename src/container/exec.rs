@@ -32,6 +32,24 @@ fn container_file(pid: i64, path: &str) -> Option<String> {
     Some(s)
 }
 
+/// A process in the container `spec` describes, whose init has host PID `pid`: the container's
+/// own user, environment, working directory, cgroups and confinement, no terminal, no command
+/// yet (`kiln exec` and health checks change what they need).
+pub(super) fn exec_spec(spec: &super::ContainerSpec, pid: i32) -> crate::runtime::ExecSpec {
+    crate::runtime::ExecSpec {
+        pid,
+        argv: vec![],
+        env: spec.runtime.env.clone(),
+        cwd: spec.runtime.cwd.clone(),
+        ids: spec.runtime.ids.clone(),
+        no_new_privs: spec.runtime.no_new_privs,
+        tty: false,
+        winsize: None,
+        cgroups: spec.runtime.cgroups.clone(),
+        security: spec.runtime.security.clone(),
+    }
+}
+
 /// Runs `opts.cmd` in a running container; returns its exit code (126/127 as `run`). With
 /// `tty`, the terminal's master comes back from the helper and is relayed to this process's
 /// stdin and stdout (raw mode while it runs).
@@ -66,16 +84,13 @@ pub fn exec(store: &Store, a: &ExecOptions) -> Result<i32, ContainerError> {
     }
     use std::os::fd::AsFd;
     let es = crate::runtime::ExecSpec {
-        pid: pid as i32,
         argv: a.cmd.clone(),
         env,
         cwd: a.workdir.clone().unwrap_or(spec.runtime.cwd.clone()),
         ids,
-        no_new_privs: spec.runtime.no_new_privs,
         tty: a.tty,
         winsize: crate::sys::proc::window_size(std::io::stdin().as_fd()),
-        cgroups: spec.runtime.cgroups.clone(),
-        security: spec.runtime.security.clone(),
+        ..exec_spec(&spec, pid as i32)
     };
     if !a.tty {
         let stdin = if a.interactive {

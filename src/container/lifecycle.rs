@@ -119,18 +119,7 @@ pub fn run(
             .containers()
             .started(&id, pid as i64, kiln_store::store::now())?;
         if let Some(cfg) = spec.health.clone() {
-            let exec = runtime::ExecSpec {
-                pid,
-                argv: vec![],
-                env: spec.runtime.env.clone(),
-                cwd: spec.runtime.cwd.clone(),
-                ids: spec.runtime.ids.clone(),
-                no_new_privs: spec.runtime.no_new_privs,
-                tty: false,
-                winsize: None,
-                cgroups: spec.runtime.cgroups.clone(),
-                security: spec.runtime.security.clone(),
-            };
+            let exec = super::exec::exec_spec(&spec, pid);
             health_thread = Some(super::health::monitor(
                 dir(store, &id),
                 cfg,
@@ -445,16 +434,8 @@ pub fn remove_with_volumes(store: &Store, id: &str) -> Result<(), ContainerError
         .get(id)?
         .and_then(|row| spec_of(&row).ok())
         .map(|spec| {
-            spec.mounts
-                .into_iter()
-                .filter_map(|m| match m {
-                    super::volume::MountSpec::Volume {
-                        name,
-                        anonymous: true,
-                        ..
-                    } => Some(name),
-                    _ => None,
-                })
+            super::volume::anonymous(&spec.mounts)
+                .map(str::to_string)
                 .collect()
         })
         .unwrap_or_default();

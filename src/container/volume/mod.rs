@@ -252,6 +252,26 @@ pub fn remove(store: &Store, name: &str) -> Result<(), ContainerError> {
     fs::remove_dir_all(&gone).map_err(super::io_err(format!("remove volume {name}")))
 }
 
+/// The names of the anonymous volumes among `mounts` (those made for that one container).
+pub fn anonymous(mounts: &[MountSpec]) -> impl Iterator<Item = &str> {
+    mounts.iter().filter_map(|m| match m {
+        MountSpec::Volume {
+            name,
+            anonymous: true,
+            ..
+        } => Some(name.as_str()),
+        _ => None,
+    })
+}
+
+/// Removes the anonymous volumes among `mounts`, as far as it can (a container that was not
+/// created after all).
+pub fn remove_anonymous(store: &Store, mounts: &[MountSpec]) {
+    for name in anonymous(mounts) {
+        let _ = remove(store, name);
+    }
+}
+
 /// Removes the volumes no container uses: anonymous ones, or every one with `all`. Returns the
 /// names removed and the bytes freed.
 pub fn prune(store: &Store, all: bool) -> Result<(Vec<String>, u64), ContainerError> {
@@ -343,16 +363,7 @@ pub(super) fn resolve(
                     Ok(v) => v,
                     Err(e) => {
                         // What this call made stays only if it all worked.
-                        for m in &out {
-                            if let MountSpec::Volume {
-                                name,
-                                anonymous: true,
-                                ..
-                            } = m
-                            {
-                                let _ = remove(store, name);
-                            }
-                        }
+                        remove_anonymous(store, &out);
                         return Err(e);
                     }
                 };
