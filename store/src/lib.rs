@@ -6,7 +6,8 @@
 //! ingest, `store/content.rs`; [`codec`] writes and reads layer blobs), metadata (leases, images,
 //! refs, layers, snapshots: `store/metadata.rs`), and typed tables with handles of their own:
 //! [`Store::steps`] (the build step cache), [`Store::stat_cache`] (the context stat cache),
-//! [`Store::containers`] (the runner's containers, with [`ContainerState`]). [`gc`] collects
+//! [`Store::containers`] (the runner's containers, with [`ContainerState`]), [`Store::networks`]
+//! (networks and the addresses containers hold on them). [`gc`] collects
 //! garbage.
 
 pub mod blob;
@@ -14,6 +15,7 @@ pub mod codec;
 pub mod containers;
 pub mod digest;
 pub mod gc;
+pub mod networks;
 pub mod steps;
 pub mod store;
 
@@ -22,6 +24,7 @@ pub use codec::{Compression, LayerDigests, LayerEncoder};
 pub use containers::{ContainerRow, ContainerState, Containers};
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
+pub use networks::{EndpointRow, NetworkRecord, Networks};
 pub use steps::{StatCache, StatRow, StatTuple, StepCache, StepRecord};
 pub use store::{
     chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,

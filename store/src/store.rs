@@ -116,6 +116,28 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE containers ADD COLUMN exit_code INTEGER;
      ALTER TABLE containers ADD COLUMN started INTEGER;
      ALTER TABLE containers ADD COLUMN finished INTEGER;",
+    // 4: networks, and each container's address on them (IPAM).
+    "CREATE TABLE networks(
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        subnet TEXT NOT NULL UNIQUE,
+        gateway TEXT NOT NULL,
+        bridge TEXT NOT NULL UNIQUE,
+        internal INTEGER NOT NULL,
+        dns INTEGER NOT NULL,
+        labels TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        last_ip TEXT
+     );
+     CREATE TABLE endpoints(
+        network TEXT NOT NULL REFERENCES networks(id),
+        container TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        aliases TEXT NOT NULL,
+        PRIMARY KEY(network, container),
+        UNIQUE(network, ip)
+     );
+     CREATE INDEX endpoints_container ON endpoints(container);",
 ];
 
 /// Seconds since the Unix epoch, now.
