@@ -8,7 +8,8 @@
 //! and committed snapshots), [`diff`] (layer tars: write and apply), the store (the `kiln-store`
 //! crate, re-exported as [`store`]), [`image`] (references, OCI documents, archives),
 //! [`registry`] (pull, push, remote cache), [`container`] (create, run, stop, exec),
-//! [`runtime`] (namespaces, mounts, cgroups, seccomp), [`cli`]. Beside them: [`context`] (the
+//! [`network`] (bridge networks: definitions, addresses, netavark), [`runtime`] (namespaces,
+//! mounts, cgroups, seccomp), [`cli`]. Beside them: [`context`] (the
 //! build context and its stat cache), [`rootfs`] (in-root path resolution), [`sys`] (the
 //! syscall wrappers), [`timefmt`].
 
@@ -20,6 +21,7 @@ pub mod diff;
 pub mod frontend;
 pub mod image;
 pub mod key;
+pub mod network;
 pub mod plan;
 pub mod registry;
 pub mod rootfs;

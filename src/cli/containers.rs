@@ -13,6 +13,8 @@ use std::process::Stdio;
 
 mod ps;
 pub use ps::*;
+mod stats;
+pub use stats::*;
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -49,9 +51,22 @@ pub struct RunArgs {
     /// Container hostname (default: the first 12 digits of its ID)
     #[arg(long)]
     hostname: Option<String>,
-    /// Network: private (default; loopback only, ports published with -p), host or none
-    #[arg(long, default_value = "private")]
+    /// Network: bridge (the default network), a user network, host, none, or private
+    /// (loopback only; -p through kiln's forwarder, no bridge)
+    #[arg(long, alias = "net", default_value = "bridge")]
     network: String,
+    /// Add a name for the container on its user network
+    #[arg(long = "network-alias", alias = "net-alias", value_name = "NAME")]
+    network_alias: Vec<String>,
+    /// IPv4 address on a user network
+    #[arg(long)]
+    ip: Option<std::net::Ipv4Addr>,
+    /// Add a line to /etc/hosts (NAME:IP, or NAME:host-gateway)
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Set a DNS server
+    #[arg(long)]
+    dns: Vec<String>,
     /// Signal to stop the container (default: the image's STOPSIGNAL, else SIGTERM)
     #[arg(long = "stop-signal")]
     stop_signal: Option<String>,
@@ -223,6 +238,10 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         user: a.user.clone(),
         hostname: a.hostname.clone(),
         network: a.network.clone(),
+        network_aliases: a.network_alias.clone(),
+        ip: a.ip,
+        add_hosts: a.add_host.clone(),
+        dns: a.dns.clone(),
         ports,
         publish_all: a.publish_all,
         stop_signal: a.stop_signal.clone(),

@@ -6,6 +6,7 @@ mod build;
 mod cache;
 mod containers;
 mod images;
+mod networks;
 mod registry;
 mod system;
 mod ui;
@@ -70,6 +71,8 @@ enum Command {
     Run(containers::RunArgs),
     /// List containers
     Ps(containers::PsArgs),
+    /// Show running containers' CPU, memory, network and PIDs
+    Stats(containers::StatsArgs),
     /// Stop running containers (stop signal, then SIGKILL after a timeout)
     Stop(containers::StopArgs),
     /// Start stopped containers again (in the background)
@@ -110,6 +113,9 @@ enum Command {
     /// Manage volumes: create, ls, inspect, rm, prune
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Manage networks: create, ls, inspect, rm, prune, connect, disconnect
+    #[command(subcommand)]
+    Network(networks::NetworkCommand),
     /// Show the history of an image
     History(images::HistoryArgs),
 }
@@ -222,6 +228,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Inspect(a) => images::inspect(&ctx, a),
         Command::Run(a) => containers::run(&ctx, a),
         Command::Ps(a) => containers::ps(&ctx, a),
+        Command::Stats(a) => containers::stats(&ctx, a),
         Command::Stop(a) => containers::stop(&ctx, a),
         Command::Start(a) => containers::start(&ctx, a),
         Command::Restart(a) => containers::restart(&ctx, a),
@@ -239,6 +246,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Container(c) => container(&ctx, c),
         Command::Builder(c) => builder(&ctx, c),
         Command::Volume(c) => volumes::run(&ctx, c),
+        Command::Network(c) => networks::run(&ctx, c),
         Command::History(a) => images::history(&ctx, a),
     };
     match result {
@@ -310,6 +318,8 @@ pub enum ContainerCommand {
     Inspect(images::InspectArgs),
     /// Remove every stopped container
     Prune(containers::PruneArgs),
+    /// Show running containers' CPU, memory, network and PIDs (as `kiln stats`)
+    Stats(containers::StatsArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -337,6 +347,7 @@ fn image(ctx: &Ctx, c: ImageCommand) -> Result<i32> {
 fn container(ctx: &Ctx, c: ContainerCommand) -> Result<i32> {
     match c {
         ContainerCommand::Ls(a) => containers::ps(ctx, a),
+        ContainerCommand::Stats(a) => containers::stats(ctx, a),
         ContainerCommand::Run(a) => containers::run(ctx, a),
         ContainerCommand::Stop(a) => containers::stop(ctx, a),
         ContainerCommand::Start(a) => containers::start(ctx, a),

@@ -46,11 +46,19 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
 fn prune(ctx: &Ctx, force: bool, volumes: bool) -> Result<i32> {
     if !super::ui::confirm(
         force,
-        "This will remove:\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n",
+        "This will remove:\n  - all networks not used by at least one container\n  - all images without at least one tag and not used by a container\n  - all blobs and snapshots no image uses\n",
     )? {
         return Ok(1);
     }
     let store = ctx.store()?;
+    let networks = crate::network::prune(&store)?;
+    if !networks.is_empty() {
+        println!("Deleted Networks:");
+        for n in &networks {
+            println!("{n}");
+        }
+        println!();
+    }
     let report = match store.gc(GcOptions {
         prune_dangling: true,
         wait: false,

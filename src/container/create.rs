@@ -87,15 +87,37 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         .or_else(|| rc.working_dir.clone().filter(|w| !w.is_empty()))
         .unwrap_or_else(|| "/".into());
 
-    let net = match o.network.as_str() {
-        "" | "private" | "bridge" | "default" => Net::Private,
-        "host" => Net::Host,
-        "none" => Net::Private,
-        other => {
+    // The network: a bridge network (the default one unless named), or a mode.
+    let mode = match o.network.as_str() {
+        "" | "default" => crate::network::DEFAULT,
+        m => m,
+    };
+    let bridge_net = match mode {
+        "host" | "none" | "private" => None,
+        m if m.starts_with("container:") => {
             return Err(ContainerError::Invalid(format!(
-                "unknown network {other:?}: use private, host or none"
+                "--network {m}: joining another container's network is not supported; put both on a user network"
             )))
         }
+        m => Some(crate::network::resolve(store, m)?),
+    };
+    let user_net = bridge_net
+        .as_ref()
+        .is_some_and(|n| n.name != crate::network::DEFAULT);
+    if !user_net && o.ip.is_some() {
+        return Err(ContainerError::Invalid(
+            "user specified IP address is supported on user defined networks only".into(),
+        ));
+    }
+    if !user_net && !o.network_aliases.is_empty() {
+        return Err(ContainerError::Invalid(
+            "network-scoped alias is supported only for containers in user defined networks".into(),
+        ));
+    }
+    let net = match mode {
+        "host" => Net::Host,
+        "none" | "private" => Net::Private,
+        _ => Net::Join(crate::network::netns::path(store.root(), &id)),
     };
     let mut ports = o.ports.clone();
     if o.publish_all {
@@ -116,10 +138,9 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             }
         }
     }
-    if !ports.is_empty() && (net != Net::Private || o.network == "none") {
+    if !ports.is_empty() && matches!(mode, "host" | "none") {
         return Err(ContainerError::Invalid(format!(
-            "ports cannot be published with --network {}",
-            o.network
+            "ports cannot be published with --network {mode}"
         )));
     }
     let stop_signal = o
@@ -141,6 +162,25 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     // Volumes (made now, a new one filled from the image), bind mounts, tmpfs mounts.
     let image_volumes: Vec<String> = rc.volumes.iter().flat_map(|m| m.keys().cloned()).collect();
     let mounts = volume::resolve(store, &o.mounts, &image_volumes, &view)?;
+    // Its address on the network (released again if anything below fails).
+    let networks: Vec<crate::network::Attached> = match &bridge_net {
+        Some(n) => {
+            store
+                .networks()
+                .attach(&n.id, &id, o.ip, &o.network_aliases)
+                .map_err(|e| match e {
+                    kiln_store::Error::InUse(m) => {
+                        ContainerError::Invalid(format!("{m} is already in use"))
+                    }
+                    e => e.into(),
+                })?;
+            vec![crate::network::Attached {
+                network: n.id.clone(),
+                interface: "eth0".into(),
+            }]
+        }
+        None => vec![],
+    };
     let d = dir(store, &id);
     let files = d.join("files");
     // Everything made from here on is removed again if a later step fails.
@@ -149,6 +189,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     let prepared = (|| -> Result<Prepared, ContainerError> {
         fs::create_dir_all(&files).map_err(io_err(format!("create {}", d.display())))?;
         runtime::write_etc_files(&files, &hostname).map_err(io_err("prepare /etc files"))?;
+        write_network_files(store, &id, &files, &hostname, &networks, &net, o)?;
         let mut stubs =
             runtime::missing_mount_points(&view).map_err(io_err("look up mount points"))?;
         // Mount points the image lacks are made in the container's own root (in-root, as the
@@ -187,6 +228,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         Err(e) => {
             let _ = fs::remove_dir_all(&d);
             volume::remove_anonymous(store, &mounts);
+            let _ = store.networks().release(&id);
             return Err(e);
         }
     };
@@ -252,6 +294,9 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             &o.health,
             o.no_healthcheck,
         ),
+        network_mode: mode.to_string(),
+        networks,
+        dns: o.dns.clone(),
     };
     let rec = ContainerRecord {
         id: id.clone(),
@@ -265,6 +310,7 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
     if let Err(e) = store.containers().create(&rec, &json) {
         let _ = fs::remove_dir_all(&d);
         volume::remove_anonymous(store, &spec.mounts);
+        let _ = store.networks().release(&id);
         for cg in &spec.runtime.cgroups {
             runtime::devices::remove_cgroup(cg);
         }
@@ -277,6 +323,41 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         .containers()
         .get(&id)?
         .ok_or_else(|| ContainerError::NotFound(id.clone()))
+}
+
+/// /etc/hosts and /etc/resolv.conf for the container's network: its own address for its
+/// hostname on a bridge network, `--add-host` lines, and the resolvers [`crate::network::resolv_conf`]
+/// chooses (the host's file as it is with `--network host`).
+fn write_network_files(
+    store: &Store,
+    id: &str,
+    files: &Path,
+    hostname: &str,
+    networks: &[crate::network::Attached],
+    net: &Net,
+    o: &RunOptions,
+) -> Result<(), ContainerError> {
+    let eps = crate::network::endpoints(store, id, networks)?;
+    let mut hosts = runtime::hosts_file(hostname);
+    if let Some(e) = eps.first() {
+        hosts = hosts.replace("127.0.1.1\t", &format!("{}\t", e.ip));
+    }
+    for h in &o.add_hosts {
+        hosts.push_str(&crate::network::add_host_line(h, &eps)?);
+    }
+    fs::write(files.join("hosts"), hosts).map_err(io_err("write /etc/hosts"))?;
+    if *net != Net::Host {
+        for d in &o.dns {
+            if d.parse::<std::net::IpAddr>().is_err() {
+                return Err(ContainerError::Invalid(format!(
+                    "invalid --dns {d:?}: not an IP address"
+                )));
+            }
+        }
+        let conf = crate::network::resolv_conf(&eps, &o.dns, &runtime::resolv_conf());
+        fs::write(files.join("resolv.conf"), conf).map_err(io_err("write /etc/resolv.conf"))?;
+    }
+    Ok(())
 }
 
 fn bind(target: &str, source: PathBuf, readonly: bool) -> runtime::ExtraMount {
@@ -343,18 +424,24 @@ pub(super) fn check_limits(o: &RunOptions) -> Result<(), ContainerError> {
 }
 
 /// Creates the container's control groups (cgroup v1: `/sys/fs/cgroup/<controller>/kiln/<id>`):
-/// `devices` always (Docker's device list, unless `--privileged`), `memory`, `cpu` and `pids`
-/// for `-m`, `--cpus` and `--pids-limit`. Whatever was created is removed again if a later one
-/// fails.
+/// `devices` always (Docker's device list, unless `--privileged`); `memory`, `cpuacct` and `pids`
+/// always too, for `kiln stats`, with the limits of `-m` and `--pids-limit`; `cpu` for `--cpus`.
+/// A controller the machine lacks is an error only when a limit needs it. Whatever was created
+/// is removed again if a later one fails.
 pub(super) fn cgroups(
     id: &str,
     limits: &Limits,
     security: &runtime::Security,
 ) -> Result<Vec<PathBuf>, ContainerError> {
-    let mut want: Vec<(&str, Vec<(&str, String)>)> = Vec::new();
-    if let Some(m) = limits.memory {
-        want.push(("memory", vec![("memory.limit_in_bytes", m.to_string())]));
-    }
+    /// (controller, files to write, whether a limit needs it)
+    type Want<'a> = (&'a str, Vec<(&'a str, String)>, bool);
+    let mut want: Vec<Want> = Vec::new();
+    let memory: Vec<(&str, String)> = limits
+        .memory
+        .map(|m| ("memory.limit_in_bytes", m.to_string()))
+        .into_iter()
+        .collect();
+    want.push(("memory", memory, limits.memory.is_some()));
     if let Some(c) = limits.cpus {
         let period = 100_000u64;
         let quota = ((c * period as f64).round() as u64).max(1000);
@@ -364,11 +451,16 @@ pub(super) fn cgroups(
                 ("cpu.cfs_period_us", period.to_string()),
                 ("cpu.cfs_quota_us", quota.to_string()),
             ],
+            true,
         ));
     }
-    if let Some(p) = limits.pids {
-        want.push(("pids", vec![("pids.max", p.to_string())]));
-    }
+    want.push(("cpuacct", vec![], false));
+    let pids: Vec<(&str, String)> = limits
+        .pids
+        .map(|p| ("pids.max", p.to_string()))
+        .into_iter()
+        .collect();
+    want.push(("pids", pids, limits.pids.is_some()));
     let mut out = Vec::new();
     let undo = |out: &Vec<PathBuf>| {
         for d in out {
@@ -386,9 +478,12 @@ pub(super) fn cgroups(
             }
         }
     }
-    for (ctrl, files) in want {
+    for (ctrl, files, required) in want {
         let base = Path::new(runtime::devices::CGROUP_ROOT).join(ctrl);
         if !base.join("cgroup.procs").exists() {
+            if !required {
+                continue;
+            }
             undo(&out);
             return Err(ContainerError::Invalid(format!(
                 "this machine has no cgroup v1 {ctrl} controller at {}: the {ctrl} limit cannot be set",

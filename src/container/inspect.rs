@@ -1,6 +1,6 @@
 //! `inspect`: a container's record, spec and state in Docker's JSON shape.
 
-use super::ContainerError;
+use super::{ContainerError, ContainerSpec};
 use kiln_store::ContainerState;
 use kiln_store::{ContainerRow, Store};
 
@@ -59,7 +59,7 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
             "StopSignal": spec.stop_signal,
         },
         "HostConfig": {
-            "NetworkMode": match spec.runtime.net { crate::runtime::Net::Host => "host", crate::runtime::Net::Private => "private" },
+            "NetworkMode": network_mode(&spec),
             "AutoRemove": spec.remove,
             "RestartPolicy": {
                 "Name": spec.restart.name(),
@@ -76,6 +76,48 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
                 "PathOnHost": d.host, "PathInContainer": d.container, "CgroupPermissions": d.access,
             })).collect::<Vec<_>>(),
         },
-        "NetworkSettings": { "Ports": ports },
+        "NetworkSettings": network_settings(store, &row.record.id, &spec, ports.into())?,
+    }))
+}
+
+fn network_mode(spec: &ContainerSpec) -> String {
+    match (&spec.runtime.net, spec.network_mode.as_str()) {
+        (_, m) if !m.is_empty() => m.to_string(),
+        (crate::runtime::Net::Host, _) => "host".into(),
+        _ => "private".into(),
+    }
+}
+
+/// Docker's NetworkSettings: the published ports, each network's address and gateway, and the
+/// top-level IPAddress of the default network.
+fn network_settings(
+    store: &Store,
+    id: &str,
+    spec: &ContainerSpec,
+    ports: serde_json::Value,
+) -> Result<serde_json::Value, ContainerError> {
+    let eps = crate::network::endpoints(store, id, &spec.networks)?;
+    let mut nets = serde_json::Map::new();
+    for e in &eps {
+        let prefix = e.network.subnet.rsplit_once('/').map_or("", |(_, p)| p);
+        nets.insert(
+            e.network.name.clone(),
+            serde_json::json!({
+                "NetworkID": e.network.id,
+                "IPAddress": e.ip.to_string(),
+                "IPPrefixLen": prefix.parse::<u8>().unwrap_or(0),
+                "Gateway": e.network.gateway.to_string(),
+                "Aliases": e.aliases,
+            }),
+        );
+    }
+    let default = eps
+        .iter()
+        .find(|e| e.network.name == crate::network::DEFAULT);
+    Ok(serde_json::json!({
+        "Ports": ports,
+        "IPAddress": default.map(|e| e.ip.to_string()).unwrap_or_default(),
+        "Gateway": default.map(|e| e.network.gateway.to_string()).unwrap_or_default(),
+        "Networks": nets,
     }))
 }

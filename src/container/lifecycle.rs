@@ -72,6 +72,12 @@ pub fn run(
         spec.runtime.cgroups = super::cgroups(&id, &spec.limits, &spec.runtime.security)?;
     }
     let listeners = ports::bind(&mut spec.ports).map_err(ContainerError::Invalid)?;
+    // Its network namespace, set up by netavark; undone when it exits (or if it cannot start).
+    let mut net_guard = None;
+    if !spec.networks.is_empty() {
+        crate::network::setup(store, &id, &row.record.name, &spec.networks, &spec.dns)?;
+        net_guard = Some(NetGuard { store, id: &id });
+    }
     // The chosen host ports (for -P and `-p 80`) are what ps shows.
     store
         .containers()
@@ -205,6 +211,8 @@ pub fn run(
         }));
     }
     let status = child.wait().map_err(io_err("wait for the container"))?;
+    // Before the exit is recorded: whoever waits for it finds the network gone too.
+    drop(net_guard);
     health_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(t) = health_thread {
         let _ = t.join();
@@ -232,6 +240,20 @@ pub fn run(
         remove_with_volumes(store, &id)?;
     }
     Ok(code)
+}
+
+/// Tears the container's network down when dropped: at its exit, or when its start failed.
+struct NetGuard<'a> {
+    store: &'a Store,
+    id: &'a str,
+}
+
+impl Drop for NetGuard<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = crate::network::teardown(self.store.root(), self.id) {
+            tracing::warn!("container {}: network teardown: {e}", &self.id[..12]);
+        }
+    }
 }
 
 /// Starts a created container under a detached supervisor (`kiln __kiln-supervise`) in its own
@@ -451,8 +473,11 @@ pub fn remove_with_volumes(store: &Store, id: &str) -> Result<(), ContainerError
     Ok(())
 }
 
-/// Removes a stopped container: its control groups, its directory, then its row.
+/// Removes a stopped container: its network (if a killed owner left it set up) and addresses,
+/// its control groups, its directory, then its row.
 pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
+    crate::network::teardown(store.root(), id)?;
+    store.networks().release(id)?;
     if let Some(row) = store.containers().get(id)? {
         if let Ok(spec) = spec_of(&row) {
             for cg in &spec.runtime.cgroups {

@@ -19,6 +19,7 @@ pub mod health;
 pub mod inspect;
 pub mod ports;
 pub mod restart;
+pub mod stats;
 pub mod volume;
 
 use crate::image::{self, ImageError};
@@ -35,6 +36,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod connect;
+pub use connect::*;
 mod create;
 pub use create::*;
 mod lifecycle;
@@ -58,6 +61,8 @@ pub enum ContainerError {
     Invalid(String),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
     Store(#[from] kiln_store::Error),
     #[error("{context}")]
@@ -86,8 +91,17 @@ pub struct RunOptions {
     pub workdir: Option<String>,
     pub user: Option<String>,
     pub hostname: Option<String>,
-    /// private (default), host or none.
+    /// `--network`: bridge (the default network), a user network's name or ID, host, none, or
+    /// private (loopback only, ports through kiln's forwarder).
     pub network: String,
+    /// `--network-alias` (user networks).
+    pub network_aliases: Vec<String>,
+    /// `--ip` (user networks).
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// `--add-host NAME:IP`.
+    pub add_hosts: Vec<String>,
+    /// `--dns`.
+    pub dns: Vec<String>,
     pub ports: Vec<PortSpec>,
     /// `-P`: publish every EXPOSEd port on a free host port.
     pub publish_all: bool,
@@ -186,6 +200,15 @@ pub struct ContainerSpec {
     /// The health check its owner runs while it is up.
     #[serde(default)]
     pub health: Option<health::HealthConfig>,
+    /// `--network` as given (empty in specs older than networks: then `runtime.net` says).
+    #[serde(default)]
+    pub network_mode: String,
+    /// The bridge networks it is attached to; its addresses are the store's endpoints.
+    #[serde(default)]
+    pub networks: Vec<crate::network::Attached>,
+    /// `--dns` servers (aardvark-dns's upstream on user networks).
+    #[serde(default)]
+    pub dns: Vec<String>,
 }
 
 /// A container's resource limits.
@@ -370,6 +393,10 @@ pub fn refresh(store: &Store, row: ContainerRow) -> Result<ContainerRow, Contain
         && !row.pid.is_some_and(alive)
         && !owner_busy(store, &row.record.id)
     {
+        // Its owner died before its teardown: the namespace handle still holds the network.
+        if let Err(e) = crate::network::teardown(store.root(), &row.record.id) {
+            tracing::warn!("container {}: network teardown: {e}", row.record.name);
+        }
         store
             .containers()
             .exited(&row.record.id, None, kiln_store::store::now())?;

@@ -57,12 +57,15 @@ pub enum Rootfs {
 }
 
 /// The network a container gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Net {
     /// The host's network namespace.
     Host,
     /// A new network namespace with only loopback, up.
     Private,
+    /// The namespace bound at this path (a bridge network's, set up by netavark before the
+    /// container starts).
+    Join(PathBuf),
 }
 
 /// A numeric user, resolved from the image's passwd/group files.

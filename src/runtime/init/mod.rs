@@ -93,8 +93,15 @@ pub fn main() -> ! {
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWCGROUP;
-    if spec.net != Net::Host {
-        flags |= CloneFlags::CLONE_NEWNET;
+    match &spec.net {
+        Net::Host => {}
+        Net::Private => flags |= CloneFlags::CLONE_NEWNET,
+        Net::Join(path) => {
+            let ns = std::fs::File::open(path)
+                .unwrap_or_else(|e| fail(&format!("open network namespace {}", path.display()), e));
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| fail("join the network namespace", e));
+        }
     }
     if let Err(e) = nix::sched::unshare(flags) {
         fail("unshare namespaces", e);
@@ -121,6 +128,7 @@ pub fn main() -> ! {
             child(&spec, alive_r, ready)
         }
         Ok(ForkResult::Parent { child: pid }) => {
+            leave_groups(&spec.cgroups);
             report_pid(ready, pid);
             // Terminal signals reach the whole process group; the workload (PID 1 of its
             // namespace) ignores what it has no handler for, so the helper stays to reap it and
@@ -201,8 +209,19 @@ pub fn exec_main() -> ! {
             exec_argv(&spec.argv, &spec.env)
         }
         Ok(ForkResult::Parent { child: pid }) => {
+            leave_groups(&spec.cgroups);
             report_pid(ready, pid);
             reap_and_exit(pid)
+        }
+    }
+}
+
+/// The workload was born inside the container's control groups; the helper, which only waits
+/// for it, moves up to kiln's own group, so they count (and limit) the container's processes only.
+fn leave_groups(cgroups: &[std::path::PathBuf]) {
+    for cg in cgroups {
+        if let Some(up) = cg.parent() {
+            let _ = std::fs::write(up.join("cgroup.procs"), "0");
         }
     }
 }
