@@ -2,11 +2,14 @@
 # Runs kiln's whole test suite on a Debian machine, first installing the Debian packages the tests
 # use (busybox-static for base images; skopeo, umoci and podman for interop; bzip2, xz-utils, zstd so
 # tar can make the archives ADD must unpack; mmdebstrap for the demo's Python base; docker-registry
-# and apache2-utils (htpasswd) for the registry tests; python3 drives the login prompt under a pty). Extra arguments go
+# and apache2-utils (htpasswd) for the registry tests; python3 drives the login prompt under a pty;
+# netavark and aardvark-dns make bridge networks and answer names on them, with iptables and
+# iproute2's ip, which the network tests also use to list rules and make an "outside"). Extra arguments go
 # to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
 set -euo pipefail
 cd "$(dirname "$0")"
-packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap docker-registry apache2-utils python3)
+packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap docker-registry apache2-utils python3
+  netavark aardvark-dns iptables iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -216,6 +216,13 @@ pub fn busybox_image(name: &str, tools: &[&str]) -> Option<(Kiln, PathBuf, Strin
     if !needs(&all) {
         return None;
     }
+    // `kiln run` joins the default bridge network, made by netavark.
+    if !require(
+        Path::new("/usr/lib/podman/netavark").exists(),
+        "netavark is missing (apt-get install netavark aardvark-dns)",
+    ) {
+        return None;
+    }
     let k = Kiln::new();
     let rootfs = k.dir.path().join("rootfs");
     if !busybox_rootfs(&rootfs) {

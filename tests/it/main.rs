@@ -15,7 +15,7 @@ mod health;
 mod hostile;
 mod interop;
 mod layout;
-mod redis;
+mod network;
 mod registry;
 mod restart;
 mod run;

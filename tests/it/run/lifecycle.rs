@@ -153,7 +153,7 @@ pub(super) fn containers_are_isolated() {
     let Some(k) = setup() else { return };
     let (code, out, err) = run(
         &k,
-        &["run", "--rm", "base", "sh", "-c",
+        &["run", "--rm", "--network", "private", "base", "sh", "-c",
           "echo $$; grep CapBnd /proc/self/status; ls /work 2>&1 | head -1; mount -o remount,rw /sys 2>/dev/null && echo sys-rw || echo sys-ro; cat /proc/kcore 2>/dev/null | head -c1 | wc -c; ls /sys/class/net"],
     );
     assert_eq!(code, 0, "{err}");
