@@ -374,25 +374,7 @@ pub fn setup_one(
     new: &Attached,
     dns: &[String],
 ) -> Result<(), NetworkError> {
-    let root = store.root();
-    let ns = netns::path(root, id);
-    let _lock = lock()?;
-    if !netns::is_live(&ns) {
-        return Ok(());
-    }
-    let one = endpoints(store, id, std::slice::from_ref(new))?;
-    netavark::run(
-        "setup",
-        &config_dir(root),
-        &ns,
-        &netavark::options(id, name, &one, dns),
-    )?;
-    let eps = endpoints(store, id, all)?;
-    let _ = fs::write(
-        options_path(root, id),
-        netavark::options(id, name, &eps, dns).to_string(),
-    );
-    Ok(())
+    change_one(store, "setup", id, name, new, all, dns)
 }
 
 /// Takes one endpoint out of a running container's namespace (`network disconnect`).
@@ -404,20 +386,34 @@ pub fn teardown_one(
     gone: &Attached,
     dns: &[String],
 ) -> Result<(), NetworkError> {
+    change_one(store, "teardown", id, name, gone, rest, dns)
+}
+
+/// Runs netavark `verb` for the one endpoint `which` in a live namespace, then records `after`
+/// (the container's endpoints from now on) as the options its teardown uses.
+fn change_one(
+    store: &Store,
+    verb: &str,
+    id: &str,
+    name: &str,
+    which: &Attached,
+    after: &[Attached],
+    dns: &[String],
+) -> Result<(), NetworkError> {
     let root = store.root();
     let ns = netns::path(root, id);
     let _lock = lock()?;
     if !netns::is_live(&ns) {
         return Ok(());
     }
-    let one = endpoints(store, id, std::slice::from_ref(gone))?;
+    let one = endpoints(store, id, std::slice::from_ref(which))?;
     netavark::run(
-        "teardown",
+        verb,
         &config_dir(root),
         &ns,
         &netavark::options(id, name, &one, dns),
     )?;
-    let eps = endpoints(store, id, rest)?;
+    let eps = endpoints(store, id, after)?;
     let _ = fs::write(
         options_path(root, id),
         netavark::options(id, name, &eps, dns).to_string(),

@@ -54,7 +54,13 @@ fn friendlyhello_builds_runs_and_answers_as_the_seed_shows() {
     // Loopback only, as the seed's first page assumes: "redis" fails to resolve at once. (On the
     // default bridge the lookup goes to the host's resolvers, which can be slow to fail in CI.)
     let cid = k.ok(&[
-        "run", "-d", "--network", "private", "-p", &format!("{port}:80"), "friendlyhello",
+        "run",
+        "-d",
+        "--network",
+        "private",
+        "-p",
+        &format!("{port}:80"),
+        "friendlyhello",
     ]);
     let cid = cid.trim();
     let t = Instant::now();
