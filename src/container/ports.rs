@@ -225,14 +225,22 @@ pub fn serve(listeners: Listeners, netns: OwnedFd) -> io::Result<()> {
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
+                // Only the socket is made on the namespace thread (a quick call); the connect,
+                // which waits when the server's accept queue is full, runs on the connection's
+                // own thread, so one slow connect never holds up the next accept.
+                let Ok(socket) = in_ns(&tx, stream_socket) else {
+                    continue;
+                };
                 let port = spec.container_port;
-                match in_ns(&tx, move || TcpStream::connect((Ipv4Addr::LOCALHOST, port))) {
-                    Ok(upstream) => {
-                        thread::spawn(move || splice(client, upstream));
-                    }
+                thread::spawn(move || {
+                    let to = nix::sys::socket::SockaddrIn::new(127, 0, 0, 1, port);
                     // Nothing listens in the container (yet): close, as a refused connection.
-                    Err(_) => drop(client),
-                }
+                    if nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &to)
+                        .is_ok()
+                    {
+                        splice(client, TcpStream::from(socket));
+                    }
+                });
             }
         });
     }
@@ -241,6 +249,17 @@ pub fn serve(listeners: Listeners, netns: OwnedFd) -> io::Result<()> {
         thread::spawn(move || udp_relay(socket, spec.container_port, tx));
     }
     Ok(())
+}
+
+/// An unconnected IPv4 TCP socket, in the calling thread's network namespace.
+fn stream_socket() -> io::Result<OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    Ok(socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?)
 }
 
 /// UDP: each client address gets its own socket in the container's namespace, connected to the
