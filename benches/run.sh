@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Container start benchmark: `kiln run --rm base true` to exit, and a detached busybox httpd to
-# the first byte of an HTTP response, beside podman (runc) and, when a dockerd is reachable
-# (DOCKER_HOST), Docker, in the same run, with hyperfine. Not a test: run it by hand.
+# the first byte of an HTTP response, beside podman (runc, netavark) and, when a dockerd is
+# reachable (DOCKER_HOST), Docker, in the same run, with hyperfine. Not a test: run it by hand.
 #
 #   benches/run.sh              # RUNS=20 by default
+#   DOCKER_HOST=unix:///run/bench-docker.sock benches/run.sh   # with a dockerd started by hand:
+#     dockerd --data-root /var/tmp/dockerd -H unix:///run/bench-docker.sock --bip 10.98.0.1/24 &
 #
-# Three comparisons: `true` with no network (kiln --network private, the peers --network none);
-# `true` on the default bridge network (kiln's netavark setup against podman's netavark backend);
-# a detached busybox httpd to its first HTTP answer through -p on the bridge (kiln's forwarder
-# against podman's iptables DNAT), and then the requests per second wrk gets through that port.
+# The comparisons: `true` with no network (kiln --network private, the peers --network none);
+# `true` on the default bridge network (kiln's netavark setup against podman's netavark backend
+# and Docker's libnetwork); a detached busybox httpd to its first HTTP answer through -p on the
+# bridge (kiln's forwarder against podman's iptables DNAT and Docker's docker-proxy); then the
+# requests per second wrk gets through that port, and from a second container on the bridge.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-20}
 source benches/lib.sh
-need run.sh podman runc hyperfine curl wrk busybox:busybox-static
+need run.sh podman runc hyperfine curl wrk nsenter:util-linux busybox:busybox-static
 build_kiln
 work=$(mktemp -d /var/tmp/kiln-run-bench.XXXXXX)
 export KILN_ROOT=$work/kiln
@@ -21,9 +24,10 @@ export KILN_ROOT=$work/kiln
 pm=(podman --root "$work/podman" --runroot "$work/podman-run" --runtime runc --network-backend netavark)
 pr=(run --ulimit nofile=1024:20000 --ulimit nproc=4096:4096)
 cleanup() {
-  "$kiln" rm -f kb-web >/dev/null 2>&1 || true
-  "${pm[@]}" rm -f pb-web >/dev/null 2>&1 || true
-  [[ -n ${DOCKER_HOST:-} ]] && docker rm -f db-web >/dev/null 2>&1 || true
+  "$kiln" rm -f kb-web kb-cli >/dev/null 2>&1 || true
+  "${pm[@]}" rm -f pb-web pb-cli >/dev/null 2>&1 || true
+  [[ -n ${DOCKER_HOST:-} ]] && docker rm -f db-web db-cli >/dev/null 2>&1 || true
+  "$kiln" system reset --force >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -63,21 +67,27 @@ fb=("$(first_byte kiln "$kiln run -d --name kb-web -p 127.0.0.1:$port:$port busy
 $docker_ok && fb+=("$(first_byte docker "docker run -d --name db-web -p 127.0.0.1:$port:$port busybox-base sh -c '$serve'" "docker rm -f db-web")")
 hyperfine --style basic -N --runs "$((runs / 2))" --export-csv "$results/first-byte.csv" "${fb[@]}" >&2
 
-# Requests per second through the published port (the last first-byte run left each server up
-# only for the last peer: start them again, one at a time).
-rps() { # name, the first-byte script (removes, starts, waits for the server), remove command
-  sh "$2"
-  local r
+# Requests per second through the published port, and from a second container on the same
+# bridge network to the server's address (wrk runs in the client container's network namespace
+# through nsenter). The last first-byte run left each server up only for the last peer: start
+# them again, one at a time.
+rps() { # name, CLI, its run command, the first-byte script, server and client container names
+  local name=$1 cli=$2 run=$3 script=$4 srv=$5 cl=$6 r c ip pid
+  sh "$script"
   r=$(wrk -t 2 -c 32 -d 5s "http://127.0.0.1:$port/" | awk '/Requests\/sec/ { print $2 }')
-  sh -c "$3" >/dev/null 2>&1 || true
-  echo "| requests/s through -p | $1 | $r |"
+  $run -d --name "$cl" busybox-base sleep 600 >/dev/null
+  ip=$($cli inspect -f '{{.NetworkSettings.IPAddress}}' "$srv")
+  pid=$($cli inspect -f '{{.State.Pid}}' "$cl")
+  c=$(nsenter -t "$pid" -n wrk -t 2 -c 32 -d 5s "http://$ip:$port/" | awk '/Requests\/sec/ { print $2 }')
+  $cli rm -f "$srv" "$cl" >/dev/null 2>&1 || true
+  echo "| requests/s through -p | $name | $r |"
+  echo "| requests/s container to container | $name | $c |"
 }
 rps_lines=$(
-  rps kiln "${fb[0]}" "$kiln rm -f kb-web"
-  rps podman "${fb[1]}" "${pm[*]} rm -f pb-web"
-  if $docker_ok; then rps docker "${fb[2]}" "docker rm -f db-web"; fi
+  rps kiln "$kiln" "$kiln run" "${fb[0]}" kb-web kb-cli
+  rps podman "${pm[*]}" "${pm[*]} ${pr[*]}" "${fb[1]}" pb-web pb-cli
+  if $docker_ok; then rps docker docker "docker run" "${fb[2]}" db-web db-cli; fi
 )
-
 echo
 echo "| measurement | command | mean | min |"
 echo "|---|---|---|---|"

@@ -1,4 +1,5 @@
-//! `kiln system`: prune (GC), df (usage by kind), check (verify the store's invariants).
+//! `kiln system`: prune (GC), df (usage by kind), check (verify the store's invariants),
+//! restore (restart policies after a reboot), reset (remove everything).
 
 use super::ui::table;
 use super::Ctx;
@@ -26,6 +27,12 @@ pub enum SystemCommand {
     /// Start every container whose restart policy asks for it (what a boot unit calls: kiln has
     /// no daemon, so after a reboot nothing runs until this does)
     Restore,
+    /// Remove every container, network, volume, image and cache of the store, then the store
+    Reset {
+        /// Do not prompt for confirmation
+        #[arg(short, long)]
+        force: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
@@ -33,6 +40,19 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
         SystemCommand::Prune { force, volumes } => prune(ctx, force, volumes),
         SystemCommand::Df => df(ctx),
         SystemCommand::Check => check(ctx),
+        SystemCommand::Reset { force } => {
+            if !super::ui::confirm(
+                force,
+                &format!(
+                    "This will remove the store {} and everything in it:\n  - all containers (running ones are killed)\n  - all networks, the default one too, with their bridges and firewall rules\n  - all volumes\n  - all images and build cache\n",
+                    ctx.root.display()
+                ),
+            )? {
+                return Ok(1);
+            }
+            crate::container::reset(ctx.store()?)?;
+            Ok(0)
+        }
         SystemCommand::Restore => {
             let store = ctx.store()?;
             for name in crate::container::restart::restore(&store)? {

@@ -72,12 +72,22 @@ pub fn run(
         spec.runtime.cgroups = super::cgroups(&id, &spec.limits, &spec.runtime.security)?;
     }
     let listeners = ports::bind(&mut spec.ports).map_err(ContainerError::Invalid)?;
-    // Its network namespace, set up by netavark; undone when it exits (or if it cannot start).
+    // Its network namespace, undone when it exits (or if it cannot start). netavark sets it up
+    // while the container's init makes the rest of the container, which waits at its gate
+    // before the exec until the network is there.
     let mut net_guard = None;
+    let mut pending = None;
     if !spec.networks.is_empty() {
-        crate::network::setup(store, &id, &row.record.name, &spec.networks, &spec.dns)?;
         net_guard = Some(NetGuard { store, id: &id });
+        pending = Some(crate::network::prepare(
+            store,
+            &id,
+            &row.record.name,
+            &spec.networks,
+            &spec.dns,
+        )?);
     }
+    let gated = pending.is_some();
     // The chosen host ports (for -P and `-p 80`) are what ps shows.
     store
         .containers()
@@ -102,16 +112,25 @@ pub fn run(
         rt.winsize = crate::sys::proc::window_size(io::stdin().as_fd());
         drop(stdin);
         // stderr stays a pipe until the terminal replaces it: setup errors still reach kiln.
-        let c = runtime::spawn_with_stdin(&rt, Stdio::from(theirs), Stdio::null(), Stdio::piped())
-            .map_err(io_err("start the container"))?;
+        let c = runtime::spawn_gated(
+            &rt,
+            Stdio::from(theirs),
+            Stdio::null(),
+            Stdio::piped(),
+            gated,
+        )
+        .map_err(io_err("start the container"))?;
+        // The terminal is made past the gate: the network first.
+        let c = finish_network(pending.take(), c)?;
         // No terminal means the helper failed before making one; its exit code says why.
         if let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) {
             pty_master = Some(fs::File::from(master));
         }
         c
     } else {
-        runtime::spawn_with_stdin(&spec.runtime, stdin, Stdio::piped(), Stdio::piped())
-            .map_err(io_err("start the container"))?
+        let c = runtime::spawn_gated(&spec.runtime, stdin, Stdio::piped(), Stdio::piped(), gated)
+            .map_err(io_err("start the container"))?;
+        finish_network(pending.take(), c)?
     };
     let helper = child.child.id();
     // The PID arrives once the workload is forked, the pipe's end once it has exec'd: then it
@@ -240,6 +259,22 @@ pub fn run(
         remove_with_volumes(store, &id)?;
     }
     Ok(code)
+}
+
+/// Sets up the network a gated helper's workload waits for, then lets it go on; on failure the
+/// workload gives up before its exec.
+fn finish_network(
+    pending: Option<crate::network::Pending>,
+    mut helper: runtime::Helper,
+) -> Result<runtime::Helper, ContainerError> {
+    if let Some(p) = pending {
+        if let Err(e) = p.finish() {
+            helper.abort();
+            return Err(e.into());
+        }
+    }
+    helper.open_gate();
+    Ok(helper)
 }
 
 /// Tears the container's network down when dropped: at its exit, or when its start failed.
@@ -491,6 +526,22 @@ pub fn remove(store: &Store, id: &str) -> Result<(), ContainerError> {
     }
     store.containers().remove(id)?;
     Ok(())
+}
+
+/// `system reset`: kills and removes every container, removes every network with its bridge
+/// and rules, then the whole store (images, volumes, cache). Nothing is left on the machine.
+pub fn reset(store: Store) -> Result<(), ContainerError> {
+    for row in store.containers().list()? {
+        let row = refresh(&store, row)?;
+        if row.record.state == ContainerState::Running {
+            kill(&store, &row, libc::SIGKILL)?;
+        }
+        remove(&store, &row.record.id)?;
+    }
+    crate::network::reset(&store)?;
+    let root = store.root().to_path_buf();
+    drop(store);
+    fs::remove_dir_all(&root).map_err(io_err(format!("remove {}", root.display())))
 }
 
 /// The container's log lines.

@@ -11,10 +11,12 @@
 //! ```
 //!
 //! A container on a bridge network gets its namespace at each start (`setup`) and loses it at
-//! each exit (`teardown`); the address stays its own until it is removed. Teardown reads the
+//! each exit (`teardown`); the address stays its own until it is removed. A network's bridge and
+//! rules stay until the network is removed (keeper.rs). Teardown reads the
 //! options file, not the current definitions, so it undoes exactly what setup did, also after
 //! the supervisor was killed (`container::refresh` and `rm` call it).
 
+mod keeper;
 pub mod netavark;
 pub mod netns;
 mod subnet;
@@ -209,21 +211,46 @@ pub fn remove(store: &Store, what: &str) -> Result<NetworkRecord, NetworkError> 
             "{DEFAULT} is a pre-defined network and cannot be removed"
         )));
     }
+    destroy(store, n)
+}
+
+/// Removes every network, the default one too, with their bridges and rules: what
+/// `system reset` does before it removes the store. No container may be left.
+pub fn reset(store: &Store) -> Result<Vec<String>, NetworkError> {
+    let mut gone = Vec::new();
+    for n in store.networks().list()? {
+        gone.push(destroy(store, n)?.name);
+    }
+    Ok(gone)
+}
+
+/// Refuses a network in use; else removes its bridge and rules, then its record and subnet
+/// claim. The bridge goes first: a container that joins meanwhile makes it again and then holds
+/// the record, so what exists always matches what is recorded.
+fn destroy(store: &Store, n: NetworkRecord) -> Result<NetworkRecord, NetworkError> {
+    let in_use = |store: &Store| -> NetworkError {
+        let users: Vec<String> = store
+            .networks()
+            .endpoints_on(&n.id)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| container_name(store, &e.container))
+            .collect();
+        NetworkError::Invalid(format!(
+            "network {} has active endpoints ({})",
+            n.name,
+            users.join(", ")
+        ))
+    };
+    if !store.networks().endpoints_on(&n.id)?.is_empty() {
+        return Err(in_use(store));
+    }
+    {
+        let _lock = lock()?;
+        keeper::remove_bridge(store.root(), &config_dir(store.root()), &n)?;
+    }
     store.networks().remove(&n.id).map_err(|e| match e {
-        kiln_store::Error::InUse(_) => {
-            let users: Vec<String> = store
-                .networks()
-                .endpoints_on(&n.id)
-                .unwrap_or_default()
-                .iter()
-                .map(|e| container_name(store, &e.container))
-                .collect();
-            NetworkError::Invalid(format!(
-                "network {} has active endpoints ({})",
-                n.name,
-                users.join(", ")
-            ))
-        }
+        kiln_store::Error::InUse(_) => in_use(store),
         e => e.into(),
     })?;
     if let Some(c) = kiln_store::networks::parse_cidr(&n.subnet) {
@@ -309,32 +336,79 @@ fn options_path(root: &Path, id: &str) -> PathBuf {
     netns::path(root, id).with_extension("json")
 }
 
-/// Gives a container its network namespace, set up by netavark on every network it is attached
-/// to; returns the namespace's path (what its init joins). Whatever was made is undone on error.
-pub fn setup(
+/// A container's network namespace made, and netavark's setup of it still to run: the
+/// container's init can join the namespace meanwhile. Holds the netavark lock until finished.
+pub struct Pending {
+    _lock: fs::File,
+    root: PathBuf,
+    id: String,
+    ns: PathBuf,
+    opts: serde_json::Value,
+    eps: Vec<Endpoint>,
+}
+
+/// Makes a container's network namespace for every network it is attached to; `finish` sets
+/// it up. Whatever was made is undone on error.
+pub fn prepare(
     store: &Store,
     id: &str,
     name: &str,
     attached: &[Attached],
     dns: &[String],
-) -> Result<PathBuf, NetworkError> {
+) -> Result<Pending, NetworkError> {
     let eps = endpoints(store, id, attached)?;
     let opts = netavark::options(id, name, &eps, dns);
     let root = store.root();
     let ns = netns::path(root, id);
-    let _lock = lock()?;
+    let lock = lock()?;
     // A handle left by an owner killed before its teardown goes first.
     teardown_locked(root, id)?;
     netns::create(&ns)
         .map_err(|e| NetworkError::Invalid(format!("create the network namespace: {e}")))?;
     let op = options_path(root, id);
-    fs::write(&op, opts.to_string())
-        .map_err(|e| NetworkError::Invalid(format!("write {}: {e}", op.display())))?;
-    if let Err(e) = netavark::run("setup", &config_dir(root), &ns, &opts) {
+    if let Err(e) = fs::write(&op, opts.to_string()) {
         let _ = teardown_locked(root, id);
-        return Err(e);
+        return Err(NetworkError::Invalid(format!(
+            "write {}: {e}",
+            op.display()
+        )));
     }
-    Ok(ns)
+    Ok(Pending {
+        _lock: lock,
+        root: root.to_path_buf(),
+        id: id.to_string(),
+        ns,
+        opts,
+        eps,
+    })
+}
+
+impl Pending {
+    /// The namespace's path (what the container's init joins).
+    pub fn path(&self) -> &Path {
+        &self.ns
+    }
+
+    /// Sets the namespace up with netavark (bridge, veth, address, routes, rules); undone on
+    /// error.
+    pub fn finish(self) -> Result<(), NetworkError> {
+        if let Err(e) = netavark::run("setup", &config_dir(&self.root), &self.ns, &self.opts) {
+            let _ = teardown_locked(&self.root, &self.id);
+            return Err(e);
+        }
+        keep_bridges(&self.eps);
+        Ok(())
+    }
+}
+
+/// Attaches the keeper of each endpoint's bridge. Without it a bridge goes at its last
+/// container's exit: slower, not wrong, so the container starts anyway.
+fn keep_bridges(eps: &[Endpoint]) {
+    for e in eps {
+        if let Err(err) = keeper::ensure(&e.network) {
+            tracing::warn!("network {}: keep its bridge: {err}", e.network.name);
+        }
+    }
 }
 
 /// Undoes `setup` (idempotent): netavark's teardown with the options setup used, then the
@@ -413,6 +487,9 @@ fn change_one(
         &ns,
         &netavark::options(id, name, &one, dns),
     )?;
+    if verb == "setup" {
+        keep_bridges(&one);
+    }
     let eps = endpoints(store, id, after)?;
     let _ = fs::write(
         options_path(root, id),

@@ -43,7 +43,11 @@ pub fn binary() -> Result<PathBuf, NetworkError> {
     )))
 }
 
-/// The per-container options netavark reads: every endpoint's network and address.
+/// The per-container options netavark reads: every endpoint's network and address. netavark
+/// knows each network by its bridge's name, which is unique on the machine: it names a network's
+/// iptables chain after a hash of the name it is given, so two stores' networks of one name
+/// (every store has a `bridge`) would share a chain, and removing one would take the other's
+/// masquerading rule with it.
 pub fn options(id: &str, name: &str, eps: &[Endpoint], dns_servers: &[String]) -> Value {
     let mut networks = serde_json::Map::new();
     let mut info = serde_json::Map::new();
@@ -52,7 +56,7 @@ pub fn options(id: &str, name: &str, eps: &[Endpoint], dns_servers: &[String]) -
         let mut aliases = e.aliases.clone();
         aliases.push(id[..12].to_string());
         networks.insert(
-            n.name.clone(),
+            n.bridge.clone(),
             json!({
                 "static_ips": [e.ip.to_string()],
                 "interface_name": e.interface,
@@ -60,9 +64,9 @@ pub fn options(id: &str, name: &str, eps: &[Endpoint], dns_servers: &[String]) -
             }),
         );
         info.insert(
-            n.name.clone(),
+            n.bridge.clone(),
             json!({
-                "name": n.name,
+                "name": n.bridge,
                 "id": n.id,
                 "driver": "bridge",
                 "network_interface": n.bridge,
@@ -114,7 +118,7 @@ pub fn run(verb: &str, config: &Path, netns: &Path, opts: &Value) -> Result<(), 
         return Ok(());
     }
     // netavark prints {"error": "..."} on stdout; stderr has its log.
-    let msg = serde_json::from_slice::<Value>(&out.stdout)
+    let mut msg = serde_json::from_slice::<Value>(&out.stdout)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
         .unwrap_or_else(|| {
@@ -124,5 +128,12 @@ pub fn run(verb: &str, config: &Path, netns: &Path, opts: &Value) -> Result<(), 
                 .collect::<Vec<_>>()
                 .join("; ")
         });
+    if msg.trim().is_empty() {
+        msg = format!(
+            "{} ended with {} and said nothing",
+            bin.display(),
+            out.status
+        );
+    }
     Err(NetworkError::Invalid(format!("netavark {verb}: {msg}")))
 }

@@ -90,16 +90,17 @@ fn add_host_takes_an_address_or_the_gateway() {
 fn netavark_options_name_every_endpoint() {
     let user = ep(rec("app", "172.18.0.0/16", true), "172.18.0.2");
     let id = "c".repeat(64);
+    // netavark knows a network by its bridge's name, unique on the machine.
+    let b = user.network.bridge.clone();
+    let b = b.as_str();
     let v = netavark::options(&id, "web", &[user], &["9.9.9.9".into()]);
+    assert_eq!(v["network_info"][b]["name"], b);
     assert_eq!(v["container_name"], "web");
-    assert_eq!(v["networks"]["app"]["static_ips"][0], "172.18.0.2");
-    assert_eq!(v["networks"]["app"]["interface_name"], "eth0");
-    assert_eq!(v["networks"]["app"]["aliases"][0], "db");
-    assert_eq!(v["networks"]["app"]["aliases"][1], "cccccccccccc");
-    assert_eq!(
-        v["network_info"]["app"]["subnets"][0]["gateway"],
-        "172.18.0.1"
-    );
-    assert_eq!(v["network_info"]["app"]["dns_enabled"], true);
+    assert_eq!(v["networks"][b]["static_ips"][0], "172.18.0.2");
+    assert_eq!(v["networks"][b]["interface_name"], "eth0");
+    assert_eq!(v["networks"][b]["aliases"][0], "db");
+    assert_eq!(v["networks"][b]["aliases"][1], "cccccccccccc");
+    assert_eq!(v["network_info"][b]["subnets"][0]["gateway"], "172.18.0.1");
+    assert_eq!(v["network_info"][b]["dns_enabled"], true);
     assert_eq!(v["dns_servers"][0], "9.9.9.9");
 }

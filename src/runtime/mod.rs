@@ -26,8 +26,13 @@ use std::process::{Child, Command, Stdio};
 
 /// The hidden argv[1] that makes kiln act as the init helper.
 pub const INIT_ARG: &str = "__kiln-init";
-/// The helper's descriptor from which it reads its spec (JSON, to end of file).
+/// The helper's descriptor from which it reads its spec (compact JSON, then a newline), and then
+/// the gate: one byte [`GO`] once the caller has the container's surroundings ready (its
+/// network), which the workload waits for just before its exec; end of file instead makes it
+/// exit with [`EXIT_SETUP`] (the caller reports why).
 pub const SPEC_FD: i32 = 3;
+/// The gate's byte: go on to the exec.
+pub const GO: u8 = b'G';
 /// The helper's descriptor on which it reports the workload's start: the workload's host PID
 /// (4 bytes, native order) once it is forked, then end of file when the workload has exec'd
 /// (the descriptor is close-on-exec) or the helper gave up.
@@ -239,7 +244,11 @@ pub fn need_root(what: &str) -> Result<(), String> {
 pub fn spawn_exec(spec: &ExecSpec, stdin: Stdio) -> io::Result<Helper> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(EXEC_ARG).env_clear().stdin(stdin);
-    start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)
+    start(
+        cmd,
+        &serde_json::to_vec(spec).map_err(io::Error::other)?,
+        false,
+    )
 }
 
 /// Starts the exec helper for a probe: no input, its standard output and error together on
@@ -252,21 +261,44 @@ pub fn spawn_exec_output(spec: &ExecSpec) -> io::Result<(Child, std::fs::File)> 
         .stdin(Stdio::null())
         .stdout(Stdio::from(w.try_clone()?))
         .stderr(Stdio::from(w));
-    let helper = start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)?;
+    let helper = start(
+        cmd,
+        &serde_json::to_vec(spec).map_err(io::Error::other)?,
+        false,
+    )?;
     Ok((helper.child, std::fs::File::from(r)))
 }
 
-/// A started helper: the process, and the pipe on which it reports the workload's start.
+/// A started helper: the process, the pipe on which it reports the workload's start, and (for
+/// a gated start) the gate the workload waits at.
 pub struct Helper {
     pub child: Child,
     ready: std::fs::File,
+    gate: Option<std::fs::File>,
 }
 
 impl Helper {
+    /// Lets a gated workload go on to its exec (nothing for an ungated one).
+    pub fn open_gate(&mut self) {
+        use std::io::Write;
+        if let Some(mut g) = self.gate.take() {
+            let _ = g.write_all(&[GO]);
+        }
+    }
+
+    /// Makes a gated workload give up before its exec (exit status [`EXIT_SETUP`]), and waits
+    /// for the helper to end.
+    pub fn abort(mut self) {
+        self.gate = None;
+        let _ = self.child.wait();
+    }
+
     /// Waits until the workload has exec'd (its setup done: hostname, mounts, credentials), or
-    /// the helper gave up; returns the workload's host PID when it was forked.
+    /// the helper gave up; returns the workload's host PID when it was forked. Opens the gate
+    /// first if it is still closed.
     pub fn wait_started(&mut self) -> Option<i32> {
         use std::io::Read;
+        self.open_gate();
         let mut pid = [0u8; 4];
         let got = self
             .ready
@@ -281,8 +313,8 @@ impl Helper {
 }
 
 /// Spawns `cmd` with the spec pipe as its descriptor 3 and the ready pipe as 4, then writes
-/// the spec and closes it.
-fn start(mut cmd: Command, spec: &[u8]) -> io::Result<Helper> {
+/// the spec and, unless `gated`, the gate's [`GO`] (a gated start keeps the pipe as the gate).
+fn start(mut cmd: Command, spec: &[u8], gated: bool) -> io::Result<Helper> {
     use std::io::Write;
     use std::os::fd::AsFd;
     let (spec_r, spec_w) = crate::sys::pipe()?;
@@ -294,10 +326,18 @@ fn start(mut cmd: Command, spec: &[u8]) -> io::Result<Helper> {
     drop((spec_r, ready_w));
     // The helper reads its spec first thing; if it died before, the write fails and its exit
     // status says why.
-    let _ = std::fs::File::from(spec_w).write_all(spec);
+    let mut w = std::fs::File::from(spec_w);
+    let mut msg = Vec::with_capacity(spec.len() + 2);
+    msg.extend_from_slice(spec);
+    msg.push(b'\n');
+    if !gated {
+        msg.push(GO);
+    }
+    let _ = w.write_all(&msg);
     Ok(Helper {
         child,
         ready: std::fs::File::from(ready_r),
+        gate: gated.then_some(w),
     })
 }
 
@@ -324,13 +364,30 @@ pub fn spawn_with_stdin(
     stdout: Stdio,
     stderr: Stdio,
 ) -> io::Result<Helper> {
+    spawn_gated(spec, stdin, stdout, stderr, false)
+}
+
+/// Starts the helper for `spec`; when `gated`, its workload is set up in full (namespaces,
+/// mounts, credentials) but waits before its exec until [`Helper::open_gate`], so the caller
+/// can do its own part (a bridge network's setup) meanwhile.
+pub fn spawn_gated(
+    spec: &Spec,
+    stdin: Stdio,
+    stdout: Stdio,
+    stderr: Stdio,
+    gated: bool,
+) -> io::Result<Helper> {
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg(INIT_ARG)
         .env_clear()
         .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr);
-    start(cmd, &serde_json::to_vec(spec).map_err(io::Error::other)?)
+    start(
+        cmd,
+        &serde_json::to_vec(spec).map_err(io::Error::other)?,
+        gated,
+    )
 }
 
 /// Docker's exit code for a wait status: the code, or 128 + the signal.

@@ -99,6 +99,22 @@ impl Kiln {
     }
 }
 
+/// A test's store goes with everything it made outside its directory: containers a failed test
+/// left running, and network bridges and rules (which outlive their containers, as Docker's).
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        if self.root().join("kiln.db").exists() {
+            let _ = self
+                .cmd()
+                .args(["system", "reset", "--force"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 /// A busybox rootfs from Debian's busybox-static: /bin/busybox and a symlink per applet, a
 /// passwd and group, a sticky /tmp, a hard link, a long path (PAX), a setuid file.
 pub fn busybox_rootfs(dir: &Path) -> bool {

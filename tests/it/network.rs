@@ -39,6 +39,11 @@ fn leftovers(k: &Kiln, subnet: &str, bridge: &str) -> Vec<String> {
     if Path::new("/sys/class/net").join(bridge).exists() {
         out.push(format!("bridge {bridge}"));
     }
+    // The down veth that keeps the bridge while the network exists.
+    let keeper = format!("kk-{}", &bridge["kiln-".len()..]);
+    if Path::new("/sys/class/net").join(&keeper).exists() {
+        out.push(format!("keeper {keeper}"));
+    }
     if let Ok(d) = fs::read_dir(k.root().join("netns")) {
         out.extend(d.flatten().map(|e| format!("netns {:?}", e.file_name())));
     }
@@ -150,6 +155,16 @@ fn containers_talk_by_name_and_nothing_is_left_behind() {
         "namespace handle left"
     );
     k.ok(&["rm", "web"]);
+    // The bridge and its rules stay while the network exists (as Docker's), with no container.
+    let kept = leftovers(&k, &subnet, &bridge);
+    assert!(kept.contains(&format!("bridge {bridge}")), "{kept:?}");
+    assert!(kept.iter().any(|l| l.contains("POSTROUTING")), "{kept:?}");
+    assert!(
+        !kept
+            .iter()
+            .any(|l| l.starts_with("netns") || l.starts_with("address")),
+        "{kept:?}"
+    );
     k.ok(&["network", "rm", "app"]);
     assert_eq!(leftovers(&k, &subnet, &bridge), Vec::<String>::new());
     assert!(k
@@ -310,7 +325,7 @@ fn outbound_traffic_is_masqueraded_and_internal_networks_stay_inside() {
         let f = fs::File::open(&nspath).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let l = std::net::TcpListener::bind("198.51.100.2:8080").unwrap();
-        for mut c in l.incoming().flatten().take(1) {
+        for mut c in l.incoming().flatten().take(2) {
             let mut buf = [0u8; 1024];
             let _ = c.read(&mut buf);
             let peer = c.peer_addr().unwrap().ip();
@@ -339,6 +354,14 @@ fn outbound_traffic_is_masqueraded_and_internal_networks_stay_inside() {
             "the source was not the host's address"
         );
         k.ok(&["network", "rm", "closed"]);
+        // Another store's default network has the same name: removing it with its bridge and
+        // rules must leave this store's masquerading alone.
+        let other = setup().unwrap();
+        other.ok(&["run", "--rm", "base", "true"]);
+        other.ok(&["system", "reset", "--force"]);
+        assert!(!other.root().exists(), "system reset left the store");
+        let out = fetch(&k, &[], "http://198.51.100.2:8080/");
+        assert_eq!(out, "seen 198.51.100.1", "masquerading lost");
     });
     let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     // Gone with its peer's namespace, unless the test failed before.

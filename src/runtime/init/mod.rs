@@ -10,7 +10,9 @@
 //!
 //! Both processes die with their parent (PR_SET_PDEATHSIG), so killing kiln kills the build step.
 
-use super::{ExecSpec, Net, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, READY_FD, SPEC_FD};
+use super::{
+    ExecSpec, Net, Spec, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, GO, READY_FD, SPEC_FD,
+};
 mod mounts;
 
 use crate::sys::{self, proc as p};
@@ -43,9 +45,33 @@ fn die_with_parent() {
     }
 }
 
-/// Reads the spec from its descriptor (then closed), takes the ready descriptor, and closes
-/// every other one the caller left open: nothing the caller had open passes this point.
-fn take_spec<T: serde::de::DeserializeOwned>() -> (T, OwnedFd) {
+/// The rest of the spec pipe after the spec: the caller's go-ahead for the exec.
+struct Gate {
+    fd: OwnedFd,
+    /// The go-ahead, when it came with the spec.
+    early: bool,
+}
+
+impl Gate {
+    /// Returns once the caller says go; exits (EXIT_SETUP, quietly: the caller says why) if it
+    /// closes the pipe instead.
+    fn pass(self) {
+        use std::io::Read;
+        if self.early {
+            return;
+        }
+        let mut b = [0u8; 1];
+        match std::fs::File::from(self.fd).read(&mut b) {
+            Ok(1) if b[0] == GO => {}
+            _ => std::process::exit(EXIT_SETUP),
+        }
+    }
+}
+
+/// Reads the spec from its descriptor (up to its newline), takes the ready descriptor and the
+/// gate, and closes every other one the caller left open: nothing the caller had open passes
+/// this point.
+fn take_spec<T: serde::de::DeserializeOwned>() -> (T, OwnedFd, Gate) {
     use std::io::Read;
     use std::os::fd::FromRawFd;
     if !sys::is_open(SPEC_FD) || !sys::is_open(READY_FD) {
@@ -63,13 +89,31 @@ fn take_spec<T: serde::de::DeserializeOwned>() -> (T, OwnedFd) {
         )
     };
     let mut json = Vec::new();
-    std::fs::File::from(spec_fd)
-        .read_to_end(&mut json)
-        .unwrap_or_else(|e| fail("read spec", e));
+    let mut f = std::fs::File::from(spec_fd);
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        let from = json.len();
+        match f.read(&mut buf) {
+            Ok(0) => fail(
+                "read spec",
+                "the caller closed the pipe before the spec's end",
+            ),
+            Ok(n) => json.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => fail("read spec", e),
+        }
+        if let Some(i) = json[from..].iter().position(|&b| b == b'\n') {
+            break from + i;
+        }
+    };
+    let early = json.get(end + 1) == Some(&GO);
+    json.truncate(end);
+    let fd = OwnedFd::from(f);
     let _ = p::close_fds_from(READY_FD as u32 + 1, true);
     sys::set_cloexec(ready.as_fd()).unwrap_or_else(|e| fail("prepare the ready pipe", e));
+    sys::set_cloexec(fd.as_fd()).unwrap_or_else(|e| fail("prepare the spec pipe", e));
     let spec = serde_json::from_slice(&json).unwrap_or_else(|e| fail("parse spec", e));
-    (spec, ready)
+    (spec, ready, Gate { fd, early })
 }
 
 /// The helper's half after the fork: tells the caller the workload's PID, then lets go of the
@@ -80,7 +124,7 @@ fn report_pid(ready: OwnedFd, pid: Pid) {
 
 /// Entry point of `kiln __kiln-init`; never returns.
 pub fn main() -> ! {
-    let (spec, ready): (Spec, OwnedFd) = take_spec();
+    let (spec, ready, gate): (Spec, OwnedFd, Gate) = take_spec();
     p::unblock_all_signals();
     die_with_parent();
     for cg in &spec.cgroups {
@@ -125,9 +169,10 @@ pub fn main() -> ! {
             drop(alive_w);
             // Until the credentials change, the parent-death signal holds.
             let _ = prctl::set_pdeathsig(Signal::SIGKILL);
-            child(&spec, alive_r, ready)
+            child(&spec, alive_r, ready, gate)
         }
         Ok(ForkResult::Parent { child: pid }) => {
+            drop(gate);
             leave_groups(&spec.cgroups);
             report_pid(ready, pid);
             // Terminal signals reach the whole process group; the workload (PID 1 of its
@@ -164,7 +209,8 @@ fn attach_tty(winsize: Option<(u16, u16)>) {
 /// network, PID, mount: mount last, since it changes what /proc means), forks so the command is
 /// in the PID namespace, and execs it with the container's credentials. Never returns.
 pub fn exec_main() -> ! {
-    let (spec, ready): (ExecSpec, OwnedFd) = take_spec();
+    // An exec is never gated: its go-ahead came with the spec.
+    let (spec, ready, _): (ExecSpec, OwnedFd, Gate) = take_spec();
     p::unblock_all_signals();
     if let Err(e) = prctl::set_pdeathsig(Signal::SIGKILL) {
         fail("set parent-death signal", e);
@@ -336,7 +382,7 @@ fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
 
 /// The workload's side: `ready` stays open (close-on-exec) until the exec tells the caller
 /// that setup is done.
-fn child(spec: &Spec, helper_alive: OwnedFd, ready: OwnedFd) -> ! {
+fn child(spec: &Spec, helper_alive: OwnedFd, ready: OwnedFd, gate: Gate) -> ! {
     let (rootfs, argv) = mounts::prepare_root(&Linux, spec);
 
     std::env::set_current_dir(&rootfs).unwrap_or_else(|e| fail("enter the root filesystem", e));
@@ -359,6 +405,9 @@ fn child(spec: &Spec, helper_alive: OwnedFd, ready: OwnedFd) -> ! {
         std::env::set_current_dir(cwd)
             .unwrap_or_else(|e| fail(&format!("working directory {cwd}"), e));
     }
+    // Everything of the container's own is ready; what the caller sets up from outside (a
+    // bridge network) may still be under way.
+    gate.pass();
     lock_down(&spec.security, &spec.ids, spec.no_new_privs);
     // Then make sure the helper did not die before the parent-death signal was set again (its
     // end of the pipe closed).
