@@ -120,6 +120,27 @@ enum Command {
     History(images::HistoryArgs),
 }
 
+/// `kiln ps | head`: when the reader of kiln's output goes, kiln ends as `ls` does (killed by
+/// SIGPIPE, status 141, nothing printed), as Go programs such as docker do for their standard
+/// streams. SIGPIPE itself stays ignored, so a registry, a published port's client or a child's
+/// pipe hanging up is an error kiln handles; only `println!`'s panic on a closed stdout is turned
+/// into the signal.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            crate::sys::proc::die_of_sigpipe();
+        }
+        default(info)
+    }));
+}
+
 /// The store root: `--root`, `$KILN_ROOT`, `/var/lib/kiln` for root, `$XDG_DATA_HOME/kiln` otherwise.
 fn default_root() -> PathBuf {
     if crate::sys::is_root() {
@@ -175,6 +196,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         };
         return crate::container::supervise_main(std::path::Path::new(root), &id.to_string_lossy());
     }
+    quiet_on_closed_stdout();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {

@@ -209,6 +209,17 @@ pub fn wait_signal(sigs: &[libc::c_int]) -> io::Result<libc::c_int> {
     Ok(sigset(sigs)?.wait()? as libc::c_int)
 }
 
+/// Ends the process by SIGPIPE (status 141 to a shell), as a write to a closed pipe does when
+/// the signal is not ignored.
+pub fn die_of_sigpipe() -> ! {
+    // SAFETY: restoring a signal's default action and raising it touch no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
+}
+
 /// Unblocks every signal in the calling thread (a child inherits its parent's mask across exec;
 /// the runner blocks SIGINT/SIGTERM to forward them, the container must not inherit that).
 pub fn unblock_all_signals() {

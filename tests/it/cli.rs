@@ -486,3 +486,33 @@ fn a_base_that_cannot_be_pulled_names_the_local_images_of_its_repository() {
         "no pulling line before the manifest is found: {err}"
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_kiln_quietly() {
+    let k = Kiln::new();
+    let tarball = k.dir.path().join("one.tar");
+    let mut b = tar::Builder::new(fs::File::create(&tarball).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    h.set_cksum();
+    b.append_data(&mut h, "hello", &b"hi"[..]).unwrap();
+    b.finish().unwrap();
+    drop(b);
+    k.ok(&["import", tarball.to_str().unwrap(), "tiny"]);
+    // More than a pipe holds (300 copies of the image's JSON), read one byte of: kiln ends by
+    // SIGPIPE, as `ls | head` does, with nothing on stderr (no panic).
+    let script = format!(
+        "{} --root {} inspect {} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}",
+        env!("CARGO_BIN_EXE_kiln"),
+        k.root().display(),
+        vec!["tiny"; 300].join(" ")
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "141");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+}
