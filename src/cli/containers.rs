@@ -130,6 +130,9 @@ pub struct RunArgs {
     /// Run a small init as PID 1 that forwards signals and reaps orphans
     #[arg(long)]
     init: bool,
+    /// Set metadata on the container (KEY=VALUE)
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// Disable the image's HEALTHCHECK
     #[arg(long = "no-healthcheck")]
     no_healthcheck: bool,
@@ -228,6 +231,14 @@ fn run_inner(ctx: &Ctx, a: RunArgs) -> Result<i32> {
         health,
         no_healthcheck: a.no_healthcheck,
         init: a.init,
+        labels: a
+            .labels
+            .iter()
+            .map(|l| {
+                let (k, v) = l.split_once('=').unwrap_or((l, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
         image: a.image.clone(),
         name: a.name.clone(),
         cmd: a.cmd.clone(),

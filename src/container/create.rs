@@ -297,6 +297,15 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         network_mode: mode.to_string(),
         networks,
         dns: o.dns.clone(),
+        labels: {
+            let mut l: std::collections::BTreeMap<String, String> = rc
+                .extra
+                .get("Labels")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            l.extend(o.labels.clone());
+            l
+        },
     };
     let rec = ContainerRecord {
         id: id.clone(),

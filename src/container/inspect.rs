@@ -57,6 +57,7 @@ pub fn inspect(store: &Store, row: ContainerRow) -> Result<serde_json::Value, Co
             "Image": row.record.image_ref,
             "WorkingDir": spec.runtime.cwd,
             "StopSignal": spec.stop_signal,
+            "Labels": spec.labels,
         },
         "HostConfig": {
             "NetworkMode": network_mode(&spec),

@@ -129,6 +129,8 @@ pub struct RunOptions {
     pub no_healthcheck: bool,
     /// `--init`: a reaper as PID 1.
     pub init: bool,
+    /// `-l`/`--label`: the container's own labels (over the image's).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The container's confinement from the run flags, checked before anything is created.
@@ -209,6 +211,9 @@ pub struct ContainerSpec {
     /// `--dns` servers (aardvark-dns's upstream on user networks).
     #[serde(default)]
     pub dns: Vec<String>,
+    /// The image's labels with `--label`s over them (Docker's Config.Labels).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// A container's resource limits.
