@@ -15,6 +15,7 @@
 
 pub mod builder;
 pub mod cli;
+pub mod compose;
 pub mod container;
 pub mod context;
 pub mod diff;
@@ -26,6 +27,7 @@ pub mod plan;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
+pub mod service;
 pub mod snapshotter;
 pub mod sys;
 pub mod timefmt;

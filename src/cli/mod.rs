@@ -4,6 +4,7 @@
 
 mod build;
 mod cache;
+mod compose;
 mod containers;
 mod images;
 mod networks;
@@ -118,6 +119,8 @@ enum Command {
     Network(networks::NetworkCommand),
     /// Show the history of an image
     History(images::HistoryArgs),
+    /// Run a multi-container application from a compose file (docker compose v2's commands)
+    Compose(compose::ComposeArgs),
 }
 
 /// `kiln ps | head`: when the reader of kiln's output goes, kiln ends as `ls` does (killed by
@@ -270,6 +273,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         Command::Volume(c) => volumes::run(&ctx, c),
         Command::Network(c) => networks::run(&ctx, c),
         Command::History(a) => images::history(&ctx, a),
+        Command::Compose(a) => compose::run(&ctx, a),
     };
     match result {
         Ok(code) => code,

@@ -319,3 +319,39 @@ pub fn serve(handler: std::sync::Arc<Handler>) -> u16 {
     });
     port
 }
+
+/// A port free on 127.0.0.1 now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The body of `GET path` on 127.0.0.1:`port`, waiting up to 10 s for a 200 (a server just
+/// started may not listen yet).
+pub fn http_body(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let t = std::time::Instant::now();
+    loop {
+        let got = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+            s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        if let Ok(r) = got {
+            if let (true, Some((_, body))) = (r.contains(" 200 "), r.split_once("\r\n\r\n")) {
+                return body.to_string();
+            }
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "127.0.0.1:{port}{path} never answered 200"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

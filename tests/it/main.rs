@@ -8,6 +8,7 @@ mod build;
 mod buildkit;
 mod check;
 mod cli;
+mod compose;
 mod conformance;
 mod crash;
 mod demo;

@@ -35,14 +35,6 @@ fn cgroup_v1(ctrl: &str) -> bool {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn http_get(port: u16) -> std::io::Result<String> {
     http_get_at("127.0.0.1", port)
 }

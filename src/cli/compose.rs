@@ -1,0 +1,97 @@
+//! `kiln compose`: docker compose v2's command line over kiln's compose model
+//! (`crate::compose`) and its service engine (`crate::service`).
+
+use super::Ctx;
+use crate::compose::{self, Loaded};
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+mod run;
+
+#[derive(Args, Debug)]
+pub struct ComposeArgs {
+    /// Compose configuration files (default: compose.yaml, compose.yml, docker-compose.yml or
+    /// docker-compose.yaml in the working directory, with its .override file)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// Project name (default: the file's `name:`, COMPOSE_PROJECT_NAME, or its directory's name)
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
+    project: Option<String>,
+    /// Enable services of this profile
+    #[arg(long = "profile", value_name = "PROFILE")]
+    profiles: Vec<String>,
+    #[command(subcommand)]
+    command: ComposeCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ComposeCommand {
+    /// Check the files and print the project as kiln reads it (interpolated, merged, normalized)
+    #[command(alias = "convert")]
+    Config(ConfigArgs),
+    /// Create and start the project's networks, volumes and containers (converging: what is
+    /// already as the files say stays)
+    Up(run::UpArgs),
+    /// Stop and remove the project's containers and networks (named volumes stay unless -v)
+    Down(run::DownArgs),
+    /// List the project's containers
+    Ps(run::PsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// Only check: print nothing but errors
+    #[arg(short, long)]
+    quiet: bool,
+    /// Print the service names, one per line
+    #[arg(long)]
+    services: bool,
+    /// Output format: yaml or json
+    #[arg(long, default_value = "yaml")]
+    format: String,
+}
+
+/// Loads the project the flags name, printing its warnings.
+pub(super) fn load(a: &ComposeArgs) -> Result<Loaded> {
+    let o = compose::Options {
+        files: a.files.clone(),
+        project: a.project.clone(),
+        profiles: a.profiles.clone(),
+        dir: std::env::current_dir()?,
+    };
+    let loaded = compose::load(&o, std::env::vars())?;
+    for w in &loaded.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
+    Ok(loaded)
+}
+
+pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
+    let loaded = load(&a)?;
+    match a.command {
+        ComposeCommand::Config(c) => config(&loaded, c),
+        ComposeCommand::Up(u) => run::up(ctx, &loaded, u),
+        ComposeCommand::Down(d) => run::down(ctx, &loaded, d),
+        ComposeCommand::Ps(p) => run::ps(ctx, &loaded, p),
+    }
+}
+
+fn config(l: &Loaded, c: ConfigArgs) -> Result<i32> {
+    if c.quiet {
+        return Ok(0);
+    }
+    if c.services {
+        for name in l.project.services.keys() {
+            println!("{name}");
+        }
+        return Ok(0);
+    }
+    let v = serde_json::to_value(&l.project)?;
+    match c.format.as_str() {
+        "yaml" => print!("{}", compose::emit::to_yaml(&v)),
+        "json" => println!("{}", serde_json::to_string_pretty(&v)?),
+        f => anyhow::bail!("invalid --format {f:?}: use yaml or json"),
+    }
+    Ok(0)
+}

@@ -1,0 +1,139 @@
+//! `kiln compose`: a project's file read as docker compose reads it (errors naming the file,
+//! line and key), brought up on its own network with names that resolve, converged on a second
+//! `up`, changed, scaled, and taken down with nothing left but its named volume. Root.
+
+use crate::common::*;
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+fn compose(k: &Kiln, dir: &Path, args: &[&str]) -> Output {
+    k.cmd()
+        .current_dir(dir)
+        .arg("compose")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn ok(k: &Kiln, dir: &Path, args: &[&str]) -> (String, String) {
+    let o = compose(k, dir, args);
+    assert!(
+        o.status.success(),
+        "kiln compose {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (
+        String::from_utf8(o.stdout).unwrap(),
+        String::from_utf8(o.stderr).unwrap(),
+    )
+}
+
+const FILE: &str = r#"services:
+  web:
+    image: base
+    init: true
+    command: sh -c 'mkdir -p /w && echo ${GREETING:-hello} > /w/index.html && exec httpd -f -p 80 -h /w'
+    ports: ["${PORT}:80"]
+    depends_on:
+      db:
+        condition: service_healthy
+  db:
+    image: base
+    # httpd as PID 1 would ignore the SIGTERM of stop (10 s each): PID 1 is kiln's init.
+    init: true
+    command: ["sh", "-c", "echo stored > /data/x; exec httpd -f -p 81 -h /data"]
+    healthcheck:
+      test: test -f /data/x
+      interval: 1s
+    volumes: ["data:/data"]
+volumes:
+  data:
+"#;
+
+#[test]
+fn compose_up_converges_and_down_leaves_only_named_volumes() {
+    let Some((k, _, _)) = busybox_image("base", &[]) else {
+        return;
+    };
+    let dir = k.dir.path().join("shop");
+    fs::create_dir(&dir).unwrap();
+    let port = free_port();
+    fs::write(dir.join("compose.yaml"), FILE).unwrap();
+    fs::write(dir.join(".env"), format!("PORT={port}\n")).unwrap();
+
+    let (config, _) = ok(&k, &dir, &["config"]);
+    assert!(
+        config.contains(&format!("0.0.0.0:{port}:80/tcp")),
+        "{config}"
+    );
+    assert!(config.contains("name: shop_data"), "{config}");
+
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    for line in [
+        "Network shop_default  Created",
+        "Container shop-db-1  Started",
+        "Container shop-web-1  Started",
+    ] {
+        assert!(err.contains(line), "{err}");
+    }
+    // db was healthy before web started (depends_on: service_healthy).
+    assert!(err.find("shop-db-1  Started").unwrap() < err.find("shop-web-1  Created").unwrap());
+    assert_eq!(http_body(port, "/").trim(), "hello");
+    // Service names resolve on the project's network.
+    let page = k.ok(&["exec", "shop-web-1", "wget", "-qO-", "http://db:81/x"]);
+    assert_eq!(page.trim(), "stored");
+    let (ps, _) = ok(&k, &dir, &["ps"]);
+    assert!(ps.contains("shop-db-1") && ps.contains("(healthy)"), "{ps}");
+
+    // Nothing changed: nothing is touched.
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    assert!(
+        err.contains("shop-web-1  Running") && !err.contains("Created"),
+        "{err}"
+    );
+    // A changed service is recreated, the other stays; --scale adds replicas.
+    fs::write(dir.join(".env"), format!("PORT={port}\nGREETING=changed\n")).unwrap();
+    let (_, err) = ok(&k, &dir, &["up", "-d", "--scale", "db=2"]);
+    assert!(
+        err.contains("shop-web-1  Recreated") && err.contains("shop-db-1  Running"),
+        "{err}"
+    );
+    assert!(err.contains("shop-db-2  Started"), "{err}");
+    assert_eq!(http_body(port, "/").trim(), "changed");
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    assert!(err.contains("shop-db-2  Removed"), "{err}");
+
+    let (_, err) = ok(&k, &dir, &["down"]);
+    assert!(err.contains("Network shop_default  Removed"), "{err}");
+    assert_eq!(k.ok(&["ps", "-aq"]), "");
+    assert!(!k.ok(&["network", "ls"]).contains("shop_default"));
+    assert!(
+        k.ok(&["volume", "ls"]).contains("shop_data"),
+        "named volumes stay"
+    );
+    ok(&k, &dir, &["down", "-v"]);
+    assert!(!k.ok(&["volume", "ls"]).contains("shop_data"));
+}
+
+#[test]
+fn compose_errors_name_the_file_line_and_key() {
+    let k = Kiln::new();
+    let dir = k.dir.path().join("bad");
+    fs::create_dir(&dir).unwrap();
+    fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  web:\n    image: x\n    ports:\n      - \"4000:eighty\"\n",
+    )
+    .unwrap();
+    let o = compose(&k, &dir, &["config"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("compose.yaml:5: services.web.ports[0]: \"4000:eighty\" is not a port"),
+        "{err}"
+    );
+    let o = compose(&k, &k.dir.path().join("."), &["config"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no configuration file provided"));
+}
