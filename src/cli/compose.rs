@@ -37,6 +37,8 @@ pub enum ComposeCommand {
     Down(run::DownArgs),
     /// List the project's containers
     Ps(run::PsArgs),
+    /// Build the images of services that have a build section
+    Build(run::BuildArgs),
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +76,7 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
         ComposeCommand::Up(u) => run::up(ctx, &loaded, u),
         ComposeCommand::Down(d) => run::down(ctx, &loaded, d),
         ComposeCommand::Ps(p) => run::ps(ctx, &loaded, p),
+        ComposeCommand::Build(b) => run::build(ctx, &loaded, b),
     }
 }
 

@@ -144,6 +144,51 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
+fn dispatch(ctx: &Ctx, command: Command) -> Result<i32> {
+    match command {
+        Command::Build(a) => build::build(ctx, a),
+        Command::Import(a) => images::import(ctx, a),
+        Command::Load(a) => images::load(ctx, a),
+        Command::Save(a) => images::save(ctx, a),
+        Command::Images(a) => images::images(ctx, a),
+        Command::Tag(a) => images::tag(ctx, a),
+        Command::Rmi(a) => images::rmi(ctx, a),
+        Command::Inspect(a) => images::inspect(ctx, a),
+        Command::Run(a) => containers::run(ctx, a),
+        Command::Ps(a) => containers::ps(ctx, a),
+        Command::Stats(a) => containers::stats(ctx, a),
+        Command::Stop(a) => containers::stop(ctx, a),
+        Command::Start(a) => containers::start(ctx, a),
+        Command::Restart(a) => containers::restart(ctx, a),
+        Command::Kill(a) => containers::kill(ctx, a),
+        Command::Rm(a) => containers::rm(ctx, a),
+        Command::Logs(a) => containers::logs(ctx, a),
+        Command::Exec(a) => containers::exec(ctx, a),
+        Command::Login(a) => registry::login(ctx, a),
+        Command::Logout(a) => registry::logout(ctx, a),
+        Command::Push(a) => registry::push(ctx, a),
+        Command::Pull(a) => registry::pull(ctx, a),
+        Command::Cache(c) => cache::run(ctx, c),
+        Command::System(c) => system::run(ctx, c),
+        Command::Image(c) => image(ctx, c),
+        Command::Container(c) => container(ctx, c),
+        Command::Builder(c) => builder(ctx, c),
+        Command::Volume(c) => volumes::run(ctx, c),
+        Command::Network(c) => networks::run(ctx, c),
+        Command::History(a) => images::history(ctx, a),
+        Command::Compose(a) => compose::run(ctx, a),
+    }
+}
+
+/// Runs the kiln command line `args` (without the program's name) on `ctx`'s store, as if
+/// typed: how one command family reuses another whole (`compose build` runs `build`) without
+/// importing it.
+pub(crate) fn run_args(ctx: &Ctx, args: &[String]) -> Result<i32> {
+    let cli = Cli::try_parse_from(std::iter::once("kiln".to_string()).chain(args.iter().cloned()))
+        .map_err(|e| anyhow::anyhow!("kiln {}: {e}", args.join(" ")))?;
+    dispatch(ctx, cli.command)
+}
+
 /// The store root: `--root`, `$KILN_ROOT`, `/var/lib/kiln` for root, `$XDG_DATA_HOME/kiln` otherwise.
 fn default_root() -> PathBuf {
     if crate::sys::is_root() {
@@ -242,39 +287,7 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             })
             .unwrap_or_else(default_root),
     };
-    let result = match cli.command {
-        Command::Build(a) => build::build(&ctx, a),
-        Command::Import(a) => images::import(&ctx, a),
-        Command::Load(a) => images::load(&ctx, a),
-        Command::Save(a) => images::save(&ctx, a),
-        Command::Images(a) => images::images(&ctx, a),
-        Command::Tag(a) => images::tag(&ctx, a),
-        Command::Rmi(a) => images::rmi(&ctx, a),
-        Command::Inspect(a) => images::inspect(&ctx, a),
-        Command::Run(a) => containers::run(&ctx, a),
-        Command::Ps(a) => containers::ps(&ctx, a),
-        Command::Stats(a) => containers::stats(&ctx, a),
-        Command::Stop(a) => containers::stop(&ctx, a),
-        Command::Start(a) => containers::start(&ctx, a),
-        Command::Restart(a) => containers::restart(&ctx, a),
-        Command::Kill(a) => containers::kill(&ctx, a),
-        Command::Rm(a) => containers::rm(&ctx, a),
-        Command::Logs(a) => containers::logs(&ctx, a),
-        Command::Exec(a) => containers::exec(&ctx, a),
-        Command::Login(a) => registry::login(&ctx, a),
-        Command::Logout(a) => registry::logout(&ctx, a),
-        Command::Push(a) => registry::push(&ctx, a),
-        Command::Pull(a) => registry::pull(&ctx, a),
-        Command::Cache(c) => cache::run(&ctx, c),
-        Command::System(c) => system::run(&ctx, c),
-        Command::Image(c) => image(&ctx, c),
-        Command::Container(c) => container(&ctx, c),
-        Command::Builder(c) => builder(&ctx, c),
-        Command::Volume(c) => volumes::run(&ctx, c),
-        Command::Network(c) => networks::run(&ctx, c),
-        Command::History(a) => images::history(&ctx, a),
-        Command::Compose(a) => compose::run(&ctx, a),
-    };
+    let result = dispatch(&ctx, cli.command);
     match result {
         Ok(code) => code,
         Err(e) => {

@@ -112,7 +112,11 @@ pub fn up(
         let s = &p.services[svc];
         wait_for_dependencies(store, p, s, o)?;
         let n = o.scale.get(svc).copied().or(s.deploy.replicas).unwrap_or(1);
-        let hash = config_hash(p, svc, s);
+        // The image as it is now: a rebuilt or pulled image recreates the containers too.
+        let image_id = crate::image::resolve(store, &image_name(p, svc, s))
+            .map(|r| r.image.id().to_string())
+            .unwrap_or_default();
+        let hash = config_hash(p, svc, s, &image_id);
         for i in 1..=n {
             let name = format!("{}-{svc}-{i}", p.name);
             let current = existing.iter().find(|r| r.record.name == name);
@@ -310,12 +314,21 @@ fn with_service(svc: &str, aliases: &[String]) -> Vec<String> {
     a
 }
 
-/// A hash of the service as read (and the project's name): equal hashes, same container. The
-/// replica count is left out: scaling adds or removes containers, it changes none.
-fn config_hash(p: &Project, svc: &str, s: &Service) -> String {
+/// The image a service runs: its `image:`, else the one `build:` makes, `<project>-<service>`
+/// (docker compose v2's name).
+pub fn image_name(p: &Project, svc: &str, s: &Service) -> String {
+    s.image
+        .clone()
+        .unwrap_or_else(|| format!("{}-{svc}", p.name))
+}
+
+/// A hash of the service as read, the project's name and the image's ID: equal hashes, same
+/// container. The replica count is left out: scaling adds or removes containers, it changes
+/// none.
+fn config_hash(p: &Project, svc: &str, s: &Service, image_id: &str) -> String {
     let mut s = s.clone();
     s.deploy.replicas = None;
-    let text = serde_json::to_string(&(&p.name, svc, &s)).expect("the model serializes");
+    let text = serde_json::to_string(&(&p.name, svc, &s, image_id)).expect("the model serializes");
     kiln_store::Digest::of(text.as_bytes()).hex()[..16].to_string()
 }
 
@@ -328,9 +341,7 @@ fn run_options(
     hash: &str,
 ) -> Result<RunOptions, ContainerError> {
     let bad = |m: String| ContainerError::Invalid(format!("service {svc}: {m}"));
-    let image = s.image.clone().ok_or_else(|| {
-        bad("build: is not supported by kiln compose yet: build the image with kiln build -t NAME and give image: NAME".into())
-    })?;
+    let image = image_name(p, svc, s);
     let mut ports = Vec::new();
     for spec in &s.ports {
         ports.push(PortSpec::parse(spec).map_err(bad)?);
@@ -449,7 +460,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_hash_follows_the_service_but_not_its_replica_count() {
+    fn the_hash_follows_the_service_and_its_image_but_not_its_replica_count() {
         let p = Project {
             name: "app".into(),
             ..Default::default()
@@ -458,14 +469,16 @@ mod tests {
             image: Some("web".into()),
             ..Default::default()
         };
-        let one = config_hash(&p, "web", &s);
+        let one = config_hash(&p, "web", &s, "sha256:a");
         s.deploy.replicas = Some(5);
-        assert_eq!(config_hash(&p, "web", &s), one);
+        assert_eq!(config_hash(&p, "web", &s, "sha256:a"), one);
+        assert_ne!(config_hash(&p, "web", &s, "sha256:b"), one, "a new image");
         s.command = Some(vec!["serve".into()]);
-        assert_ne!(config_hash(&p, "web", &s), one);
+        assert_ne!(config_hash(&p, "web", &s, "sha256:a"), one);
+        let d = Service::default();
         assert_ne!(
-            config_hash(&p, "api", &Service::default()),
-            config_hash(&p, "web", &Service::default())
+            config_hash(&p, "api", &d, ""),
+            config_hash(&p, "web", &d, "")
         );
     }
 }

@@ -137,3 +137,43 @@ fn compose_errors_name_the_file_line_and_key() {
     let o = compose(&k, &k.dir.path().join("."), &["config"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no configuration file provided"));
 }
+
+#[test]
+fn compose_builds_missing_images_and_a_new_image_recreates_the_container() {
+    let Some((k, _, _)) = busybox_image("base", &[]) else {
+        return;
+    };
+    let dir = k.dir.path().join("site");
+    fs::create_dir_all(dir.join("app")).unwrap();
+    let port = free_port();
+    let dockerfile = |text: &str| {
+        fs::write(
+            dir.join("app/Dockerfile"),
+            format!("FROM base\nARG GREETING\nRUN mkdir /w && echo \"$GREETING {text}\" > /w/index.html\nCMD [\"httpd\", \"-f\", \"-p\", \"80\", \"-h\", \"/w\"]\n"),
+        )
+        .unwrap()
+    };
+    dockerfile("one");
+    fs::write(
+        dir.join("compose.yaml"),
+        format!("services:\n  web:\n    build:\n      context: app\n      args:\n        GREETING: hello\n    init: true\n    ports: [\"{port}:80\"]\n"),
+    )
+    .unwrap();
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    assert!(err.contains("Service web  Building"), "{err}");
+    assert_eq!(http_body(port, "/").trim(), "hello one");
+    assert!(k.ok(&["images"]).contains("site-web"));
+    // Up to date: no build, nothing recreated.
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    assert!(
+        !err.contains("Building") && err.contains("site-web-1  Running"),
+        "{err}"
+    );
+    // A new image (compose build) recreates the container on the next up.
+    dockerfile("two");
+    ok(&k, &dir, &["build"]);
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    assert!(err.contains("site-web-1  Recreated"), "{err}");
+    assert_eq!(http_body(port, "/").trim(), "hello two");
+    ok(&k, &dir, &["down"]);
+}
