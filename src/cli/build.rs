@@ -214,7 +214,9 @@ fn build_arg_map(args: &[String]) -> Result<BTreeMap<String, String>> {
 /// one thread.
 fn on_interrupt() {
     let sigs = [libc::SIGINT, libc::SIGTERM];
-    if crate::sys::proc::block_signals(&sigs).is_err() {
+    // Already blocked: the command that runs this build (`compose up`) takes them itself.
+    if crate::sys::proc::is_blocked(libc::SIGINT) || crate::sys::proc::block_signals(&sigs).is_err()
+    {
         return;
     }
     std::thread::spawn(move || {

@@ -39,6 +39,14 @@ pub enum ComposeCommand {
     Ps(run::PsArgs),
     /// Build the images of services that have a build section
     Build(run::BuildArgs),
+    /// Show the project's output, each line after its container's name
+    Logs(run::LogsArgs),
+    /// Stop the project's running containers
+    Stop,
+    /// Start the project's stopped containers
+    Start,
+    /// Stop and start the project's containers
+    Restart,
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +85,13 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
         ComposeCommand::Down(d) => run::down(ctx, &loaded, d),
         ComposeCommand::Ps(p) => run::ps(ctx, &loaded, p),
         ComposeCommand::Build(b) => run::build(ctx, &loaded, b),
+        ComposeCommand::Logs(g) => run::logs(ctx, &loaded, g),
+        ComposeCommand::Stop => run::stop(ctx, &loaded),
+        ComposeCommand::Start => run::start(ctx, &loaded),
+        ComposeCommand::Restart => {
+            run::stop(ctx, &loaded)?;
+            run::start(ctx, &loaded)
+        }
     }
 }
 

@@ -42,6 +42,8 @@ mod create;
 pub use create::*;
 mod lifecycle;
 pub use lifecycle::*;
+mod logtail;
+pub use logtail::LogTail;
 
 /// The hidden argv[1] of the detached supervisor: `kiln __kiln-supervise ROOT ID`.
 pub const SUPERVISE_ARG: &str = "__kiln-supervise";

@@ -125,7 +125,7 @@ pub fn up(
                     if row.record.state == ContainerState::Running {
                         event(("Container", name, "Running"));
                     } else {
-                        container::start_detached(store, row)?;
+                        launch(store, row)?;
                         event(("Container", name, "Started"));
                     }
                     continue;
@@ -147,7 +147,7 @@ pub fn up(
                     "Created"
                 },
             ));
-            container::run_detached(store, &row)?;
+            launch(store, &row)?;
             event(("Container", name, "Started"));
         }
         // Replicas above the count go, highest first.
@@ -230,6 +230,63 @@ pub fn down(
         }
     }
     Ok(())
+}
+
+/// Stops the project's running containers, dependents first (`compose stop`, and `up` in the
+/// foreground at Ctrl-C).
+pub fn stop(
+    store: &Store,
+    p: &Project,
+    event: &mut dyn FnMut(Event),
+) -> Result<(), ContainerError> {
+    let mut order =
+        crate::compose::start_order(p).unwrap_or_else(|_| p.services.keys().cloned().collect());
+    order.reverse();
+    let mut rows = containers(store, &p.name)?;
+    rows.sort_by_key(|r| order.iter().position(|s| Some(s) == labels(r).get(SERVICE)));
+    for row in rows
+        .iter()
+        .filter(|r| r.record.state == ContainerState::Running)
+    {
+        container::stop(store, row, None)?;
+        event(("Container", row.record.name.clone(), "Stopped"));
+    }
+    Ok(())
+}
+
+/// Starts the project's stopped containers, dependencies first (`compose start`).
+pub fn start(
+    store: &Store,
+    p: &Project,
+    event: &mut dyn FnMut(Event),
+) -> Result<(), ContainerError> {
+    let order =
+        crate::compose::start_order(p).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    let mut rows = containers(store, &p.name)?;
+    rows.sort_by_key(|r| order.iter().position(|s| Some(s) == labels(r).get(SERVICE)));
+    for row in rows
+        .iter()
+        .filter(|r| r.record.state != ContainerState::Running)
+    {
+        launch(store, row)?;
+        event(("Container", row.record.name.clone(), "Started"));
+    }
+    Ok(())
+}
+
+/// Starts a container under its supervisor. One whose command ran and already ended (a
+/// one-shot task, or a failing one: its exit code says which) is started all the same, as
+/// docker compose sees it; only a container that could not start at all is an error.
+fn launch(store: &Store, row: &ContainerRow) -> Result<(), ContainerError> {
+    let t0 = kiln_store::store::now();
+    // As `kiln start`: an exited container is made "created" again first.
+    match container::restart::start(store, row) {
+        Ok(()) => Ok(()),
+        Err(e) => match store.containers().get(&row.record.id)? {
+            Some(r) if r.started.is_some_and(|s| s >= t0) => Ok(()),
+            _ => Err(e),
+        },
+    }
 }
 
 fn remove(store: &Store, row: &ContainerRow) -> Result<(), ContainerError> {

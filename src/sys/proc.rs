@@ -204,6 +204,13 @@ pub fn block_signals(sigs: &[libc::c_int]) -> io::Result<()> {
     Ok(sigset(sigs)?.thread_block()?)
 }
 
+/// Whether `sig` is blocked in the calling thread (someone already takes it with
+/// [`wait_signal`]).
+pub fn is_blocked(sig: libc::c_int) -> bool {
+    SigSet::thread_get_mask()
+        .is_ok_and(|m| nix::sys::signal::Signal::try_from(sig).is_ok_and(|s| m.contains(s)))
+}
+
 /// sigwait(3) for one of `sigs` (which must be blocked); returns the signal taken.
 pub fn wait_signal(sigs: &[libc::c_int]) -> io::Result<libc::c_int> {
     Ok(sigset(sigs)?.wait()? as libc::c_int)

@@ -177,3 +177,55 @@ fn compose_builds_missing_images_and_a_new_image_recreates_the_container() {
     assert_eq!(http_body(port, "/").trim(), "hello two");
     ok(&k, &dir, &["down"]);
 }
+
+#[test]
+fn compose_up_in_the_foreground_shows_output_until_ctrl_c_stops_it() {
+    let Some((k, _, _)) = busybox_image("base", &[]) else {
+        return;
+    };
+    let dir = k.dir.path().join("fg");
+    fs::create_dir(&dir).unwrap();
+    fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  talker:\n    image: base\n    init: true\n    command: sh -c 'for i in 1 2 3; do echo line $$i; done; exec sleep 100'\n  once:\n    image: base\n    command: sh -c 'echo done; exit 3'\n",
+    )
+    .unwrap();
+    let mut child = k
+        .cmd()
+        .current_dir(&dir)
+        .args(["compose", "up"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !(seen.contains("talker-1  | line 3") && seen.contains("once-1 exited with code 3")) {
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut out, &mut line).unwrap() > 0,
+            "compose up ended early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("once-1    | done"), "{seen}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let (ps, _) = ok(&k, &dir, &["ps", "-a"]);
+    assert!(ps.contains("fg-talker-1") && ps.contains("Exited"), "{ps}");
+    let (logs, _) = ok(&k, &dir, &["logs", "talker"]);
+    assert_eq!(
+        logs,
+        "talker-1  | line 1\ntalker-1  | line 2\ntalker-1  | line 3\n"
+    );
+    // A one-shot that ends at once starts all the same.
+    let (_, err) = ok(&k, &dir, &["start"]);
+    assert!(err.contains("fg-once-1  Started"), "{err}");
+    ok(&k, &dir, &["down"]);
+}

@@ -7,10 +7,13 @@ use crate::service;
 use anyhow::Result;
 use clap::Args;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
-    /// Detached mode: start the containers in the background (the only mode kiln has yet)
+    /// Detached mode: start the containers in the background (else kiln shows their output
+    /// until they end, and stops them at Ctrl-C)
     #[arg(short, long)]
     detach: bool,
     /// Build images before starting containers (else only the missing ones are built)
@@ -37,6 +40,15 @@ pub struct BuildArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow the output until the containers end
+    #[arg(short, long)]
+    follow: bool,
+    /// Only these services
+    services: Vec<String>,
+}
+
+#[derive(Args, Debug)]
 pub struct DownArgs {
     /// Remove the project's named volumes too
     #[arg(short, long)]
@@ -58,11 +70,6 @@ fn say(e: service::Event) {
 }
 
 pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
-    if !a.detach {
-        anyhow::bail!(
-            "kiln compose up runs detached only for now: add -d (then kiln compose logs is kiln logs NAME, kiln compose ps lists them)"
-        );
-    }
     let mut scale = BTreeMap::new();
     for s in &a.scale {
         let (svc, n) = s
@@ -75,7 +82,15 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
         scale.insert(svc.to_string(), n);
     }
     let store = ctx.store()?;
+    // In the foreground Ctrl-C stops the project: taken by a thread, from before anything runs
+    // (builds included).
+    let interrupted = (!a.detach).then(on_interrupt);
     for (name, s) in &l.project.services {
+        if !s.secrets.is_empty() || !s.configs.is_empty() {
+            eprintln!(
+                "kiln: warning: service {name}: secrets and configs are not mounted into containers yet"
+            );
+        }
         let image = service::image_name(&l.project, name, s);
         if s.build.is_some() && (a.build || crate::image::resolve(&store, &image).is_err()) {
             build_one(ctx, l, name, false, false)?;
@@ -86,6 +101,155 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
         wait: a.wait_timeout.map(std::time::Duration::from_secs),
     };
     service::up(&store, &l.project, &o, &mut say)?;
+    match interrupted {
+        None => Ok(0),
+        Some(flag) => attach(&store, l, &flag),
+    }
+}
+
+/// Blocks SIGINT and SIGTERM and takes them on a thread: the first sets the flag, a second
+/// ends kiln at once (130).
+fn on_interrupt() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let sigs = [libc::SIGINT, libc::SIGTERM];
+    if crate::sys::proc::block_signals(&sigs).is_ok() {
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            while crate::sys::proc::wait_signal(&sigs).is_ok() {
+                if f.swap(true, Ordering::SeqCst) {
+                    std::process::exit(130);
+                }
+            }
+        });
+    }
+    flag
+}
+
+/// `up` in the foreground: every container's output after its name until they have all
+/// ended, or Ctrl-C stops them (exit 130).
+fn attach(store: &kiln_store::Store, l: &Loaded, interrupted: &AtomicBool) -> Result<i32> {
+    eprintln!("Attaching to {}", short_names(store, l)?.join(", "));
+    let mut follow = Follow::new(store, l, &[], true)?;
+    loop {
+        follow.print(store)?;
+        if interrupted.load(Ordering::SeqCst) {
+            eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
+            service::stop(store, &l.project, &mut say)?;
+            return Ok(130);
+        }
+        if follow.all_ended {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn short_names(store: &kiln_store::Store, l: &Loaded) -> Result<Vec<String>> {
+    let prefix = format!("{}-", l.project.name);
+    Ok(service::containers(store, &l.project.name)?
+        .iter()
+        .map(|r| r.record.name.trim_start_matches(&prefix).to_string())
+        .collect())
+}
+
+/// The project's containers' logs, followed: `web-1  | line`, and (when `notices`) `web-1
+/// exited with code N`.
+struct Follow {
+    tails: Vec<(String, String, crate::container::LogTail, bool)>,
+    width: usize,
+    all_ended: bool,
+    notices: bool,
+}
+
+impl Follow {
+    fn new(
+        store: &kiln_store::Store,
+        l: &Loaded,
+        only: &[String],
+        notices: bool,
+    ) -> Result<Follow> {
+        let prefix = format!("{}-", l.project.name);
+        let mut rows = service::containers(store, &l.project.name)?;
+        rows.retain(|r| {
+            only.is_empty()
+                || service::labels(r)
+                    .get(service::SERVICE)
+                    .is_some_and(|s| only.contains(s))
+        });
+        rows.sort_by(|a, b| a.record.name.cmp(&b.record.name));
+        let tails: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.record.id.clone(),
+                    r.record.name.trim_start_matches(&prefix).to_string(),
+                    crate::container::LogTail::new(store, &r.record.id),
+                    false,
+                )
+            })
+            .collect();
+        let width = tails.iter().map(|t| t.1.len()).max().unwrap_or(0);
+        Ok(Follow {
+            tails,
+            width,
+            all_ended: false,
+            notices,
+        })
+    }
+
+    /// Prints what came since the last call; notes containers that ended.
+    fn print(&mut self, store: &kiln_store::Store) -> Result<()> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let mut running = 0;
+        for (id, name, tail, ended) in &mut self.tails {
+            let state = store.containers().get(id)?;
+            for line in tail.read()? {
+                let text = line.log.strip_suffix('\n').unwrap_or(&line.log);
+                writeln!(out, "{name:<w$}  | {text}", w = self.width)?;
+            }
+            match state {
+                Some(r) if r.record.state == kiln_store::ContainerState::Running => running += 1,
+                Some(r) if !*ended => {
+                    *ended = true;
+                    if self.notices {
+                        let code = r.exit_code.map_or("unknown".into(), |c| c.to_string());
+                        writeln!(out, "{name} exited with code {code}")?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.flush()?;
+        self.all_ended = running == 0;
+        Ok(())
+    }
+}
+
+pub fn logs(ctx: &Ctx, l: &Loaded, a: LogsArgs) -> Result<i32> {
+    let store = ctx.store()?;
+    for s in &a.services {
+        if !l.project.services.contains_key(s) {
+            anyhow::bail!("no such service: {s}");
+        }
+    }
+    let mut follow = Follow::new(&store, l, &a.services, false)?;
+    loop {
+        follow.print(&store)?;
+        if !a.follow || follow.all_ended {
+            return Ok(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+pub fn stop(ctx: &Ctx, l: &Loaded) -> Result<i32> {
+    service::stop(&ctx.store()?, &l.project, &mut say)?;
+    Ok(0)
+}
+
+pub fn start(ctx: &Ctx, l: &Loaded) -> Result<i32> {
+    service::start(&ctx.store()?, &l.project, &mut say)?;
     Ok(0)
 }
 
