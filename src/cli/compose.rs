@@ -47,6 +47,32 @@ pub enum ComposeCommand {
     Start,
     /// Stop and start the project's containers
     Restart,
+    /// Run a command in a service's running container
+    Exec(ExecArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Which replica (1 is the first)
+    #[arg(long, default_value_t = 1)]
+    index: u32,
+    /// No pseudo-terminal (kiln's exec has none unless asked: accepted for docker compose's
+    /// scripts)
+    #[arg(short = 'T', long = "no-TTY")]
+    no_tty: bool,
+    /// Set an environment variable (K=V)
+    #[arg(short = 'e', long = "env", value_name = "K[=V]")]
+    env: Vec<String>,
+    /// User (name or UID, optionally :group)
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    service: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +114,7 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
         ComposeCommand::Logs(g) => run::logs(ctx, &loaded, g),
         ComposeCommand::Stop => run::stop(ctx, &loaded),
         ComposeCommand::Start => run::start(ctx, &loaded),
+        ComposeCommand::Exec(e) => exec(ctx, &loaded, e),
         ComposeCommand::Restart => {
             run::stop(ctx, &loaded)?;
             run::start(ctx, &loaded)
@@ -112,4 +139,25 @@ fn config(l: &Loaded, c: ConfigArgs) -> Result<i32> {
         f => anyhow::bail!("invalid --format {f:?}: use yaml or json"),
     }
     Ok(0)
+}
+
+/// `compose exec`: `kiln exec` in `<project>-<service>-<index>`.
+fn exec(ctx: &Ctx, l: &Loaded, e: ExecArgs) -> Result<i32> {
+    if !l.project.services.contains_key(&e.service) {
+        anyhow::bail!("no such service: {}", e.service);
+    }
+    let _ = e.no_tty;
+    let mut args = vec!["exec".to_string()];
+    for v in &e.env {
+        args.extend(["-e".into(), v.clone()]);
+    }
+    if let Some(u) = &e.user {
+        args.extend(["-u".into(), u.clone()]);
+    }
+    if let Some(w) = &e.workdir {
+        args.extend(["-w".into(), w.clone()]);
+    }
+    args.push(format!("{}-{}-{}", l.project.name, e.service, e.index));
+    args.extend(e.cmd.iter().cloned());
+    super::run_args(ctx, &args)
 }

@@ -82,7 +82,7 @@ fn compose_up_converges_and_down_leaves_only_named_volumes() {
     assert!(err.find("shop-db-1  Started").unwrap() < err.find("shop-web-1  Created").unwrap());
     assert_eq!(http_body(port, "/").trim(), "hello");
     // Service names resolve on the project's network.
-    let page = k.ok(&["exec", "shop-web-1", "wget", "-qO-", "http://db:81/x"]);
+    let (page, _) = ok(&k, &dir, &["exec", "web", "wget", "-qO-", "http://db:81/x"]);
     assert_eq!(page.trim(), "stored");
     let (ps, _) = ok(&k, &dir, &["ps"]);
     assert!(ps.contains("shop-db-1") && ps.contains("(healthy)"), "{ps}");
