@@ -454,18 +454,15 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32> {
         }
         let _ = out.flush();
     };
-    let lines = container::read_log(&store, &row.record.id)?;
+    // Read once to the end; -f then reads only what is added.
+    let mut log = container::LogTail::new(&store, &row.record.id);
+    let lines = log.read()?;
     let start = tail.map_or(0, |n| lines.len().saturating_sub(n));
     print(&lines[start..]);
     if a.follow {
-        let mut seen = lines.len();
         loop {
             std::thread::sleep(std::time::Duration::from_millis(100));
-            let lines = container::read_log(&store, &row.record.id)?;
-            if lines.len() > seen {
-                print(&lines[seen..]);
-                seen = lines.len();
-            }
+            print(&log.read()?);
             let now = container::refresh(
                 &store,
                 store
@@ -474,10 +471,7 @@ pub fn logs(ctx: &Ctx, a: LogsArgs) -> Result<i32> {
                     .unwrap_or(row.clone()),
             )?;
             if now.record.state != ContainerState::Running {
-                let lines = container::read_log(&store, &row.record.id)?;
-                if lines.len() > seen {
-                    print(&lines[seen..]);
-                }
+                print(&log.read()?);
                 return Ok(0);
             }
         }

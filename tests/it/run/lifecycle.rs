@@ -229,6 +229,23 @@ pub(super) fn detached_containers_publish_ports_list_log_stop_and_remove() {
     assert!(!k.ok(&["ps", "-a"]).contains("web"));
     assert!(!k.root().join("containers").join(&id).exists());
 
+    // logs -f follows a running container to its end; --tail keeps the last lines.
+    let (_, out, _) = run(
+        &k,
+        &[
+            "run",
+            "-d",
+            "base",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4; do echo n$i; sleep 0.1; done",
+        ],
+    );
+    let id = out.trim().to_string();
+    assert_eq!(k.ok(&["logs", "-f", &id]), "n1\nn2\nn3\nn4\n");
+    assert_eq!(k.ok(&["logs", "--tail", "2", &id]), "n3\nn4\n");
+    k.ok(&["rm", &id]);
+
     // A process that handles SIGTERM stops at once, with its own code.
     let (_, out, _) = run(
         &k,
