@@ -49,6 +49,8 @@ pub enum ComposeCommand {
     Restart,
     /// Run a command in a service's running container
     Exec(ExecArgs),
+    /// Run a one-off command in a new container of a service (its dependencies started first)
+    Run(run::RunArgs),
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +117,7 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
         ComposeCommand::Stop => run::stop(ctx, &loaded),
         ComposeCommand::Start => run::start(ctx, &loaded),
         ComposeCommand::Exec(e) => exec(ctx, &loaded, e),
+        ComposeCommand::Run(r) => run::run(ctx, &loaded, r),
         ComposeCommand::Restart => {
             run::stop(ctx, &loaded)?;
             run::start(ctx, &loaded)

@@ -8,13 +8,17 @@
 //! `.container-number` and `.config-hash` (a hash of the service as read, so `up` recreates a
 //! container exactly when its service changed).
 
-use crate::compose::model::{Mount, Service};
+use crate::compose::model::Service;
 use crate::compose::Project;
-use crate::container::{self, ports::PortSpec, volume::MountRequest, ContainerError, RunOptions};
+use crate::container::{self, ContainerError};
 use crate::network;
 use kiln_store::{ContainerRow, ContainerState, Store};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+mod options;
+use options::{config_hash, run_options, with_service};
+pub use options::{dependencies, image_name, one_off};
 
 pub const PROJECT: &str = "com.docker.compose.project";
 pub const SERVICE: &str = "com.docker.compose.service";
@@ -27,6 +31,11 @@ pub struct UpOptions {
     pub scale: BTreeMap<String, u32>,
     /// How long a `service_healthy` dependency may take.
     pub wait: Option<Duration>,
+    /// Remove the project's containers whose service is no longer in the files (else each is
+    /// reported as an `Orphan` event).
+    pub remove_orphans: bool,
+    /// Only these services (and nothing else: no orphan check); all when None.
+    pub only: Option<Vec<String>>,
 }
 
 /// What `up` and `down` did, one line each: (kind, name, what), as `Container app-web-1
@@ -108,7 +117,23 @@ pub fn up(
         event(("Network", name, "Created"));
     }
     let existing = containers(store, &p.name)?;
+    for row in existing.iter().filter(|_| o.only.is_none()) {
+        let l = labels(row);
+        if l.get(SERVICE)
+            .is_some_and(|svc| !p.services.contains_key(svc))
+        {
+            if o.remove_orphans {
+                remove(store, row)?;
+                event(("Container", row.record.name.clone(), "Removed"));
+            } else {
+                event(("Orphan", row.record.name.clone(), "Found"));
+            }
+        }
+    }
     for svc in &order {
+        if o.only.as_ref().is_some_and(|only| !only.contains(svc)) {
+            continue;
+        }
         let s = &p.services[svc];
         wait_for_dependencies(store, p, s, o)?;
         let n = o.scale.get(svc).copied().or(s.deploy.replicas).unwrap_or(1);
@@ -363,179 +388,4 @@ fn wait_for_dependencies(
         }
     }
     Ok(())
-}
-
-fn with_service(svc: &str, aliases: &[String]) -> Vec<String> {
-    let mut a = vec![svc.to_string()];
-    a.extend(aliases.iter().cloned());
-    a
-}
-
-/// The image a service runs: its `image:`, else the one `build:` makes, `<project>-<service>`
-/// (docker compose v2's name).
-pub fn image_name(p: &Project, svc: &str, s: &Service) -> String {
-    s.image
-        .clone()
-        .unwrap_or_else(|| format!("{}-{svc}", p.name))
-}
-
-/// A hash of the service as read, the project's name and the image's ID: equal hashes, same
-/// container. The replica count is left out: scaling adds or removes containers, it changes
-/// none.
-fn config_hash(p: &Project, svc: &str, s: &Service, image_id: &str) -> String {
-    let mut s = s.clone();
-    s.deploy.replicas = None;
-    let text = serde_json::to_string(&(&p.name, svc, &s, image_id)).expect("the model serializes");
-    kiln_store::Digest::of(text.as_bytes()).hex()[..16].to_string()
-}
-
-/// The `kiln run` options of replica `i` of service `svc`.
-fn run_options(
-    p: &Project,
-    svc: &str,
-    s: &Service,
-    i: u32,
-    hash: &str,
-) -> Result<RunOptions, ContainerError> {
-    let bad = |m: String| ContainerError::Invalid(format!("service {svc}: {m}"));
-    let image = image_name(p, svc, s);
-    let mut ports = Vec::new();
-    for spec in &s.ports {
-        ports.push(PortSpec::parse(spec).map_err(bad)?);
-    }
-    let mut mounts = Vec::new();
-    for m in &s.volumes {
-        mounts.push(mount(p, m));
-    }
-    let (first_net, aliases) = s
-        .networks
-        .iter()
-        .next()
-        .map(|(k, a)| (network_name(p, k), with_service(svc, a)))
-        .expect("a service is on at least one network");
-    let restart = match (&s.restart, s.deploy.restart_condition.as_deref()) {
-        (Some(r), _) => r.clone(),
-        (None, Some("any")) => "always".into(),
-        (None, Some("on-failure")) => match s.deploy.restart_max_attempts {
-            Some(n) => format!("on-failure:{n}"),
-            None => "on-failure".into(),
-        },
-        _ => "no".into(),
-    };
-    let mut health = container::health::HealthConfig::default();
-    let mut no_healthcheck = false;
-    if let Some(h) = &s.healthcheck {
-        if h.test.first().map(String::as_str) == Some("NONE") {
-            no_healthcheck = true;
-        } else {
-            health.test = h.test.clone();
-        }
-        let ns = |d: &Option<String>| {
-            d.as_deref()
-                .and_then(crate::frontend::instructions::parse_go_duration)
-                .unwrap_or(0)
-        };
-        health.interval = ns(&h.interval);
-        health.timeout = ns(&h.timeout);
-        health.start_period = ns(&h.start_period);
-        health.retries = h.retries.unwrap_or(0);
-    }
-    let mut labels: BTreeMap<String, String> = s.labels.clone();
-    labels.insert(PROJECT.into(), p.name.clone());
-    labels.insert(SERVICE.into(), svc.to_string());
-    labels.insert(NUMBER.into(), i.to_string());
-    labels.insert(HASH.into(), hash.to_string());
-    let (entrypoint, mut cmd) = match &s.entrypoint {
-        Some(e) if !e.is_empty() => (Some(e[0].clone()), e[1..].to_vec()),
-        Some(_) => (Some(String::new()), Vec::new()),
-        None => (None, Vec::new()),
-    };
-    cmd.extend(s.command.clone().unwrap_or_default());
-    Ok(RunOptions {
-        image,
-        name: Some(format!("{}-{svc}-{i}", p.name)),
-        cmd,
-        entrypoint,
-        env: s
-            .environment
-            .iter()
-            .map(|(k, v)| match v {
-                Some(v) => format!("{k}={v}"),
-                None => k.clone(),
-            })
-            .collect(),
-        workdir: s.working_dir.clone(),
-        user: s.user.clone(),
-        hostname: s.hostname.clone(),
-        network: first_net,
-        network_aliases: aliases,
-        ports,
-        stop_signal: s.stop_signal.clone(),
-        stop_timeout: s
-            .stop_grace_period
-            .as_deref()
-            .and_then(crate::frontend::instructions::parse_go_duration)
-            .map(|ns| ns / 1_000_000_000),
-        memory: s.deploy.memory,
-        cpus: s.deploy.cpus,
-        mounts,
-        restart: container::restart::RestartPolicy::parse(&restart).map_err(bad)?,
-        health,
-        no_healthcheck,
-        init: s.init.unwrap_or(false),
-        labels,
-        ..Default::default()
-    })
-}
-
-fn mount(p: &Project, m: &Mount) -> MountRequest {
-    match m.kind.as_str() {
-        "bind" => MountRequest::Bind {
-            source: m.source.clone().unwrap_or_default().into(),
-            target: m.target.clone(),
-            readonly: m.read_only,
-            create: true,
-        },
-        "tmpfs" => MountRequest::Tmpfs {
-            target: m.target.clone(),
-            options: String::new(),
-        },
-        _ => MountRequest::Volume {
-            name: m.source.as_ref().map(|k| {
-                p.volumes
-                    .get(k)
-                    .map_or_else(|| k.clone(), |d| d.name.clone())
-            }),
-            target: m.target.clone(),
-            readonly: m.read_only,
-        },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hash_follows_the_service_and_its_image_but_not_its_replica_count() {
-        let p = Project {
-            name: "app".into(),
-            ..Default::default()
-        };
-        let mut s = Service {
-            image: Some("web".into()),
-            ..Default::default()
-        };
-        let one = config_hash(&p, "web", &s, "sha256:a");
-        s.deploy.replicas = Some(5);
-        assert_eq!(config_hash(&p, "web", &s, "sha256:a"), one);
-        assert_ne!(config_hash(&p, "web", &s, "sha256:b"), one, "a new image");
-        s.command = Some(vec!["serve".into()]);
-        assert_ne!(config_hash(&p, "web", &s, "sha256:a"), one);
-        let d = Service::default();
-        assert_ne!(
-            config_hash(&p, "api", &d, ""),
-            config_hash(&p, "web", &d, "")
-        );
-    }
 }

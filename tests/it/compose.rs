@@ -104,6 +104,18 @@ fn compose_up_converges_and_down_leaves_only_named_volumes() {
     assert_eq!(http_body(port, "/").trim(), "changed");
     let (_, err) = ok(&k, &dir, &["up", "-d"]);
     assert!(err.contains("shop-db-2  Removed"), "{err}");
+    // A service gone from the files leaves an orphan: reported, then removed on request.
+    let web_only = FILE.replace(
+        "    depends_on:\n      db:\n        condition: service_healthy\n",
+        "",
+    );
+    let web_only = &web_only[..web_only.find("  db:").unwrap()];
+    fs::write(dir.join("compose.yaml"), web_only).unwrap();
+    let (_, err) = ok(&k, &dir, &["up", "-d"]);
+    assert!(err.contains("orphan containers (shop-db-1)"), "{err}");
+    let (_, err) = ok(&k, &dir, &["up", "-d", "--remove-orphans"]);
+    assert!(err.contains("shop-db-1  Removed"), "{err}");
+    fs::write(dir.join("compose.yaml"), FILE).unwrap();
 
     let (_, err) = ok(&k, &dir, &["down"]);
     assert!(err.contains("Network shop_default  Removed"), "{err}");
@@ -227,5 +239,13 @@ fn compose_up_in_the_foreground_shows_output_until_ctrl_c_stops_it() {
     // A one-shot that ends at once starts all the same.
     let (_, err) = ok(&k, &dir, &["start"]);
     assert!(err.contains("fg-once-1  Started"), "{err}");
+    ok(&k, &dir, &["down"]);
+    // compose run: a one-off container with the service's settings and another command, its
+    // exit code kiln's; --rm leaves nothing.
+    let (out, _) = ok(&k, &dir, &["run", "--rm", "talker", "echo", "one", "off"]);
+    assert_eq!(out, "one off\n");
+    let o = compose(&k, &dir, &["run", "--rm", "once"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(k.ok(&["ps", "-aq"]), "");
     ok(&k, &dir, &["down"]);
 }

@@ -25,6 +25,9 @@ pub struct UpArgs {
     /// How long to wait for a dependency to become healthy, in seconds
     #[arg(long = "wait-timeout", value_name = "SECONDS")]
     wait_timeout: Option<u64>,
+    /// Remove containers of services no longer in the files
+    #[arg(long = "remove-orphans")]
+    remove_orphans: bool,
 }
 
 #[derive(Args, Debug)]
@@ -46,6 +49,26 @@ pub struct LogsArgs {
     follow: bool,
     /// Only these services
     services: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container when it exits
+    #[arg(long)]
+    rm: bool,
+    /// Publish the service's ports too
+    #[arg(long = "service-ports")]
+    service_ports: bool,
+    /// Keep standard input open
+    #[arg(short, long)]
+    interactive: bool,
+    /// Do not start the service's dependencies
+    #[arg(long = "no-deps")]
+    no_deps: bool,
+    service: String,
+    /// The command (default: the service's)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    cmd: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -99,8 +122,20 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
     let o = service::UpOptions {
         scale,
         wait: a.wait_timeout.map(std::time::Duration::from_secs),
+        remove_orphans: a.remove_orphans,
+        only: None,
     };
-    service::up(&store, &l.project, &o, &mut say)?;
+    let mut orphans = Vec::new();
+    service::up(&store, &l.project, &o, &mut |e| match e {
+        ("Orphan", name, _) => orphans.push(name),
+        e => say(e),
+    })?;
+    if !orphans.is_empty() {
+        eprintln!(
+            "kiln: warning: found orphan containers ({}) for this project: if you removed or renamed their service in the compose file, run up with --remove-orphans to clean them up",
+            orphans.join(", ")
+        );
+    }
     match interrupted {
         None => Ok(0),
         Some(flag) => attach(&store, l, &flag),
@@ -368,4 +403,42 @@ fn build_one(ctx: &Ctx, l: &Loaded, svc: &str, no_cache: bool, pull: bool) -> Re
         anyhow::bail!("service {svc}: the build failed");
     }
     Ok(())
+}
+
+/// `compose run`: the service's dependencies up (unless --no-deps), then a one-off container in
+/// the foreground; kiln exits with its code.
+pub fn run(ctx: &Ctx, l: &Loaded, a: RunArgs) -> Result<i32> {
+    let p = &l.project;
+    if !p.services.contains_key(&a.service) {
+        anyhow::bail!("no such service: {}", a.service);
+    }
+    let store = ctx.store()?;
+    let mut only = if a.no_deps {
+        Vec::new()
+    } else {
+        service::dependencies(p, &a.service)
+    };
+    only.retain(|d| d != &a.service);
+    let s = &p.services[&a.service];
+    if s.build.is_some()
+        && crate::image::resolve(&store, &service::image_name(p, &a.service, s)).is_err()
+    {
+        build_one(ctx, l, &a.service, false, false)?;
+    }
+    // Networks always; the dependencies' containers unless --no-deps.
+    let o = service::UpOptions {
+        only: Some(only),
+        ..Default::default()
+    };
+    service::up(&store, p, &o, &mut say)?;
+    let mut opts = service::one_off(&store, p, &a.service, &a.cmd, a.service_ports)?;
+    opts.remove = a.rm;
+    opts.interactive = a.interactive;
+    let row = crate::container::create(&store, &opts)?;
+    let stdin = if a.interactive {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    };
+    Ok(crate::container::run_attached(&store, &row, stdin)?)
 }
