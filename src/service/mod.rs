@@ -186,7 +186,9 @@ pub fn up(
                         .is_some_and(|k| k > n)
             })
             .collect();
-        extra.sort_by_key(|r| std::cmp::Reverse(labels(r).get(NUMBER).cloned()));
+        extra.sort_by_key(|r| {
+            std::cmp::Reverse(labels(r).get(NUMBER).and_then(|x| x.parse::<u32>().ok()))
+        });
         for row in extra {
             remove(store, row)?;
             event(("Container", row.record.name.clone(), "Removed"));

@@ -115,8 +115,15 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
             );
         }
         let image = service::image_name(&l.project, name, s);
-        if s.build.is_some() && (a.build || crate::image::resolve(&store, &image).is_err()) {
+        let missing = crate::image::resolve(&store, &image).is_err();
+        if s.build.is_some() && (a.build || missing) {
             build_one(ctx, l, name, false, false)?;
+        } else if missing {
+            // Pulled before the containers are compared: their hash covers the image's ID.
+            eprintln!(" Image {image}  Pulling");
+            if super::super::run_args(ctx, &["pull".to_string(), image.clone()])? != 0 {
+                anyhow::bail!("service {name}: pull {image} failed");
+            }
         }
     }
     let o = service::UpOptions {
