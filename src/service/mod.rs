@@ -24,6 +24,8 @@ pub const PROJECT: &str = "com.docker.compose.project";
 pub const SERVICE: &str = "com.docker.compose.service";
 pub const NUMBER: &str = "com.docker.compose.container-number";
 pub const HASH: &str = "com.docker.compose.config-hash";
+/// On `compose run`'s one-off containers: `ps`, `logs` and `up` leave them out.
+pub const ONEOFF: &str = "com.docker.compose.oneoff";
 
 #[derive(Clone, Debug, Default)]
 pub struct UpOptions {
@@ -52,6 +54,11 @@ pub fn containers(store: &Store, project: &str) -> Result<Vec<ContainerRow>, Con
         }
     }
     Ok(out)
+}
+
+/// Whether a container is a one-off of `compose run`.
+pub fn is_one_off(row: &ContainerRow) -> bool {
+    labels(row).contains_key(ONEOFF)
 }
 
 pub fn labels(row: &ContainerRow) -> BTreeMap<String, String> {

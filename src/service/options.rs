@@ -46,8 +46,7 @@ pub fn one_off(
         kiln_store::digest::to_hex(&suffix)
     ));
     o.labels.remove(NUMBER);
-    o.labels
-        .insert("com.docker.compose.oneoff".into(), "True".into());
+    o.labels.insert(super::ONEOFF.into(), "True".into());
     if !cmd.is_empty() {
         // The entrypoint stays; the command is replaced.
         let keep = o.cmd.len() - s.command.as_ref().map_or(0, Vec::len);

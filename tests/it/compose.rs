@@ -247,5 +247,11 @@ fn compose_up_in_the_foreground_shows_output_until_ctrl_c_stops_it() {
     let o = compose(&k, &dir, &["run", "--rm", "once"]);
     assert_eq!(o.status.code(), Some(3));
     assert_eq!(k.ok(&["ps", "-aq"]), "");
+    // Without --rm the one-off stays, but compose ps lists the project's services only; down
+    // removes it too.
+    ok(&k, &dir, &["run", "talker", "true"]);
+    assert!(k.ok(&["ps", "-a"]).contains("fg-talker-run-"));
+    let (ps, _) = ok(&k, &dir, &["ps", "-a"]);
+    assert!(!ps.contains("-run-"), "{ps}");
     ok(&k, &dir, &["down"]);
 }

@@ -212,6 +212,7 @@ impl Follow {
     ) -> Result<Follow> {
         let prefix = format!("{}-", l.project.name);
         let mut rows = service::containers(store, &l.project.name)?;
+        rows.retain(|r| !service::is_one_off(r));
         rows.retain(|r| {
             only.is_empty()
                 || service::labels(r)
@@ -314,6 +315,8 @@ pub fn ps(ctx: &Ctx, l: &Loaded, a: PsArgs) -> Result<i32> {
         "PORTS".into(),
     ]];
     let mut list = service::containers(&store, &l.project.name)?;
+    // As docker compose ps: one-off containers of `compose run` are not the project's services.
+    list.retain(|r| !service::is_one_off(r));
     list.sort_by(|x, y| x.record.name.cmp(&y.record.name));
     for row in list {
         if !a.all && row.record.state != kiln_store::ContainerState::Running {
