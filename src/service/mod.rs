@@ -67,6 +67,36 @@ pub fn labels(row: &ContainerRow) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The network keys the project's services use, each once.
+fn network_keys(p: &Project) -> Vec<String> {
+    let mut keys: Vec<String> = p
+        .services
+        .values()
+        .flat_map(|s| s.networks.keys().cloned())
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// The project's containers, their services in `order`; containers of services not in it
+/// (gone from the files) last.
+fn in_order(
+    store: &Store,
+    p: &Project,
+    order: &[String],
+) -> Result<Vec<ContainerRow>, ContainerError> {
+    let mut rows = containers(store, &p.name)?;
+    rows.sort_by_key(|r| {
+        let l = labels(r);
+        order
+            .iter()
+            .position(|s| Some(s) == l.get(SERVICE))
+            .unwrap_or(usize::MAX)
+    });
+    Ok(rows)
+}
+
 /// The network a service's network key stands for on the machine.
 fn network_name(p: &Project, key: &str) -> String {
     match p.networks.get(key) {
@@ -86,15 +116,8 @@ pub fn up(
     let order =
         crate::compose::start_order(p).map_err(|e| ContainerError::Invalid(e.to_string()))?;
     // Networks first, each once.
-    let mut keys: Vec<&String> = p
-        .services
-        .values()
-        .flat_map(|s| s.networks.keys())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
-        let name = network_name(p, key);
+    for key in network_keys(p) {
+        let name = network_name(p, &key);
         let def = p.networks.get(key.as_str());
         if store.networks().by_name(&name)?.is_some() {
             continue;
@@ -215,17 +238,7 @@ pub fn down(
     let mut order =
         crate::compose::start_order(p).unwrap_or_else(|_| p.services.keys().cloned().collect());
     order.reverse();
-    let mut rows = containers(store, &p.name)?;
-    // Services of the files first, in reverse order; whatever else the project has (services
-    // since removed from the files) after.
-    rows.sort_by_key(|r| {
-        let l = labels(r);
-        order
-            .iter()
-            .position(|s| Some(s) == l.get(SERVICE))
-            .unwrap_or(usize::MAX)
-    });
-    for row in &rows {
+    for row in &in_order(store, p, &order)? {
         let name = row.record.name.clone();
         if row.record.state == ContainerState::Running {
             container::stop(store, row, None)?;
@@ -234,14 +247,7 @@ pub fn down(
         container::remove(store, &row.record.id)?;
         event(("Container", name, "Removed"));
     }
-    let mut keys: Vec<String> = p
-        .services
-        .values()
-        .flat_map(|s| s.networks.keys().cloned())
-        .collect();
-    keys.sort();
-    keys.dedup();
-    for key in keys {
+    for key in network_keys(p) {
         if p.networks.get(&key).is_some_and(|d| d.external) {
             continue;
         }
@@ -276,9 +282,7 @@ pub fn stop(
     let mut order =
         crate::compose::start_order(p).unwrap_or_else(|_| p.services.keys().cloned().collect());
     order.reverse();
-    let mut rows = containers(store, &p.name)?;
-    rows.sort_by_key(|r| order.iter().position(|s| Some(s) == labels(r).get(SERVICE)));
-    for row in rows
+    for row in in_order(store, p, &order)?
         .iter()
         .filter(|r| r.record.state == ContainerState::Running)
     {
@@ -296,9 +300,7 @@ pub fn start(
 ) -> Result<(), ContainerError> {
     let order =
         crate::compose::start_order(p).map_err(|e| ContainerError::Invalid(e.to_string()))?;
-    let mut rows = containers(store, &p.name)?;
-    rows.sort_by_key(|r| order.iter().position(|s| Some(s) == labels(r).get(SERVICE)));
-    for row in rows
+    for row in in_order(store, p, &order)?
         .iter()
         .filter(|r| r.record.state != ContainerState::Running)
     {
