@@ -52,6 +52,18 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
 
 /// Interpolates `s`; the error is the message of a `${VAR:?message}` or says what is malformed.
 pub fn interpolate(s: &str, vars: &Vars) -> Result<String, String> {
+    nested(s, vars, 0)
+}
+
+/// How deep `${A:-${B:-...}}` may nest (a file is untrusted input; each level is a call).
+const MAX_NESTING: usize = 32;
+
+fn nested(s: &str, vars: &Vars, depth: usize) -> Result<String, String> {
+    if depth > MAX_NESTING {
+        return Err(format!(
+            "invalid interpolation format for {s:?}: nested more than {MAX_NESTING} levels deep"
+        ));
+    }
     if !s.contains('$') {
         return Ok(s.to_string());
     }
@@ -74,7 +86,7 @@ pub fn interpolate(s: &str, vars: &Vars) -> Result<String, String> {
                 let end = closing_brace(s, i + 2).ok_or_else(|| {
                     format!("invalid interpolation format for {s:?}: a ${{ is not closed")
                 })?;
-                out.push_str(&expand(&s[i + 2..end], s, vars)?);
+                out.push_str(&expand(&s[i + 2..end], s, vars, depth)?);
                 i = end + 1;
             }
             Some(c) if c.is_ascii_alphabetic() || *c == b'_' => {
@@ -115,7 +127,7 @@ fn closing_brace(s: &str, from: usize) -> Option<usize> {
 }
 
 /// One `${...}` body.
-fn expand(body: &str, whole: &str, vars: &Vars) -> Result<String, String> {
+fn expand(body: &str, whole: &str, vars: &Vars, depth: usize) -> Result<String, String> {
     let name_len = body
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or(body.len());
@@ -143,13 +155,13 @@ fn expand(body: &str, whole: &str, vars: &Vars) -> Result<String, String> {
     let arg = &rest[1..];
     match op {
         '-' if set => Ok(val.unwrap_or("").to_string()),
-        '-' => interpolate(arg, vars),
+        '-' => nested(arg, vars, depth + 1),
         '?' if set => Ok(val.unwrap_or("").to_string()),
         '?' => Err(format!(
             "required variable {name} is missing a value: {}",
-            interpolate(arg, vars)?
+            nested(arg, vars, depth + 1)?
         )),
-        '+' if set => interpolate(arg, vars),
+        '+' if set => nested(arg, vars, depth + 1),
         '+' => Ok(String::new()),
         _ => Err(format!(
             "invalid interpolation format for {whole:?}: ${{{body}}}"
@@ -196,5 +208,9 @@ mod tests {
         assert!(i("${SET").unwrap_err().contains("not closed"));
         assert!(i("${}").is_err());
         assert!(i("100$").unwrap_err().contains("$$"));
+        let deep = format!("{}x{}", "${NONE:-".repeat(1000), "}".repeat(1000));
+        assert!(i(&deep).unwrap_err().contains("nested more than 32"));
+        let ok = format!("{}x{}", "${NONE:-".repeat(30), "}".repeat(30));
+        assert_eq!(i(&ok).unwrap(), "x");
     }
 }

@@ -47,6 +47,9 @@ pub struct Loaded {
     pub dir: PathBuf,
 }
 
+/// The largest compose file read (a file is untrusted input; real ones are a few KiB).
+const MAX_FILE: u64 = 16 << 20;
+
 /// The default file names, in docker compose's order of preference.
 const NAMES: &[&str] = &[
     "compose.yaml",
@@ -109,8 +112,19 @@ pub fn load(
     let mut names = Vec::new();
     for f in &files {
         let shown = f.display().to_string();
-        let text = std::fs::read_to_string(f)
+        let mut text = String::new();
+        std::fs::File::open(f)
+            .and_then(|file| {
+                use std::io::Read;
+                file.take(MAX_FILE + 1).read_to_string(&mut text)
+            })
             .map_err(|e| ComposeError::Invalid(format!("read {shown}: {e}")))?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(ComposeError::Invalid(format!(
+                "{shown}: larger than {} MiB: not a compose file kiln reads",
+                MAX_FILE >> 20
+            )));
+        }
         let mut tree =
             yaml::parse(&text).map_err(|e| ComposeError::Invalid(format!("{shown}: {e}")))?;
         interpolate(&mut tree, &vars, &shown, "")?;

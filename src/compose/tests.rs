@@ -248,6 +248,16 @@ fn dependencies_start_first_and_cycles_are_refused() {
 }
 
 #[test]
+fn a_file_too_large_is_refused_before_it_is_parsed() {
+    let big = format!(
+        "services:\n  web:\n    image: x\n#{}\n",
+        "x".repeat(17 << 20)
+    );
+    let e = load_err("c.yml", &big);
+    assert!(e.contains("c.yml: larger than 16 MiB"), "{e}");
+}
+
+#[test]
 fn no_file_is_an_error_naming_what_was_looked_for() {
     let d = tempfile::tempdir().unwrap();
     let e = load(

@@ -2,9 +2,15 @@
 //! events: anchors and aliases resolved, merge keys (`<<: *defaults`, or a list of them)
 //! applied as YAML 1.1's merge type says (explicit keys win; among merged maps, the earlier
 //! wins), a key given twice refused. Only the first document of a file counts, as in Compose.
+//! A file is untrusted input: saphyr-parser refuses deep nesting itself ("recursion limit
+//! exceeded"), and aliases may expand the tree to [`MAX_NODES`] nodes at most (a few nested
+//! aliases otherwise make billions).
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use std::collections::HashMap;
+
+/// How many nodes a document may hold, aliases expanded.
+pub const MAX_NODES: usize = 1_000_000;
 
 /// A node and the line (1-based) it starts on.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,9 +63,10 @@ pub fn parse(text: &str) -> Result<Node, String> {
                 }
             }
             Event::Alias(id) => {
-                let n = b.anchors.get(&id).cloned().ok_or_else(|| {
+                let (n, size) = b.anchors.get(&id).cloned().ok_or_else(|| {
                     format!("line {line}: an alias to an anchor not defined before it")
                 })?;
+                b.count(line, size)?;
                 b.push(n)?;
             }
             Event::Scalar(s, style, anchor, _) => {
@@ -67,21 +74,23 @@ pub fn parse(text: &str) -> Result<Node, String> {
                     line,
                     value: Value::Scalar(s.into_owned(), style == ScalarStyle::Plain),
                 };
+                b.count(line, 1)?;
                 if anchor > 0 {
-                    b.anchors.insert(anchor, n.clone());
+                    b.anchors.insert(anchor, (n.clone(), 1));
                 }
                 b.push(n)?;
             }
-            Event::SequenceStart(anchor, _) => b.open(line, anchor, Value::Seq(Vec::new())),
-            Event::MappingStart(anchor, _) => b.open(line, anchor, Value::Map(Vec::new())),
+            Event::SequenceStart(anchor, _) => b.open(line, anchor, Value::Seq(Vec::new()))?,
+            Event::MappingStart(anchor, _) => b.open(line, anchor, Value::Map(Vec::new()))?,
             Event::SequenceEnd | Event::MappingEnd => {
                 let (anchor, mut n) = b.stack.pop().expect("the parser balances its events");
                 b.pending_key.pop();
+                let first = b.opened.pop().expect("one count for each open container");
                 if let Value::Map(entries) = &mut n.value {
                     *entries = merge_keys(std::mem::take(entries))?;
                 }
                 if anchor > 0 {
-                    b.anchors.insert(anchor, n.clone());
+                    b.anchors.insert(anchor, (n.clone(), b.nodes - first));
                 }
                 b.push(n)?;
             }
@@ -98,14 +107,33 @@ struct Builder {
     /// Open sequences and mappings (with their anchor), and a mapping's key waiting for its value.
     stack: Vec<(usize, Node)>,
     pending_key: Vec<Option<(String, usize)>>,
-    anchors: HashMap<usize, Node>,
+    /// The node count when each open container began.
+    opened: Vec<usize>,
+    /// Anchored nodes, with how many nodes each stands for.
+    anchors: HashMap<usize, (Node, usize)>,
+    /// Nodes so far, aliases expanded.
+    nodes: usize,
     done: Option<Node>,
 }
 
 impl Builder {
-    fn open(&mut self, line: usize, anchor: usize, value: Value) {
+    fn open(&mut self, line: usize, anchor: usize, value: Value) -> Result<(), String> {
+        self.opened.push(self.nodes);
+        self.count(line, 1)?;
         self.stack.push((anchor, Node { line, value }));
         self.pending_key.push(None);
+        Ok(())
+    }
+
+    /// Counts `n` more nodes; too many is an error.
+    fn count(&mut self, line: usize, n: usize) -> Result<(), String> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(format!(
+                "line {line}: the document holds more than {MAX_NODES} values once its aliases are expanded"
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a finished node to the open container (as a key or a value), or ends the document.
@@ -227,6 +255,25 @@ mod tests {
         let e = parse("a: [1, 2\n").unwrap_err();
         assert!(e.contains("line"), "{e}");
         assert!(parse("").unwrap().get("services").is_none());
+        // Untrusted input: deep nesting and alias bombs are refused, not followed.
+        let deep = format!("a: {}{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        let e = parse(&deep).unwrap_err();
+        assert!(e.contains("recursion limit"), "{e}");
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..8 {
+            let prev = if i == 0 {
+                "a".to_string()
+            } else {
+                format!("b{}", i - 1)
+            };
+            bomb.push_str(&format!(
+                "b{i}: &b{i} [{}]\n",
+                vec![format!("*{prev}"); 10].join(", ")
+            ));
+        }
+        assert!(parse(&bomb)
+            .unwrap_err()
+            .contains("more than 1000000 values"));
         assert!(parse("a:\n").unwrap().get("a").unwrap().is_null());
     }
 }
