@@ -29,6 +29,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod service;
 pub mod snapshotter;
+pub mod stack;
 pub mod sys;
 pub mod timefmt;
 

@@ -9,6 +9,7 @@ mod containers;
 mod images;
 mod networks;
 mod registry;
+mod stack;
 mod system;
 mod ui;
 mod volumes;
@@ -121,6 +122,12 @@ enum Command {
     History(images::HistoryArgs),
     /// Run a multi-container application from a compose file (docker compose v2's commands)
     Compose(compose::ComposeArgs),
+    /// Deploy compose files as stacks of replicated services (swarm mode's commands, one node)
+    #[command(subcommand)]
+    Stack(stack::StackCommand),
+    /// Manage the services of stacks: ls, ps, logs, scale, update, inspect, rm
+    #[command(subcommand)]
+    Service(stack::ServiceCommand),
 }
 
 /// `kiln ps | head`: when the reader of kiln's output goes, kiln ends as `ls` does (killed by
@@ -177,6 +184,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Network(c) => networks::run(ctx, c),
         Command::History(a) => images::history(ctx, a),
         Command::Compose(a) => compose::run(ctx, a),
+        Command::Stack(c) => stack::run(ctx, c),
+        Command::Service(c) => stack::run_service(ctx, c),
     }
 }
 
@@ -243,6 +252,16 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             return 2;
         };
         return crate::container::supervise_main(std::path::Path::new(root), &id.to_string_lossy());
+    }
+    if args
+        .get(1)
+        .is_some_and(|a| a == crate::stack::SUPERVISE_ARG)
+    {
+        // A service's supervisor: `kiln __kiln-service ROOT NAME`.
+        let (Some(root), Some(name)) = (args.get(2), args.get(3)) else {
+            return 2;
+        };
+        return crate::stack::supervise_main(std::path::Path::new(root), &name.to_string_lossy());
     }
     quiet_on_closed_stdout();
     let cli = match Cli::try_parse_from(args) {

@@ -50,12 +50,17 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
             )? {
                 return Ok(1);
             }
-            crate::container::reset(ctx.store()?)?;
+            let store = ctx.store()?;
+            crate::stack::reset(&store)?;
+            crate::container::reset(store)?;
             Ok(0)
         }
         SystemCommand::Restore => {
             let store = ctx.store()?;
             for name in crate::container::restart::restore(&store)? {
+                println!("{name}");
+            }
+            for name in crate::stack::restore(&store)? {
                 println!("{name}");
             }
             Ok(0)

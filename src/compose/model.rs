@@ -1,11 +1,12 @@
 //! The Compose Specification's model, as kiln runs it: a project's services, networks, volumes,
 //! secrets and configs (read from the merged YAML tree by `read.rs` and `service.rs`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Project {
     pub name: String,
     pub services: BTreeMap<String, Service>,
@@ -19,7 +20,8 @@ pub struct Project {
     pub configs: BTreeMap<String, FileDef>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Service {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -71,7 +73,8 @@ pub struct Service {
     pub profiles: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Build {
     pub context: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -90,7 +93,8 @@ pub struct Build {
 
 /// A service's mount: `bind` (an absolute host path), `volume` (a name from the file's
 /// `volumes`, or none: anonymous) or `tmpfs`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Mount {
     #[serde(rename = "type")]
     pub kind: String,
@@ -101,7 +105,8 @@ pub struct Mount {
     pub read_only: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Health {
     /// Docker's form: `["CMD", ...]`, `["CMD-SHELL", "..."]` or `["NONE"]` (disabled).
     pub test: Vec<String>,
@@ -115,7 +120,8 @@ pub struct Health {
     pub start_period: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Deploy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
@@ -130,6 +136,15 @@ pub struct Deploy {
     pub restart_condition: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_max_attempts: Option<u32>,
+    /// `restart_policy.delay` (swarm's default: 5s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_delay: Option<String>,
+    /// `update_config.monitor`: how long a new replica must keep running (swarm's default: 5s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_monitor: Option<String>,
+    /// `mode`: replicated (the default) or global (one replica per node: one here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_parallelism: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,7 +165,8 @@ impl Deploy {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct NetworkDef {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
@@ -164,7 +180,8 @@ pub struct NetworkDef {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct VolumeDef {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
@@ -173,7 +190,8 @@ pub struct VolumeDef {
 }
 
 /// A secret or config: a file on the host, mounted read-only into the services that name it.
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct FileDef {
     pub file: PathBuf,
 }

@@ -455,6 +455,17 @@ fn deploy(r: &mut Reader, n: &Node, p: &str) -> Result<Deploy, ComposeError> {
         ],
     );
     let mut d = Deploy::default();
+    if let Some(v) = n.get("mode") {
+        let m = r.string(v, &format!("{p}.mode"))?;
+        if m != "replicated" && m != "global" {
+            return Err(r.err(
+                v,
+                &format!("{p}.mode"),
+                format!("{m:?} is not replicated or global"),
+            ));
+        }
+        d.mode = Some(m);
+    }
     if let Some(v) = n.get("replicas") {
         d.replicas = Some(r.number(v, &format!("{p}.replicas"))?);
     }
@@ -496,6 +507,9 @@ fn deploy(r: &mut Reader, n: &Node, p: &str) -> Result<Deploy, ComposeError> {
         if let Some(v) = rp.get("max_attempts") {
             d.restart_max_attempts = Some(r.number(v, &format!("{pp}.max_attempts"))?);
         }
+        if let Some(v) = rp.get("delay") {
+            d.restart_delay = Some(r.duration(v, &format!("{pp}.delay"))?);
+        }
     }
     if let Some(u) = n.get("update_config") {
         let up = format!("{p}.update_config");
@@ -516,6 +530,9 @@ fn deploy(r: &mut Reader, n: &Node, p: &str) -> Result<Deploy, ComposeError> {
         }
         if let Some(v) = u.get("delay") {
             d.update_delay = Some(r.duration(v, &format!("{up}.delay"))?);
+        }
+        if let Some(v) = u.get("monitor") {
+            d.update_monitor = Some(r.duration(v, &format!("{up}.monitor"))?);
         }
         for (k, allowed, slot) in [
             ("order", ["stop-first", "start-first"], &mut d.update_order),

@@ -181,6 +181,13 @@ pub fn bind(ports: &mut Vec<PortSpec>) -> Result<Listeners, String> {
     Ok(Listeners { tcp, udp })
 }
 
+impl Listeners {
+    /// The TCP listeners with their ports (a service's balancer serves them itself).
+    pub(crate) fn into_tcp(self) -> Vec<(TcpListener, PortSpec)> {
+        self.tcp
+    }
+}
+
 /// A job run on the thread that lives in the container's network namespace.
 type NsJob = Box<dyn FnOnce() + Send>;
 
@@ -299,7 +306,7 @@ fn udp_relay(host: UdpSocket, port: u16, tx: mpsc::Sender<NsJob>) {
 
 /// Copies both ways until each side ends; half-closes so protocols that end a request with EOF
 /// work.
-fn splice(a: TcpStream, b: TcpStream) {
+pub(crate) fn splice(a: TcpStream, b: TcpStream) {
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;
     };

@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 mod options;
-use options::{config_hash, run_options, with_service};
-pub use options::{dependencies, image_name, one_off};
+pub use options::config_hash;
+use options::with_service;
+pub use options::{dependencies, image_name, one_off, run_options};
 
 pub const PROJECT: &str = "com.docker.compose.project";
 pub const SERVICE: &str = "com.docker.compose.service";
@@ -98,24 +99,21 @@ fn in_order(
 }
 
 /// The network a service's network key stands for on the machine.
-fn network_name(p: &Project, key: &str) -> String {
+pub fn network_name(p: &Project, key: &str) -> String {
     match p.networks.get(key) {
         Some(d) => d.name.clone(),
         None => format!("{}_{key}", p.name),
     }
 }
 
-/// Creates what is missing and (re)starts what differs from the files, service by service in
-/// dependency order; extra replicas go. `event` hears each step.
-pub fn up(
+/// Creates the networks the project's services use that do not exist yet, labelled with
+/// `owner` (compose's project label, or a stack's namespace).
+pub fn create_networks(
     store: &Store,
     p: &Project,
-    o: &UpOptions,
+    owner: (&str, &str),
     event: &mut dyn FnMut(Event),
 ) -> Result<(), ContainerError> {
-    let order =
-        crate::compose::start_order(p).map_err(|e| ContainerError::Invalid(e.to_string()))?;
-    // Networks first, each once.
     for key in network_keys(p) {
         let name = network_name(p, &key);
         let def = p.networks.get(key.as_str());
@@ -128,7 +126,7 @@ pub fn up(
             )));
         }
         let mut labels = vec![
-            format!("{PROJECT}={}", p.name),
+            format!("{}={}", owner.0, owner.1),
             format!("com.docker.compose.network={key}"),
         ];
         if let Some(d) = def {
@@ -146,6 +144,20 @@ pub fn up(
         )?;
         event(("Network", name, "Created"));
     }
+    Ok(())
+}
+
+/// Creates what is missing and (re)starts what differs from the files, service by service in
+/// dependency order; extra replicas go. `event` hears each step.
+pub fn up(
+    store: &Store,
+    p: &Project,
+    o: &UpOptions,
+    event: &mut dyn FnMut(Event),
+) -> Result<(), ContainerError> {
+    let order =
+        crate::compose::start_order(p).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    create_networks(store, p, (PROJECT, &p.name), event)?;
     let existing = containers(store, &p.name)?;
     for row in existing.iter().filter(|_| o.only.is_none()) {
         let l = labels(row);

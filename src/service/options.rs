@@ -77,7 +77,7 @@ pub fn image_name(p: &Project, svc: &str, s: &Service) -> String {
 /// A hash of the service as read, the project's name and the image's ID: equal hashes, same
 /// container. The replica count is left out: scaling adds or removes containers, it changes
 /// none.
-pub(super) fn config_hash(p: &Project, svc: &str, s: &Service, image_id: &str) -> String {
+pub fn config_hash(p: &Project, svc: &str, s: &Service, image_id: &str) -> String {
     let mut s = s.clone();
     s.deploy.replicas = None;
     let text = serde_json::to_string(&(&p.name, svc, &s, image_id)).expect("the model serializes");
@@ -85,7 +85,7 @@ pub(super) fn config_hash(p: &Project, svc: &str, s: &Service, image_id: &str) -
 }
 
 /// The `kiln run` options of replica `i` of service `svc`.
-pub(super) fn run_options(
+pub fn run_options(
     p: &Project,
     svc: &str,
     s: &Service,
