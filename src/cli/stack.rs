@@ -202,19 +202,19 @@ fn deploy(store: &Store, a: DeployArgs) -> Result<i32> {
         .into_iter()
         .filter(|r| r.stack == a.name)
     {
-        code = code.max(converge(store, &r.name)?);
+        code = code.max(converge(store, &r.name, r.update_state == "updating")?);
     }
     Ok(code)
 }
 
-/// Waits for a service to converge, as `docker service update` does without `-d`; 1 when its
-/// update paused or rolled back.
-pub(crate) fn converge(store: &Store, name: &str) -> Result<i32> {
+/// Waits for a service to converge, as `docker service update` does without `-d`; with
+/// `updating` (the command started an update), 1 when it paused or rolled back.
+pub(crate) fn converge(store: &Store, name: &str, updating: bool) -> Result<i32> {
     let r = stack::wait_converged(store, name, Duration::from_secs(300), &mut |n, of| {
         eprintln!("{name}: {n}/{of} replicas running");
     })?;
     match r.update_state.as_str() {
-        "paused" | "rollback_completed" => {
+        "paused" | "rollback_completed" if updating => {
             eprintln!("kiln: service {name}: {}", r.update_message);
             Ok(1)
         }
@@ -277,13 +277,13 @@ pub(crate) fn tasks_table(store: &Store, ts: &[Task], quiet: bool, no_trunc: boo
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
     let now = kiln_store::store::now();
-    let mut order: Vec<&Task> = ts.iter().collect();
-    order.sort_by(|a, b| {
-        let sa = crate::service::labels(&a.row);
-        let sb = crate::service::labels(&b.row);
-        (sa.get(stack::SERVICE_NAME), a.slot)
-            .cmp(&(sb.get(stack::SERVICE_NAME), b.slot))
-            .then(b.row.record.created.cmp(&a.row.record.created))
+    // Newest first within each slot (`tasks` lists each service's oldest first).
+    let mut order: Vec<&Task> = ts.iter().rev().collect();
+    order.sort_by_cached_key(|t| {
+        let svc = crate::service::labels(&t.row)
+            .get(stack::SERVICE_NAME)
+            .cloned();
+        (svc, t.slot)
     });
     let mut rows = vec![[
         "ID",

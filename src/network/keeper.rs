@@ -55,7 +55,7 @@ pub fn ensure(n: &NetworkRecord) -> Result<(), NetworkError> {
     let k = name(n);
     let master = sys(&k).join("master");
     if std::fs::read_link(&master).is_ok_and(|m| m.file_name() == Some(n.bridge.as_ref())) {
-        return Ok(());
+        return pin_address(&n.bridge);
     }
     if !sys(&n.bridge).exists() {
         return Ok(());
@@ -64,7 +64,24 @@ pub fn ensure(n: &NetworkRecord) -> Result<(), NetworkError> {
         ip(&["link", "add", &k, "type", "veth", "peer", "name", &peer(n)])?;
     }
     // A keeper left from a bridge a reboot or a user removed joins the new one.
-    ip(&["link", "set", &k, "master", &n.bridge])
+    ip(&["link", "set", &k, "master", &n.bridge])?;
+    pin_address(&n.bridge)
+}
+
+/// Fixes the bridge's MAC address. A bridge whose address nobody set takes the lowest of its
+/// ports' addresses, so it changes as containers come and go; containers keep the old one in
+/// their neighbour tables and what they send the host (a published port's answers) is lost for
+/// seconds, until they ask again. Docker sets its bridges' addresses for the same reason. Once
+/// set (`addr_assign_type` 3), the kernel leaves it alone.
+fn pin_address(bridge: &str) -> Result<(), NetworkError> {
+    let kind = std::fs::read_to_string(sys(bridge).join("addr_assign_type")).unwrap_or_default();
+    if kind.trim() == "3" {
+        return Ok(());
+    }
+    let Ok(mac) = std::fs::read_to_string(sys(bridge).join("address")) else {
+        return Ok(());
+    };
+    ip(&["link", "set", "dev", bridge, "address", mac.trim()])
 }
 
 /// Removes `n`'s bridge and its rules through netavark (see the module's note). Nothing to do

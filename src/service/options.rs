@@ -102,6 +102,23 @@ pub fn run_options(
     for m in &s.volumes {
         mounts.push(mount(p, m));
     }
+    // Secrets and configs are their files, read-only, where compose puts them.
+    for (names, defs, dir) in [
+        (&s.secrets, &p.secrets, "/run/secrets/"),
+        (&s.configs, &p.configs, "/"),
+    ] {
+        for n in names {
+            let def = defs
+                .get(n)
+                .ok_or_else(|| bad(format!("{n} is not defined at the top level")))?;
+            mounts.push(MountRequest::Bind {
+                source: def.file.clone(),
+                target: format!("{dir}{n}"),
+                readonly: true,
+                create: false,
+            });
+        }
+    }
     let (first_net, aliases) = s
         .networks
         .iter()

@@ -7,52 +7,59 @@
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 /// The replicas a service's connections go to.
 #[derive(Default)]
 pub struct Backends {
-    list: RwLock<Vec<Ipv4Addr>>,
+    inner: Mutex<Inner>,
     next: AtomicUsize,
-    /// Open connections per replica address.
-    active: Mutex<HashMap<Ipv4Addr, usize>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    list: Vec<Ipv4Addr>,
+    /// Connections per replica address, counted from the moment one is picked: a replica
+    /// out of the list whose count is zero gets no more.
+    active: HashMap<Ipv4Addr, usize>,
 }
 
 impl Backends {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn set(&self, list: Vec<Ipv4Addr>) {
-        let mut l = self.list.write().unwrap_or_else(|e| e.into_inner());
-        if *l != list {
-            *l = list;
+        self.lock().list = list;
+    }
+
+    /// The `k`th replica after the connection's turn `first`, counted as busy.
+    fn pick(&self, first: usize, k: usize) -> Option<Ipv4Addr> {
+        let mut g = self.lock();
+        if k >= g.list.len() {
+            return None;
         }
+        let ip = g.list[(first + k) % g.list.len()];
+        *g.active.entry(ip).or_default() += 1;
+        Some(ip)
     }
 
-    fn snapshot(&self) -> Vec<Ipv4Addr> {
-        self.list.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self, ip: Ipv4Addr, delta: isize) {
-        let mut a = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let n = a.entry(ip).or_default();
-        *n = n.saturating_add_signed(delta);
-        if *n == 0 {
-            a.remove(&ip);
+    fn done(&self, ip: Ipv4Addr) {
+        let mut g = self.lock();
+        if let Some(n) = g.active.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                g.active.remove(&ip);
+            }
         }
     }
 
     /// Waits (at most `max`) until no connection to `ip` is open; it must be out of the list.
     pub fn drain(&self, ip: Ipv4Addr, max: Duration) {
         let t = Instant::now();
-        while t.elapsed() < max {
-            if !self
-                .active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains_key(&ip)
-            {
-                return;
-            }
+        while t.elapsed() < max && self.lock().active.contains_key(&ip) {
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -64,22 +71,20 @@ pub fn serve(listener: TcpListener, port: u16, b: Arc<Backends>) {
         let Ok(client) = conn else { continue };
         let b = b.clone();
         thread::spawn(move || {
-            let list = b.snapshot();
-            if list.is_empty() {
-                return; // nothing ready: the client sees the connection closed
-            }
             let first = b.next.fetch_add(1, Ordering::Relaxed);
-            for k in 0..list.len() {
-                let ip = list[(first + k) % list.len()];
+            // Nothing ready (or nothing answers): the client sees the connection closed.
+            let mut k = 0;
+            while let Some(ip) = b.pick(first, k) {
                 let to = SocketAddr::from((ip, port));
                 if let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
                     let _ = server.set_nodelay(true);
                     let _ = client.set_nodelay(true);
-                    b.count(ip, 1);
                     crate::container::ports::splice(client, server);
-                    b.count(ip, -1);
+                    b.done(ip);
                     return;
                 }
+                b.done(ip);
+                k += 1;
             }
         });
     }

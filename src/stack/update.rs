@@ -118,7 +118,8 @@ fn finish(store: &Store, r: &Record) -> Result<(), ContainerError> {
     now.update_message = if state == "completed" {
         "update completed".into()
     } else {
-        "rollback completed".into()
+        // Why it rolled back stays in the message.
+        format!("rollback completed: {}", r.update_message)
     };
     log(&format!("{}: {}", r.name, now.update_message));
     save(store, &now)

@@ -36,6 +36,7 @@ const FILE: &str = r#"services:
     init: true
     command: sh -c 'mkdir -p /w && echo ${GREETING:-hello} > /w/index.html && exec httpd -f -p 80 -h /w'
     ports: ["${PORT}:80"]
+    secrets: [token]
     depends_on:
       db:
         condition: service_healthy
@@ -50,6 +51,9 @@ const FILE: &str = r#"services:
     volumes: ["data:/data"]
 volumes:
   data:
+secrets:
+  token:
+    file: ./token.txt
 "#;
 
 #[test]
@@ -62,6 +66,7 @@ fn compose_up_converges_and_down_leaves_only_named_volumes() {
     let port = free_port();
     fs::write(dir.join("compose.yaml"), FILE).unwrap();
     fs::write(dir.join(".env"), format!("PORT={port}\n")).unwrap();
+    fs::write(dir.join("token.txt"), "t0ken\n").unwrap();
 
     let (config, _) = ok(&k, &dir, &["config"]);
     assert!(
@@ -84,6 +89,15 @@ fn compose_up_converges_and_down_leaves_only_named_volumes() {
     // Service names resolve on the project's network.
     let (page, _) = ok(&k, &dir, &["exec", "web", "wget", "-qO-", "http://db:81/x"]);
     assert_eq!(page.trim(), "stored");
+    // A secret is its file, read-only under /run/secrets.
+    let (secret, _) = ok(&k, &dir, &["exec", "web", "cat", "/run/secrets/token"]);
+    assert_eq!(secret, "t0ken\n");
+    let o = compose(
+        &k,
+        &dir,
+        &["exec", "web", "sh", "-c", "echo x > /run/secrets/token"],
+    );
+    assert!(!o.status.success(), "a secret is read-only");
     let (ps, _) = ok(&k, &dir, &["ps"]);
     assert!(ps.contains("shop-db-1") && ps.contains("(healthy)"), "{ps}");
 

@@ -22,4 +22,5 @@ mod restart;
 mod run;
 mod security;
 mod snapshot;
+mod stack;
 mod volumes;

@@ -109,11 +109,6 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
     // (builds included).
     let interrupted = (!a.detach).then(on_interrupt);
     for (name, s) in &l.project.services {
-        if !s.secrets.is_empty() || !s.configs.is_empty() {
-            eprintln!(
-                "kiln: warning: service {name}: secrets and configs are not mounted into containers yet"
-            );
-        }
         let image = service::image_name(&l.project, name, s);
         let missing = crate::image::resolve(&store, &image).is_err();
         if s.build.is_some() && (a.build || missing) {

@@ -114,7 +114,7 @@ pub fn run_service(ctx: &Ctx, c: ServiceCommand) -> Result<i32> {
             }
             if !a.detach {
                 for (name, _) in &wanted {
-                    code = code.max(converge(&store, name)?);
+                    code = code.max(converge(&store, name, false)?);
                 }
             }
             Ok(code)
@@ -128,7 +128,7 @@ pub fn run_service(ctx: &Ctx, c: ServiceCommand) -> Result<i32> {
             if a.detach {
                 return Ok(0);
             }
-            converge(&store, &r.name)
+            converge(&store, &r.name, r.update_state == "updating")
         }
         ServiceCommand::Inspect(a) => {
             let mut out = Vec::new();
