@@ -4,12 +4,14 @@
 # tar can make the archives ADD must unpack; mmdebstrap for the demo's Python base; docker-registry
 # and apache2-utils (htpasswd) for the registry tests; python3 drives the login prompt under a pty;
 # netavark and aardvark-dns make bridge networks and answer names on them, with iptables and
-# iproute2's ip, which the network tests also use to list rules and make an "outside"). Extra arguments go
-# to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
+# iproute2's ip, which the network tests also use to list rules and make an "outside"; containerd, which
+# runs a saved image as Kubernetes nodes would; python3-venv for target/venv, where pip installs
+# kubernetes-validate, which checks `stack convert`'s manifests against the Kubernetes API schemas).
+# Extra arguments go to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap docker-registry apache2-utils python3
-  netavark aardvark-dns iptables iproute2)
+  netavark aardvark-dns iptables iproute2 containerd python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -22,6 +24,11 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+if [[ ! -x target/venv/bin/kubernetes-validate ]]; then
+  echo "test.sh: installing kubernetes-validate 1.37.0 into target/venv" >&2
+  python3 -m venv target/venv && target/venv/bin/pip install -q kubernetes-validate==1.37.0 ||
+    echo "test.sh: kubernetes-validate could not be installed: the Kubernetes manifest test will skip" >&2
 fi
 if ! ls target/debug/deps/it-* >/dev/null 2>&1; then
   echo "test.sh: compiling kiln and its tests (about 3 minutes on 2 cores the first time), then running them (about 1 minute)" >&2

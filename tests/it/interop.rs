@@ -183,3 +183,82 @@ fn save_is_deterministic() {
     assert!(b.status.success());
     assert_eq!(fs::read(&a).unwrap(), b.stdout);
 }
+
+/// The runtime Kubernetes nodes use: a `kiln save` archive imported into containerd (its own
+/// config, root, state and socket, started here) with `ctr image import`, and run by
+/// `ctr run --rm`.
+#[test]
+fn saved_images_run_under_containerd() {
+    let Some((k, _, _)) = busybox_image("hello:1.0", &["containerd", "ctr", "runc"]) else {
+        return;
+    };
+    let ctx = k.dir.path().join("ctx");
+    std::fs::create_dir(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM hello:1.0\nRUN echo built by kiln > /message\nCMD [\"cat\", \"/message\"]\n",
+    )
+    .unwrap();
+    k.ok(&["build", "-q", "-t", "hello:2.0", ctx.to_str().unwrap()]);
+    let archive = k.dir.path().join("hello.tar");
+    k.ok(&["save", "-o", archive.to_str().unwrap(), "hello:2.0"]);
+
+    let d = k.dir.path().join("containerd");
+    std::fs::create_dir(&d).unwrap();
+    let sock = d.join("sock");
+    std::fs::write(
+        d.join("config.toml"),
+        format!(
+            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{0}/sock\"\n[ttrpc]\n  address = \"{0}/sock.ttrpc\"\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.join("log")).unwrap();
+    /// Ends containerd however the test ends.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Reap(
+        Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let ctr = |args: &[&str]| {
+        // Not "kiln": containerd names its cgroups after the namespace, and kiln's are /kiln.
+        let mut c = Command::new("ctr");
+        c.arg("-a").arg(&sock).args(["-n", "kiln-test"]).args(args);
+        c
+    };
+    let t = std::time::Instant::now();
+    while ctr(&["version"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "containerd never answered: {}",
+            std::fs::read_to_string(d.join("log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The archive names the image by its tag only: --base-name gives it a repository.
+    sh(ctr(&["image", "import", "--base-name", "docker.io/library/hello"]).arg(&archive));
+    let images = sh(&mut ctr(&["image", "ls", "-q"]));
+    assert!(images.contains("docker.io/library/hello:2.0"), "{images}");
+    let out = sh(&mut ctr(&[
+        "run",
+        "--rm",
+        "docker.io/library/hello:2.0",
+        "kiln-test-1",
+    ]));
+    assert_eq!(out, "built by kiln\n");
+}
