@@ -3,7 +3,9 @@
 //! package index through the host network), run with -p, the page checked byte for byte with
 //! the container's own hostname, and the image read by skopeo. Then the visit counter: the
 //! Redis base (fixtures/redis-base.sh) on a user network with a volume, the page counting
-//! visits, and the count going on after the Redis container is replaced.
+//! visits, and the count going on after the Redis container is replaced. Then the tutorial's
+//! parts 3 and 5 as stacks, their files as written (image names aside): five replicas in turn
+//! on port 4000, visits counted across them, and the count kept over `stack rm` + `deploy`.
 
 use crate::common::*;
 use std::io::{Read, Write};
@@ -109,6 +111,7 @@ fn friendlyhello_builds_runs_and_answers_as_the_seed_shows() {
         .contains(&serde_json::json!("NAME=World")));
 
     visit_counter(&k, repo);
+    tutorial_stacks(&k);
 }
 
 /// Waits until redis in `name` answers, then runs `redis-cli ARGS` there.
@@ -233,4 +236,185 @@ fn visit_counter(k: &Kiln, repo: &Path) {
     visit(3);
     k.ok(&["rm", "-f", "redis2", web]);
     k.ok(&["network", "rm", "getstarted"]);
+}
+
+/// The tutorial's part 3 file: five replicas of the app behind port 4000.
+const PART3: &str = r#"version: "3"
+services:
+  web:
+    # replace username/repo:tag with your name and image details
+    image: friendlyhello
+    deploy:
+      replicas: 5
+      resources:
+        limits:
+          cpus: "0.1"
+          memory: 50M
+      restart_policy:
+        condition: on-failure
+    ports:
+      - "4000:80"
+    networks:
+      - webnet
+networks:
+  webnet:
+"#;
+
+/// Part 5's: the same with Redis (its data in a host directory) and a dashboard on 8080, here a
+/// local web server showing a bind-mounted host file (the tutorial's visualizer reads the swarm
+/// engine's socket, which kiln, having no daemon, does not have).
+const PART5: &str = r#"version: "3"
+services:
+  web:
+    # replace username/repo:tag with your name and image details
+    image: friendlyhello
+    deploy:
+      replicas: 5
+      restart_policy:
+        condition: on-failure
+      resources:
+        limits:
+          cpus: "0.1"
+          memory: 50M
+    ports:
+      - "4000:80"
+    networks:
+      - webnet
+  visualizer:
+    image: dashboard
+    ports:
+      - "8080:8080"
+    volumes:
+      - "./dashboard.html:/srv/index.html:ro"
+    deploy:
+      placement:
+        constraints: [node.role == manager]
+    networks:
+      - webnet
+  redis:
+    image: redis
+    ports:
+      - "6379:6379"
+    volumes:
+      - "/home/docker/data:/data"
+    deploy:
+      placement:
+        constraints: [node.role == manager]
+    command: redis-server --appendonly yes
+    networks:
+      - webnet
+networks:
+  webnet:
+"#;
+
+/// (hostname, visits) of one page from port 4000.
+fn page_4000() -> Option<(String, String)> {
+    let p = get(4000)?;
+    let host = p
+        .split("<b>Hostname:</b> ")
+        .nth(1)?
+        .split('<')
+        .next()?
+        .to_string();
+    let visits = p.split("<b>Visits:</b> ").nth(1)?.to_string();
+    Some((host, visits))
+}
+
+fn tutorial_stacks(k: &Kiln) {
+    // The files name /home/docker/data: used as written, unless this machine has a
+    // /home/docker of its own, and removed afterwards.
+    if Path::new("/home/docker").exists() {
+        eprintln!("skipping the tutorial's stacks: /home/docker exists on this machine");
+        return;
+    }
+    for port in [4000, 8080, 6379] {
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+            "the tutorial's files publish port {port}, which is in use on this machine"
+        );
+    }
+    let dir = k.dir.path().join("getstartedlab");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), PART3).unwrap();
+    std::fs::write(dir.join("dashboard.html"), "<h1>getstartedlab</h1>\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM python:3.11-slim\nWORKDIR /srv\nCMD [\"python\", \"-m\", \"http.server\", \"8080\"]\n",
+    )
+    .unwrap();
+    k.ok(&["build", "-q", "-t", "dashboard", dir.to_str().unwrap()]);
+    let deploy = |file: &str| {
+        let o = k
+            .cmd()
+            .current_dir(&dir)
+            .args([
+                "stack",
+                "deploy",
+                "-c",
+                file,
+                "--detach=false",
+                "getstartedlab",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // Part 3: five replicas behind port 4000, in turn (no Redis yet: the page says so).
+    let out = deploy("docker-compose.yml");
+    assert!(out.contains("Creating service getstartedlab_web"), "{out}");
+    let services = k.ok(&["stack", "services", "getstartedlab"]);
+    assert!(services.contains(" replicated   5/5 "), "{services}");
+    let (first, visits) = page_4000().expect("a replica answers");
+    assert!(visits.contains("cannot connect to Redis"), "{visits}");
+    let (second, _) = page_4000().expect("a replica answers");
+    assert_ne!(first, second, "the next request meets the next replica");
+
+    // Part 5: the same stack, deployed again with Redis and the dashboard; web is unchanged.
+    std::fs::write(dir.join("docker-compose.yml"), PART5).unwrap();
+    let out = deploy("docker-compose.yml");
+    assert!(
+        out.contains("Creating service getstartedlab_redis"),
+        "{out}"
+    );
+    // Visits are counted across the replicas: one more per request, whoever answers.
+    let mut hosts = std::collections::BTreeSet::new();
+    let mut last = 0;
+    let t = Instant::now();
+    while hosts.len() < 5 || last < 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "visits never counted: {hosts:?} {last}"
+        );
+        let Some((host, visits)) = page_4000() else {
+            continue;
+        };
+        let Ok(n) = visits.parse::<u64>() else {
+            std::thread::sleep(Duration::from_millis(200)); // Redis still starting
+            continue;
+        };
+        assert!(n > last, "visits went from {last} to {n}");
+        last = n;
+        hosts.insert(host);
+    }
+    assert_eq!(http_body(8080, "/"), "<h1>getstartedlab</h1>\n");
+
+    // The data survives the stack: rm, deploy, and the count goes on.
+    k.ok(&["stack", "rm", "getstartedlab"]);
+    assert!(get(4000).is_none());
+    deploy("docker-compose.yml");
+    let t = Instant::now();
+    let n = loop {
+        if let Some(n) = page_4000().and_then(|(_, v)| v.parse::<u64>().ok()) {
+            break n;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the counter never came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(n, last + 1, "the count went on from the host directory");
+    k.ok(&["stack", "rm", "getstartedlab"]);
+    std::fs::remove_dir_all("/home/docker").unwrap();
 }
