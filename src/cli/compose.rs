@@ -39,6 +39,10 @@ pub enum ComposeCommand {
     Ps(run::PsArgs),
     /// Build the images of services that have a build section
     Build(run::BuildArgs),
+    /// Pull the images of services that name one
+    Pull,
+    /// Push the images of services that build one and name it
+    Push,
     /// Show the project's output, each line after its container's name
     Logs(run::LogsArgs),
     /// Stop the project's running containers
@@ -113,6 +117,8 @@ pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
         ComposeCommand::Down(d) => run::down(ctx, &loaded, d),
         ComposeCommand::Ps(p) => run::ps(ctx, &loaded, p),
         ComposeCommand::Build(b) => run::build(ctx, &loaded, b),
+        ComposeCommand::Pull => run::pull(ctx, &loaded),
+        ComposeCommand::Push => run::push(ctx, &loaded),
         ComposeCommand::Logs(g) => run::logs(ctx, &loaded, g),
         ComposeCommand::Stop => run::stop(ctx, &loaded),
         ComposeCommand::Start => run::start(ctx, &loaded),

@@ -346,6 +346,51 @@ fn remove(store: &Store, row: &ContainerRow) -> Result<(), ContainerError> {
 
 /// Waits for what `s` depends on: healthy for `service_healthy`, exited 0 for
 /// `service_completed_successfully` (started is enough otherwise: the order saw to it).
+/// `up --wait`: waits until every container of the project runs, healthy where it has a
+/// health check; one that exits or turns unhealthy is an error naming it.
+pub fn wait_ready(store: &Store, p: &Project, limit: Duration) -> Result<(), ContainerError> {
+    let t = Instant::now();
+    loop {
+        let mut pending = None;
+        for r in containers(store, &p.name)?
+            .iter()
+            .filter(|r| !is_one_off(r))
+        {
+            let health = container::spec_of(r)?
+                .health
+                .and_then(|_| container::health::read(&container::dir(store, &r.record.id)))
+                .map(|h| h.status);
+            match (r.record.state, health.as_deref()) {
+                (ContainerState::Running, None | Some("healthy")) => {}
+                (ContainerState::Running, Some("unhealthy")) => {
+                    return Err(ContainerError::Invalid(format!(
+                        "container {} is unhealthy",
+                        r.record.name
+                    )))
+                }
+                (ContainerState::Exited, _) => {
+                    return Err(ContainerError::Invalid(format!(
+                        "container {} exited ({})",
+                        r.record.name,
+                        r.exit_code.map_or("unknown".into(), |c| c.to_string())
+                    )))
+                }
+                _ => pending = Some(r.record.name.clone()),
+            }
+        }
+        let Some(name) = pending else {
+            return Ok(());
+        };
+        if t.elapsed() > limit {
+            return Err(ContainerError::Invalid(format!(
+                "container {name} is not ready after {} s",
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn wait_for_dependencies(
     store: &Store,
     p: &Project,

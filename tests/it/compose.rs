@@ -109,12 +109,15 @@ fn compose_up_converges_and_down_leaves_only_named_volumes() {
     );
     // A changed service is recreated, the other stays; --scale adds replicas.
     fs::write(dir.join(".env"), format!("PORT={port}\nGREETING=changed\n")).unwrap();
-    let (_, err) = ok(&k, &dir, &["up", "-d", "--scale", "db=2"]);
+    let (_, err) = ok(&k, &dir, &["up", "--wait", "--scale", "db=2"]);
     assert!(
         err.contains("shop-web-1  Recreated") && err.contains("shop-db-1  Running"),
         "{err}"
     );
     assert!(err.contains("shop-db-2  Started"), "{err}");
+    // --wait returned once every container ran, healthy where it has a check.
+    let (ps, _) = ok(&k, &dir, &["ps"]);
+    assert_eq!(ps.matches("(healthy)").count(), 2, "{ps}");
     assert_eq!(http_body(port, "/").trim(), "changed");
     let (_, err) = ok(&k, &dir, &["up", "-d"]);
     assert!(err.contains("shop-db-2  Removed"), "{err}");
@@ -123,7 +126,10 @@ fn compose_up_converges_and_down_leaves_only_named_volumes() {
         "    depends_on:\n      db:\n        condition: service_healthy\n",
         "",
     );
-    let web_only = &web_only[..web_only.find("  db:").unwrap()];
+    let web_only = format!(
+        "{}secrets:\n  token:\n    file: ./token.txt\n",
+        &web_only[..web_only.find("  db:").unwrap()]
+    );
     fs::write(dir.join("compose.yaml"), web_only).unwrap();
     let (_, err) = ok(&k, &dir, &["up", "-d"]);
     assert!(err.contains("orphan containers (shop-db-1)"), "{err}");
@@ -201,7 +207,10 @@ fn compose_builds_missing_images_and_a_new_image_recreates_the_container() {
     let (_, err) = ok(&k, &dir, &["up", "-d"]);
     assert!(err.contains("site-web-1  Recreated"), "{err}");
     assert_eq!(http_body(port, "/").trim(), "hello two");
-    ok(&k, &dir, &["down"]);
+    // The image built for the service goes with --rmi local.
+    let (_, err) = ok(&k, &dir, &["down", "--rmi", "local"]);
+    assert!(err.contains("Image site-web  Removed"), "{err}");
+    assert!(!k.ok(&["images"]).contains("site-web"));
 }
 
 #[test]

@@ -22,7 +22,10 @@ pub struct UpArgs {
     /// Run N containers of SERVICE (over deploy.replicas)
     #[arg(long = "scale", value_name = "SERVICE=N")]
     scale: Vec<String>,
-    /// How long to wait for a dependency to become healthy, in seconds
+    /// Wait until every container runs, healthy where it has a health check (implies -d)
+    #[arg(long)]
+    wait: bool,
+    /// How long to wait (--wait, and for a dependency to become healthy), in seconds
     #[arg(long = "wait-timeout", value_name = "SECONDS")]
     wait_timeout: Option<u64>,
     /// Remove containers of services no longer in the files
@@ -76,6 +79,9 @@ pub struct DownArgs {
     /// Remove the project's named volumes too
     #[arg(short, long)]
     volumes: bool,
+    /// Remove images too: local (those built for services without an image: name) or all
+    #[arg(long, value_name = "TYPE")]
+    rmi: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -107,7 +113,7 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
     let store = ctx.store()?;
     // In the foreground Ctrl-C stops the project: taken by a thread, from before anything runs
     // (builds included).
-    let interrupted = (!a.detach).then(on_interrupt);
+    let interrupted = (!a.detach && !a.wait).then(on_interrupt);
     for (name, s) in &l.project.services {
         let image = service::image_name(&l.project, name, s);
         let missing = crate::image::resolve(&store, &image).is_err();
@@ -137,6 +143,10 @@ pub fn up(ctx: &Ctx, l: &Loaded, a: UpArgs) -> Result<i32> {
             "kiln: warning: found orphan containers ({}) for this project: if you removed or renamed their service in the compose file, run up with --remove-orphans to clean them up",
             orphans.join(", ")
         );
+    }
+    if a.wait {
+        let limit = std::time::Duration::from_secs(a.wait_timeout.unwrap_or(120));
+        service::wait_ready(&store, &l.project, limit)?;
     }
     match interrupted {
         None => Ok(0),
@@ -293,7 +303,59 @@ pub fn start(ctx: &Ctx, l: &Loaded) -> Result<i32> {
 
 pub fn down(ctx: &Ctx, l: &Loaded, a: DownArgs) -> Result<i32> {
     let store = ctx.store()?;
+    let images: Vec<String> = match a.rmi.as_deref() {
+        None => Vec::new(),
+        Some("local") => l
+            .project
+            .services
+            .iter()
+            .filter(|(_, s)| s.image.is_none())
+            .map(|(n, s)| service::image_name(&l.project, n, s))
+            .collect(),
+        Some("all") => l
+            .project
+            .services
+            .iter()
+            .map(|(n, s)| service::image_name(&l.project, n, s))
+            .collect(),
+        Some(t) => anyhow::bail!("invalid --rmi {t:?}: use local or all"),
+    };
     service::down(&store, &l.project, a.volumes, &mut say)?;
+    for image in images {
+        if crate::image::resolve(&store, &image).is_ok() {
+            super::super::run_args(ctx, &["rmi".to_string(), image.clone()])?;
+            eprintln!(" Image {image}  Removed");
+        }
+    }
+    Ok(0)
+}
+
+/// `compose pull`: the images of services that name one (services that build are skipped).
+pub fn pull(ctx: &Ctx, l: &Loaded) -> Result<i32> {
+    for (name, s) in &l.project.services {
+        match (&s.image, &s.build) {
+            (Some(image), None) => {
+                eprintln!(" {name} Pulling");
+                if super::super::run_args(ctx, &["pull".to_string(), image.clone()])? != 0 {
+                    anyhow::bail!("service {name}: pull {image} failed");
+                }
+            }
+            _ => eprintln!(" {name} Skipped - No image to be pulled"),
+        }
+    }
+    Ok(0)
+}
+
+/// `compose push`: the images of services that build one and name it.
+pub fn push(ctx: &Ctx, l: &Loaded) -> Result<i32> {
+    for (name, s) in &l.project.services {
+        if let (Some(image), Some(_)) = (&s.image, &s.build) {
+            eprintln!(" {name} Pushing");
+            if super::super::run_args(ctx, &["push".to_string(), image.clone()])? != 0 {
+                anyhow::bail!("service {name}: push {image} failed");
+            }
+        }
+    }
     Ok(0)
 }
 
