@@ -173,11 +173,11 @@ pub fn main(root: &Path, name: &str) -> i32 {
         match load(&store, name) {
             Ok(Some(r)) => {
                 if let Err(e) = round(&store, &r, &mut st, &backends) {
-                    log(&format!("{name}: {e}"));
+                    log(&store, name, &e.to_string());
                 }
             }
             Ok(None) => break,
-            Err(e) => log(&format!("{name}: {e}")),
+            Err(e) => log(&store, name, &e.to_string()),
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -185,8 +185,19 @@ pub fn main(root: &Path, name: &str) -> i32 {
     0
 }
 
-pub(super) fn log(m: &str) {
-    eprintln!("{} {m}", crate::timefmt::rfc3339(kiln_store::store::now()));
+/// A line in the service's log (`<name>.log`), for whoever wonders what its supervisor did.
+pub(super) fn log(store: &Store, name: &str, m: &str) {
+    let line = format!(
+        "{} {name}: {m}\n",
+        crate::timefmt::rfc3339(kiln_store::store::now())
+    );
+    if let Ok(mut f) = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(file(store, name, "log"))
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 /// A slot's current task: its newest.
@@ -283,10 +294,11 @@ fn round(store: &Store, r: &Record, st: &mut State, b: &Backends) -> Result<(), 
     refresh(store, r, &ts, st, b);
     // A replica its health check calls unhealthy has failed: stopped, then replaced.
     for t in ts.iter().filter(|t| t.running() && t.unhealthy) {
-        log(&format!(
-            "{}: task {} is unhealthy",
-            r.name, t.row.record.name
-        ));
+        log(
+            store,
+            &r.name,
+            &format!("task {} is unhealthy", t.row.record.name),
+        );
         retire(store, r, t, st, b);
     }
     // Older tasks still running (an update its supervisor did not see through) stop.
@@ -355,7 +367,7 @@ pub(super) fn start(store: &Store, r: &Record, slot: u32) -> bool {
     match tasks::create(store, r, &r.spec, slot) {
         Ok(()) => true,
         Err(e) => {
-            log(&format!("{}: start a task in slot {slot}: {e}", r.name));
+            log(store, &r.name, &format!("start a task in slot {slot}: {e}"));
             false
         }
     }

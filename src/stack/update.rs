@@ -58,12 +58,15 @@ pub(super) fn roll(
             std::thread::sleep(delay);
         }
         first_batch = false;
-        log(&format!(
-            "{}: updating {} replica(s) to version {}",
-            r.name,
-            outdated.len(),
-            &r.spec.hash
-        ));
+        log(
+            store,
+            &r.name,
+            &format!(
+                "updating {} replica(s) to version {}",
+                outdated.len(),
+                &r.spec.hash
+            ),
+        );
         let mut made = Vec::new();
         for old in &outdated {
             if !start_first {
@@ -121,7 +124,7 @@ fn finish(store: &Store, r: &Record) -> Result<(), ContainerError> {
         // Why it rolled back stays in the message.
         format!("rollback completed: {}", r.update_message)
     };
-    log(&format!("{}: {}", r.name, now.update_message));
+    log(store, &r.name, &now.update_message);
     save(store, &now)
 }
 
@@ -143,6 +146,6 @@ fn failed(store: &Store, r: &Record, task: &str) -> Result<(), ContainerError> {
                 format!("update paused due to failure or early termination of task {task}");
         }
     }
-    log(&format!("{}: {}", r.name, now.update_message));
+    log(store, &r.name, &now.update_message);
     save(store, &now)
 }
