@@ -312,8 +312,15 @@ pub fn deploy(
                 }
             }
         };
+        let is_new = record.created == now && load(store, &name)?.is_none();
         save(store, &record)?;
-        supervise::ensure(store, &name)?;
+        if let Err(e) = supervise::ensure(store, &name) {
+            // A new service whose supervisor could not start (its port is taken) leaves nothing.
+            if is_new {
+                remove(store, &name)?;
+            }
+            return Err(e);
+        }
     }
     if prune {
         for r in list(store)? {

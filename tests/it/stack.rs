@@ -294,6 +294,13 @@ fn a_stack_balances_replaces_rolls_back_and_leaves_nothing() {
         "{err}"
     );
     assert_eq!(k.ok(&["stack", "ls"]), "NAME   SERVICES\n");
+    // So is a published port already taken, and the service is not left half made.
+    let taken = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    let err = k.fails(&["stack", "deploy", "-c", yml, "app"]);
+    assert!(err.contains("port is already allocated"), "{err}");
+    assert_eq!(k.ok(&["stack", "ls"]), "NAME   SERVICES\n");
+    assert_eq!(k.ok(&["ps", "-a", "-q"]), "");
+    drop(taken);
 }
 
 /// kubernetes-validate, from the venv test.sh makes (or $KILN_KUBERNETES_VALIDATE).
