@@ -6,10 +6,11 @@
 //! (`yaml.rs`: lines kept, anchors and merge keys applied), interpolate every value
 //! (`interp.rs`: the environment, then `.env`), merge the files in order (mappings key by key;
 //! `ports`, `expose`, `volumes`, `dns`, `secrets`, `configs` appended; other values replaced),
-//! apply `extends`, drop services whose profiles are not enabled, then read the model
+//! apply `extends` (`extends.rs`), drop services whose profiles are not enabled, then read the model
 //! (`model.rs`, read by `read.rs` and `service.rs`) and check what refers to what. Errors name the file, the line and the key.
 
 pub mod emit;
+mod extends;
 pub mod interp;
 pub mod model;
 mod read;
@@ -112,22 +113,7 @@ pub fn load(
     let mut names = Vec::new();
     for f in &files {
         let shown = f.display().to_string();
-        let mut text = String::new();
-        std::fs::File::open(f)
-            .and_then(|file| {
-                use std::io::Read;
-                file.take(MAX_FILE + 1).read_to_string(&mut text)
-            })
-            .map_err(|e| ComposeError::Invalid(format!("read {shown}: {e}")))?;
-        if text.len() as u64 > MAX_FILE {
-            return Err(ComposeError::Invalid(format!(
-                "{shown}: larger than {} MiB: not a compose file kiln reads",
-                MAX_FILE >> 20
-            )));
-        }
-        let mut tree =
-            yaml::parse(&text).map_err(|e| ComposeError::Invalid(format!("{shown}: {e}")))?;
-        interpolate(&mut tree, &vars, &shown, "")?;
+        let tree = read_tree(f, &vars)?;
         if !matches!(tree.value, Value::Map(_)) {
             return Err(ComposeError::Invalid(format!(
                 "{shown}: the top level must be a mapping"
@@ -186,7 +172,7 @@ pub fn load(
         return Err(r.err(&services, "services", "must be a mapping"));
     };
     for e in entries {
-        let node = extended(&r, entries, e, &mut Vec::new())?;
+        let node = extends::extended(&r, &vars, &dir, entries, e, &mut Vec::new())?;
         let s = service::service(&mut r, &e.key, &node)?;
         if !s.profiles.is_empty() && !s.profiles.iter().any(|p| profiles.contains(p)) {
             continue;
@@ -206,6 +192,28 @@ fn top(root: &Node) -> &[Entry] {
         Value::Map(es) => es,
         _ => &[],
     }
+}
+
+/// One file, parsed and interpolated (a file is untrusted input: at most `MAX_FILE` read).
+pub(crate) fn read_tree(f: &Path, vars: &interp::Vars) -> Result<Node, ComposeError> {
+    let shown = f.display().to_string();
+    let mut text = String::new();
+    std::fs::File::open(f)
+        .and_then(|file| {
+            use std::io::Read;
+            file.take(MAX_FILE + 1).read_to_string(&mut text)
+        })
+        .map_err(|e| ComposeError::Invalid(format!("read {shown}: {e}")))?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(ComposeError::Invalid(format!(
+            "{shown}: larger than {} MiB: not a compose file kiln reads",
+            MAX_FILE >> 20
+        )));
+    }
+    let mut tree =
+        yaml::parse(&text).map_err(|e| ComposeError::Invalid(format!("{shown}: {e}")))?;
+    interpolate(&mut tree, vars, &shown, "")?;
+    Ok(tree)
 }
 
 /// `-p`, else `name:`, else COMPOSE_PROJECT_NAME, else the directory's name; lowercased, and only
@@ -292,7 +300,7 @@ const APPENDED: &[&str] = &[
 
 /// `over` on top of `base`: mappings merge key by key; `environment`, `labels` and `args` as
 /// mappings whatever their form; some lists append (`APPENDED`); anything else is replaced.
-fn merge(base: Node, over: Node, key: &str) -> Node {
+pub(crate) fn merge(base: Node, over: Node, key: &str) -> Node {
     let as_map = ["environment", "labels", "args"].contains(&key);
     let (base, over) = if as_map {
         (pairs_as_map(base), pairs_as_map(over))
@@ -368,58 +376,6 @@ fn pairs_as_map(n: Node) -> Node {
         line: n.line,
         value: Value::Map(es),
     }
-}
-
-/// A service's node with `extends` applied (the base's own `extends` first; a cycle refused).
-/// Only bases in the same files: `extends.file` is refused with a clear error for now.
-fn extended(
-    r: &read::Reader,
-    all: &[Entry],
-    e: &Entry,
-    seen: &mut Vec<String>,
-) -> Result<Node, ComposeError> {
-    let Some(ext) = e.value.get("extends") else {
-        return Ok(e.value.clone());
-    };
-    let p = format!("services.{}.extends", e.key);
-    if seen.contains(&e.key) {
-        return Err(r.err(
-            ext,
-            &p,
-            format!("extends makes a cycle: {} -> {}", seen.join(" -> "), e.key),
-        ));
-    }
-    let base_name = match &ext.value {
-        Value::Scalar(s, _) => s.clone(),
-        _ => {
-            if ext.get("file").is_some() {
-                return Err(r.err(ext, &format!("{p}.file"), "extends from another file is not supported yet: copy the service into this project's files"));
-            }
-            let s = ext
-                .get("service")
-                .ok_or_else(|| r.err(ext, &p, "needs service:"))?;
-            r.string(s, &format!("{p}.service"))?
-        }
-    };
-    let base = all
-        .iter()
-        .find(|b| b.key == base_name)
-        .ok_or_else(|| r.err(ext, &p, format!("service {base_name:?} not found")))?;
-    seen.push(e.key.clone());
-    let base_node = extended(r, all, base, seen)?;
-    seen.pop();
-    let mut own = e.value.clone();
-    if let Value::Map(es) = &mut own.value {
-        es.retain(|x| x.key != "extends");
-    }
-    let mut out = merge(base_node, own, "");
-    // A base's dependencies are its own business (docker compose drops them too).
-    if let Value::Map(es) = &mut out.value {
-        if e.value.get("depends_on").is_none() {
-            es.retain(|x| x.key != "depends_on");
-        }
-    }
-    Ok(out)
 }
 
 /// Every network, volume, secret, config and dependency a service names exists.

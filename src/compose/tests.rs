@@ -54,6 +54,7 @@ fn load_text(
     std::fs::create_dir(&dir).unwrap();
     let mut paths = Vec::new();
     for (name, text) in files {
+        std::fs::create_dir_all(dir.join(name).parent().unwrap()).unwrap();
         std::fs::write(dir.join(name), text).unwrap();
         paths.push(dir.join(name));
     }
@@ -271,6 +272,55 @@ fn no_file_is_an_error_naming_what_was_looked_for() {
     .unwrap();
     assert!(
         e.to_string().starts_with("no configuration file provided"),
+        "{e}"
+    );
+}
+
+#[test]
+fn extends_from_another_file_rebases_its_relative_paths() {
+    let main = "services:\n  web:\n    extends:\n      file: common/base.yml\n      service: worker\n    ports: [\"80\"]\n";
+    let base = r#"services:
+  app:
+    image: app:${TAG:-1}
+    build: ./ctx
+    volumes: ["./data:/data", "/abs:/abs:ro"]
+    environment: {A: "1"}
+  worker:
+    extends: app
+    command: ["work"]
+"#;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::create_dir_all(dir.join("common")).unwrap();
+    std::fs::write(dir.join("compose.yaml"), main).unwrap();
+    std::fs::write(dir.join("common/base.yml"), base).unwrap();
+    let o = Options {
+        dir: dir.to_path_buf(),
+        ..Default::default()
+    };
+    let l = load(&o, Vec::new()).unwrap();
+    let web = &l.project.services["web"];
+    let root = std::fs::canonicalize(dir).unwrap();
+    assert_eq!(web.image.as_deref(), Some("app:1"));
+    assert_eq!(web.command.as_deref(), Some(&["work".to_string()][..]));
+    assert_eq!(web.environment["A"].as_deref(), Some("1"));
+    assert_eq!(web.build.as_ref().unwrap().context, root.join("common/ctx"));
+    assert_eq!(
+        web.volumes[0].source.as_deref(),
+        Some(root.join("common/data").to_str().unwrap())
+    );
+    assert_eq!(web.volumes[1].source.as_deref(), Some("/abs"));
+    assert_eq!(web.ports, ["0.0.0.0::80/tcp"]);
+
+    std::fs::write(
+        dir.join("compose.yaml"),
+        main.replace("service: worker", "service: nope"),
+    )
+    .unwrap();
+    let e = load(&o, Vec::new()).err().unwrap().to_string();
+    assert!(
+        e.contains("compose.yaml:4: services.web.extends: service \"nope\" not found in")
+            && e.contains("common/base.yml"),
         "{e}"
     );
 }
