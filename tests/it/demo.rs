@@ -238,75 +238,6 @@ fn visit_counter(k: &Kiln, repo: &Path) {
     k.ok(&["network", "rm", "getstarted"]);
 }
 
-/// The tutorial's part 3 file: five replicas of the app behind port 4000.
-const PART3: &str = r#"version: "3"
-services:
-  web:
-    # replace username/repo:tag with your name and image details
-    image: friendlyhello
-    deploy:
-      replicas: 5
-      resources:
-        limits:
-          cpus: "0.1"
-          memory: 50M
-      restart_policy:
-        condition: on-failure
-    ports:
-      - "4000:80"
-    networks:
-      - webnet
-networks:
-  webnet:
-"#;
-
-/// Part 5's: the same with Redis (its data in a host directory) and a dashboard on 8080, here a
-/// local web server showing a bind-mounted host file (the tutorial's visualizer reads the swarm
-/// engine's socket, which kiln, having no daemon, does not have).
-const PART5: &str = r#"version: "3"
-services:
-  web:
-    # replace username/repo:tag with your name and image details
-    image: friendlyhello
-    deploy:
-      replicas: 5
-      restart_policy:
-        condition: on-failure
-      resources:
-        limits:
-          cpus: "0.1"
-          memory: 50M
-    ports:
-      - "4000:80"
-    networks:
-      - webnet
-  visualizer:
-    image: dashboard
-    ports:
-      - "8080:8080"
-    volumes:
-      - "./dashboard.html:/srv/index.html:ro"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    networks:
-      - webnet
-  redis:
-    image: redis
-    ports:
-      - "6379:6379"
-    volumes:
-      - "/home/docker/data:/data"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    command: redis-server --appendonly yes
-    networks:
-      - webnet
-networks:
-  webnet:
-"#;
-
 /// (hostname, visits) of one page from port 4000.
 fn page_4000() -> Option<(String, String)> {
     let p = get(4000)?;
@@ -335,7 +266,7 @@ fn tutorial_stacks(k: &Kiln) {
     }
     let dir = k.dir.path().join("getstartedlab");
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("docker-compose.yml"), PART3).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), TUTORIAL_PART3).unwrap();
     std::fs::write(dir.join("dashboard.html"), "<h1>getstartedlab</h1>\n").unwrap();
     std::fs::write(
         dir.join("Dockerfile"),
@@ -371,7 +302,7 @@ fn tutorial_stacks(k: &Kiln) {
     assert_ne!(first, second, "the next request meets the next replica");
 
     // Part 5: the same stack, deployed again with Redis and the dashboard; web is unchanged.
-    std::fs::write(dir.join("docker-compose.yml"), PART5).unwrap();
+    std::fs::write(dir.join("docker-compose.yml"), TUTORIAL_PART5).unwrap();
     let out = deploy("docker-compose.yml");
     assert!(
         out.contains("Creating service getstartedlab_redis"),

@@ -3,7 +3,8 @@
 //! is replaced by a new container with a new hostname; a rolling update under a loop of
 //! requests loses none; a failing update rolls back; scale, logs, inspect; `stack rm` leaves
 //! nothing. And `stack convert --to kubernetes` writes manifests the Kubernetes API schemas
-//! accept, whose Services select their Deployments and whose references all exist. Root.
+//! accept (for the tutorial's two files and a larger example), whose Services select their
+//! Deployments and whose references all exist. Root.
 
 use crate::common::*;
 use std::collections::BTreeSet;
@@ -317,49 +318,6 @@ fn kubernetes_validate() -> Option<PathBuf> {
     .then_some(p)
 }
 
-const TUTORIAL: &str = r#"version: "3"
-services:
-  web:
-    image: friendlyhello
-    deploy:
-      replicas: 5
-      resources:
-        limits:
-          cpus: "0.1"
-          memory: 50M
-      restart_policy:
-        condition: on-failure
-    ports:
-      - "4000:80"
-    networks:
-      - webnet
-  visualizer:
-    image: visualizer
-    ports:
-      - "8080:8080"
-    volumes:
-      - "/etc/hostname:/hostname:ro"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    networks:
-      - webnet
-  redis:
-    image: redis
-    ports:
-      - "6379:6379"
-    volumes:
-      - "/home/docker/data:/data"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    command: redis-server --appendonly yes
-    networks:
-      - webnet
-networks:
-  webnet:
-"#;
-
 const LARGER: &str = r#"services:
   shop:
     image: registry.example/shop:1.4
@@ -441,7 +399,12 @@ fn stack_convert_writes_manifests_the_kubernetes_schemas_accept() {
     fs::write(dir.join("db_password.txt"), "hunter2\n").unwrap();
     fs::write(dir.join("shop.conf"), "workers = 4\n").unwrap();
     let python = validate.parent().unwrap().join("python3");
-    for (name, text, kinds) in [("tutorial.yml", TUTORIAL, 7), ("larger.yml", LARGER, 10)] {
+    fs::write(dir.join("dashboard.html"), "<h1>getstartedlab</h1>\n").unwrap();
+    for (name, text, kinds) in [
+        ("part3.yml", TUTORIAL_PART3, 3),
+        ("part5.yml", TUTORIAL_PART5, 7),
+        ("larger.yml", LARGER, 10),
+    ] {
         let src = dir.join(name);
         fs::write(&src, text).unwrap();
         let out = dir.join(format!("{name}.k8s.yaml"));
