@@ -222,6 +222,11 @@ pub(super) fn probe(r: &Record, t: &Task, st: &mut State) -> bool {
 
 /// Sets the balancer's list to the ready tasks that are not leaving, by slot.
 pub(super) fn refresh(store: &Store, r: &Record, ts: &[Task], st: &mut State, b: &Backends) {
+    // What it remembers of removed tasks goes with them (a service lives through many updates).
+    let exists = |id: &String| ts.iter().any(|t| &t.row.record.id == id);
+    st.ready.retain(exists);
+    st.draining.retain(exists);
+    st.died.retain(|id, _| exists(id));
     let mut list: Vec<(u32, std::net::Ipv4Addr)> = Vec::new();
     for t in ts {
         if probe(r, t, st) && !st.draining.contains(&t.row.record.id) {
