@@ -512,3 +512,67 @@ print(out.decode(errors="replace"))
         "{out}"
     );
 }
+
+/// `compose push` sends the images its services build; `compose pull` fetches the ones they
+/// only name, skipping the built ones, as docker compose does.
+#[test]
+fn compose_push_and_pull_move_the_services_images() {
+    let Some((k, _, _)) = busybox_image("base", &["docker-registry"]) else {
+        return;
+    };
+    let reg = Registry::start(None);
+    let (app, db) = (
+        format!("{}/team/app:1", reg.host()),
+        format!("{}/team/db:1", reg.host()),
+    );
+    let dir = k.dir.path().join("proj");
+    fs::create_dir_all(dir.join("ctx")).unwrap();
+    fs::write(
+        dir.join("ctx/Dockerfile"),
+        "FROM base\nRUN echo app > /app\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("compose.yaml"),
+        format!("services:\n  app:\n    build: ./ctx\n    image: {app}\n  db:\n    image: {db}\n"),
+    )
+    .unwrap();
+    ok(&k, &["tag", "base", &db]);
+    ok(&k, &["push", &db]);
+    ok(&k, &["rmi", &db]);
+    let compose = |args: &[&str]| {
+        let o = k
+            .cmd()
+            .current_dir(&dir)
+            .env("HOME", k.dir.path())
+            .arg("compose")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "compose {args:?}: {err}");
+        err
+    };
+    compose(&["build"]);
+    assert!(compose(&["push"]).contains(" app Pushing"));
+    ok(&k, &["rmi", &app]);
+    let err = compose(&["pull"]);
+    assert!(
+        err.contains(" db Pulling") && err.contains(" app Skipped - No image to be pulled"),
+        "{err}"
+    );
+    let images = ok(&k, &["images"]);
+    assert!(
+        images.contains(&format!("{}/team/db", reg.host())),
+        "{images}"
+    );
+    // What compose push sent is in the registry.
+    ok(&k, &["pull", &app]);
+    assert_eq!(
+        ok(
+            &k,
+            &["run", "--rm", "--network", "none", &app, "cat", "/app"]
+        ),
+        "app\n"
+    );
+}
