@@ -2,8 +2,10 @@
 //! `update_config.parallelism` at a time (1 by default, 0 = all), `delay` apart, each batch's
 //! new replicas started before the old ones stop (`order: start-first`) or after
 //! (`stop-first`, the default). A new replica that dies or turns unhealthy before it is ready
-//! is a failure: `failure_action: pause` (the default) stops the update there, `rollback`
-//! returns the service to its previous version the same way.
+//! is a failure, and so is one that ends within `monitor` after it was ready (kiln's default:
+//! 0, where swarm's is 5 s, watched while the next batches go on): `failure_action: pause` (the
+//! default) stops the update there, `rollback` returns the service to its previous version the
+//! same way.
 
 use super::supervise::{current, log, refresh, retire, State};
 use super::tasks::{self, Task};
@@ -37,6 +39,11 @@ pub(super) fn roll(
         .and_then(crate::frontend::instructions::parse_go_duration)
         .map_or(Duration::ZERO, Duration::from_nanos);
     let start_first = d.update_order.as_deref() == Some("start-first");
+    let monitor = d
+        .update_monitor
+        .as_deref()
+        .and_then(crate::frontend::instructions::parse_go_duration)
+        .map_or(Duration::ZERO, Duration::from_nanos);
     let mut first_batch = true;
     loop {
         // A newer deploy or a removal takes over from here.
@@ -105,6 +112,20 @@ pub(super) fn roll(
             for old in &outdated {
                 retire(store, r, old, st, b);
             }
+        }
+        // `monitor`: the new replicas must keep running (and healthy) that long too.
+        let t = Instant::now();
+        while t.elapsed() < monitor {
+            let ts = tasks::tasks(store, &r.name)?;
+            refresh(store, r, &ts, st, b);
+            if let Some(bad) = made
+                .iter()
+                .filter_map(|s| current(&ts, *s))
+                .find(|n| !n.running() || n.unhealthy)
+            {
+                return failed(store, r, &bad.row.record.name);
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

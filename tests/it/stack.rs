@@ -87,6 +87,7 @@ fn a_stack_balances_replaces_rolls_back_and_leaves_nothing() {
         ("site", "RUN echo v1 > /version"),
         ("site:v2", "RUN echo v2 > /version"),
         ("site:broken", "RUN rm /bin/busybox"),
+        ("site:flaky", "RUN touch /flaky"),
     ] {
         fs::write(ctx.join("Dockerfile"), format!("FROM base\n{line}\n")).unwrap();
         k.ok(&["build", "-q", "-t", tag, ctx.to_str().unwrap()]);
@@ -261,6 +262,46 @@ fn a_stack_balances_replaces_rolls_back_and_leaves_nothing() {
         .expect("a replica's line");
     assert!(line.starts_with("app_web."), "{logs}");
     assert!(line.contains("    | serving on "), "{logs}");
+
+    // update_config.monitor: a new replica that ends soon after it was ready fails the
+    // update (here it pauses; without monitor it would have counted as done).
+    let port2 = free_port();
+    fs::write(
+        dir.join("mon.yml"),
+        format!(
+            r#"services:
+  api:
+    image: site:v2
+    init: true
+    command: ["sh", "-c", "mkdir -p /w && echo ok > /w/index.html && if [ -f /flaky ]; then (sleep 1; kill 1) & fi; exec httpd -f -p 80 -h /w"]
+    deploy:
+      restart_policy: {{condition: none}}
+      update_config: {{monitor: 3s}}
+    ports: ["{port2}:80"]
+"#
+        ),
+    )
+    .unwrap();
+    let mon = dir.join("mon.yml");
+    k.ok(&[
+        "stack",
+        "deploy",
+        "-c",
+        mon.to_str().unwrap(),
+        "--detach=false",
+        "mon",
+    ]);
+    let o = k.run(&["service", "update", "--image", "site:flaky", "mon_api"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("update paused due to failure or early termination of task mon_api.1"),
+        "{err}"
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&k.ok(&["service", "inspect", "mon_api"])).unwrap();
+    assert_eq!(inspect[0]["UpdateStatus"]["State"], "paused");
+    k.ok(&["stack", "rm", "mon"]);
 
     // stack rm: services, tasks, network and port all gone.
     assert_eq!(
