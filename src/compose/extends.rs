@@ -20,11 +20,13 @@ pub(super) fn extended(
         return Ok(e.value.clone());
     };
     let p = format!("services.{}.extends", e.key);
-    if seen.contains(&e.key) {
+    // Services are named with their file: a cycle may run through several files.
+    let me = format!("{}:{}", r.file, e.key);
+    if seen.contains(&me) {
         return Err(r.err(
             ext,
             &p,
-            format!("extends makes a cycle: {} -> {}", seen.join(" -> "), e.key),
+            format!("extends makes a cycle: {} -> {me}", seen.join(" -> ")),
         ));
     }
     let (base_name, other) = match &ext.value {
@@ -34,13 +36,15 @@ pub(super) fn extended(
                 .get("service")
                 .ok_or_else(|| r.err(ext, &p, "needs service:"))?;
             let file = match ext.get("file") {
-                Some(f) => Some(dir.join(r.string(f, &format!("{p}.file"))?)),
+                Some(f) => Some(read::normalize(
+                    &dir.join(r.string(f, &format!("{p}.file"))?),
+                )),
                 None => None,
             };
             (r.string(s, &format!("{p}.service"))?, file)
         }
     };
-    seen.push(e.key.clone());
+    seen.push(me);
     let base_node = match other {
         None => {
             let base = all
@@ -70,9 +74,7 @@ pub(super) fn extended(
                 dir: &other_dir,
                 warnings: &mut warnings,
             };
-            // A base that is a service of another file is never a cycle with this one's names.
-            let mut other_seen = Vec::new();
-            let node = extended(&other_r, vars, &other_dir, &entries, base, &mut other_seen)?;
+            let node = extended(&other_r, vars, &other_dir, &entries, base, seen)?;
             rebase(node, &other_dir, dir)
         }
     };

@@ -323,4 +323,18 @@ fn extends_from_another_file_rebases_its_relative_paths() {
             && e.contains("common/base.yml"),
         "{e}"
     );
+
+    // A cycle through two files is refused, not followed until the stack runs out.
+    std::fs::write(
+        dir.join("compose.yaml"),
+        "services:\n  web:\n    extends:\n      file: common/base.yml\n      service: back\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("common/base.yml"),
+        "services:\n  back:\n    extends:\n      file: ../compose.yaml\n      service: web\n",
+    )
+    .unwrap();
+    let e = load(&o, Vec::new()).err().unwrap().to_string();
+    assert!(e.contains("extends makes a cycle"), "{e}");
 }
