@@ -94,23 +94,8 @@ pub struct ConfigArgs {
     format: String,
 }
 
-/// Loads the project the flags name, printing its warnings.
-pub(super) fn load(a: &ComposeArgs) -> Result<Loaded> {
-    let o = compose::Options {
-        files: a.files.clone(),
-        project: a.project.clone(),
-        profiles: a.profiles.clone(),
-        dir: std::env::current_dir()?,
-    };
-    let loaded = compose::load(&o, std::env::vars())?;
-    for w in &loaded.warnings {
-        eprintln!("kiln: warning: {w}");
-    }
-    Ok(loaded)
-}
-
 pub fn run(ctx: &Ctx, a: ComposeArgs) -> Result<i32> {
-    let loaded = load(&a)?;
+    let loaded = super::ui::load_compose(&a.files, a.project.as_deref(), &a.profiles)?;
     match a.command {
         ComposeCommand::Config(c) => config(&loaded, c),
         ComposeCommand::Up(u) => run::up(ctx, &loaded, u),

@@ -3,7 +3,6 @@
 
 use super::ui::table;
 use super::Ctx;
-use crate::compose;
 use crate::stack::{self, Record, Task};
 use crate::timefmt;
 use anyhow::Result;
@@ -99,20 +98,6 @@ pub struct ConvertArgs {
     name: Option<String>,
 }
 
-fn load(files: &[PathBuf], name: Option<&str>) -> Result<compose::Loaded> {
-    let o = compose::Options {
-        files: files.to_vec(),
-        project: name.map(str::to_string),
-        profiles: Vec::new(),
-        dir: std::env::current_dir()?,
-    };
-    let loaded = compose::load(&o, std::env::vars())?;
-    for w in &loaded.warnings {
-        eprintln!("kiln: warning: {w}");
-    }
-    Ok(loaded)
-}
-
 pub fn run(ctx: &Ctx, c: StackCommand) -> Result<i32> {
     if let StackCommand::Convert(a) = c {
         return convert(a);
@@ -170,7 +155,7 @@ pub fn run(ctx: &Ctx, c: StackCommand) -> Result<i32> {
 }
 
 fn deploy(store: &Store, a: DeployArgs) -> Result<i32> {
-    let l = load(&a.files, Some(&a.name))?;
+    let l = super::ui::load_compose(&a.files, Some(&a.name), &[])?;
     for (key, s) in &l.project.services {
         if s.build.is_some() {
             eprintln!("Ignoring unsupported options: build (service {key})");
@@ -374,7 +359,7 @@ fn convert(a: ConvertArgs) -> Result<i32> {
     if a.to != "kubernetes" {
         anyhow::bail!("invalid --to {:?}: kiln converts to kubernetes", a.to);
     }
-    let l = load(&a.files, a.name.as_deref())?;
+    let l = super::ui::load_compose(&a.files, a.name.as_deref(), &[])?;
     let (yaml, warnings) = stack::kube::convert(&l.project)?;
     for w in warnings {
         eprintln!("kiln: warning: {w}");

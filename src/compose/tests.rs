@@ -1,48 +1,7 @@
 use super::*;
 
 /// The tutorial's part 5 file (image names local).
-const STACK: &str = r#"version: "3"
-services:
-  web:
-    image: friendlyhello
-    deploy:
-      replicas: 5
-      resources:
-        limits:
-          cpus: "0.1"
-          memory: 50M
-      restart_policy:
-        condition: on-failure
-    ports:
-      - "4000:80"
-    networks:
-      - webnet
-  visualizer:
-    image: dashboard
-    ports:
-      - "8080:8080"
-    volumes:
-      - "/var/run/docker.sock:/var/run/docker.sock"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    networks:
-      - webnet
-  redis:
-    image: redis
-    ports:
-      - "6379:6379"
-    volumes:
-      - "/home/docker/data:/data"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    command: redis-server --appendonly yes
-    networks:
-      - webnet
-networks:
-  webnet:
-"#;
+const STACK: &str = include_str!("../../fixtures/getstartedlab/part5.yml");
 
 fn load_text(
     files: &[(&str, &str)],

@@ -357,70 +357,9 @@ pub fn http_body(port: u16, path: &str) -> String {
 }
 
 /// The tutorial's part 3 file: five replicas of the app behind port 4000.
-pub const TUTORIAL_PART3: &str = r#"version: "3"
-services:
-  web:
-    # replace username/repo:tag with your name and image details
-    image: friendlyhello
-    deploy:
-      replicas: 5
-      resources:
-        limits:
-          cpus: "0.1"
-          memory: 50M
-      restart_policy:
-        condition: on-failure
-    ports:
-      - "4000:80"
-    networks:
-      - webnet
-networks:
-  webnet:
-"#;
+pub const TUTORIAL_PART3: &str = include_str!("../../fixtures/getstartedlab/part3.yml");
 
 /// Part 5's: the same with Redis (its data in a host directory) and a dashboard on 8080, here a
 /// local web server showing a bind-mounted host file (the tutorial's visualizer reads the swarm
 /// engine's socket, which kiln, having no daemon, does not have).
-pub const TUTORIAL_PART5: &str = r#"version: "3"
-services:
-  web:
-    # replace username/repo:tag with your name and image details
-    image: friendlyhello
-    deploy:
-      replicas: 5
-      restart_policy:
-        condition: on-failure
-      resources:
-        limits:
-          cpus: "0.1"
-          memory: 50M
-    ports:
-      - "4000:80"
-    networks:
-      - webnet
-  visualizer:
-    image: dashboard
-    ports:
-      - "8080:8080"
-    volumes:
-      - "./dashboard.html:/srv/index.html:ro"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    networks:
-      - webnet
-  redis:
-    image: redis
-    ports:
-      - "6379:6379"
-    volumes:
-      - "/home/docker/data:/data"
-    deploy:
-      placement:
-        constraints: [node.role == manager]
-    command: redis-server --appendonly yes
-    networks:
-      - webnet
-networks:
-  webnet:
-"#;
+pub const TUTORIAL_PART5: &str = include_str!("../../fixtures/getstartedlab/part5.yml");

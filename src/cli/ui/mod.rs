@@ -26,6 +26,25 @@ impl From<CompressionArg> for Compression {
     }
 }
 
+/// Loads a compose project (`compose` and `stack` both read one), printing its warnings.
+pub fn load_compose(
+    files: &[std::path::PathBuf],
+    project: Option<&str>,
+    profiles: &[String],
+) -> Result<crate::compose::Loaded> {
+    let o = crate::compose::Options {
+        files: files.to_vec(),
+        project: project.map(str::to_string),
+        profiles: profiles.to_vec(),
+        dir: std::env::current_dir()?,
+    };
+    let loaded = crate::compose::load(&o, std::env::vars())?;
+    for w in &loaded.warnings {
+        eprintln!("kiln: warning: {w}");
+    }
+    Ok(loaded)
+}
+
 /// The `hint:` line an error deserves: its own [`Hint`], or one for a kind of error users meet.
 pub fn hint_for(e: &anyhow::Error) -> Option<String> {
     if let Some(h) = e.downcast_ref::<Hint>() {
