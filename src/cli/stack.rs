@@ -264,12 +264,7 @@ pub(crate) fn tasks_table(store: &Store, ts: &[Task], quiet: bool, no_trunc: boo
     let now = kiln_store::store::now();
     // Newest first within each slot (`tasks` lists each service's oldest first).
     let mut order: Vec<&Task> = ts.iter().rev().collect();
-    order.sort_by_cached_key(|t| {
-        let svc = crate::service::labels(&t.row)
-            .get(stack::SERVICE_NAME)
-            .cloned();
-        (svc, t.slot)
-    });
+    order.sort_by(|a, b| (&a.service, a.slot).cmp(&(&b.service, b.slot)));
     let mut rows = vec![[
         "ID",
         "NAME",
@@ -282,11 +277,11 @@ pub(crate) fn tasks_table(store: &Store, ts: &[Task], quiet: bool, no_trunc: boo
     ]
     .map(String::from)
     .to_vec()];
-    let mut seen: Vec<(String, u32)> = Vec::new();
-    let mut retired: Vec<(String, Vec<String>)> = Vec::new();
+    let mut seen: Vec<(&str, u32)> = Vec::new();
+    // Per service, read once: its replica count and the tasks its supervisor stopped.
+    let mut services: Vec<(&str, u32, Vec<String>)> = Vec::new();
     for t in order {
-        let labels = crate::service::labels(&t.row);
-        let svc = labels.get(stack::SERVICE_NAME).cloned().unwrap_or_default();
+        let svc = t.service.as_str();
         let id = if no_trunc {
             t.id.clone()
         } else {
@@ -296,16 +291,15 @@ pub(crate) fn tasks_table(store: &Store, ts: &[Task], quiet: bool, no_trunc: boo
             println!("{id}");
             continue;
         }
-        let first = !seen.contains(&(svc.clone(), t.slot));
-        seen.push((svc.clone(), t.slot));
-        let replicas = stack::load(store, &svc)?.map_or(0, |r| r.spec.replicas);
-        if !retired.iter().any(|x| x.0 == svc) {
-            retired.push((svc.clone(), stack::status(store, &svc).retired));
+        let first = !seen.contains(&(svc, t.slot));
+        seen.push((svc, t.slot));
+        if !services.iter().any(|x| x.0 == svc) {
+            let replicas = stack::load(store, svc)?.map_or(0, |r| r.spec.replicas);
+            services.push((svc, replicas, stack::status(store, svc).retired));
         }
-        let stopped_by_service = retired
-            .iter()
-            .any(|x| x.0 == svc && x.1.contains(&t.row.record.id));
-        let desired = if first && t.slot <= replicas {
+        let (_, replicas, retired) = services.iter().find(|x| x.0 == svc).expect("just added");
+        let stopped_by_service = retired.contains(&t.row.record.id);
+        let desired = if first && t.slot <= *replicas {
             "Running"
         } else {
             "Shutdown"

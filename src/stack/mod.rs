@@ -478,7 +478,11 @@ pub fn status(store: &Store, name: &str) -> Status {
 /// How many of a service's replicas run its current version and take connections, and how
 /// many it wants.
 pub fn progress(store: &Store, r: &Record) -> Result<(u32, u32), ContainerError> {
-    let ts = tasks(store, &r.name)?;
+    Ok(progress_of(store, r, &tasks(store, &r.name)?))
+}
+
+/// `progress` over tasks already listed.
+fn progress_of(store: &Store, r: &Record, ts: &[Task]) -> (u32, u32) {
     let serving = status(store, &r.name).serving;
     let running = ts
         .iter()
@@ -489,7 +493,7 @@ pub fn progress(store: &Store, r: &Record) -> Result<(u32, u32), ContainerError>
                 && serving.contains(&t.row.record.id)
         })
         .count() as u32;
-    Ok((running.min(r.spec.replicas), r.spec.replicas))
+    (running.min(r.spec.replicas), r.spec.replicas)
 }
 
 /// Waits until the service runs its current version on every replica and no update is in
@@ -505,12 +509,13 @@ pub fn wait_converged(
     let mut last = (u32::MAX, 0);
     loop {
         let r = resolve(store, name)?;
-        let (running, desired) = progress(store, &r)?;
+        let ts = tasks(store, &r.name)?;
+        let (running, desired) = progress_of(store, &r, &ts);
         if (running, desired) != last {
             tick(running, desired);
             last = (running, desired);
         }
-        let extra = tasks(store, &r.name)?
+        let extra = ts
             .iter()
             .any(|t| t.slot > r.spec.replicas && t.row.record.state == ContainerState::Running);
         let settled = !matches!(r.update_state.as_str(), "updating" | "rollback_started");

@@ -15,6 +15,8 @@ use std::net::Ipv4Addr;
 #[derive(Clone, Debug)]
 pub struct Task {
     pub row: ContainerRow,
+    /// The service it belongs to (`<stack>_<service>`).
+    pub service: String,
     pub slot: u32,
     /// 25 characters.
     pub id: String,
@@ -57,6 +59,7 @@ pub fn tasks(store: &Store, name: &str) -> Result<Vec<Task>, ContainerError> {
         let has_check = health.is_some();
         let status = health.flatten().map(|h| h.status);
         out.push(Task {
+            service: name.to_string(),
             slot: spec
                 .labels
                 .get(SLOT)

@@ -303,23 +303,20 @@ pub fn start(ctx: &Ctx, l: &Loaded) -> Result<i32> {
 
 pub fn down(ctx: &Ctx, l: &Loaded, a: DownArgs) -> Result<i32> {
     let store = ctx.store()?;
-    let images: Vec<String> = match a.rmi.as_deref() {
-        None => Vec::new(),
-        Some("local") => l
-            .project
-            .services
-            .iter()
-            .filter(|(_, s)| s.image.is_none())
-            .map(|(n, s)| service::image_name(&l.project, n, s))
-            .collect(),
-        Some("all") => l
-            .project
-            .services
-            .iter()
-            .map(|(n, s)| service::image_name(&l.project, n, s))
-            .collect(),
+    let all = match a.rmi.as_deref() {
+        None => None,
+        Some("local") => Some(false),
+        Some("all") => Some(true),
         Some(t) => anyhow::bail!("invalid --rmi {t:?}: use local or all"),
     };
+    // local: the images built for services without an image: name.
+    let images: Vec<String> = l
+        .project
+        .services
+        .iter()
+        .filter(|(_, s)| all.is_some_and(|all| all || s.image.is_none()))
+        .map(|(n, s)| service::image_name(&l.project, n, s))
+        .collect();
     service::down(&store, &l.project, a.volumes, &mut say)?;
     for image in images {
         if crate::image::resolve(&store, &image).is_ok() {

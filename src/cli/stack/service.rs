@@ -201,7 +201,6 @@ fn logs(store: &Store, a: LogsArgs) -> Result<i32> {
 
 /// Docker's service object, as far as kiln has its fields.
 fn inspect(store: &Store, r: &stack::Record) -> Result<serde_json::Value> {
-    let s = r.service();
     let spec = |sp: &stack::Spec| {
         let s = &sp.project.services[&r.key];
         let d = &s.deploy;
@@ -258,7 +257,6 @@ fn inspect(store: &Store, r: &stack::Record) -> Result<serde_json::Value> {
         })
     };
     let (running, desired) = stack::progress(store, r)?;
-    let _ = s;
     Ok(serde_json::json!({
         "ID": r.id,
         "CreatedAt": crate::timefmt::rfc3339(r.created),
