@@ -26,6 +26,7 @@ pub mod network;
 pub mod plan;
 pub mod registry;
 pub mod rootfs;
+pub mod rootless;
 pub mod runtime;
 pub mod service;
 pub mod snapshotter;

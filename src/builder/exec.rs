@@ -333,6 +333,11 @@ impl StepCgroup {
         let Some(rules) = sec.device_rules() else {
             return Ok(StepCgroup(None));
         };
+        // Rootless: no cgroups to write, and none needed, since the kernel refuses to make
+        // device nodes in a user namespace.
+        if crate::rootless::active() {
+            return Ok(StepCgroup(None));
+        }
         let pid = std::process::id();
         if N.load(std::sync::atomic::Ordering::Relaxed) == 0 {
             runtime::devices::sweep("build-");

@@ -103,6 +103,14 @@ enum Command {
     /// Manage the store
     #[command(subcommand)]
     System(system::SystemCommand),
+    /// Show how kiln runs here: store, snapshotter, rootless id map, networking, cgroups
+    Info,
+    /// Run a command (default: $SHELL) in kiln's rootless user namespace, where the store's
+    /// files show the ids images gave them
+    Unshare {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Manage images: ls, rm, inspect, tag, push, pull, save, load, import, history, prune
     #[command(subcommand)]
     Image(ImageCommand),
@@ -177,6 +185,8 @@ fn dispatch(ctx: &Ctx, command: Command) -> Result<i32> {
         Command::Pull(a) => registry::pull(ctx, a),
         Command::Cache(c) => cache::run(ctx, c),
         Command::System(c) => system::run(ctx, c),
+        Command::Info => system::info(ctx),
+        Command::Unshare { command } => system::unshare(&command),
         Command::Image(c) => image(ctx, c),
         Command::Container(c) => container(ctx, c),
         Command::Builder(c) => builder(ctx, c),
@@ -200,7 +210,7 @@ pub(crate) fn run_args(ctx: &Ctx, args: &[String]) -> Result<i32> {
 
 /// The store root: `--root`, `$KILN_ROOT`, `/var/lib/kiln` for root, `$XDG_DATA_HOME/kiln` otherwise.
 fn default_root() -> PathBuf {
-    if crate::sys::is_root() {
+    if crate::sys::is_root() && !crate::rootless::active() {
         return PathBuf::from("/var/lib/kiln");
     }
     match std::env::var_os("XDG_DATA_HOME") {
@@ -216,9 +226,16 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     fn store(&self) -> Result<Store> {
-        Store::open(&self.root).map_err(|e| {
+        let store = Store::open(&self.root).map_err(|e| {
             anyhow::Error::new(e).context(format!("open store {}", self.root.display()))
-        })
+        })?;
+        // A rootless store is its user's alone: no other user reads its layers, containers or
+        // cache mounts.
+        if crate::rootless::active() {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(store)
     }
 }
 
@@ -263,6 +280,10 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
         };
         return crate::stack::supervise_main(std::path::Path::new(root), &name.to_string_lossy());
     }
+    if args.get(1).is_some_and(|a| a == crate::rootless::PAUSE_ARG) {
+        // The process that holds an ordinary user's kiln namespaces.
+        crate::rootless::pause_main();
+    }
     quiet_on_closed_stdout();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
@@ -271,6 +292,19 @@ pub fn run<I: IntoIterator<Item = OsString>>(args: I) -> i32 {
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    // An ordinary user's kiln runs in its own user namespace: joined here, while this process
+    // is still single-threaded (setns into a user namespace requires it).
+    match crate::rootless::enter() {
+        Ok(entered) => {
+            for n in entered.notes {
+                eprintln!("kiln: warning: {n}");
+            }
+        }
+        Err(e) => {
+            eprintln!("kiln: error: {e}");
+            return 125;
+        }
+    }
     // Docker's fatal and panic are error here.
     let level_name = match cli.log_level.clone() {
         Some(l) => l,

@@ -33,6 +33,11 @@ pub enum SystemCommand {
         #[arg(short, long)]
         force: bool,
     },
+    /// Show how kiln runs here: store, snapshotter and why, rootless id map, networking, cgroups
+    Info,
+    /// Rootless: stop the process that holds kiln's user namespace, so the next command maps the
+    /// ids /etc/subuid and /etc/subgid give now (stop running containers first)
+    Migrate,
 }
 
 pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
@@ -53,6 +58,14 @@ pub fn run(ctx: &Ctx, c: SystemCommand) -> Result<i32> {
             let store = ctx.store()?;
             crate::stack::reset(&store)?;
             crate::container::reset(store)?;
+            Ok(0)
+        }
+        SystemCommand::Info => info(ctx),
+        SystemCommand::Migrate => {
+            match crate::rootless::stop_pause()? {
+                Some(pid) => eprintln!("stopped kiln's pause process {pid}: the next command makes a new user namespace"),
+                None => eprintln!("no pause process runs: nothing to do"),
+            }
             Ok(0)
         }
         SystemCommand::Restore => {
@@ -207,4 +220,30 @@ fn check(ctx: &Ctx) -> Result<i32> {
         eprintln!("store {}: {} problems", ctx.root.display(), problems.len());
         Ok(1)
     }
+}
+
+/// `kiln info`: what a bug report needs to know about how kiln runs here.
+pub fn info(ctx: &Ctx) -> Result<i32> {
+    let facts = crate::rootless::facts(&ctx.root);
+    for (k, v) in facts {
+        println!("{k}: {v}");
+    }
+    Ok(0)
+}
+
+/// `kiln unshare [COMMAND...]`: runs a command (a shell by default) inside kiln's user and mount
+/// namespaces, where the store's files have the ids images gave them (podman unshare).
+pub fn unshare(cmd: &[String]) -> Result<i32> {
+    let (prog, args) = match cmd.split_first() {
+        Some((p, a)) => (p.clone(), a.to_vec()),
+        None => (std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()), vec![]),
+    };
+    let status = std::process::Command::new(&prog)
+        .args(&args)
+        .status()
+        .map_err(|e| anyhow::anyhow!("run {prog}: {e}"))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

@@ -92,7 +92,16 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         "" | "default" => crate::network::DEFAULT,
         m => m,
     };
+    // Rootless, a container's network is its own namespace (network/rootless.rs), since a
+    // bridge needs root on the host.
+    let rootless_net = crate::rootless::active() && !matches!(mode, "host" | "none" | "private");
+    if rootless_net && mode != crate::network::DEFAULT {
+        return Err(ContainerError::Invalid(format!(
+            "--network {mode}: user-defined networks need root; a rootless container gets a network namespace of its own (the default, with outbound access through pasta), or use --network host or none"
+        )));
+    }
     let bridge_net = match mode {
+        _ if rootless_net => None,
         "host" | "none" | "private" => None,
         m if m.starts_with("container:") => {
             return Err(ContainerError::Invalid(format!(
@@ -142,6 +151,18 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         return Err(ContainerError::Invalid(format!(
             "ports cannot be published with --network {mode}"
         )));
+    }
+    if crate::rootless::active() {
+        let lowest = fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .ok()
+            .and_then(|t| t.trim().parse::<u16>().ok())
+            .unwrap_or(1024);
+        if let Some(p) = ports.iter().find(|p| p.host_port != 0 && p.host_port < lowest) {
+            return Err(ContainerError::Invalid(format!(
+                "-p {}:{}: a rootless kiln cannot listen on host ports below {lowest} (net.ipv4.ip_unprivileged_port_start); publish on a higher port, e.g. -p {}:{}",
+                p.host_port, p.container_port, p.host_port as u32 + 8000, p.container_port
+            )));
+        }
     }
     let stop_signal = o
         .stop_signal
@@ -470,6 +491,24 @@ pub(super) fn cgroups(
         .into_iter()
         .collect();
     want.push(("pids", pids, limits.pids.is_some()));
+    if crate::rootless::active() {
+        // No cgroups without root here (cgroup v1, or v2 without delegation): a limit is refused
+        // by name; without one there is nothing to make, and devices need no controller, since
+        // the kernel refuses device nodes in a user namespace.
+        let flag = [
+            (limits.memory.is_some(), "-m/--memory"),
+            (limits.cpus.is_some(), "--cpus"),
+            (limits.pids.is_some(), "--pids-limit"),
+        ]
+        .into_iter()
+        .find_map(|(set, f)| set.then_some(f));
+        if let Some(f) = flag {
+            return Err(ContainerError::Invalid(format!(
+                "{f}: a rootless kiln cannot set cgroup limits on this machine (they need cgroup v2 with delegation to the user); run without the limit, or as root"
+            )));
+        }
+        return Ok(vec![]);
+    }
     let mut out = Vec::new();
     let undo = |out: &Vec<PathBuf>| {
         for d in out {

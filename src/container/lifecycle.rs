@@ -87,7 +87,15 @@ pub fn run(
             &spec.dns,
         )?);
     }
-    let gated = pending.is_some();
+    let mut rootless_ns = None;
+    if spec.networks.is_empty()
+        && crate::rootless::active()
+        && matches!(spec.runtime.net, runtime::Net::Join(_))
+    {
+        net_guard = Some(NetGuard { store, id: &id });
+        rootless_ns = Some(crate::network::rootless::prepare(store.root(), &id)?);
+    }
+    let gated = pending.is_some() || rootless_ns.is_some();
     // The chosen host ports (for -P and `-p 80`) are what ps shows.
     store
         .containers()
@@ -121,7 +129,7 @@ pub fn run(
         )
         .map_err(io_err("start the container"))?;
         // The terminal is made past the gate: the network first.
-        let c = finish_network(pending.take(), c)?;
+        let c = finish_network(pending.take(), rootless_ns.take(), c)?;
         // No terminal means the helper failed before making one; its exit code says why.
         if let Ok(master) = crate::sys::proc::recv_fd(ours.as_fd()) {
             pty_master = Some(fs::File::from(master));
@@ -130,7 +138,7 @@ pub fn run(
     } else {
         let c = runtime::spawn_gated(&spec.runtime, stdin, Stdio::piped(), Stdio::piped(), gated)
             .map_err(io_err("start the container"))?;
-        finish_network(pending.take(), c)?
+        finish_network(pending.take(), rootless_ns.take(), c)?
     };
     let helper = child.child.id();
     // The PID arrives once the workload is forked, the pipe's end once it has exec'd: then it
@@ -265,13 +273,17 @@ pub fn run(
 /// workload gives up before its exec.
 fn finish_network(
     pending: Option<crate::network::Pending>,
+    rootless_ns: Option<PathBuf>,
     mut helper: runtime::Helper,
 ) -> Result<runtime::Helper, ContainerError> {
-    if let Some(p) = pending {
-        if let Err(e) = p.finish() {
-            helper.abort();
-            return Err(e.into());
-        }
+    let done = match (pending, rootless_ns) {
+        (Some(p), _) => p.finish(),
+        (None, Some(ns)) => crate::network::rootless::finish(&ns),
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = done {
+        helper.abort();
+        return Err(e.into());
     }
     helper.open_gate();
     Ok(helper)

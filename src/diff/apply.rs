@@ -39,7 +39,7 @@ pub enum ApplyError {
 }
 
 /// What an apply did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApplyStats {
     /// sha256 of the whole tar stream read (the layer's DiffID).
     pub diff_id: Digest,
@@ -50,6 +50,20 @@ pub struct ApplyStats {
     /// The filesystem refused overlay whiteouts (a store on overlayfs), so whiteouts and opaque
     /// markers were kept in their OCI form (`.wh.NAME` files); see `snapshot::view`.
     pub oci_whiteouts: bool,
+    /// Rootless without a subordinate range: entries whose owner could not be given (their ids
+    /// are not mapped), kept owned by root; (count, the first few paths with their ids).
+    pub unkept_owners: (u64, Vec<String>),
+    /// Rootless: device nodes the kernel refuses to make in a user namespace, skipped.
+    pub skipped_devices: (u64, Vec<String>),
+}
+
+impl ApplyStats {
+    fn note(list: &mut (u64, Vec<String>), what: String) {
+        list.0 += 1;
+        if list.1.len() < 5 {
+            list.1.push(what);
+        }
+    }
 }
 
 struct DirMeta {
@@ -61,7 +75,6 @@ struct DirMeta {
     xattrs: Vec<(OsString, Vec<u8>)>,
 }
 
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
@@ -133,6 +146,8 @@ pub fn apply_layer_mapped<R: Read>(
         entries: 0,
         bytes: 0,
         oci_whiteouts: false,
+        unkept_owners: (0, Vec::new()),
+        skipped_devices: (0, Vec::new()),
     };
     // Raw iteration: kiln reads PAX records itself, by their length prefixes (POSIX pax
     // "extended header"), because xattr values are binary and may contain newlines, which the
@@ -260,7 +275,7 @@ pub fn apply_layer_mapped<R: Read>(
 
         let name_bytes = name.as_bytes();
         if name_bytes == OPAQUE_MARKER.as_bytes() {
-            match sys::fsetxattr(pfd, OsStr::new(OPAQUE_XATTR), b"y") {
+            match sys::fsetxattr(pfd, OsStr::new(crate::rootless::opaque_xattr()), b"y") {
                 Ok(()) => {}
                 Err(e) if refused(&e) => {
                     oci_marker(pfd, &name).map_err(entry_io(&raw_path))?;
@@ -372,8 +387,12 @@ pub fn apply_layer_mapped<R: Read>(
                 .map_err(entry_io(&raw_path))?;
                 let mut f = std::fs::File::from(fd);
                 stats.bytes += io::copy(&mut entry, &mut f).map_err(entry_io(&raw_path))?;
-                finish_fd(f.as_fd(), chown, uid, gid, mode, mtime, &xattrs)
-                    .map_err(entry_io(&raw_path))?;
+                if !finish_fd(f.as_fd(), chown, uid, gid, mode, mtime, &xattrs)
+                    .map_err(entry_io(&raw_path))?
+                {
+                    let what = format!("{} ({uid}:{gid})", raw_path.display());
+                    ApplyStats::note(&mut stats.unkept_owners, what);
+                }
             }
             EntryType::Symlink => {
                 let target = link_bytes
@@ -381,7 +400,10 @@ pub fn apply_layer_mapped<R: Read>(
                     .map(|b| PathBuf::from(OsStr::from_bytes(b)))
                     .ok_or_else(|| entry_err(&raw_path, "symlink without a target"))?;
                 sys::symlinkat(target.as_os_str(), pfd, &name).map_err(entry_io(&raw_path))?;
-                finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
+                if !finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))? {
+                    let what = format!("{} ({uid}:{gid})", raw_path.display());
+                    ApplyStats::note(&mut stats.unkept_owners, what);
+                }
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let ft = match kind {
@@ -391,9 +413,24 @@ pub fn apply_layer_mapped<R: Read>(
                 };
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
-                sys::mknodat(pfd, &name, ft | mode, sys::makedev(major, minor))
-                    .map_err(entry_io(&raw_path))?;
-                finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))?;
+                match sys::mknodat(pfd, &name, ft | mode, sys::makedev(major, minor)) {
+                    // The kernel makes no device node in a user namespace (podman's rootless
+                    // storage skips them too): the container's /dev has the host's devices.
+                    Err(e)
+                        if ft != libc::S_IFIFO
+                            && e.raw_os_error() == Some(libc::EPERM)
+                            && crate::rootless::active() =>
+                    {
+                        let what = raw_path.display().to_string();
+                        ApplyStats::note(&mut stats.skipped_devices, what);
+                        continue;
+                    }
+                    r => r.map_err(entry_io(&raw_path))?,
+                }
+                if !finish_name(pfd, &name, chown, uid, gid, mtime).map_err(entry_io(&raw_path))? {
+                    let what = format!("{} ({uid}:{gid})", raw_path.display());
+                    ApplyStats::note(&mut stats.unkept_owners, what);
+                }
             }
             other => {
                 return Err(entry_err(
@@ -422,8 +459,12 @@ pub fn apply_layer_mapped<R: Read>(
             }
             Err(e) => return Err(entry_io(d.path.as_path())(e)),
         };
-        finish_fd(fd.as_fd(), chown, d.uid, d.gid, d.mode, d.mtime, &d.xattrs)
-            .map_err(entry_io(d.path.as_path()))?;
+        if !finish_fd(fd.as_fd(), chown, d.uid, d.gid, d.mode, d.mtime, &d.xattrs)
+            .map_err(entry_io(d.path.as_path()))?
+        {
+            let what = format!("{} ({}:{})", d.path.as_path().display(), d.uid, d.gid);
+            ApplyStats::note(&mut stats.unkept_owners, what);
+        }
     }
 
     let mut inner = archive.into_inner();
@@ -455,6 +496,17 @@ fn oci_marker(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
     .map(drop)
 }
 
+/// Gives `name` in `dir` its owner; false when rootless without that id mapped (EINVAL), when
+/// the entry stays root's.
+fn own(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> io::Result<bool> {
+    match sys::lchownat(dir, name, uid, gid) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && crate::rootless::active() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Owner, mode, xattrs and mtime of an open entry; false when its owner could not be kept.
 fn finish_fd(
     fd: BorrowedFd<'_>,
     chown: bool,
@@ -463,10 +515,8 @@ fn finish_fd(
     mode: u32,
     mtime: i64,
     xattrs: &[(OsString, Vec<u8>)],
-) -> io::Result<()> {
-    if chown {
-        sys::lchownat(fd, OsStr::new(""), uid, gid)?;
-    }
+) -> io::Result<bool> {
+    let kept = !chown || own(fd, OsStr::new(""), uid, gid)?;
     sys::fchmod(fd, mode)?;
     for (k, v) in xattrs {
         sys::fsetxattr(fd, k, v).map_err(|e| {
@@ -476,7 +526,8 @@ fn finish_fd(
             )
         })?;
     }
-    sys::lutimesat(fd, OsStr::new(""), mtime, 0)
+    sys::lutimesat(fd, OsStr::new(""), mtime, 0)?;
+    Ok(kept)
 }
 
 fn finish_name(
@@ -486,11 +537,10 @@ fn finish_name(
     uid: u32,
     gid: u32,
     mtime: i64,
-) -> io::Result<()> {
-    if chown {
-        sys::lchownat(dir, name, uid, gid)?;
-    }
-    sys::lutimesat(dir, name, mtime, 0)
+) -> io::Result<bool> {
+    let kept = !chown || own(dir, name, uid, gid)?;
+    sys::lutimesat(dir, name, mtime, 0)?;
+    Ok(kept)
 }
 
 /// PAX records: (key, value) in order.

@@ -42,7 +42,7 @@ fn list(upper: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {
         }
         let r = join(&rel, name.as_bytes());
         if meta.is_dir() {
-            if crate::sys::lgetxattr(&path, OsStr::new("trusted.overlay.opaque"))
+            if crate::sys::lgetxattr(&path, OsStr::new(crate::rootless::opaque_xattr()))
                 .is_ok_and(|v| v == b"y")
             {
                 out.push(TarEntry {

@@ -197,7 +197,7 @@ pub fn write_entries<W: Write>(entries: &[TarEntry], out: W, opts: &TarOptions) 
             let mut names: Vec<OsString> = sys::llistxattr(full)?;
             names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
             for n in names {
-                if n.as_bytes().starts_with(b"trusted.overlay.") {
+                if crate::rootless::is_overlay_xattr(n.as_bytes()) {
                     continue;
                 }
                 let v = sys::lgetxattr(full, &n)?;

@@ -36,7 +36,7 @@ fn names(dir: &Path) -> io::Result<Vec<OsString>> {
 fn xattrs(p: &Path) -> io::Result<Vec<(OsString, Vec<u8>)>> {
     let mut v = Vec::new();
     for n in crate::sys::llistxattr(p)? {
-        if n.as_bytes().starts_with(b"trusted.overlay.") {
+        if crate::rootless::is_overlay_xattr(n.as_bytes()) {
             continue;
         }
         let val = crate::sys::lgetxattr(p, &n)?;

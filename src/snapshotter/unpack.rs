@@ -68,6 +68,23 @@ fn unpack_layer(
     if stats.oci_whiteouts {
         std::fs::write(dir.path().join(view::OCI_WHITEOUTS), b"").map_err(io)?;
     }
+    // Rootless: what the user namespace could not keep is said, never silently changed.
+    let short = &blob.to_string()[..19];
+    let (n, some) = &stats.unkept_owners;
+    if *n > 0 {
+        tracing::warn!(
+            "layer {short}: {n} entries stay owned by root, since their ids are not mapped in kiln's user namespace (no subordinate range for this user in /etc/subuid and /etc/subgid): {}{}",
+            some.join(", "),
+            if *n > some.len() as u64 { ", ..." } else { "" }
+        );
+    }
+    let (n, some) = &stats.skipped_devices;
+    if *n > 0 {
+        tracing::warn!(
+            "layer {short}: {n} device nodes skipped (a user namespace cannot make them; containers get the host's /dev nodes): {}",
+            some.join(", ")
+        );
+    }
     Ok(store.commit_snapshot(dir, chain, parent, diff_id, stats.bytes)?)
 }
 

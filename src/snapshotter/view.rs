@@ -22,7 +22,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const MAX_SYMLINKS: usize = 40;
 
 /// The marker file, beside a snapshot's `fs/`, of a snapshot that keeps OCI-form whiteouts.
@@ -60,7 +59,7 @@ pub fn is_whiteout(meta: &Metadata) -> bool {
 }
 
 fn is_opaque(p: &Path) -> bool {
-    crate::sys::lgetxattr(p, OsStr::new(OPAQUE_XATTR)).is_ok_and(|v| v == b"y")
+    crate::sys::lgetxattr(p, OsStr::new(crate::rootless::opaque_xattr())).is_ok_and(|v| v == b"y")
 }
 
 fn lstat(p: &Path) -> io::Result<Option<Metadata>> {

@@ -40,6 +40,11 @@ pub(super) fn io_s(e: io::Error) -> String {
     e.to_string()
 }
 
+/// A chown's error; rootless without the id mapped, what to do about it.
+fn owner_err(e: io::Error, uid: u32, gid: u32) -> String {
+    crate::rootless::unmapped(&e, uid, gid).unwrap_or_else(|| e.to_string())
+}
+
 impl<'a> Writer<'a> {
     pub fn new(upper: &Path, view: &'a View, opts: WriteOptions) -> Result<Writer<'a>, String> {
         Ok(Writer {
@@ -239,19 +244,19 @@ impl<'a> Writer<'a> {
                         io::Write::write_all(&mut out, b).map_err(io_s)?;
                     }
                 }
-                sys::lchownat(out.as_fd(), OsStr::new(""), uid, gid).map_err(io_s)?;
+                sys::lchownat(out.as_fd(), OsStr::new(""), uid, gid).map_err(|e| owner_err(e, uid, gid))?;
                 sys::fchmod(out.as_fd(), mode).map_err(io_s)?;
                 sys::lutimesat(out.as_fd(), OsStr::new(""), it.mtime.0, it.mtime.1)
                     .map_err(io_s)?;
             }
             Kind::Symlink(t) => {
                 sys::symlinkat(t.as_os_str(), pfd, &name).map_err(io_s)?;
-                sys::lchownat(pfd, &name, uid, gid).map_err(io_s)?;
+                sys::lchownat(pfd, &name, uid, gid).map_err(|e| owner_err(e, uid, gid))?;
                 sys::lutimesat(pfd, &name, it.mtime.0, it.mtime.1).map_err(io_s)?;
             }
             Kind::Special(t, dev) => {
                 sys::mknodat(pfd, &name, t | mode, *dev).map_err(io_s)?;
-                sys::lchownat(pfd, &name, uid, gid).map_err(io_s)?;
+                sys::lchownat(pfd, &name, uid, gid).map_err(|e| owner_err(e, uid, gid))?;
                 sys::lutimesat(pfd, &name, it.mtime.0, it.mtime.1).map_err(io_s)?;
             }
             Kind::Dir => unreachable!("handled above"),
@@ -335,7 +340,7 @@ impl<'a> Writer<'a> {
                     libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW,
                 )
                 .map_err(io_s)?;
-            sys::lchownat(fd.as_fd(), OsStr::new(""), d.uid, d.gid).map_err(io_s)?;
+            sys::lchownat(fd.as_fd(), OsStr::new(""), d.uid, d.gid).map_err(|e| owner_err(e, d.uid, d.gid))?;
             sys::fchmod(fd.as_fd(), d.mode).map_err(io_s)?;
             sys::lutimesat(fd.as_fd(), OsStr::new(""), d.mtime.0, d.mtime.1).map_err(io_s)?;
         }

@@ -321,10 +321,19 @@ fn drop_caps(ids: &super::Ids, keep: u64) {
         }
     }
     let groups: Vec<Gid> = ids.groups.iter().map(|g| Gid::from_raw(*g)).collect();
-    nix::unistd::setgroups(&groups).unwrap_or_else(|e| fail("setgroups", e));
+    if let Err(e) = nix::unistd::setgroups(&groups) {
+        // A rootless namespace that maps root only has setgroups denied: nothing to change.
+        let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|t| t.trim() == "deny");
+        if !denied {
+            fail("setgroups", e);
+        }
+    }
     let (g, u) = (Gid::from_raw(ids.gid), Uid::from_raw(ids.uid));
-    nix::unistd::setresgid(g, g, g).unwrap_or_else(|e| fail("setgid", e));
-    nix::unistd::setresuid(u, u, u).unwrap_or_else(|e| fail("setuid", e));
+    let why = |e: nix::Error| {
+        crate::rootless::unmapped(&e.into(), ids.uid, ids.gid).unwrap_or_else(|| e.to_string())
+    };
+    nix::unistd::setresgid(g, g, g).unwrap_or_else(|e| fail("setgid", why(e)));
+    nix::unistd::setresuid(u, u, u).unwrap_or_else(|e| fail("setuid", why(e)));
     // A non-root uid lost its capabilities in setresuid; root keeps exactly the default set.
     let caps = if ids.uid == 0 { keep } else { 0 };
     p::capset(caps).unwrap_or_else(|e| fail("set capabilities", e));
@@ -383,7 +392,7 @@ fn lookup(cmd: &str, env: &[String]) -> Result<PathBuf, i32> {
 /// The workload's side: `ready` stays open (close-on-exec) until the exec tells the caller
 /// that setup is done.
 fn child(spec: &Spec, helper_alive: OwnedFd, ready: OwnedFd, gate: Gate) -> ! {
-    let (rootfs, argv) = mounts::prepare_root(&Linux, spec);
+    let (rootfs, argv) = mounts::prepare_root(&Linux, spec, crate::rootless::active());
 
     std::env::set_current_dir(&rootfs).unwrap_or_else(|e| fail("enter the root filesystem", e));
     nix::unistd::pivot_root(".", ".").unwrap_or_else(|e| fail("pivot_root", e));

@@ -142,7 +142,7 @@ fn stub(root: &Root, path: &str, dir: bool) {
     }
 }
 
-fn mount_rootfs(sc: &dyn Syscall, spec: &Spec) -> PathBuf {
+fn mount_rootfs(sc: &dyn Syscall, spec: &Spec, rootless: bool) -> PathBuf {
     match &spec.rootfs {
         Rootfs::Overlay {
             base,
@@ -155,11 +155,18 @@ fn mount_rootfs(sc: &dyn Syscall, spec: &Spec) -> PathBuf {
                 .unwrap_or_else(|e| fail(&format!("enter {}", base.display()), e));
             // redirect_dir, metacopy and index off: the upper dir must hold every change as a
             // whole file or directory, which is what the overlay differ reads (overlayfs.rst).
+            // In a user namespace overlay keeps its markers in user.overlay.* xattrs, and
+            // refuses to follow redirects ("off" means "follow" on most kernels).
             let opts = format!(
-                "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
+                "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,{}",
                 lower.join(":"),
                 upper.display(),
-                work.display()
+                work.display(),
+                if rootless {
+                    "redirect_dir=nofollow,userxattr"
+                } else {
+                    "redirect_dir=off"
+                }
             );
             sc.mount(
                 "overlay",
@@ -383,8 +390,8 @@ pub(super) fn mask_proc(sc: &dyn Syscall) {
 /// the stubs for missing mount points, /proc, /sys, /dev, the /etc files, the RUN mounts and
 /// /dev/pipes files. Returns the root's path and the argv to exec (a `-c` script too long for
 /// one argument is moved into /dev/pipes).
-pub(super) fn prepare_root(sc: &dyn Syscall, spec: &Spec) -> (PathBuf, Vec<String>) {
-    let rootfs = mount_rootfs(sc, spec);
+pub(super) fn prepare_root(sc: &dyn Syscall, spec: &Spec, rootless: bool) -> (PathBuf, Vec<String>) {
+    let rootfs = mount_rootfs(sc, spec, rootless);
     let root = Root::open(&rootfs).unwrap_or_else(|e| fail("open the root filesystem", e));
     for (path, dir) in &spec.stubs {
         stub(&root, path, *dir);
@@ -402,7 +409,21 @@ pub(super) fn prepare_root(sc: &dyn Syscall, spec: &Spec) -> (PathBuf, Vec<Strin
     if !spec.security.privileged {
         sys_flags |= MsFlags::MS_RDONLY;
     }
-    mount_at(sc, &root, "/sys", "sysfs", "sysfs", sys_flags, "");
+    if rootless && spec.net == crate::runtime::Net::Host {
+        // sysfs can only be mounted by the owner of the network namespace; on the host's
+        // network (RUN steps) a rootless container binds the host's /sys, read-only.
+        bind_at(sc, &root, "/sys", Path::new("/sys"), MsFlags::MS_REC);
+        let t = target(&root, "/sys").unwrap_or_else(|e| fail("open mount point /sys", e));
+        let _ = sc.mount(
+            "",
+            &t.proc_path,
+            "",
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+            "",
+        );
+    } else {
+        mount_at(sc, &root, "/sys", "sysfs", "sysfs", sys_flags, "");
+    }
     setup_dev(sc, &root, &spec.security);
     for (path, host) in &spec.files {
         bind_at(sc, &root, path, host, MsFlags::empty());

@@ -121,7 +121,7 @@ fn the_root_is_laid_out_as_docker_lays_it_out() {
         root: std::fs::canonicalize(&root).unwrap(),
         calls: RefCell::new(vec![]),
     };
-    let (rootfs, argv) = prepare_root(&rec, &spec(&root, &files));
+    let (rootfs, argv) = prepare_root(&rec, &spec(&root, &files), false);
     assert_eq!(rootfs, root);
     let calls = rec.calls.into_inner();
     let none = "";
