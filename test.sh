@@ -6,12 +6,14 @@
 # netavark and aardvark-dns make bridge networks and answer names on them, with iptables and
 # iproute2's ip, which the network tests also use to list rules and make an "outside"; containerd, which
 # runs a saved image as Kubernetes nodes would; python3-venv for target/venv, where pip installs
-# kubernetes-validate, which checks `stack convert`'s manifests against the Kubernetes API schemas).
+# kubernetes-validate, which checks `stack convert`'s manifests against the Kubernetes API schemas;
+# uidmap (newuidmap/newgidmap) and passt (pasta), which rootless kiln uses: the rootless test
+# runs kiln as users it creates).
 # Extra arguments go to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap docker-registry apache2-utils python3
-  netavark aardvark-dns iptables iproute2 containerd python3-venv)
+  netavark aardvark-dns iptables iproute2 containerd python3-venv uidmap passt)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +26,12 @@ if ((${#missing[@]})); then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+fi
+# pasta gives rootless containers outbound access through /dev/net/tun, which Debian's udev makes
+# 0666; a machine without udev (a CI container) may have it 0600, root's only.
+if [[ $(id -u) -eq 0 && -c /dev/net/tun && $(stat -c %a /dev/net/tun) != 666 ]]; then
+  echo "test.sh: chmod 0666 /dev/net/tun (as Debian's udev does) so ordinary users' pasta can open it" >&2
+  chmod 0666 /dev/net/tun
 fi
 if [[ ! -x target/venv/bin/kubernetes-validate ]]; then
   echo "test.sh: installing kubernetes-validate 1.37.0 into target/venv" >&2

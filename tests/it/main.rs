@@ -19,6 +19,7 @@ mod layout;
 mod network;
 mod registry;
 mod restart;
+mod rootless;
 mod run;
 mod security;
 mod snapshot;

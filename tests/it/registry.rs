@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 mod cache;
 
 /// A docker-registry process on 127.0.0.1, stopped on drop.
-struct Registry {
+pub(crate) struct Registry {
     port: u16,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
-    fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+    pub(crate) fn start(htpasswd: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -69,7 +69,7 @@ impl Registry {
         }
     }
 
-    fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
 }
