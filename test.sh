@@ -8,12 +8,12 @@
 # runs a saved image as Kubernetes nodes would; python3-venv for target/venv, where pip installs
 # kubernetes-validate, which checks `stack convert`'s manifests against the Kubernetes API schemas;
 # uidmap (newuidmap/newgidmap) and passt (pasta), which rootless kiln uses: the rootless test
-# runs kiln as users it creates).
+# runs kiln as users it creates; runc, which podman runs the in-container build test with).
 # Extra arguments go to `cargo test`. .ci/run calls this same script with KILN_REQUIRE_PRIVILEGED=1.
 set -euo pipefail
 cd "$(dirname "$0")"
 packages=(busybox-static skopeo umoci podman tar bzip2 xz-utils zstd mmdebstrap docker-registry apache2-utils python3
-  netavark aardvark-dns iptables iproute2 containerd python3-venv uidmap passt)
+  netavark aardvark-dns iptables iproute2 containerd python3-venv uidmap passt runc)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

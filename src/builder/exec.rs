@@ -10,6 +10,7 @@
 //! afterwards (as BuildKit's mount-stub cleaner does), together with a parent directory that
 //! only the stub's creation copied up.
 
+use super::cgroup::StepCgroup;
 use crate::frontend::mount::{MountKind, Sharing};
 use crate::plan::RunStep;
 use crate::runtime::{self, Net, Spec};
@@ -56,7 +57,7 @@ pub enum RunError {
     Setup(String),
 }
 
-fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
+pub(super) fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RunError + '_ {
     move |e| RunError::Setup(format!("{what}: {e}"))
 }
 
@@ -255,7 +256,12 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
     // Docker's device list holds in RUN too (BuildKit's runc gets the same): a step may mknod
     // but not open a host disk or /dev/kmsg through the node.
     let security = runtime::Security::default();
-    let devices = StepCgroup::create(&security)?;
+    let in_place = snapshotter.kind() == crate::snapshotter::Kind::InPlace;
+    let devices = if in_place {
+        StepCgroup(None)
+    } else {
+        StepCgroup::create(&security)?
+    };
     let spec = Spec {
         rootfs,
         argv: r.argv.clone(),
@@ -287,9 +293,21 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
 
     let (rd, wr) = crate::sys::pipe().map_err(setup("create a pipe"))?;
     let wr2 = wr.try_clone().map_err(setup("dup a pipe"))?;
-    let mut child = runtime::spawn(&spec, Stdio::from(wr), Stdio::from(wr2))
-        .map_err(setup("start the container helper"))?
-        .child;
+    let (mut child, emulated) = if in_place {
+        // The mount points the image lacks that a runtime leaves in the layer (see below).
+        let kept: Vec<String> = stubs
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| p == "/proc" || p == "/sys" || (p == "/dev" && r.script.is_none()))
+            .collect();
+        let (c, m) = super::inplace::spawn(&spec, &kept, Stdio::from(wr), Stdio::from(wr2))?;
+        (c, Some(m))
+    } else {
+        let c = runtime::spawn(&spec, Stdio::from(wr), Stdio::from(wr2))
+            .map_err(setup("start the container helper"))?
+            .child;
+        (c, None)
+    };
     let mut tail: VecDeque<String> = VecDeque::new();
     let reader = BufReader::new(fs::File::from(rd));
     for line in reader.split(b'\n') {
@@ -304,6 +322,17 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
     }
     let status = child.wait().map_err(setup("wait for the step"))?;
     let code = runtime::exit_code(status);
+    if let Some(m) = emulated {
+        // In place, `/` is the host's: no stubs were made, and the mounts were copies.
+        m.undo()?;
+        if code != 0 {
+            return Err(RunError::Exit {
+                code,
+                tail: tail.into_iter().collect(),
+            });
+        }
+        return Ok(active);
+    }
     // The runtime's own mount points for /proc, /sys and /dev stay in the layer, as runc
     // leaves them under BuildKit 0.13; the files and RUN --mount targets go. A `#!` heredoc is
     // one of BuildKit's mounts (/dev/pipes/NAME): then /dev was its stub, and goes too.
@@ -321,45 +350,6 @@ pub fn run(store: &Store, req: &RunRequest<'_>, out: &dyn Fn(&str)) -> Result<Ac
         });
     }
     Ok(active)
-}
-
-/// A RUN step's device cgroup (`kiln/build-<pid>-<n>`), removed when the step ends; what a
-/// killed build left is swept by the next one.
-struct StepCgroup(Option<std::path::PathBuf>);
-
-impl StepCgroup {
-    fn create(sec: &runtime::Security) -> Result<StepCgroup, RunError> {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let Some(rules) = sec.device_rules() else {
-            return Ok(StepCgroup(None));
-        };
-        // Rootless: no cgroups to write, and none needed, since the kernel refuses to make
-        // device nodes in a user namespace.
-        if crate::rootless::active() {
-            return Ok(StepCgroup(None));
-        }
-        let pid = std::process::id();
-        if N.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-            runtime::devices::sweep("build-");
-        }
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        runtime::devices::create(&format!("build-{pid}-{n}"), &rules)
-            .map(|d| StepCgroup(Some(d)))
-            .map_err(setup("limit the step's devices"))
-    }
-}
-
-impl Drop for StepCgroup {
-    fn drop(&mut self) {
-        if let Some(d) = self.0.take() {
-            // The step's last processes leave the cgroup a moment after they are reaped: remove
-            // it now if it is empty, else in the background (the build does not wait; what a
-            // build that ended first leaves, the next one sweeps).
-            if fs::remove_dir(&d).is_err() && d.exists() {
-                std::thread::spawn(move || runtime::devices::remove_cgroup(&d));
-            }
-        }
-    }
 }
 
 /// Adds `target` (a directory or a file) and its missing parents to the stubs, shallowest first.

@@ -16,11 +16,13 @@
 //! Crash safety comes from the store: blobs, snapshots and rows are committed in that order, a
 //! lease keeps GC away for the whole build, and temp dirs live under ingest/ until committed.
 
+mod cgroup;
 mod commit;
 pub mod copy;
 pub mod exec;
 mod execute;
 mod explain;
+mod inplace;
 pub use explain::inputs_for_export;
 mod inputs;
 mod lookup;
@@ -298,9 +300,13 @@ pub fn build(
     let results: Vec<Mutex<Option<StageState>>> = (0..count).map(|_| Mutex::new(None)).collect();
     let mut done = vec![false; count];
     while done.iter().any(|d| !d) {
-        let ready: Vec<usize> = (0..count)
+        let mut ready: Vec<usize> = (0..count)
             .filter(|&i| !done[i] && deps[i].iter().all(|&d| done[d]))
             .collect();
+        // In place, RUN steps share `/`: one stage at a time.
+        if ctx.opts.snapshotter == crate::snapshotter::Kind::InPlace {
+            ready.truncate(1);
+        }
         if ready.is_empty() {
             return Err(BuildError::Internal(
                 "stages depend on each other in a cycle".into(),

@@ -64,6 +64,19 @@ pub struct BuildArgs {
     /// overlay, native when the store itself is on overlayfs (kiln inside a container)
     #[arg(long, env = "KILN_SNAPSHOTTER", value_name = "NAME", value_parser = ["overlay", "native"])]
     snapshotter: Option<String>,
+    /// default (namespaces, the snapshotter's root) or none: RUN steps run in the container kiln
+    /// itself runs in, kaniko's way (for CI runners and Kubernetes pods without privileges; it
+    /// replaces that container's files). Chosen by itself where no namespace can be made
+    #[arg(long, env = "KILN_ISOLATION", value_name = "MODE", default_value = "default", value_parser = ["default", "none"])]
+    isolation: String,
+    /// Push every tag to its registry once built (in the same process: with --isolation=none
+    /// the container's own files are the image's by then)
+    #[arg(long)]
+    push: bool,
+    /// With --isolation=none: a path in the container kiln leaves alone (besides mounts, its
+    /// store, the context and the Dockerfile); may be repeated
+    #[arg(long = "ignore-path", value_name = "PATH")]
+    ignore_paths: Vec<PathBuf>,
     /// A secret for RUN --mount=type=secret: id=NAME[,src=FILE | ,env=VAR] (with neither, the
     /// environment variable NAME); may be repeated
     #[arg(long = "secret", value_name = "id=NAME[,src=FILE|,env=VAR]")]
@@ -360,7 +373,16 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         Some(_) => Some(Snapshotter::Overlay),
         None => None,
     };
-    let (snapshotter, why) = crate::snapshotter::choose(store.root(), asked);
+    let (mut snapshotter, mut why) = crate::snapshotter::choose(store.root(), asked);
+    let mut keep = vec![store.root().to_path_buf(), args.context.clone()];
+    keep.extend(path.iter().cloned());
+    keep.extend(args.ignore_paths.iter().cloned());
+    let (in_place, note) = crate::snapshotter::select_in_place(args.isolation == "none", &keep)
+        .map_err(anyhow::Error::msg)?;
+    if in_place {
+        snapshotter = Snapshotter::InPlace;
+        why = note;
+    }
     if let (Some(why), false) = (why, args.quiet) {
         eprintln!("kiln: {why}");
     }
@@ -460,6 +482,17 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         }
     }
     println!("{}", outcome.image.id());
+    // `--push` (buildx's flag): in the same process, which matters with --isolation=none, where
+    // the build replaced the container's files (kiln's own libraries among them).
+    if args.push {
+        for t in &opts.tags {
+            let push = ["push".to_string(), t.clone()];
+            let code = super::run_args(ctx, &push)?;
+            if code != 0 {
+                return Ok(code);
+            }
+        }
+    }
     Ok(0)
 }
 

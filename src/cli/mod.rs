@@ -108,7 +108,11 @@ enum Command {
     /// Run a command (default: $SHELL) in kiln's rootless user namespace, where the store's
     /// files show the ids images gave them
     Unshare {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
     },
     /// Manage images: ls, rm, inspect, tag, push, pull, save, load, import, history, prune

@@ -236,7 +236,10 @@ pub fn info(ctx: &Ctx) -> Result<i32> {
 pub fn unshare(cmd: &[String]) -> Result<i32> {
     let (prog, args) = match cmd.split_first() {
         Some((p, a)) => (p.clone(), a.to_vec()),
-        None => (std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()), vec![]),
+        None => (
+            std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into()),
+            vec![],
+        ),
     };
     let status = std::process::Command::new(&prog)
         .args(&args)

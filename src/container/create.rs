@@ -157,7 +157,10 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
             .ok()
             .and_then(|t| t.trim().parse::<u16>().ok())
             .unwrap_or(1024);
-        if let Some(p) = ports.iter().find(|p| p.host_port != 0 && p.host_port < lowest) {
+        if let Some(p) = ports
+            .iter()
+            .find(|p| p.host_port != 0 && p.host_port < lowest)
+        {
             return Err(ContainerError::Invalid(format!(
                 "-p {}:{}: a rootless kiln cannot listen on host ports below {lowest} (net.ipv4.ip_unprivileged_port_start); publish on a higher port, e.g. -p {}:{}",
                 p.host_port, p.container_port, p.host_port as u32 + 8000, p.container_port

@@ -10,6 +10,7 @@ pub use self::tar::{write_entries, write_tree, EntrySource, TarEntry, TarOptions
 pub use apply::{
     apply_layer, apply_layer_mapped, chain, escape_text, escaped, ApplyError, ApplyStats,
 };
+pub(crate) use tar::join as join_rel;
 
 #[cfg(test)]
 mod differ_tests;

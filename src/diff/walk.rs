@@ -18,9 +18,31 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+/// Relative paths (no leading slash) the walk never enters or reports, in either tree.
+pub type Ignored = std::collections::BTreeSet<Vec<u8>>;
+
+/// Whether `r` is an ignored path's ancestor.
+pub fn holds_ignored(ignored: &Ignored, r: &[u8]) -> bool {
+    if ignored.is_empty() {
+        return false;
+    }
+    let mut prefix = r.to_vec();
+    prefix.push(b'/');
+    ignored
+        .range(prefix.clone()..)
+        .next()
+        .is_some_and(|p| p.starts_with(&prefix))
+}
+
 /// The layer entries that turn `old` into `new`, sorted.
 pub fn changes(old: &Path, new: &Path) -> io::Result<Vec<TarEntry>> {
-    let mut out = diff_dir(old, new, Vec::new())?;
+    changes_ignoring(old, new, &Ignored::new())
+}
+
+/// [`changes`], skipping the `ignored` paths (the in-place snapshotter's mounts and files of
+/// the container kiln runs in).
+pub fn changes_ignoring(old: &Path, new: &Path, ignored: &Ignored) -> io::Result<Vec<TarEntry>> {
+    let mut out = diff_dir(old, new, Vec::new(), ignored)?;
     sort_entries(&mut out);
     Ok(out)
 }
@@ -88,14 +110,22 @@ fn entry_changed(a: &Path, ma: &Metadata, b: &Path, mb: &Metadata) -> io::Result
 }
 
 /// Every entry below `dir` (the contents of an added directory).
-fn everything(root: &Path, rel: &[u8]) -> io::Result<Vec<TarEntry>> {
+fn everything(root: &Path, rel: &[u8], ignored: &Ignored) -> io::Result<Vec<TarEntry>> {
     let dir = root.join(OsStr::from_bytes(rel));
     let mut out = Vec::new();
     for n in names(&dir)? {
         let r = join(rel, n.as_bytes());
+        if ignored.contains(&r) {
+            continue;
+        }
         let p = dir.join(&n);
         if fs::symlink_metadata(&p)?.is_dir() {
-            out.extend(everything(root, &r)?);
+            let below = everything(root, &r, ignored)?;
+            // A directory there only for an ignored path below it is not reported.
+            if below.is_empty() && holds_ignored(ignored, &r) {
+                continue;
+            }
+            out.extend(below);
         }
         out.push(TarEntry {
             name: r,
@@ -106,7 +136,7 @@ fn everything(root: &Path, rel: &[u8]) -> io::Result<Vec<TarEntry>> {
 }
 
 /// The changes below directory `rel` (present in both trees).
-fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {
+fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>, ignored: &Ignored) -> io::Result<Vec<TarEntry>> {
     let od = old.join(OsStr::from_bytes(&rel));
     let nd = new.join(OsStr::from_bytes(&rel));
     let mut all: Vec<OsString> = names(&od)?;
@@ -117,6 +147,9 @@ fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {
         .into_par_iter()
         .map(|n| {
             let r = join(&rel, n.as_bytes());
+            if ignored.contains(&r) {
+                return Ok(Vec::new());
+            }
             let (a, b) = (od.join(&n), nd.join(&n));
             let ma = fs::symlink_metadata(&a).ok();
             let mb = match fs::symlink_metadata(&b) {
@@ -134,9 +167,21 @@ fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {
                         source: EntrySource::Whiteout,
                     });
                 }
+                (None, Some(mb)) if mb.is_dir() && holds_ignored(ignored, &r) => {
+                    // A directory only there for an ignored path (a mount point's parent):
+                    // reported only when something else changed below it.
+                    let below = everything(new, &r, ignored)?;
+                    if !below.is_empty() {
+                        out.extend(below);
+                        out.push(TarEntry {
+                            name: r,
+                            source: EntrySource::Host(b),
+                        });
+                    }
+                }
                 (None, Some(mb)) => {
                     if mb.is_dir() {
-                        out.extend(everything(new, &r)?);
+                        out.extend(everything(new, &r, ignored)?);
                     }
                     out.push(TarEntry {
                         name: r,
@@ -146,7 +191,7 @@ fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {
                 (Some(ma), Some(mb)) => {
                     let same_type = ma.file_type() == mb.file_type();
                     if same_type && mb.is_dir() {
-                        let below = diff_dir(old, new, r.clone())?;
+                        let below = diff_dir(old, new, r.clone(), ignored)?;
                         if !below.is_empty() || entry_changed(&a, &ma, &b, &mb)? {
                             out.extend(below);
                             out.push(TarEntry {
@@ -156,7 +201,7 @@ fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>) -> io::Result<Vec<TarEntry>> {
                         }
                     } else if !same_type || entry_changed(&a, &ma, &b, &mb)? {
                         if mb.is_dir() {
-                            out.extend(everything(new, &r)?);
+                            out.extend(everything(new, &r, ignored)?);
                         }
                         out.push(TarEntry {
                             name: r,

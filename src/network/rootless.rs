@@ -55,7 +55,8 @@ pub fn finish(ns: &Path) -> Result<(), NetworkError> {
         let _ = netns::remove(ns);
         NetworkError::Invalid(why)
     };
-    let handle = std::fs::File::open(ns).map_err(|e| undo(format!("open {}: {e}", ns.display())))?;
+    let handle =
+        std::fs::File::open(ns).map_err(|e| undo(format!("open {}: {e}", ns.display())))?;
     std::thread::scope(|s| {
         s.spawn(|| -> std::io::Result<()> {
             nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET)?;

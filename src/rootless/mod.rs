@@ -124,7 +124,8 @@ pub fn sub_range(text: &str, name: &str, id: u32) -> Option<Range> {
         let who = f.next()?;
         let start = f.next()?.parse::<u32>().ok()?;
         let count = f.next()?.trim().parse::<u32>().ok()?;
-        (count > 0 && (who == name || who.parse::<u32>().ok() == Some(id))).then_some((start, count))
+        (count > 0 && (who == name || who.parse::<u32>().ok() == Some(id)))
+            .then_some((start, count))
     })
 }
 

@@ -94,8 +94,16 @@ fn user_name(uid: u32) -> String {
 /// Spawns the pause process and writes its maps; returns its pid and notes for the user.
 fn create(uid: u32, gid: u32) -> Result<(i32, Vec<String>), String> {
     let name = user_name(uid);
-    let subuid = sub_range(&fs::read_to_string("/etc/subuid").unwrap_or_default(), &name, uid);
-    let subgid = sub_range(&fs::read_to_string("/etc/subgid").unwrap_or_default(), &name, gid);
+    let subuid = sub_range(
+        &fs::read_to_string("/etc/subuid").unwrap_or_default(),
+        &name,
+        uid,
+    );
+    let subgid = sub_range(
+        &fs::read_to_string("/etc/subgid").unwrap_or_default(),
+        &name,
+        gid,
+    );
     let mut child = Command::new("/proc/self/exe")
         .arg(PAUSE_ARG)
         .current_dir("/")
@@ -223,7 +231,11 @@ pub fn pause_main() -> ! {
         nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
         None::<&str>,
     );
-    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         let _ = nix::unistd::dup2_stdin(&null);
         let _ = nix::unistd::dup2_stdout(&null);
         let _ = nix::unistd::dup2_stderr(&null);

@@ -16,11 +16,13 @@
 //! need no mounted root: they write their change set straight into a prepared snapshot dir,
 //! committed with [`commit_upper`] whatever the snapshotter.
 
+mod inplace;
 mod native;
 mod overlay;
 mod unpack;
 pub mod view;
 
+pub use inplace::{ignore_for_step, in_container, select as select_in_place};
 pub use native::{copy_dir, materialize};
 pub use unpack::{unpack_image, unpack_layer_record, SnapshotError};
 
@@ -38,6 +40,8 @@ pub enum Kind {
     Overlay,
     /// Plain copies and the walk differ, where overlay cannot be mounted.
     Native,
+    /// RUN in the container kiln runs in, `/` itself (`--isolation=none`; inplace.rs).
+    InPlace,
 }
 
 impl Kind {
@@ -46,6 +50,7 @@ impl Kind {
         match self {
             Kind::Overlay => &overlay::Overlay,
             Kind::Native => &native::Native,
+            Kind::InPlace => &inplace::InPlace,
         }
     }
 
@@ -54,6 +59,7 @@ impl Kind {
         match self {
             Kind::Overlay => "overlay",
             Kind::Native => "native",
+            Kind::InPlace => "in-place",
         }
     }
 }

@@ -14,6 +14,7 @@ mod crash;
 mod demo;
 mod health;
 mod hostile;
+mod in_container;
 mod interop;
 mod layout;
 mod network;

@@ -24,6 +24,11 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn start(htpasswd: Option<(&str, &str)>) -> Registry {
+        Registry::start_on("127.0.0.1", htpasswd)
+    }
+
+    /// Listening on `ip` (0.0.0.0: containers reach it at their gateway's address).
+    pub(crate) fn start_on(ip: &str, htpasswd: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -31,7 +36,7 @@ impl Registry {
             .unwrap()
             .port();
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {ip}:{port}\n",
             dir.path().join("data").display()
         );
         if let Some((user, pass)) = htpasswd {

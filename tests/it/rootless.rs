@@ -60,7 +60,11 @@ impl User {
             .unwrap_or_default()
             .lines()
             .any(|l| l.starts_with(&format!("{}:", user.name)));
-        assert_eq!(listed, subids, "useradd's subordinate ranges for {}", user.name);
+        assert_eq!(
+            listed, subids,
+            "useradd's subordinate ranges for {}",
+            user.name
+        );
         user
     }
 
@@ -157,7 +161,16 @@ fn image_id(out: &str) -> String {
 
 #[test]
 fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
-    if !needs(&["useradd", "userdel", "pkill", "newuidmap", "newgidmap", "pasta", "docker-registry", "tar"]) {
+    if !needs(&[
+        "useradd",
+        "userdel",
+        "pkill",
+        "newuidmap",
+        "newgidmap",
+        "pasta",
+        "docker-registry",
+        "tar",
+    ]) {
         return;
     }
     let bin_dir = shared_dir();
@@ -202,11 +215,18 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
             .collect();
         builds.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert_eq!(ids, vec![root_id.clone(), root_id.clone()], "rootless builds give root's image ID");
+    assert_eq!(
+        ids,
+        vec![root_id.clone(), root_id.clone()],
+        "rootless builds give root's image ID"
+    );
     let info = a.ok(&bin, w, &["info"], &[]);
     assert!(info.contains("Rootless: true"), "{info}");
     assert!(info.contains("65537 uids"), "{info}");
-    assert!(info.contains("userxattr"), "kernel overlay in the user namespace: {info}");
+    assert!(
+        info.contains("userxattr"),
+        "kernel overlay in the user namespace: {info}"
+    );
 
     // Each store is its owner's alone: private, and closed to the other user.
     let store_a = a.home.join(".local/share/kiln");
@@ -225,9 +245,33 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
 
     // The image runs with a published port, as its USER, with outbound access through pasta.
     let port = free_port();
-    a.ok(&bin, w, &["run", "-d", "--name", "web", "-p", &format!("{port}:8080"), "app"], &[]);
+    a.ok(
+        &bin,
+        w,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            &format!("{port}:8080"),
+            "app",
+        ],
+        &[],
+    );
     assert_eq!(http_body(port, "/hello.txt"), "hello\n");
-    let who = a.ok(&bin, w, &["exec", "web", "sh", "-c", "id -u; stat -c %u:%g /srv/out/a; cat /srv/out/log; test -e /etc/motd || echo gone"], &[]);
+    let who = a.ok(
+        &bin,
+        w,
+        &[
+            "exec",
+            "web",
+            "sh",
+            "-c",
+            "id -u; stat -c %u:%g /srv/out/a; cat /srv/out/log; test -e /etc/motd || echo gone",
+        ],
+        &[],
+    );
     assert_eq!(who, "1000\n1000:1000\nrun\ngone\n");
     let ps = a.ok(&bin, w, &["ps", "--format", "{{.Names}} {{.Ports}}"], &[]);
     assert!(ps.starts_with("web 0.0.0.0:"), "{ps}");
@@ -242,21 +286,37 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
             let (mut conn, _) = listener.accept().unwrap();
             let mut buf = [0u8; 1024];
             let _ = conn.read(&mut buf);
-            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom the host\n").unwrap();
+            conn.write_all(b"HTTP/1.0 200 OK\r\n\r\nfrom the host\n")
+                .unwrap();
         });
         let url = format!("http://{gw}:{hport}/");
-        let got = a.ok(&bin, w, &["run", "--rm", "bb", "wget", "-q", "-O-", &url], &[]);
+        let got = a.ok(
+            &bin,
+            w,
+            &["run", "--rm", "bb", "wget", "-q", "-O-", &url],
+            &[],
+        );
         assert_eq!(got, "from the host\n");
         server.join().unwrap();
     }
 
     // What cannot work rootless is refused before anything starts, naming the flag.
     let err = a.fails(&bin, w, &["run", "--rm", "-m", "10m", "bb", "true"]);
-    assert!(err.contains("-m/--memory") && err.contains("rootless"), "{err}");
+    assert!(
+        err.contains("-m/--memory") && err.contains("rootless"),
+        "{err}"
+    );
     let err = a.fails(&bin, w, &["run", "--rm", "-p", "80:8080", "bb", "true"]);
     assert!(err.contains("ip_unprivileged_port_start"), "{err}");
-    let err = a.fails(&bin, w, &["run", "--rm", "--network", "mynet", "bb", "true"]);
-    assert!(err.contains("--network mynet") && err.contains("need root"), "{err}");
+    let err = a.fails(
+        &bin,
+        w,
+        &["run", "--rm", "--network", "mynet", "bb", "true"],
+    );
+    assert!(
+        err.contains("--network mynet") && err.contains("need root"),
+        "{err}"
+    );
 
     // Push to the real registry as a; b pulls the same image.
     let registry = crate::registry::Registry::start(None);
@@ -267,7 +327,12 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
     b.ok(&bin, w, &["pull", &name], &[]);
     let pulled = b.ok(&bin, w, &["images", "-q", "--no-trunc", &name], &[]);
     assert_eq!(pulled.trim(), root_id);
-    let out = b.ok(&bin, w, &["run", "--rm", &name, "cat", "/srv/hello.txt"], &[]);
+    let out = b.ok(
+        &bin,
+        w,
+        &["run", "--rm", &name, "cat", "/srv/hello.txt"],
+        &[],
+    );
     assert_eq!(out, "hello\n");
 
     // Without subordinate ids: root-only images work, the owners that cannot be kept are
@@ -275,10 +340,21 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
     let o = nosub.kiln(&bin, w, &["import", tgz.to_str().unwrap(), "bb"], &[]);
     assert!(o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no subordinate ids in /etc/subuid"));
-    let o = nosub.kiln(&bin, w, &["run", "--rm", "bb", "stat", "-c", "%u", "/etc/motd"], &[]);
+    let o = nosub.kiln(
+        &bin,
+        w,
+        &["run", "--rm", "bb", "stat", "-c", "%u", "/etc/motd"],
+        &[],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "0\n", "{err}");
-    assert!(err.contains("./etc/motd (65534:65534)") && err.contains("/etc/subuid"), "{err}");
+    assert!(
+        err.contains("./etc/motd (65534:65534)") && err.contains("/etc/subuid"),
+        "{err}"
+    );
     let err = nosub.fails(&bin, w, &["build", "-t", "app", "ctx"]);
-    assert!(err.contains("uid 1000 / gid 1000 is not mapped") && err.contains("/etc/subuid"), "{err}");
+    assert!(
+        err.contains("uid 1000 / gid 1000 is not mapped") && err.contains("/etc/subuid"),
+        "{err}"
+    );
 }

@@ -244,7 +244,8 @@ impl<'a> Writer<'a> {
                         io::Write::write_all(&mut out, b).map_err(io_s)?;
                     }
                 }
-                sys::lchownat(out.as_fd(), OsStr::new(""), uid, gid).map_err(|e| owner_err(e, uid, gid))?;
+                sys::lchownat(out.as_fd(), OsStr::new(""), uid, gid)
+                    .map_err(|e| owner_err(e, uid, gid))?;
                 sys::fchmod(out.as_fd(), mode).map_err(io_s)?;
                 sys::lutimesat(out.as_fd(), OsStr::new(""), it.mtime.0, it.mtime.1)
                     .map_err(io_s)?;
@@ -340,7 +341,8 @@ impl<'a> Writer<'a> {
                     libc::O_DIRECTORY | libc::O_RDONLY | libc::O_NOFOLLOW,
                 )
                 .map_err(io_s)?;
-            sys::lchownat(fd.as_fd(), OsStr::new(""), d.uid, d.gid).map_err(|e| owner_err(e, d.uid, d.gid))?;
+            sys::lchownat(fd.as_fd(), OsStr::new(""), d.uid, d.gid)
+                .map_err(|e| owner_err(e, d.uid, d.gid))?;
             sys::fchmod(fd.as_fd(), d.mode).map_err(io_s)?;
             sys::lutimesat(fd.as_fd(), OsStr::new(""), d.mtime.0, d.mtime.1).map_err(io_s)?;
         }

@@ -323,7 +323,8 @@ fn drop_caps(ids: &super::Ids, keep: u64) {
     let groups: Vec<Gid> = ids.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if let Err(e) = nix::unistd::setgroups(&groups) {
         // A rootless namespace that maps root only has setgroups denied: nothing to change.
-        let denied = std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|t| t.trim() == "deny");
+        let denied =
+            std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|t| t.trim() == "deny");
         if !denied {
             fail("setgroups", e);
         }

@@ -390,7 +390,11 @@ pub(super) fn mask_proc(sc: &dyn Syscall) {
 /// the stubs for missing mount points, /proc, /sys, /dev, the /etc files, the RUN mounts and
 /// /dev/pipes files. Returns the root's path and the argv to exec (a `-c` script too long for
 /// one argument is moved into /dev/pipes).
-pub(super) fn prepare_root(sc: &dyn Syscall, spec: &Spec, rootless: bool) -> (PathBuf, Vec<String>) {
+pub(super) fn prepare_root(
+    sc: &dyn Syscall,
+    spec: &Spec,
+    rootless: bool,
+) -> (PathBuf, Vec<String>) {
     let rootfs = mount_rootfs(sc, spec, rootless);
     let root = Root::open(&rootfs).unwrap_or_else(|e| fail("open the root filesystem", e));
     for (path, dir) in &spec.stubs {
