@@ -114,17 +114,15 @@ fn create(uid: u32, gid: u32) -> Result<(i32, Vec<String>), String> {
         .map_err(|e| format!("start kiln's pause process: {e}"))?;
     let pid = child.id() as i32;
     let mut said = [0u8; 1];
-    let ready = child
-        .stdout
-        .take()
-        .expect("piped")
-        .read_exact(&mut said)
-        .is_ok()
-        && said[0] == READY;
+    let mut stdout = child.stdout.take().expect("piped");
+    let ready = stdout.read_exact(&mut said).is_ok() && said[0] == READY;
     if !ready {
-        let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+        let mut why = String::new();
+        let _ = stdout.read_to_string(&mut why);
+        let _ = child.wait();
         return Err(format!(
-            "kiln's pause process could not make a user namespace ({status}): this kernel or its settings (kernel.unprivileged_userns_clone, user.max_user_namespaces) refuse them to ordinary users"
+            "kiln's pause process could not make a user namespace ({}): this kernel or its settings (kernel.unprivileged_userns_clone, user.max_user_namespaces) refuse them to ordinary users, or a seccomp profile does (inside a container, build with --isolation=none)",
+            if why.is_empty() { "it ended" } else { &why }
         ));
     }
     let mut notes = Vec::new();
@@ -213,7 +211,8 @@ pub fn pause_main() -> ! {
     let _ = nix::unistd::setsid();
     let mut out = io::stdout();
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
-        eprintln!("kiln: error: unshare a user namespace: {e}");
+        // The parent reports it: anything but READY, then the reason.
+        let _ = write!(out, "Eunshare: {e}");
         std::process::exit(1);
     }
     let _ = out.write_all(&[READY]);

@@ -78,6 +78,14 @@ pub fn choose(store_root: &Path, asked: Option<Kind>) -> (Kind, Option<String>) 
         );
         return (Kind::Native, Some(why));
     }
+    if crate::rootless::active() {
+        if let Err(e) = overlay::works_in_user_namespace(store_root) {
+            let why = format!(
+                "kernel overlayfs cannot be mounted in kiln's user namespace here ({e}; it needs Linux 5.11 or later), so RUN steps and containers use the native snapshotter"
+            );
+            return (Kind::Native, Some(why));
+        }
+    }
     (Kind::Overlay, None)
 }
 

@@ -83,3 +83,43 @@ fn lowerdirs<'p>(
     }
     lower
 }
+
+/// Whether kernel overlayfs mounts in this (rootless) user namespace on the store's filesystem,
+/// with `userxattr`: a throwaway mount in a temp dir of the store, once per process.
+pub(super) fn works_in_user_namespace(store_root: &Path) -> Result<(), String> {
+    static RESULT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    RESULT
+        .get_or_init(|| {
+            if !store_root.is_dir() {
+                return Ok(()); // a new store: the first build says, if it fails
+            }
+            let probe = || -> io::Result<()> {
+                let t = tempfile::Builder::new()
+                    .prefix(".overlay-probe-")
+                    .tempdir_in(store_root)?;
+                let d = |n: &str| -> io::Result<PathBuf> {
+                    let p = t.path().join(n);
+                    fs::create_dir(&p)?;
+                    Ok(p)
+                };
+                let (lower, upper, work, target) = (d("l")?, d("u")?, d("w")?, d("m")?);
+                let opts = format!(
+                    "lowerdir={},upperdir={},workdir={},userxattr",
+                    lower.display(),
+                    upper.display(),
+                    work.display()
+                );
+                nix::mount::mount(
+                    Some("overlay"),
+                    &target,
+                    Some("overlay"),
+                    nix::mount::MsFlags::empty(),
+                    Some(opts.as_str()),
+                )?;
+                nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH)?;
+                Ok(())
+            };
+            probe().map_err(|e| e.to_string())
+        })
+        .clone()
+}
