@@ -28,9 +28,12 @@ cleanup() {
 id "$user" >/dev/null 2>&1 || useradd -m -s /bin/sh "$user"
 uid=$(id -u "$user")
 trap cleanup EXIT
-install -m 755 "$kiln" "$work/kiln"
-kiln=$work/kiln
-as_user() { echo "runuser -u $user -- env -i HOME=/home/$user PATH=/usr/bin:/bin:/usr/sbin:/sbin $*"; }
+mkdir -p "$work/bin"
+install -m 755 "$kiln" "$work/bin/kiln"
+kiln=$work/bin/kiln
+# Both sides start through the same launcher (setpriv, no PAM session), so only kiln differs.
+as_user() { echo "setpriv --reuid=$user --regid=$user --init-groups env -i HOME=/home/$user PATH=/usr/bin:/bin:/usr/sbin:/sbin $*"; }
+as_root() { echo "setpriv --reuid=0 --regid=0 --init-groups env -i HOME=/root PATH=/usr/bin:/bin:/usr/sbin:/sbin $*"; }
 
 echo "generating the context in $work/ctx ..." >&2
 ctx=$work/ctx
@@ -44,27 +47,32 @@ chmod 644 "$work/base.tar"
 eval "$(as_user "$kiln") load -i $work/base.tar" >/dev/null
 eval "$(as_user buildah) pull -q oci-archive:$work/base.tar" >/dev/null
 eval "$(as_user buildah) tag \$($(as_user buildah) images -q | head -1) busybox-base"
-ustore=/home/$user/.local/share/kiln
 
 results=$work/results
 mkdir -p "$results"
-hf() { local name=$1; shift; hyperfine --style basic --runs "$runs" --export-csv "$results/$name.csv" "$@" >&2; }
+# Every timed command starts with the page cache synced, so none pays for the previous one's
+# writeback (a build writes ~70 MB).
+hf() { # name, prepare command, then hyperfine arguments
+  local name=$1 prep=$2
+  shift 2
+  hyperfine --style basic --runs "$runs" --export-csv "$results/$name.csv" --prepare "$prep; sync" "$@" >&2
+}
 
-kr="$kiln --root $work/kiln build -q -t bench $ctx"
+kr="$(as_root "$kiln") --root $work/kiln build -q -t bench $ctx"
 ku="$(as_user "$kiln") build -q -t bench $ctx"
-bu="$(as_user buildah) bud --layers -q -t bench $ctx"
-pu="$(as_user podman) build --layers -q -t bench $ctx"
-hf root-cold --prepare "rm -rf $work/kiln && cp -a $work/kiln-base $work/kiln" "$kr"
-hf user-cold --prepare "$(as_user "$kiln") unshare rm -rf $ustore/snapshots/tmp; $(as_user "$kiln") builder prune -a -f >/dev/null" "$ku"
-hf buildah-cold "${bu/--layers/--layers --no-cache}"
-hf podman-cold "${pu/--layers/--layers --no-cache}"
+bu="$(as_user buildah) bud --runtime runc --layers -q -t bench $ctx"
+pu="$(as_user podman) build --runtime runc --layers -q -t bench $ctx"
+hf root-cold "rm -rf $work/kiln && cp -a $work/kiln-base $work/kiln" "$kr"
+hf user-cold "$(as_user "$kiln") system reset -f >/dev/null; $(as_user "$kiln") load -i $work/base.tar >/dev/null" "$ku"
+hf buildah-cold true "${bu/--layers/--layers --no-cache}"
+hf podman-cold true "${pu/--layers/--layers --no-cache}"
 for s in noop one; do
   prep=true
   [[ $s == one ]] && prep="echo change >> $ctx/d1/e1/f1"
-  hf root-$s --warmup 1 --prepare "$prep" "$kr"
-  hf user-$s --warmup 1 --prepare "$prep" "$ku"
-  hf buildah-$s --warmup 1 --prepare "$prep" "$bu"
-  hf podman-$s --warmup 1 --prepare "$prep" "$pu"
+  hf root-$s "$prep" --warmup 1 "$kr"
+  hf user-$s "$prep" --warmup 1 "$ku"
+  hf buildah-$s "$prep" --warmup 1 "$bu"
+  hf podman-$s "$prep" --warmup 1 "$pu"
 done
 # In a kiln container, Docker's default capabilities: no namespaces, so RUN runs in place.
 # The container: busybox with the kiln binary's shared libraries.
@@ -75,7 +83,7 @@ for a in $(/bin/busybox --list); do [[ $a == busybox ]] || ln -s busybox "$r/bin
 for l in $(ldd "$kiln" | grep -o '/[^ ]*'); do mkdir -p "$r$(dirname "$l")"; cp -L "$l" "$r$l"; done
 tar -C "$r" -czf "$work/runner.tgz" .
 "$kiln" --root "$work/kiln" import "$work/runner.tgz" runner >/dev/null
-hf inplace-cold "$kiln --root $work/kiln run --rm -e container=kiln -v $kiln:/usr/local/bin/kiln:ro -v $ctx:/ctx:ro -v $work/base.tar:/base.tar:ro runner sh -c 'kiln load -i /base.tar >/dev/null 2>&1; kiln build -q --isolation=none -t bench /ctx'"
+hf inplace-cold true "$kiln --root $work/kiln run --rm -e container=kiln -v $kiln:/usr/local/bin/kiln:ro -v $ctx:/ctx:ro -v $work/base.tar:/base.tar:ro runner sh -c 'kiln load -i /base.tar >/dev/null 2>&1; kiln build -q --isolation=none -t bench /ctx'"
 
 mean() { awk -F, 'NR == 2 { printf "%.4f", $2 }' "$results/$1.csv"; }
 echo

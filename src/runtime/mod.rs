@@ -229,14 +229,15 @@ pub struct ExecSpec {
     pub security: Security,
 }
 
-/// Containers and RUN steps need root until kiln has a rootless mode: an error that says so
-/// (rather than `unshare: Operation not permitted` from deep inside).
+/// Containers and RUN steps need root, or kiln's rootless mode (the `kiln` command enters its
+/// user namespace first, where this process is root): an error that says so, rather than
+/// `unshare: Operation not permitted` from deep inside, for a caller that did neither.
 pub fn need_root(what: &str) -> Result<(), String> {
     if crate::sys::is_root() {
         return Ok(());
     }
     Err(format!(
-        "{what} needs root: kiln makes namespaces, mounts and cgroups, and has no rootless mode yet; run it as root (e.g. `sudo kiln ...`)"
+        "{what} needs root or kiln's rootless mode: kiln makes namespaces and mounts; run it through the kiln command, which enters its user namespace first"
     ))
 }
 

@@ -5,8 +5,9 @@
 //! Before a RUN whose parent chain is not what `/` holds, everything under `/` is removed except
 //! the ignore list (the kernel's /proc, /sys, /dev; the container's /etc/hosts, /etc/resolv.conf,
 //! /etc/hostname and /var/run/secrets; every mount point; kiln's binary, its store, the build
-//! context), and the chain's merged tree is copied into `/`. A second copy of the chain, in the
-//! store, is what the walk differ compares `/` with afterwards, skipping the ignore list. So
+//! context), and the chain's merged tree is copied into `/`. A tree of hard links to the chain's
+//! files, in the store, is what the walk differ compares `/` with afterwards, skipping the
+//! ignore list (nothing writes to it, and links cost nothing where a copy costs seconds). So
 //! keys, layers and images are those of the isolated modes. After a commit `/` holds the new
 //! chain, so consecutive RUNs of a stage copy nothing. Stages run one at a time.
 //!
@@ -296,6 +297,29 @@ fn place(view: &View, dir: &Found, rel: &[u8], ignored: &Ignored) -> io::Result<
     Ok(())
 }
 
+/// The merged directory `dir` of `view` as a tree at `dest` that the differ compares `/` with:
+/// directories and symlinks made, files hard-linked to the snapshots' own (nothing writes to
+/// this tree, and a link costs nothing where a copy of a big base would cost seconds).
+fn link_tree(view: &View, dir: &Found, dest: &Path) -> io::Result<()> {
+    for (name, f) in view.read_dir(dir)? {
+        let to = dest.join(&name);
+        let ft = f.meta.file_type();
+        if ft.is_dir() {
+            fs::create_dir(&to)?;
+            link_tree(view, &f, &to)?;
+            set_meta(&to, &f)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&f.host)?, &to)?;
+            std::os::unix::fs::lchown(&to, Some(f.meta.uid()), Some(f.meta.gid()))?;
+            let parent = fs::File::open(dest)?;
+            crate::sys::lutimesat(parent.as_fd(), &name, f.meta.mtime(), f.meta.mtime_nsec())?;
+        } else {
+            fs::hard_link(&f.host, &to)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `/` hold the merged `view` (see the module docs).
 fn sync(view: &View, ignored: &Ignored) -> io::Result<()> {
     wipe(Path::new("/"), b"", ignored)?;
@@ -328,7 +352,9 @@ impl Snapshotter for InPlace {
         let old = tempfile::Builder::new()
             .prefix("inplace-old-")
             .tempdir_in(store.ingest_dir())?;
-        super::materialize(&view, old.path())?;
+        if let Some(root) = view.resolve("/", false)? {
+            link_tree(&view, &root, old.path())?;
+        }
         Ok(Active {
             rootfs: Rootfs::Dir(PathBuf::from("/")),
             tree: PathBuf::from("/"),

@@ -253,6 +253,18 @@ pub fn busybox_image(name: &str, tools: &[&str]) -> Option<(Kiln, PathBuf, Strin
     Some((k, rootfs, id))
 }
 
+/// podman with its own root and run root under `dir` (vfs: no overlay mounts to leave behind),
+/// and runc (crun refuses this machine's hybrid cgroups), never the machine's own storage.
+pub fn podman(dir: &Path) -> Command {
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs", "--runtime", "runc"]);
+    c
+}
+
 /// A tiny HTTP/1.1 server: `handle(method, path, headers)` answers (status, headers, body).
 pub type Handler = dyn Fn(
         &str,

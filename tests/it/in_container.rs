@@ -126,16 +126,7 @@ fn unprivileged_containers_build_in_place_and_push_the_image_a_normal_build_make
 
     // Under podman, where kiln sees it cannot make namespaces and builds in place by itself.
     let proot = w.join("podman");
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(proot.join("root"))
-            .arg("--runroot")
-            .arg(proot.join("run"))
-            // crun refuses this machine's hybrid cgroups; runc (containerd's) runs them.
-            .args(["--storage-driver", "vfs", "--runtime", "runc"]);
-        c
-    };
+    let podman = || podman(&proot);
     let archive = w.join("runner.tar");
     k.ok(&[
         "save",

@@ -139,15 +139,7 @@ fn archives_round_trip_through_skopeo_and_podman() {
         "busybox",
     ]);
     let proot = k.dir.path().join("podman");
-    let podman = || {
-        let mut c = Command::new("podman");
-        c.arg("--root")
-            .arg(proot.join("root"))
-            .arg("--runroot")
-            .arg(proot.join("run"))
-            .args(["--storage-driver", "vfs"]);
-        c
-    };
+    let podman = || podman(&proot);
     let out = sh(podman().arg("load").arg("-i").arg(&dk));
     assert!(out.contains("busybox:latest"), "{out}");
     let pinspect = json(&sh(podman().args(["image", "inspect", "busybox:latest"])));
