@@ -20,6 +20,10 @@ user=kiln-bench
 work=$(mktemp -d /var/tmp/kiln-rootless.XXXXXX)
 chmod 755 "$work"
 cleanup() {
+  # The root store's default network has a bridge: reset, not just removed.
+  if [[ -x $work/bin/kiln && -d $work/kiln ]]; then
+    "$work/bin/kiln" --root "$work/kiln" system reset -f >/dev/null 2>&1 || true
+  fi
   pkill -KILL -u "$user" 2>/dev/null || true
   sleep 0.3
   userdel -r "$user" 2>/dev/null || true

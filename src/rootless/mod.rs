@@ -131,12 +131,14 @@ pub fn sub_range(text: &str, name: &str, id: u32) -> Option<Range> {
 
 /// The directory for a user's runtime state (the pause process's pid and lock):
 /// `$XDG_RUNTIME_DIR/kiln` when that belongs to the user, else `/tmp/kiln-<uid>`, created
-/// private (0700) and refused when it belongs to someone else.
-pub fn runtime_dir(uid: u32) -> io::Result<PathBuf> {
+/// private (0700) and refused when it belongs to someone else. `uid` is the user's host uid,
+/// `owner` the owner its files show (the uid outside; root inside kiln's user namespace).
+/// Never asks [`active`], which must not be settled before the namespace is joined.
+pub fn runtime_dir(uid: u32, owner: u32) -> io::Result<PathBuf> {
     let xdg = std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .filter(|p| fs::metadata(p).is_ok_and(|m| m.uid() == uid && m.is_dir()));
+        .filter(|p| fs::metadata(p).is_ok_and(|m| m.uid() == owner && m.is_dir()));
     let dir = match xdg {
         Some(x) => x.join("kiln"),
         None => std::env::temp_dir().join(format!("kiln-{uid}")),
@@ -147,7 +149,7 @@ pub fn runtime_dir(uid: u32) -> io::Result<PathBuf> {
         Err(e) => return Err(e),
     }
     let m = fs::symlink_metadata(&dir)?;
-    if !m.is_dir() || m.uid() != uid || m.mode() & 0o077 != 0 {
+    if !m.is_dir() || m.uid() != owner || m.mode() & 0o077 != 0 {
         return Err(io::Error::other(format!(
             "{} is not a private directory of uid {uid}: remove it, or set XDG_RUNTIME_DIR",
             dir.display()

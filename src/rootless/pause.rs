@@ -28,7 +28,7 @@ const GO: u8 = b'G';
 pub(super) fn join_or_create() -> Result<Entered, String> {
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
-    let dir = runtime_dir(uid).map_err(|e| format!("kiln's runtime directory: {e}"))?;
+    let dir = runtime_dir(uid, uid).map_err(|e| format!("kiln's runtime directory: {e}"))?;
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -73,8 +73,9 @@ fn running(pid_file: &Path, uid: u32) -> Option<i32> {
 /// with the id maps /etc/subuid and /etc/subgid give now. Returns its pid, if one ran.
 pub fn stop() -> io::Result<Option<i32>> {
     let uid = super::mapping().map_or_else(|| nix::unistd::getuid().as_raw(), |m| m.uid);
-    let dir = runtime_dir(uid)?;
-    let Some(pid) = running(&dir.join("pause.pid"), uid) else {
+    let seen = if super::active() { 0 } else { uid };
+    let dir = runtime_dir(uid, seen)?;
+    let Some(pid) = running(&dir.join("pause.pid"), seen) else {
         return Ok(None);
     };
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)?;

@@ -357,4 +357,16 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
         err.contains("uid 1000 / gid 1000 is not mapped") && err.contains("/etc/subuid"),
         "{err}"
     );
+    // `system migrate` stops the namespace's holder; the next command makes a new one.
+    let o = nosub.kiln(&bin, w, &["system", "migrate"], &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("stopped kiln's pause process"),
+        "{err}"
+    );
+    let info = nosub.ok(&bin, w, &["info"], &[]);
+    assert!(
+        info.contains("Rootless: true") && info.contains("1 uids"),
+        "{info}"
+    );
 }
