@@ -92,14 +92,9 @@ pub fn create(store: &Store, o: &RunOptions) -> Result<ContainerRow, ContainerEr
         "" | "default" => crate::network::DEFAULT,
         m => m,
     };
-    // Rootless, a container's network is its own namespace (network/rootless.rs), since a
-    // bridge needs root on the host.
-    let rootless_net = crate::rootless::active() && !matches!(mode, "host" | "none" | "private");
-    if rootless_net && mode != crate::network::DEFAULT {
-        return Err(ContainerError::Invalid(format!(
-            "--network {mode}: user-defined networks need root; a rootless container gets a network namespace of its own (the default, with outbound access through pasta), or use --network host or none"
-        )));
-    }
+    // Rootless, the default network is the container's own namespace with pasta
+    // (network/rootless.rs); user-defined networks live in the user's shared namespace.
+    let rootless_net = crate::rootless::active() && mode == crate::network::DEFAULT;
     let bridge_net = match mode {
         _ if rootless_net => None,
         "host" | "none" | "private" => None,

@@ -313,15 +313,16 @@ pub fn endpoints(
 /// a reboot, which takes every namespace and veth with it, takes aardvark-dns's names too.
 pub fn config_dir(root: &Path) -> PathBuf {
     let key = kiln_store::Digest::of(root.to_string_lossy().as_bytes()).hex();
-    Path::new(subnet::RUN_DIR).join(format!("net-{}", &key[..12]))
+    subnet::run_dir().join(format!("net-{}", &key[..12]))
 }
 
 /// Holds the machine-wide netavark lock: netavark makes bridges and shared iptables chains, and
 /// two at once race on them.
 fn lock() -> Result<fs::File, NetworkError> {
-    fs::create_dir_all(subnet::RUN_DIR)
-        .map_err(|e| NetworkError::Invalid(format!("create {}: {e}", subnet::RUN_DIR)))?;
-    let p = Path::new(subnet::RUN_DIR).join("netavark.lock");
+    let dir = subnet::run_dir();
+    fs::create_dir_all(&dir)
+        .map_err(|e| NetworkError::Invalid(format!("create {}: {e}", dir.display())))?;
+    let p = dir.join("netavark.lock");
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -405,6 +406,11 @@ impl Pending {
 /// Attaches the keeper of each endpoint's bridge. Without it a bridge goes at its last
 /// container's exit: slower, not wrong, so the container starts anyway.
 fn keep_bridges(eps: &[Endpoint]) {
+    // Rootless, bridges live in the user's network namespace, out of this /sys's sight: netavark
+    // removes one with its last container, and makes it again at the next.
+    if crate::rootless::active() {
+        return;
+    }
     for e in eps {
         if let Err(err) = keeper::ensure(&e.network) {
             tracing::warn!("network {}: keep its bridge: {err}", e.network.name);

@@ -94,7 +94,17 @@ pub fn run(verb: &str, config: &Path, netns: &Path, opts: &Value) -> Result<(), 
     let aardvark = bin.with_file_name("aardvark-dns");
     std::fs::create_dir_all(config)
         .map_err(|e| NetworkError::Invalid(format!("create {}: {e}", config.display())))?;
-    let mut child = Command::new(&bin)
+    // Rootless, netavark works in the user's network namespace (its bridges, rules and
+    // aardvark-dns live there), entered through util-linux's nsenter.
+    let mut cmd = match super::rootless::shared_netns()? {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("--").arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(config)
         .arg("--aardvark-binary")

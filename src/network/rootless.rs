@@ -6,6 +6,11 @@
 //! gateway's address reaches the host itself. Published ports stay kiln's own forwarder, which
 //! needs no privilege (ports below `net.ipv4.ip_unprivileged_port_start` are refused first).
 //! pasta ends by itself when the namespace's handle is removed at the container's exit.
+//!
+//! User-defined networks live in one more namespace of the user's, shared by their containers
+//! (podman's rootless netns, [`shared_netns`]): netavark runs inside it, so its bridges,
+//! firewall rules and aardvark-dns are the user's, reached from the host only through pasta and
+//! published ports.
 
 use super::{netns, NetworkError};
 use std::path::{Path, PathBuf};
@@ -25,7 +30,7 @@ pub fn describe() -> String {
         return "bridge (netavark; aardvark-dns on user networks)".into();
     }
     match pasta() {
-        Some(_) if tun_usable() => "rootless: a namespace per container, outbound through pasta; published ports through kiln's forwarder; user-defined networks need root".into(),
+        Some(_) if tun_usable() => "rootless: a namespace per container, outbound through pasta; user-defined networks in the user's own namespace (netavark, aardvark-dns); published ports through kiln's forwarder".into(),
         Some(_) => "rootless: a namespace per container with loopback only (pasta is installed but /dev/net/tun cannot be opened); published ports through kiln's forwarder".into(),
         None => "rootless: a namespace per container with loopback only (install Debian's passt package for outbound access); published ports through kiln's forwarder".into(),
     }
@@ -46,6 +51,22 @@ pub fn prepare(root: &Path, id: &str) -> Result<PathBuf, NetworkError> {
     netns::create(&ns)
         .map_err(|e| NetworkError::Invalid(format!("create the network namespace: {e}")))?;
     Ok(ns)
+}
+
+/// The user's shared network namespace, where user-defined networks live (podman's rootless
+/// netns): bound at `<runtime dir>/net/rootless-netns`, made on first use with loopback and
+/// pasta; `None` for root. Called with the netavark lock held.
+pub fn shared_netns() -> Result<Option<PathBuf>, NetworkError> {
+    if !crate::rootless::active() {
+        return Ok(None);
+    }
+    let ns = super::subnet::run_dir().join("rootless-netns");
+    if !netns::is_live(&ns) {
+        netns::create(&ns)
+            .map_err(|e| NetworkError::Invalid(format!("create {}: {e}", ns.display())))?;
+        finish(&ns)?;
+    }
+    Ok(Some(ns))
 }
 
 /// Brings the namespace's loopback up and starts pasta for it (when it can run). Undone by

@@ -10,7 +10,17 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-pub(super) const RUN_DIR: &str = "/run/kiln";
+/// Root's machine-wide network state.
+const RUN_DIR: &str = "/run/kiln";
+
+/// Where network state lives: /run/kiln for root; rootless, the user's own runtime dir (the
+/// user's networks live in the user's rootless network namespace, so their subnets and
+/// netavark's lock are the user's alone).
+pub(super) fn run_dir() -> PathBuf {
+    crate::rootless::runtime_dir_inside()
+        .map(|d| d.join("net"))
+        .unwrap_or_else(|| PathBuf::from(RUN_DIR))
+}
 
 type Cidr = (Ipv4Addr, u8);
 
@@ -60,9 +70,7 @@ pub fn host_nets(routes: &str, resolv: &str) -> Vec<Cidr> {
 }
 
 fn claim_path(c: Cidr) -> PathBuf {
-    Path::new(RUN_DIR)
-        .join("subnets")
-        .join(format!("{}_{}", c.0, c.1))
+    run_dir().join("subnets").join(format!("{}_{}", c.0, c.1))
 }
 
 /// Claims `c` for the store at `root`: refused when a live other store holds it.

@@ -158,6 +158,12 @@ pub fn runtime_dir(uid: u32, owner: u32) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The user's runtime directory, seen from inside kiln's user namespace; `None` for root.
+pub fn runtime_dir_inside() -> Option<PathBuf> {
+    let m = mapping()?;
+    runtime_dir(m.uid, 0).ok()
+}
+
 /// What [`enter`] did, for the CLI to say.
 #[derive(Debug, Default)]
 pub struct Entered {
