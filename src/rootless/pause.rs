@@ -210,6 +210,8 @@ fn join(pid: i32) -> io::Result<()> {
 /// `kiln __kiln-pause`: see the module docs. Never returns.
 pub fn pause_main() -> ! {
     let _ = nix::unistd::setsid();
+    // It lives on: nothing the caller's caller had open (a pipe a script waits on) stays with it.
+    let _ = crate::sys::proc::close_fds_from(3, true);
     let mut out = io::stdout();
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
         // The parent reports it: anything but READY, then the reason.
