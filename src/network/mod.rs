@@ -19,6 +19,7 @@
 mod keeper;
 pub mod netavark;
 pub mod netns;
+mod ready;
 pub mod rootless;
 mod subnet;
 
@@ -347,6 +348,7 @@ pub struct Pending {
     ns: PathBuf,
     opts: serde_json::Value,
     eps: Vec<Endpoint>,
+    name: String,
 }
 
 /// Makes a container's network namespace for every network it is attached to; `finish` sets
@@ -382,6 +384,7 @@ pub fn prepare(
         ns,
         opts,
         eps,
+        name: name.to_string(),
     })
 }
 
@@ -399,6 +402,7 @@ impl Pending {
             return Err(e);
         }
         keep_bridges(&self.eps);
+        ready::wait_for_dns(&self.ns, &self.eps, &self.name);
         Ok(())
     }
 }

@@ -331,13 +331,22 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
         ],
         &[],
     );
-    // The first container on a network starts aardvark-dns, which may not answer yet when
-    // `run -d` returns (as under root: the network tests retry too).
-    let probe = "for i in 1 2 3 4 5 6 7 8 9 10; do nslookup api >/dev/null 2>&1 && break; sleep 0.3; done; wget -q -O- http://api:8080/hello.txt";
+    // Right after `run -d`: kiln waited for aardvark-dns (started with the network's first
+    // container) to answer before it let `api` start.
     let by_name = a.ok(
         &bin,
         w,
-        &["run", "--rm", "--network", "mynet", "bb", "sh", "-c", probe],
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "mynet",
+            "bb",
+            "wget",
+            "-q",
+            "-O-",
+            "http://api:8080/hello.txt",
+        ],
         &[],
     );
     assert_eq!(by_name, "hello\n");
