@@ -69,6 +69,29 @@ pub fn shared_netns() -> Result<Option<PathBuf>, NetworkError> {
     Ok(Some(ns))
 }
 
+/// A TCP connection to `to`, an address on a user-defined network: made from inside the user's
+/// shared network namespace when rootless (a thread of its own enters it; the socket keeps its
+/// namespace after), from here for root. What a stack's balancer and readiness checks use.
+pub fn connect(
+    to: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::net::TcpStream;
+    if !crate::rootless::active() {
+        return TcpStream::connect_timeout(&to, timeout);
+    }
+    let ns = super::subnet::run_dir().join("rootless-netns");
+    let handle = std::fs::File::open(&ns)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            TcpStream::connect_timeout(&to, timeout)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    })
+}
+
 /// Brings the namespace's loopback up and starts pasta for it (when it can run). Undone by
 /// removing the handle.
 pub fn finish(ns: &Path) -> Result<(), NetworkError> {

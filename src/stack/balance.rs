@@ -5,7 +5,7 @@
 //! before it is stopped, and `drain` waits for its open connections to end.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -76,7 +76,7 @@ pub fn serve(listener: TcpListener, port: u16, b: Arc<Backends>) {
             let mut k = 0;
             while let Some(ip) = b.pick(first, k) {
                 let to = SocketAddr::from((ip, port));
-                if let Ok(server) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) {
+                if let Ok(server) = crate::network::rootless::connect(to, Duration::from_secs(2)) {
                     let _ = server.set_nodelay(true);
                     let _ = client.set_nodelay(true);
                     crate::container::ports::splice(client, server);

@@ -143,8 +143,8 @@ pub fn ready(r: &Record, t: &Task) -> bool {
     }
     match (r.ports.first(), t.ip) {
         (None, _) => true,
-        (Some(p), Some(ip)) => std::net::TcpStream::connect_timeout(
-            &(ip, p.container_port).into(),
+        (Some(p), Some(ip)) => crate::network::rootless::connect(
+            (ip, p.container_port).into(),
             std::time::Duration::from_millis(200),
         )
         .is_ok(),

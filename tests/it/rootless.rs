@@ -4,7 +4,7 @@
 //! registry: a multi-stage build with RUN, COPY --chown, a cache mount and a whiteout gives the
 //! same image ID as root's; the image runs with -p; it is pushed to the real registry and pulled
 //! by the other user; a user-defined network resolves names in the user's own network
-//! namespace; two users build at once, each in a store only they can enter; without
+//! namespace, and a stack's balancer reaches its replicas there; two users build at once, each in a store only they can enter; without
 //! subordinate ids a build that needs them fails naming /etc/subuid; what cannot work rootless
 //! is refused by flag.
 
@@ -353,6 +353,26 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
     assert_eq!(http_body(port, "/hello.txt"), "hello\n");
     a.ok(&bin, w, &["rm", "-f", "api"], &[]);
     a.ok(&bin, w, &["network", "rm", "mynet"], &[]);
+    // A stack: its balancer reaches the replicas inside the user's network namespace.
+    let port = free_port();
+    let stack = w.join(format!("stack-{}.yml", a.name));
+    fs::write(
+        &stack,
+        format!("services:\n  web:\n    image: app\n    deploy:\n      replicas: 2\n    ports: [\"{port}:8080\"]\n"),
+    )
+    .unwrap();
+    fs::set_permissions(&stack, fs::Permissions::from_mode(0o644)).unwrap();
+    let file = stack.to_str().unwrap();
+    a.ok(
+        &bin,
+        w,
+        &["stack", "deploy", "--detach=false", "-c", file, "st"],
+        &[],
+    );
+    for _ in 0..2 {
+        assert_eq!(http_body(port, "/hello.txt"), "hello\n");
+    }
+    a.ok(&bin, w, &["stack", "rm", "st"], &[]);
 
     // Push to the real registry as a; b pulls the same image.
     let registry = crate::registry::Registry::start(None);
