@@ -56,6 +56,23 @@ pub(super) fn join_or_create() -> Result<Entered, String> {
     Ok(entered)
 }
 
+/// A process of the user's that lives in kiln's namespaces without being its pause: a detached
+/// container's or a service's supervisor. When the pause process is gone (killed, or stopped by
+/// `system migrate`) while containers run, a new pause joins their namespaces through it, so
+/// later commands still reach them.
+fn survivor(uid: u32) -> Option<i32> {
+    let kinds = [crate::container::SUPERVISE_ARG, crate::stack::SUPERVISE_ARG];
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        if fs::metadata(e.path()).ok()?.uid() != uid {
+            return None;
+        }
+        let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+        let arg = cmdline.split(|b| *b == 0).nth(1)?;
+        kinds.iter().any(|k| arg == k.as_bytes()).then_some(pid)
+    })
+}
+
 /// The pause process named in `pid_file`, if it is alive, the user's, and kiln's pause.
 fn running(pid_file: &Path, uid: u32) -> Option<i32> {
     let pid: i32 = fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
@@ -94,6 +111,9 @@ fn user_name(uid: u32) -> String {
 
 /// Spawns the pause process and writes its maps; returns its pid and notes for the user.
 fn create(uid: u32, gid: u32) -> Result<(i32, Vec<String>), String> {
+    if let Some(through) = survivor(uid) {
+        return adopt(through).map(|pid| (pid, vec![]));
+    }
     let name = user_name(uid);
     let subuid = sub_range(
         &fs::read_to_string("/etc/subuid").unwrap_or_default(),
@@ -166,6 +186,33 @@ fn create(uid: u32, gid: u32) -> Result<(i32, Vec<String>), String> {
     Ok((pid, notes))
 }
 
+/// Starts a pause process in the namespaces of `through` (see [`survivor`]).
+fn adopt(through: i32) -> Result<i32, String> {
+    let mut child = Command::new("/proc/self/exe")
+        .args([PAUSE_ARG, &through.to_string()])
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start kiln's pause process: {e}"))?;
+    let mut said = [0u8; 1];
+    let mut stdout = child.stdout.take().expect("piped");
+    if stdout.read_exact(&mut said).is_err() || said[0] != READY {
+        let mut why = String::new();
+        let _ = stdout.read_to_string(&mut why);
+        let _ = child.wait();
+        return Err(format!(
+            "kiln's pause process could not join the namespaces of process {through}: {why}"
+        ));
+    }
+    let pid = child.id() as i32;
+    // Nothing to map: the namespace exists. Its stdin closing is its go.
+    drop(child.stdin.take());
+    std::mem::forget(child);
+    Ok(pid)
+}
+
 /// newuidmap/newgidmap: root to the user, 1.. to the subordinate ranges.
 fn write_maps_with_helpers(pid: i32, uid: u32, gid: u32, u: Range, g: Range) -> Result<(), String> {
     for (tool, own, (start, count)) in [("newuidmap", uid, u), ("newgidmap", gid, g)] {
@@ -213,16 +260,27 @@ pub fn pause_main() -> ! {
     // It lives on: nothing the caller's caller had open (a pipe a script waits on) stays with it.
     let _ = crate::sys::proc::close_fds_from(3, true);
     let mut out = io::stdout();
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
-        // The parent reports it: anything but READY, then the reason.
-        let _ = write!(out, "Eunshare: {e}");
-        std::process::exit(1);
-    }
-    let _ = out.write_all(&[READY]);
-    let _ = out.flush();
-    let mut go = [0u8; 1];
-    if io::stdin().read_exact(&mut go).is_err() || go[0] != GO {
-        std::process::exit(1);
+    // `__kiln-pause PID`: join the namespaces PID lives in (a surviving supervisor's) instead.
+    let through: Option<i32> = std::env::args().nth(2).and_then(|p| p.parse().ok());
+    if let Some(pid) = through {
+        if let Err(e) = join(pid) {
+            let _ = write!(out, "Ejoin: {e}");
+            std::process::exit(1);
+        }
+        let _ = out.write_all(&[READY]);
+        let _ = out.flush();
+    } else {
+        if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS) {
+            // The parent reports it: anything but READY, then the reason.
+            let _ = write!(out, "Eunshare: {e}");
+            std::process::exit(1);
+        }
+        let _ = out.write_all(&[READY]);
+        let _ = out.flush();
+        let mut go = [0u8; 1];
+        if io::stdin().read_exact(&mut go).is_err() || go[0] != GO {
+            std::process::exit(1);
+        }
     }
     let root = nix::unistd::Uid::from_raw(0);
     let _ = nix::unistd::setresuid(root, root, root);

@@ -261,6 +261,9 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
         &[],
     );
     assert_eq!(http_body(port, "/hello.txt"), "hello\n");
+    // The pause process gone (killed) while a container runs: the next command adopts the
+    // namespaces through the container's supervisor, and still reaches it.
+    sh(Command::new("pkill").args(["-KILL", "-u", &a.name, "-f", "__kiln-pause"]));
     let who = a.ok(
         &bin,
         w,
@@ -358,7 +361,7 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
     let stack = w.join(format!("stack-{}.yml", a.name));
     fs::write(
         &stack,
-        format!("services:\n  web:\n    image: app\n    deploy:\n      replicas: 2\n    ports: [\"{port}:8080\"]\n"),
+        format!("services:\n  web:\n    image: app\n    stop_grace_period: 1s\n    deploy:\n      replicas: 2\n    ports: [\"{port}:8080\"]\n"),
     )
     .unwrap();
     fs::set_permissions(&stack, fs::Permissions::from_mode(0o644)).unwrap();
