@@ -245,8 +245,5 @@ pub fn unshare(cmd: &[String]) -> Result<i32> {
         .args(&args)
         .status()
         .map_err(|e| anyhow::anyhow!("run {prog}: {e}"))?;
-    use std::os::unix::process::ExitStatusExt;
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(crate::runtime::exit_code(status))
 }

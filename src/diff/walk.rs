@@ -167,21 +167,15 @@ fn diff_dir(old: &Path, new: &Path, rel: Vec<u8>, ignored: &Ignored) -> io::Resu
                         source: EntrySource::Whiteout,
                     });
                 }
-                (None, Some(mb)) if mb.is_dir() && holds_ignored(ignored, &r) => {
-                    // A directory only there for an ignored path (a mount point's parent):
-                    // reported only when something else changed below it.
-                    let below = everything(new, &r, ignored)?;
-                    if !below.is_empty() {
-                        out.extend(below);
-                        out.push(TarEntry {
-                            name: r,
-                            source: EntrySource::Host(b),
-                        });
-                    }
-                }
                 (None, Some(mb)) => {
                     if mb.is_dir() {
-                        out.extend(everything(new, &r, ignored)?);
+                        let below = everything(new, &r, ignored)?;
+                        // A directory only there for an ignored path (a mount point's parent)
+                        // is reported only when something else changed below it.
+                        if below.is_empty() && holds_ignored(ignored, &r) {
+                            return Ok(out);
+                        }
+                        out.extend(below);
                     }
                     out.push(TarEntry {
                         name: r,

@@ -428,12 +428,6 @@ pub fn teardown(root: &Path, id: &str) -> Result<(), NetworkError> {
     if !netns::path(root, id).exists() && !options_path(root, id).exists() {
         return Ok(());
     }
-    if crate::rootless::active() && !options_path(root, id).exists() {
-        // A rootless container's own namespace: its handle is all there is (pasta goes with it).
-        return netns::remove(&netns::path(root, id)).map_err(|e| {
-            NetworkError::Invalid(format!("remove {}: {e}", netns::path(root, id).display()))
-        });
-    }
     let _lock = lock()?;
     teardown_locked(root, id)
 }

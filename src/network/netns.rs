@@ -63,6 +63,21 @@ pub fn remove(p: &Path) -> io::Result<()> {
     }
 }
 
+/// Runs `f` on a thread of its own that first enters the network namespace bound at `p`
+/// (setns moves only the calling thread, and this one ends after), returning what `f` returns.
+/// Sockets made there keep the namespace after the thread is gone.
+pub fn within<T: Send>(p: &Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let handle = fs::File::open(p)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            f()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the namespace thread panicked")))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,34 +37,26 @@ pub(super) fn wait_for_dns(ns: &Path, eps: &[Endpoint], name: &str) {
     else {
         return;
     };
-    let Ok(handle) = std::fs::File::open(ns) else {
-        return;
-    };
     let q = query(name);
-    // setns moves only the calling thread: a thread of its own asks, and ends.
-    let _ = std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<()> {
-            nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            let sock = UdpSocket::bind("0.0.0.0:0")?;
-            sock.connect((gateway, 53))?;
-            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let start = Instant::now();
-            let mut buf = [0u8; 512];
-            while start.elapsed() < LIMIT {
-                let _ = sock.send(&q);
-                match sock.recv(&mut buf) {
-                    Ok(n) if n >= 2 && buf[..2] == q[..2] => return Ok(()),
-                    Ok(_) => {}
-                    // Nothing listens yet (an ICMP port unreachable): try again shortly.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    Err(_) => {}
+    let _ = super::netns::within(ns, || {
+        let sock = UdpSocket::bind("0.0.0.0:0")?;
+        sock.connect((gateway, 53))?;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let start = Instant::now();
+        let mut buf = [0u8; 512];
+        while start.elapsed() < LIMIT {
+            let _ = sock.send(&q);
+            match sock.recv(&mut buf) {
+                Ok(n) if n >= 2 && buf[..2] == q[..2] => return Ok(()),
+                Ok(_) => {}
+                // Nothing listens yet (an ICMP port unreachable): try again shortly.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    std::thread::sleep(Duration::from_millis(10))
                 }
+                Err(_) => {}
             }
-            Ok(())
-        })
-        .join()
+        }
+        Ok(())
     });
 }
 

@@ -81,15 +81,7 @@ pub fn connect(
         return TcpStream::connect_timeout(&to, timeout);
     }
     let ns = super::subnet::run_dir().join("rootless-netns");
-    let handle = std::fs::File::open(&ns)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            TcpStream::connect_timeout(&to, timeout)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
-    })
+    netns::within(&ns, || TcpStream::connect_timeout(&to, timeout))
 }
 
 /// Brings the namespace's loopback up and starts pasta for it (when it can run). Undone by
@@ -99,17 +91,8 @@ pub fn finish(ns: &Path) -> Result<(), NetworkError> {
         let _ = netns::remove(ns);
         NetworkError::Invalid(why)
     };
-    let handle =
-        std::fs::File::open(ns).map_err(|e| undo(format!("open {}: {e}", ns.display())))?;
-    std::thread::scope(|s| {
-        s.spawn(|| -> std::io::Result<()> {
-            nix::sched::setns(&handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            crate::sys::proc::loopback_up()
-        })
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("the namespace thread panicked")))
-    })
-    .map_err(|e| undo(format!("bring loopback up: {e}")))?;
+    netns::within(ns, crate::sys::proc::loopback_up)
+        .map_err(|e| undo(format!("bring loopback up in {}: {e}", ns.display())))?;
     let Some(pasta) = pasta() else {
         return Ok(());
     };

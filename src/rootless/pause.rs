@@ -125,25 +125,11 @@ fn create(uid: u32, gid: u32) -> Result<(i32, Vec<String>), String> {
         &name,
         gid,
     );
-    let mut child = Command::new("/proc/self/exe")
-        .arg(PAUSE_ARG)
-        .current_dir("/")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("start kiln's pause process: {e}"))?;
+    let mut child = spawn_pause(None)?;
     let pid = child.id() as i32;
-    let mut said = [0u8; 1];
-    let mut stdout = child.stdout.take().expect("piped");
-    let ready = stdout.read_exact(&mut said).is_ok() && said[0] == READY;
-    if !ready {
-        let mut why = String::new();
-        let _ = stdout.read_to_string(&mut why);
-        let _ = child.wait();
+    if let Err(why) = await_ready(&mut child) {
         return Err(format!(
-            "kiln's pause process could not make a user namespace ({}): this kernel or its settings (kernel.unprivileged_userns_clone, user.max_user_namespaces) refuse them to ordinary users, or a seccomp profile does (inside a container, build with --isolation=none)",
-            if why.is_empty() { "it ended" } else { &why }
+            "kiln's pause process could not make a user namespace ({why}): this kernel or its settings (kernel.unprivileged_userns_clone, user.max_user_namespaces) refuse them to ordinary users, or a seccomp profile does (inside a container, build with --isolation=none)"
         ));
     }
     let mut notes = Vec::new();
@@ -186,22 +172,40 @@ fn create(uid: u32, gid: u32) -> Result<(i32, Vec<String>), String> {
     Ok((pid, notes))
 }
 
-/// Starts a pause process in the namespaces of `through` (see [`survivor`]).
-fn adopt(through: i32) -> Result<i32, String> {
-    let mut child = Command::new("/proc/self/exe")
-        .args([PAUSE_ARG, &through.to_string()])
+/// Spawns `kiln __kiln-pause [THROUGH]`, talking to it over its stdin and stdout.
+fn spawn_pause(through: Option<i32>) -> Result<std::process::Child, String> {
+    Command::new("/proc/self/exe")
+        .arg(PAUSE_ARG)
+        .args(through.map(|p| p.to_string()))
         .current_dir("/")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .map_err(|e| format!("start kiln's pause process: {e}"))?;
+        .map_err(|e| format!("start kiln's pause process: {e}"))
+}
+
+/// Waits for the pause process's READY; otherwise reaps it and returns what it said.
+fn await_ready(child: &mut std::process::Child) -> Result<(), String> {
     let mut said = [0u8; 1];
     let mut stdout = child.stdout.take().expect("piped");
-    if stdout.read_exact(&mut said).is_err() || said[0] != READY {
-        let mut why = String::new();
-        let _ = stdout.read_to_string(&mut why);
-        let _ = child.wait();
+    if stdout.read_exact(&mut said).is_ok() && said[0] == READY {
+        return Ok(());
+    }
+    let mut why = String::new();
+    let _ = stdout.read_to_string(&mut why);
+    let _ = child.wait();
+    Err(if why.is_empty() {
+        "it ended".into()
+    } else {
+        why
+    })
+}
+
+/// Starts a pause process in the namespaces of `through` (see [`survivor`]).
+fn adopt(through: i32) -> Result<i32, String> {
+    let mut child = spawn_pause(Some(through))?;
+    if let Err(why) = await_ready(&mut child) {
         return Err(format!(
             "kiln's pause process could not join the namespaces of process {through}: {why}"
         ));

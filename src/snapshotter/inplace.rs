@@ -95,10 +95,11 @@ pub fn select(asked: bool, keep: &[PathBuf]) -> Result<(bool, Option<String>), S
         }
         None
     } else {
-        let Err(why) = namespaces_work() else {
+        // The cheap look first: outside a container no build probes for namespaces.
+        let Some(container) = in_container() else {
             return Ok((false, None));
         };
-        let Some(container) = in_container() else {
+        let Err(why) = namespaces_work() else {
             return Ok((false, None));
         };
         Some(format!(
@@ -228,6 +229,16 @@ fn set_meta(path: &Path, found: &Found) -> io::Result<()> {
 
 use std::os::unix::fs::OpenOptionsExt;
 
+/// Makes `name` in directory `dir` the symlink `found` is, with its owner and mtime.
+fn copy_symlink(found: &Found, dir: &Path, name: &OsStr) -> io::Result<()> {
+    let to = dir.join(name);
+    std::os::unix::fs::symlink(fs::read_link(&found.host)?, &to)?;
+    std::os::unix::fs::lchown(&to, Some(found.meta.uid()), Some(found.meta.gid()))?;
+    let parent = fs::File::open(dir)?;
+    let m = &found.meta;
+    crate::sys::lutimesat(parent.as_fd(), name, m.mtime(), m.mtime_nsec())
+}
+
 /// Copies the merged directory `dir` of `view` into `/` (`rel` in the root), skipping ignored
 /// paths; what is there already (an ignored path's parent) is kept and given the view's metadata.
 fn place(view: &View, dir: &Found, rel: &[u8], ignored: &Ignored) -> io::Result<()> {
@@ -260,15 +271,7 @@ fn place(view: &View, dir: &Found, rel: &[u8], ignored: &Ignored) -> io::Result<
             }
         }
         if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&f.host)?, &abs)?;
-            std::os::unix::fs::lchown(&abs, Some(f.meta.uid()), Some(f.meta.gid()))?;
-            let parent = fs::File::open(abs.parent().unwrap_or(Path::new("/")))?;
-            crate::sys::lutimesat(
-                parent.as_fd(),
-                OsStr::from_bytes(name.as_bytes()),
-                f.meta.mtime(),
-                f.meta.mtime_nsec(),
-            )?;
+            copy_symlink(&f, abs.parent().unwrap_or(Path::new("/")), &name)?;
         } else if ft.is_file() {
             fs::copy(&f.host, &abs)?;
             set_meta(&abs, &f)?;
@@ -309,10 +312,7 @@ fn link_tree(view: &View, dir: &Found, dest: &Path) -> io::Result<()> {
             link_tree(view, &f, &to)?;
             set_meta(&to, &f)?;
         } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&f.host)?, &to)?;
-            std::os::unix::fs::lchown(&to, Some(f.meta.uid()), Some(f.meta.gid()))?;
-            let parent = fs::File::open(dest)?;
-            crate::sys::lutimesat(parent.as_fd(), &name, f.meta.mtime(), f.meta.mtime_nsec())?;
+            copy_symlink(&f, dest, &name)?;
         } else {
             fs::hard_link(&f.host, &to)?;
         }
@@ -399,9 +399,8 @@ impl Snapshotter for InPlace {
         chain: Digest,
         parent: Option<Digest>,
     ) -> Result<SnapshotRecord, SnapshotError> {
-        drop(active);
-        drop(dir);
-        let snap = super::unpack_layer_record(store, layer, chain, parent)?;
+        // As native: the layer the changes became is unpacked as the snapshot.
+        let snap = super::native::Native.commit(store, active, dir, layer, chain, parent)?;
         let mut st = state();
         // `/` now holds the new chain, unless emulated mounts were removed from it.
         st.current = if st.transient.is_empty() {

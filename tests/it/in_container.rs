@@ -101,22 +101,13 @@ fn unprivileged_containers_build_in_place_and_push_the_image_a_normal_build_make
     // Under kiln: `kiln run` gives Docker's default capabilities and seccomp.
     let bin = format!("{}:/usr/local/bin/kiln:ro", env!("CARGO_BIN_EXE_kiln"));
     let ctx_mount = format!("{}:/ctx:ro", ctx.display());
-    let o = k.run(&[
-        "run",
-        "--rm",
-        "-e",
-        "container=kiln",
-        "-e",
-        epoch,
-        "-v",
-        &bin,
-        "-v",
-        &ctx_mount,
-        "runner",
-        "sh",
-        "-c",
-        &script(port, "kiln", "--isolation=none"),
-    ]);
+    // What both containers get: the epoch, the binary and the context.
+    let given = ["-e", epoch, "-v", &bin, "-v", &ctx_mount];
+    let kiln_script = script(port, "kiln", "--isolation=none");
+    let mut args = vec!["run", "--rm", "-e", "container=kiln"];
+    args.extend(given);
+    args.extend(["runner", "sh", "-c", &kiln_script]);
+    let o = k.run(&args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success(),
@@ -146,16 +137,13 @@ fn unprivileged_containers_build_in_place_and_push_the_image_a_normal_build_make
             "--ulimit",
             "nproc=4096:4096",
         ])
+        .args(given)
         .args([
-            "-e",
-            epoch,
-            "-v",
-            &bin,
-            "-v",
-            &ctx_mount,
             "localhost/runner:latest",
+            "sh",
+            "-c",
+            &script(port, "podman", ""),
         ])
-        .args(["sh", "-c", &script(port, "podman", "")])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
