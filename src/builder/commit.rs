@@ -37,7 +37,17 @@ pub(super) fn commit(
     };
     // A step that changed nothing still has a layer, an empty tar, as BuildKit 0.13 writes it
     // (its history entry is not an empty_layer one).
-    let layer = encode(ctx, &entries).map_err(|e| no_space(ctx, step, &entries, e))?;
+    // The same step's previous layer: a rebuild copies the frames of the files it still has.
+    let previous = match ctx.opts.compression {
+        kiln_store::Compression::ZstdChunked => ctx
+            .store
+            .steps()
+            .previous(&row.slot, &row.key.to_hex(), &state.key.to_hex())?
+            .and_then(|r| r.layer),
+        _ => None,
+    };
+    let layer =
+        encode(ctx, &entries, previous.as_ref()).map_err(|e| no_space(ctx, step, &entries, e))?;
     tracing::debug!(step = %step.text, entries = entries.len(), secs = t_layer.elapsed().as_secs_f64(), "layer written");
     drop(entries);
     let t_commit = Instant::now();
@@ -122,15 +132,38 @@ fn no_space(ctx: &Ctx<'_>, step: &plan::Step, entries: &[TarEntry], e: BuildErro
     )
 }
 
-/// Writes a layer blob from sorted entries.
-pub(super) fn encode(ctx: &Ctx<'_>, entries: &[TarEntry]) -> Result<LayerRecord, BuildError> {
+/// Writes a layer blob from sorted entries; a zstd:chunked layer copies the frames of content
+/// that `previous` (a layer in the store) holds.
+pub(super) fn encode(
+    ctx: &Ctx<'_>,
+    entries: &[TarEntry],
+    previous: Option<&LayerRecord>,
+) -> Result<LayerRecord, BuildError> {
     let ingest = ctx.store.ingest_prehashed()?;
-    let enc = LayerEncoder::new(ingest, ctx.opts.compression)?;
+    let enc = match ctx.opts.compression {
+        kiln_store::Compression::ZstdChunked => {
+            let mut frames = kiln_store::chunked::FrameIndex::default();
+            if let Some(p) = previous {
+                // Unreadable or not chunked: nothing to copy, the layer is compressed whole.
+                let _ = frames.add_blob(&ctx.store.blob_path(&p.digest));
+            }
+            let frames = (!frames.is_empty()).then(|| std::sync::Arc::new(frames));
+            LayerEncoder::chunked(ingest, frames)
+        }
+        c => LayerEncoder::new(ingest, c)?,
+    };
     let opts = TarOptions {
         source_date_epoch: ctx.opts.source_date_epoch,
     };
     let enc = diff::write_entries(entries, enc, &opts)?;
     let (d, ingest) = enc.finish()?;
+    if d.reused > 0 {
+        tracing::debug!(
+            reused = d.reused,
+            of = d.uncompressed_size,
+            "frames copied from the previous layer"
+        );
+    }
     ingest.commit(Some(d.digest))?;
     Ok(LayerRecord {
         digest: d.digest,

@@ -122,7 +122,7 @@ fn reuse(
     // the same whether the step ran or came from the cache.
     let l = &match &rec.layer {
         Some(l) => l.clone(),
-        None => encode(ctx, &[])?,
+        None => encode(ctx, &[], None)?,
     };
     if !ctx.store.has_blob(&l.digest) {
         return Ok(None);

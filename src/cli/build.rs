@@ -51,8 +51,9 @@ pub struct BuildArgs {
     /// Print only the image ID
     #[arg(short, long)]
     quiet: bool,
-    /// Layer compression: zstd (default) or gzip
-    #[arg(long, value_name = "ALGO", default_value = "zstd", value_parser = ["zstd", "gzip"])]
+    /// Layer compression: zstd (default; zstd:chunked, a frame per file), zstd:plain (one zstd
+    /// stream) or gzip
+    #[arg(long, value_name = "ALGO", default_value = "zstd", value_parser = ["zstd", "zstd:chunked", "zstd:plain", "gzip"])]
     compression: String,
     /// Set a label on the image (KEY=VALUE); may be repeated
     #[arg(long = "label", value_name = "KEY=VALUE")]
@@ -396,10 +397,10 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         target: args.target.clone(),
         no_cache: args.no_cache,
         network_none: args.network == "none",
-        compression: if args.compression == "gzip" {
-            Compression::Gzip
-        } else {
-            Compression::Zstd
+        compression: match args.compression.as_str() {
+            "gzip" => Compression::Gzip,
+            "zstd:plain" => Compression::Zstd,
+            _ => Compression::ZstdChunked,
         },
         labels,
         snapshotter,

@@ -289,8 +289,8 @@ pub fn layers_to_encode(
     let mut todo: Vec<LayerRecord> = Vec::new();
     for it in items {
         for l in &it.image.layers {
-            if Compression::from_media_type(&l.media_type) != Some(c)
-                && store.layer_variant(&l.diff_id, c.media_type())?.is_none()
+            if store.layer_compression(l)? != Some(c)
+                && store.layer_variant(&l.diff_id, c)?.is_none()
                 && !todo.iter().any(|t| t.diff_id == l.diff_id)
             {
                 todo.push(l.clone());
@@ -303,10 +303,10 @@ pub fn layers_to_encode(
 /// A stored encoding of `layer` in compression `c`, made and recorded the first time it is asked
 /// for (re-encoding is deterministic, so every machine makes the same blob).
 pub fn layer_in(store: &Store, layer: &LayerRecord, c: Compression) -> Result<LayerRecord> {
-    if Compression::from_media_type(&layer.media_type) == Some(c) {
+    if store.layer_compression(layer)? == Some(c) {
         return Ok(layer.clone());
     }
-    if let Some(v) = store.layer_variant(&layer.diff_id, c.media_type())? {
+    if let Some(v) = store.layer_variant(&layer.diff_id, c)? {
         return Ok(v);
     }
     let mut plain = codec::decompress(store.open_blob(&layer.digest)?)
@@ -374,6 +374,7 @@ pub fn save<W: Write>(
                         d.media_type = l.media_type.clone();
                         d.digest = l.digest;
                         d.size = l.size;
+                        d.annotations = store.layer_annotations(l)?;
                     }
                     manifest.media_type = Some(oci::MEDIA_TYPE_OCI_MANIFEST.into());
                     if manifest.config.media_type == oci::MEDIA_TYPE_DOCKER_CONFIG {

@@ -184,11 +184,12 @@ pub(crate) fn commit_manifest(
         ));
     }
     let manifest = Manifest::oci(
+        store,
         oci::MEDIA_TYPE_OCI_CONFIG,
         config_digest,
         config_bytes.len() as u64,
         &layers,
-    );
+    )?;
     let manifest_bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     // A rebuild that changed nothing: the image and its tags are already recorded.
     let digest = kiln_store::Digest::of(&manifest_bytes);

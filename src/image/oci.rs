@@ -139,14 +139,15 @@ impl ImageConfig {
 
 /// Whether a media type (or, when absent, a document's shape) is an index / manifest list.
 impl Manifest {
-    /// An OCI image manifest for a config blob and layers (no annotations): what kiln writes
-    /// for images and for exported build caches.
+    /// An OCI image manifest for a config blob and layers: what kiln writes for images and for
+    /// exported build caches. Layers carry the annotations the store gives them (zstd:chunked's).
     pub fn oci(
+        store: &kiln_store::Store,
         config_media_type: &str,
         config: Digest,
         config_size: u64,
         layers: &[kiln_store::LayerRecord],
-    ) -> Manifest {
+    ) -> kiln_store::Result<Manifest> {
         let desc = |media_type: &str, digest: Digest, size: u64| Descriptor {
             media_type: media_type.to_string(),
             digest,
@@ -154,16 +155,19 @@ impl Manifest {
             platform: None,
             annotations: BTreeMap::new(),
         };
-        Manifest {
+        let mut descs = Vec::with_capacity(layers.len());
+        for l in layers {
+            let mut d = desc(&l.media_type, l.digest, l.size);
+            d.annotations = store.layer_annotations(l)?;
+            descs.push(d);
+        }
+        Ok(Manifest {
             schema_version: 2,
             media_type: Some(MEDIA_TYPE_OCI_MANIFEST.to_string()),
             config: desc(config_media_type, config, config_size),
-            layers: layers
-                .iter()
-                .map(|l| desc(&l.media_type, l.digest, l.size))
-                .collect(),
+            layers: descs,
             annotations: BTreeMap::new(),
-        }
+        })
     }
 }
 

@@ -155,11 +155,12 @@ pub fn export(
         report.line(&l);
     }
     let manifest = Manifest::oci(
+        store,
         CONFIG_MEDIA_TYPE,
         config_digest,
         config.len() as u64,
         &layers,
-    );
+    )?;
     let bytes = serde_json::to_vec(&manifest).expect("manifest serializes");
     let target = r.tag.clone().unwrap_or_else(|| "latest".into());
     let resp = c.send(

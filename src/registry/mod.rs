@@ -20,6 +20,8 @@ use std::io::{self, Read};
 use std::sync::Mutex;
 use std::time::Duration;
 
+mod partial;
+pub use partial::Moved;
 mod pull;
 pub use pull::*;
 mod push;

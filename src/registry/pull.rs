@@ -24,9 +24,9 @@ pub type Report<'a> = &'a dyn Transfer;
 
 /// Counts bytes read through it into a transfer's progress.
 pub(super) struct Counting<'a, R> {
-    inner: R,
-    short: String,
-    report: Report<'a>,
+    pub(super) inner: R,
+    pub(super) short: String,
+    pub(super) report: Report<'a>,
 }
 
 impl<R: Read> Read for Counting<'_, R> {
@@ -247,6 +247,44 @@ pub(super) fn pull_layer(
         report.line(&format!("{short}: Already exists"));
         return Ok(rec);
     }
+    // A zstd:chunked layer: only what no local layer holds, when the registry takes ranges.
+    let partial = if Compression::from_media_type(&l.media_type) == Some(Compression::Zstd) {
+        let frames = super::partial::local_frames(store)?;
+        super::partial::fetch(store, c, repo, scope, l, &frames, report)?
+    } else {
+        None
+    };
+    let size = match partial {
+        Some(m) => {
+            report.line(&format!(
+                "{short}: fetched {} of {}, the rest from local layers",
+                crate::timefmt::human_size(m.fetched),
+                crate::timefmt::human_size(l.size)
+            ));
+            l.size
+        }
+        None => fetch_whole(store, c, repo, scope, l, report)?,
+    };
+    let rec = image::archive::verify_layer(store, &l.digest, size, &l.media_type, diff_id)
+        .map_err(|e| {
+            // The blob matched its digest but not the config's DiffID: drop it, record nothing.
+            let _ = store.discard_blob(&l.digest);
+            RegistryError::Image(e)
+        })?;
+    report.line(&format!("{short}: Pull complete"));
+    Ok(rec)
+}
+
+/// Downloads a whole layer blob into the store (checked against its digest); returns its size.
+fn fetch_whole(
+    store: &Store,
+    c: &Client,
+    repo: &str,
+    scope: &str,
+    l: &Descriptor,
+    report: Report<'_>,
+) -> Result<u64> {
+    let short = &l.digest.hex()[..12];
     let resp = c.send(
         "GET",
         &format!("/v2/{repo}/blobs/{}", l.digest),
@@ -295,12 +333,5 @@ pub(super) fn pull_layer(
         },
         e => e.into(),
     })?;
-    let rec = image::archive::verify_layer(store, &l.digest, size, &l.media_type, diff_id)
-        .map_err(|e| {
-            // The blob matched its digest but not the config's DiffID: drop it, record nothing.
-            let _ = store.discard_blob(&l.digest);
-            RegistryError::Image(e)
-        })?;
-    report.line(&format!("{short}: Pull complete"));
-    Ok(rec)
+    Ok(size)
 }

@@ -21,10 +21,11 @@ pub fn push(
     let mut media_type = img.manifest.media_type.clone();
     let mut layers = img.layers.clone();
     if let Some(want) = compression {
-        if layers
-            .iter()
-            .any(|l| Compression::from_media_type(&l.media_type) != Some(want))
-        {
+        let mut differ = false;
+        for l in &layers {
+            differ |= store.layer_compression(l)? != Some(want);
+        }
+        if differ {
             layers = layers
                 .iter()
                 .map(|l| image::archive::layer_in(store, l, want))
@@ -39,6 +40,7 @@ pub fn push(
                 d.digest = l.digest;
                 d.size = l.size;
                 d.media_type = l.media_type.clone();
+                d.annotations = store.layer_annotations(l)?;
             }
             manifest_bytes = serde_json::to_vec(&m).expect("manifest serializes");
             media_type = oci::MEDIA_TYPE_OCI_MANIFEST.into();

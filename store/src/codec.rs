@@ -24,7 +24,10 @@ pub const GZIP_LEVEL: u32 = 6;
 pub enum Compression {
     None,
     Gzip,
+    /// zstd as one multithreaded stream (`--compression zstd:plain`).
     Zstd,
+    /// zstd:chunked (the default): a frame per file, a TOC and tar-split (see [`crate::chunked`]).
+    ZstdChunked,
 }
 
 impl Compression {
@@ -33,11 +36,31 @@ impl Compression {
         match self {
             Compression::None => MEDIA_TYPE_LAYER_TAR,
             Compression::Gzip => MEDIA_TYPE_LAYER_GZIP,
-            Compression::Zstd => MEDIA_TYPE_LAYER_ZSTD,
+            Compression::Zstd | Compression::ZstdChunked => MEDIA_TYPE_LAYER_ZSTD,
         }
     }
 
-    /// The compression a layer media type declares (OCI or Docker schema 2), if it is a layer type.
+    /// The encoding a reader must decode: zstd:chunked is zstd.
+    pub fn family(self) -> Compression {
+        match self {
+            Compression::ZstdChunked => Compression::Zstd,
+            c => c,
+        }
+    }
+
+    /// The name `--compression` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd:plain",
+            Compression::ZstdChunked => "zstd",
+        }
+    }
+
+    /// The compression a layer media type declares (OCI or Docker schema 2), if it is a layer
+    /// type. zstd types give `Zstd`: whether a zstd blob is chunked is in its bytes (see
+    /// [`crate::chunked::toc::Metadata`]).
     pub fn from_media_type(mt: &str) -> Option<Compression> {
         match mt {
             MEDIA_TYPE_LAYER_TAR | MEDIA_TYPE_DOCKER_LAYER_TAR => Some(Compression::None),
@@ -78,12 +101,15 @@ pub struct LayerDigests {
     pub size: u64,
     /// Size of the uncompressed tar.
     pub uncompressed_size: u64,
+    /// Content bytes whose zstd:chunked frames were copied from older blobs, not compressed.
+    pub reused: u64,
 }
 
 enum Compressor<W: Write> {
     None(W),
     Gzip(ParallelGzip<W>),
     Zstd(zstd::Encoder<'static, W>),
+    Chunked(Box<crate::chunked::ChunkedWriter<W>>),
 }
 
 /// gzip on every core, as pigz does: the stream is cut into 1 MiB chunks, each compressed on
@@ -183,11 +209,13 @@ impl<W: Write> Write for ParallelGzip<W> {
 }
 
 impl<W: Write> Compressor<W> {
-    fn finish(self) -> io::Result<W> {
+    /// Ends the stream; returns the writer and the content bytes reused (chunked only).
+    fn finish(self) -> io::Result<(W, u64)> {
         match self {
-            Compressor::None(w) => Ok(w),
-            Compressor::Gzip(g) => g.finish(),
-            Compressor::Zstd(z) => z.finish(),
+            Compressor::None(w) => Ok((w, 0)),
+            Compressor::Gzip(g) => Ok((g.finish()?, 0)),
+            Compressor::Zstd(z) => Ok((z.finish()?, 0)),
+            Compressor::Chunked(c) => (*c).finish(),
         }
     }
 }
@@ -198,6 +226,7 @@ impl<W: Write> Write for Compressor<W> {
             Compressor::None(w) => w.write(buf),
             Compressor::Gzip(g) => g.write(buf),
             Compressor::Zstd(z) => z.write(buf),
+            Compressor::Chunked(c) => c.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -205,6 +234,7 @@ impl<W: Write> Write for Compressor<W> {
             Compressor::None(w) => w.flush(),
             Compressor::Gzip(g) => g.flush(),
             Compressor::Zstd(z) => z.flush(),
+            Compressor::Chunked(c) => c.flush(),
         }
     }
 }
@@ -275,10 +305,42 @@ impl Drop for ThreadedSha256 {
     }
 }
 
-/// Compresses a tar stream written into it, hashing both sides on the way.
+/// Compresses a tar stream written into it, hashing both sides on the way (each hash on a
+/// thread of its own).
 pub struct LayerEncoder<W: Write> {
-    inner: Compressor<HashWriter<W>>,
+    inner: Compressor<ThreadedHashWriter<W>>,
     diff: ThreadedSha256,
+}
+
+/// Passes writes on and hashes them on another thread.
+struct ThreadedHashWriter<W> {
+    inner: W,
+    hash: ThreadedSha256,
+}
+
+impl<W: Write> ThreadedHashWriter<W> {
+    fn new(inner: W) -> Self {
+        ThreadedHashWriter {
+            inner,
+            hash: ThreadedSha256::new(),
+        }
+    }
+
+    fn finish(self) -> io::Result<(Digest, u64, W)> {
+        let (d, n) = self.hash.finish()?;
+        Ok((d, n, self.inner))
+    }
+}
+
+impl<W: Write> Write for ThreadedHashWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// zstd workers: the machine's cores, at least one (see the module docs for why never zero).
@@ -294,9 +356,20 @@ impl<W: Write> LayerEncoder<W> {
         Self::with_workers(out, compression, zstd_workers())
     }
 
+    /// A zstd:chunked encoder that copies the frames of unchanged content from `frames`.
+    pub fn chunked(out: W, frames: Option<std::sync::Arc<crate::chunked::FrameIndex>>) -> Self {
+        LayerEncoder {
+            inner: Compressor::Chunked(Box::new(crate::chunked::ChunkedWriter::new(
+                ThreadedHashWriter::new(out),
+                frames,
+            ))),
+            diff: ThreadedSha256::new(),
+        }
+    }
+
     /// Like `new` with an explicit zstd worker count (tests prove the count does not matter).
     pub fn with_workers(out: W, compression: Compression, workers: u32) -> io::Result<Self> {
-        let out = HashWriter::new(out);
+        let out = ThreadedHashWriter::new(out);
         let c = match compression {
             Compression::None => Compressor::None(out),
             Compression::Gzip => Compressor::Gzip(ParallelGzip::new(out)),
@@ -304,6 +377,9 @@ impl<W: Write> LayerEncoder<W> {
                 let mut z = zstd::Encoder::new(out, ZSTD_LEVEL)?;
                 z.multithread(workers.max(1))?;
                 Compressor::Zstd(z)
+            }
+            Compression::ZstdChunked => {
+                Compressor::Chunked(Box::new(crate::chunked::ChunkedWriter::new(out, None)))
             }
         };
         Ok(LayerEncoder {
@@ -315,13 +391,15 @@ impl<W: Write> LayerEncoder<W> {
     /// Ends the compressed stream; returns the digests and the output writer.
     pub fn finish(self) -> io::Result<(LayerDigests, W)> {
         let (diff_id, uncompressed_size) = self.diff.finish()?;
-        let (digest, size, w) = self.inner.finish()?.finish();
+        let (hashed, reused) = self.inner.finish()?;
+        let (digest, size, w) = hashed.finish()?;
         Ok((
             LayerDigests {
                 diff_id,
                 digest,
                 size,
                 uncompressed_size,
+                reused,
             },
             w,
         ))
@@ -347,7 +425,7 @@ pub fn decompress<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     Ok(match Compression::detect(head) {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::Decoder::with_buffer(r)?),
+        Compression::Zstd | Compression::ZstdChunked => Box::new(zstd::Decoder::with_buffer(r)?),
     })
 }
 
@@ -399,7 +477,12 @@ mod tests {
     #[test]
     fn round_trip_every_compression_and_digests_agree() {
         let data = sample(3 << 20);
-        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::ZstdChunked,
+        ] {
             let mut enc = LayerEncoder::new(Vec::new(), c).unwrap();
             enc.write_all(&data).unwrap();
             let (d, blob) = enc.finish().unwrap();
@@ -431,8 +514,16 @@ mod tests {
 
     #[test]
     fn media_types_map_both_ways() {
-        for c in [Compression::None, Compression::Gzip, Compression::Zstd] {
-            assert_eq!(Compression::from_media_type(c.media_type()), Some(c));
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::ZstdChunked,
+        ] {
+            assert_eq!(
+                Compression::from_media_type(c.media_type()),
+                Some(c.family())
+            );
         }
         assert_eq!(
             Compression::from_media_type(MEDIA_TYPE_DOCKER_LAYER_GZIP),

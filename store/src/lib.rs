@@ -11,6 +11,7 @@
 //! garbage.
 
 pub mod blob;
+pub mod chunked;
 pub mod codec;
 pub mod containers;
 pub mod digest;

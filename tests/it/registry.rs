@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod cache;
+mod partial;
 
 /// A docker-registry process on 127.0.0.1, stopped on drop.
 pub(crate) struct Registry {

@@ -187,9 +187,8 @@ pub(super) fn convert_layers(store: &Store, items: &[SaveItem], c: Compression) 
         if todo.len() == 1 { "" } else { "s" },
         timefmt::human_size(total),
         match c {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
             Compression::None => "plain tar",
+            c => c.name(),
         }
     );
     let bar = if std::io::stderr().is_terminal() {

@@ -13,14 +13,19 @@ use kiln_store::Compression;
 /// `--compression` of `save` and `push`.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum CompressionArg {
+    /// zstd:chunked: a frame per file and a table of contents (readers of zstd read it as zstd)
     Zstd,
+    /// zstd as one stream, for consumers that want the old layout
+    #[value(name = "zstd:plain")]
+    ZstdPlain,
     Gzip,
 }
 
 impl From<CompressionArg> for Compression {
     fn from(c: CompressionArg) -> Compression {
         match c {
-            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Zstd => Compression::ZstdChunked,
+            CompressionArg::ZstdPlain => Compression::Zstd,
             CompressionArg::Gzip => Compression::Gzip,
         }
     }

@@ -333,7 +333,7 @@ pub(super) fn load_docker(store: &Store, src: &Source) -> Result<Vec<Loaded>> {
             // Re-encode to zstd; the DiffID (uncompressed content) must come out as declared.
             let mut plain =
                 codec::decompress(src.open(path)?).map_err(io_err(format!("read {path}")))?;
-            let mut enc = LayerEncoder::new(store.ingest_prehashed()?, Compression::Zstd)
+            let mut enc = LayerEncoder::new(store.ingest_prehashed()?, Compression::ZstdChunked)
                 .map_err(io_err("start layer encoder"))?;
             read_tar(&mut crate::image::Tee {
                 r: &mut plain,

@@ -1,6 +1,8 @@
 //! Metadata: leases, images, refs (and the OCI index.json they make), layers and snapshots.
 
 use super::*;
+use crate::codec::Compression;
+use std::collections::BTreeMap;
 
 impl Store {
     /// Takes a lease: GC will not run until it is dropped.
@@ -272,16 +274,64 @@ impl Store {
     }
 
     /// A stored encoding of the layer with this DiffID and media type, if any.
-    pub fn layer_variant(&self, diff_id: &Digest, media_type: &str) -> Result<Option<LayerRecord>> {
-        let db = self.db();
-        Ok(db
-            .query_row(
+    /// A stored encoding of the layer with this DiffID in compression `c` (zstd:chunked and
+    /// plain zstd share a media type; the blob's footer tells them apart).
+    pub fn layer_variant(&self, diff_id: &Digest, c: Compression) -> Result<Option<LayerRecord>> {
+        let rows: Vec<LayerRecord> = {
+            let db = self.db();
+            let mut st = db.prepare_cached(
                 "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layers
-                 WHERE diff_id = ?1 AND media_type = ?2 ORDER BY digest LIMIT 1",
-                params![diff_id.to_string(), media_type],
-                layer_row,
-            )
-            .optional()?)
+                 WHERE diff_id = ?1 AND media_type = ?2 ORDER BY digest",
+            )?;
+            let rows = st.query_map(params![diff_id.to_string(), c.media_type()], layer_row)?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for l in rows {
+            if self.layer_compression(&l)? == Some(c) {
+                return Ok(Some(l));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every stored layer in compression family `c` (zstd:chunked and plain zstd are one).
+    pub fn layers_of(&self, c: Compression) -> Result<Vec<LayerRecord>> {
+        let db = self.db();
+        let mut st = db.prepare_cached(
+            "SELECT digest, diff_id, media_type, size, uncompressed_size FROM layers
+             WHERE media_type = ?1 ORDER BY digest",
+        )?;
+        let rows = st.query_map([c.media_type()], layer_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How a stored layer is encoded: its media type's compression, and for zstd whether the
+    /// blob is zstd:chunked.
+    pub fn layer_compression(&self, l: &LayerRecord) -> Result<Option<Compression>> {
+        let c = Compression::from_media_type(&l.media_type);
+        if c != Some(Compression::Zstd) {
+            return Ok(c);
+        }
+        let f = self.open_blob(&l.digest)?;
+        let chunked = crate::chunked::toc::Footer::read(&f, l.size)
+            .map_err(|e| io_err(format!("read layer {}", l.digest), e))?
+            .is_some();
+        Ok(Some(if chunked {
+            Compression::ZstdChunked
+        } else {
+            Compression::Zstd
+        }))
+    }
+
+    /// The annotations a manifest gives this layer: zstd:chunked's four, or none.
+    pub fn layer_annotations(&self, l: &LayerRecord) -> Result<BTreeMap<String, String>> {
+        if Compression::from_media_type(&l.media_type) != Some(Compression::Zstd) {
+            return Ok(BTreeMap::new());
+        }
+        let f = self.open_blob(&l.digest)?;
+        let meta = crate::chunked::toc::Metadata::read(&f, l.size)
+            .map_err(|e| io_err(format!("read layer {}", l.digest), e))?;
+        Ok(meta.map(|m| m.annotations()).unwrap_or_default())
     }
 
     pub fn snapshot(&self, chain_id: &Digest) -> Result<Option<SnapshotRecord>> {
