@@ -193,7 +193,15 @@ fn saved_images_run_under_containerd() {
     .unwrap();
     k.ok(&["build", "-q", "-t", "hello:2.0", ctx.to_str().unwrap()]);
     let archive = k.dir.path().join("hello.tar");
-    k.ok(&["save", "-o", archive.to_str().unwrap(), "hello:2.0"]);
+    // zstd:chunked layers, as kiln stores them: containerd reads them as zstd.
+    k.ok(&[
+        "save",
+        "--compression",
+        "zstd",
+        "-o",
+        archive.to_str().unwrap(),
+        "hello:2.0",
+    ]);
 
     let d = k.dir.path().join("containerd");
     std::fs::create_dir(&d).unwrap();

@@ -210,6 +210,38 @@ fn chunked_layers_rebuild_from_frames_and_pull_only_what_changed() {
     let o = kiln_cmd(&b, &["run", "--rm", &name(2), "cat", "/app/d3/f3"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout), "changed");
 
+    watch.lock().unwrap().clear();
+    // Peers read the chunked layers as zstd: skopeo copies them (checking every digest) and
+    // podman pulls and runs the image.
+    if have("skopeo") {
+        let out = a.dir.path().join("skopeo");
+        sh(Command::new("skopeo")
+            .args(["copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{}", name(2)))
+            .arg(format!("dir:{}", out.display())));
+    }
+    if have("podman") {
+        let pm = |args: &[&str]| {
+            let mut c = podman(a.dir.path());
+            c.args(args);
+            c
+        };
+        sh(&mut pm(&["pull", "-q", "--tls-verify=false", &name(2)]));
+        let got = sh(&mut pm(&[
+            "run",
+            "--rm",
+            "--ulimit",
+            "nofile=1024:20000",
+            "--ulimit",
+            "nproc=4096:4096",
+            &name(2),
+            "cat",
+            "/app/d3/f3",
+        ]));
+        assert_eq!(got, "changed");
+        let _ = pm(&["rmi", "-af"]).output();
+    }
+
     // One byte of the big file changes: about that file's frames move (one 4 MiB chunk of it).
     let mut big = fs::read(ctx.join("big.bin")).unwrap();
     big[5 << 20] ^= 0xff;
