@@ -243,7 +243,7 @@ impl<W: Write> Write for Compressor<W> {
 /// the DiffID hash runs beside compression and the blob hash instead of after them (on a
 /// 2-core machine this is the difference between the layer writer being CPU-bound on one core
 /// or on two).
-struct ThreadedSha256 {
+pub(crate) struct ThreadedSha256 {
     buf: Vec<u8>,
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     worker: Option<std::thread::JoinHandle<(Digest, u64)>>,
@@ -252,7 +252,7 @@ struct ThreadedSha256 {
 const HASH_BATCH: usize = 1 << 20;
 
 impl ThreadedSha256 {
-    fn new() -> ThreadedSha256 {
+    pub(crate) fn new() -> ThreadedSha256 {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
         let worker = std::thread::spawn(move || {
             let mut h = HashWriter::new(io::sink());
@@ -269,7 +269,7 @@ impl ThreadedSha256 {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
         if self.buf.len() >= HASH_BATCH {
             self.send();
@@ -283,7 +283,7 @@ impl ThreadedSha256 {
         }
     }
 
-    fn finish(mut self) -> io::Result<(Digest, u64)> {
+    pub(crate) fn finish(mut self) -> io::Result<(Digest, u64)> {
         if !self.buf.is_empty() {
             self.send();
         }

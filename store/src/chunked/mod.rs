@@ -21,7 +21,7 @@ pub mod toc;
 
 pub use frames::FrameIndex;
 
-use crate::codec::ZSTD_LEVEL;
+use crate::codec::{ThreadedSha256, ZSTD_LEVEL};
 use header::{Pending, BLOCK};
 use sha2::{Digest as _, Sha256};
 use std::io::{self, Write};
@@ -52,7 +52,7 @@ enum Ev {
     /// file's sha256.
     Chunk {
         data: Vec<u8>,
-        file_sha: Option<[u8; 32]>,
+        file_sha: Option<Box<ThreadedSha256>>,
     },
 }
 
@@ -113,7 +113,8 @@ pub struct ChunkedWriter<W: Write> {
     raw: Vec<u8>,
     segment: Vec<u8>,
     chunk: Vec<u8>,
-    file_hash: Option<Sha256>,
+    /// A file of several chunks: its sha256, computed on a thread of its own.
+    file_hash: Option<Box<ThreadedSha256>>,
     content_left: u64,
     /// Padding after the current content.
     pad: u64,
@@ -204,7 +205,7 @@ impl<W: Write> ChunkedWriter<W> {
             self.push(Ev::Frame(raw))?;
             self.content_left = content;
             self.pad = (BLOCK as u64 - content % BLOCK as u64) % BLOCK as u64;
-            self.file_hash = (content > CHUNK as u64).then(Sha256::new);
+            self.file_hash = (content > CHUNK as u64).then(|| Box::new(ThreadedSha256::new()));
             self.state = State::Content { left: content };
         } else {
             self.state = State::Header;
@@ -228,7 +229,7 @@ impl<W: Write> ChunkedWriter<W> {
                     Vec::with_capacity(CHUNK.min(self.content_left as usize)),
                 );
                 let file_sha = if self.content_left == 0 {
-                    self.file_hash.take().map(|h| h.finalize().into())
+                    self.file_hash.take()
                 } else {
                     None
                 };
@@ -342,7 +343,7 @@ impl<W: Write> ChunkedWriter<W> {
                     let e = &mut self.entries[cur.toc];
                     e.end_offset = end as i64;
                     if let Some(f) = file_sha {
-                        e.digest = format!("sha256:{}", crate::digest::to_hex(&f));
+                        e.digest = f.finish()?.0.to_string();
                     }
                 }
                 cur.crc = if cur.pieces == 0 {
