@@ -113,7 +113,7 @@ mod clmul {
     /// Folds `data` (a multiple of 128 bytes, at least 128) into the raw state `st`.
     #[target_feature(enable = "pclmulqdq,sse2,sse4.1")]
     pub(super) fn fold(st: u64, data: &[u8]) -> u64 {
-        assert!(data.len() >= 128 && data.len() % 128 == 0);
+        assert!(data.len() >= 128 && data.len().is_multiple_of(128));
         let load = |i: usize| {
             let block: &[u8; 16] = data[i..i + 16].try_into().expect("16 bytes");
             // SAFETY: `block` is 16 readable bytes; loadu has no alignment requirement.
