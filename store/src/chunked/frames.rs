@@ -61,13 +61,16 @@ impl FrameIndex {
         sha: &[u8; 32],
         data: &[u8],
         d: &mut zstd::bulk::Decompressor,
+        scratch: &mut Vec<u8>,
     ) -> Option<Vec<u8>> {
         let (src, span) = self.get(sha)?;
         if span.end - span.offset > data.len() as u64 + 1024 + data.len() as u64 / 8 {
             return None;
         }
         let bytes = self.read(src, span).ok()?;
-        let plain = d.decompress(&bytes, data.len()).ok()?;
-        (plain == data).then_some(bytes)
+        scratch.clear();
+        scratch.reserve(data.len());
+        let n = d.decompress_to_buffer(&bytes[..], scratch).ok()?;
+        (n == data.len() && scratch[..] == *data).then_some(bytes)
     }
 }

@@ -126,6 +126,7 @@ pub struct ChunkedWriter<W: Write> {
     current: Option<Current>,
     frames: Option<std::sync::Arc<FrameIndex>>,
     inflight: Option<Batch>,
+    codecs: CodecPool,
     reused: u64,
     workers: usize,
 }
@@ -153,6 +154,7 @@ impl<W: Write> ChunkedWriter<W> {
             current: None,
             frames,
             inflight: None,
+            codecs: CodecPool::default(),
             reused: 0,
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -247,8 +249,9 @@ impl<W: Write> ChunkedWriter<W> {
         self.event_bytes = 0;
         let frames = self.frames.clone();
         let workers = self.workers;
+        let pool = self.codecs.clone();
         let batch = std::thread::spawn(move || {
-            let done = process(&events, frames.as_deref(), workers);
+            let done = process(&events, frames.as_deref(), workers, &pool);
             (events, done)
         });
         let previous = self.inflight.replace(batch);
@@ -532,7 +535,22 @@ impl<W: Write> Write for ChunkedWriter<W> {
 
 /// Compresses each Frame and Chunk event, on `workers` threads when there is enough to share;
 /// a chunk whose frame the index holds is copied instead.
-fn process(events: &[Ev], frames: Option<&FrameIndex>, workers: usize) -> io::Result<Vec<Done>> {
+/// A worker's zstd contexts and scratch buffer, kept for the writer's life (a context's tables
+/// are megabytes; making them per batch cost more than the small frames they compress).
+pub(crate) struct Codecs {
+    c: zstd::bulk::Compressor<'static>,
+    d: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
+}
+
+type CodecPool = std::sync::Arc<std::sync::Mutex<Vec<Codecs>>>;
+
+fn process(
+    events: &[Ev],
+    frames: Option<&FrameIndex>,
+    workers: usize,
+    pool: &CodecPool,
+) -> io::Result<Vec<Done>> {
     let work: usize = events
         .iter()
         .map(|e| match e {
@@ -545,8 +563,16 @@ fn process(events: &[Ev], frames: Option<&FrameIndex>, workers: usize) -> io::Re
     let slots: Vec<std::sync::Mutex<Option<io::Result<Done>>>> =
         events.iter().map(|_| std::sync::Mutex::new(None)).collect();
     let run = || -> io::Result<()> {
-        let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
-        let mut d = zstd::bulk::Decompressor::new()?;
+        let popped = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut k = match popped {
+            Some(k) => k,
+            None => Codecs {
+                c: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
+                d: zstd::bulk::Decompressor::new()?,
+                scratch: Vec::new(),
+            },
+        };
+        let Codecs { c, d, scratch } = &mut k;
         loop {
             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let Some(ev) = events.get(i) else { break };
@@ -555,7 +581,7 @@ fn process(events: &[Ev], frames: Option<&FrameIndex>, workers: usize) -> io::Re
                 Ev::Chunk { data, .. } => {
                     let sha: [u8; 32] = Sha256::digest(data).into();
                     let crc = crc64::update(0, data);
-                    let found = frames.and_then(|f| f.reuse(&sha, data, &mut d));
+                    let found = frames.and_then(|f| f.reuse(&sha, data, d, scratch));
                     let reused = found.is_some();
                     match found.map(Ok).unwrap_or_else(|| c.compress(data)) {
                         Ok(bytes) => Ok(Done::Piece {
@@ -572,6 +598,7 @@ fn process(events: &[Ev], frames: Option<&FrameIndex>, workers: usize) -> io::Re
             };
             *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
         }
+        pool.lock().unwrap_or_else(|p| p.into_inner()).push(k);
         Ok(())
     };
     if workers == 1 {
