@@ -371,7 +371,11 @@ impl<W: Write> ChunkedWriter<W> {
     }
 
     fn write_out(&mut self, b: &[u8]) -> io::Result<()> {
-        self.out.write_all(b)?;
+        // Through the output's buffer in pieces: one write(2) of a multi-MiB frame from a fresh
+        // allocation measured several times slower here than buffered 1 MiB writes.
+        for piece in b.chunks(256 << 10) {
+            self.out.write_all(piece)?;
+        }
         self.written += b.len() as u64;
         Ok(())
     }
