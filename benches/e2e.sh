@@ -114,7 +114,7 @@ for round in $(seq "$rounds"); do
   touch_one; measure one-file podman "${pm[@]}" build "${pmu[@]}" --layers -q -t bench "$ctx"
   if $docker_ok; then touch_one; measure one-file docker env DOCKER_BUILDKIT=1 "$docker" build --network host -q -t bench "$ctx"; fi
   # run to exit
-  measure run kiln "${k[@]}" run --rm busybox-base true
+  measure run kiln "${k[@]}" run --rm --network none busybox-base true
   measure run podman "${pm[@]}" run "${pmu[@]}" --rm --network none busybox-base true
   $docker_ok && measure run docker "$docker" run --rm --network none busybox-base true
   # save: a docker-archive each (podman's and Docker's default format)

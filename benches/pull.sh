@@ -59,7 +59,7 @@ head -c 50M /dev/urandom >"$ctx/big.bin"
 unset KILN_ROOT
 
 # Stores holding v1 only, one per tool, copied before each timed pull.
-"$kiln" --root "$work/kiln-v1" pull -q "$img:v1" >/dev/null
+"$kiln" --root "$work/kiln-v1" pull "$img:v1" >/dev/null
 pm=(podman --root "$work/podman" --runroot "$work/podman-run" --runtime runc --storage-driver overlay)
 "${pm[@]}" pull -q --tls-verify=false "$img:v1" >/dev/null
 cp -a "$work/podman" "$work/podman-v1"
@@ -85,7 +85,7 @@ for round in $(seq "$rounds"); do
     rm -rf "$work/k" "$work/s" && cp -a "$work/kiln-v1" "$work/k" && cp -a "$work/skopeo-v1" "$work/s"
     "${pm[@]}" rmi -f "$img:$tag" >/dev/null 2>&1 || true
     "${pm[@]}" image prune -f >/dev/null 2>&1 || true
-    measure "$scenario" kiln "$kiln" --root "$work/k" pull -q "$img:$tag"
+    measure "$scenario" kiln "$kiln" --root "$work/k" pull "$img:$tag"
     measure "$scenario" skopeo skopeo copy -q --src-tls-verify=false "docker://$img:$tag" "oci:$work/s:$tag"
     measure "$scenario" podman "${pm[@]}" pull -q --tls-verify=false "$img:$tag"
   done

@@ -18,14 +18,15 @@ pub mod crc64;
 mod frames;
 mod header;
 pub mod toc;
+mod work;
 
 pub use frames::FrameIndex;
 
 use crate::codec::{ThreadedSha256, ZSTD_LEVEL};
 use header::{Pending, BLOCK};
-use sha2::{Digest as _, Sha256};
 use std::io::{self, Write};
 use toc::{Footer, Toc, TocEntry};
+use work::{process, Batch, CodecPool, Done, Ev};
 
 /// Files larger than this are split into frames of this size (compressed in parallel, and
 /// fetched or reused one by one).
@@ -38,38 +39,6 @@ const BATCH_EVENTS: usize = 8192;
 /// pull re-makes header frames with this and checks them against the blob's digest.
 pub fn frame(data: &[u8]) -> io::Result<Vec<u8>> {
     zstd::bulk::compress(data, ZSTD_LEVEL)
-}
-
-/// One unit of the stream between the parser and the writer, in stream order.
-enum Ev {
-    /// Tar bytes between contents: compressed as one frame.
-    Frame(Vec<u8>),
-    /// Raw tar bytes for tar-split (headers and padding since the last entry).
-    Segment(Vec<u8>),
-    /// A tar entry; its content (if any) follows as chunks.
-    Entry(Box<header::Parsed>),
-    /// A piece of the current entry's content; the last piece of a file of several carries the
-    /// file's sha256.
-    Chunk {
-        data: Vec<u8>,
-        file_sha: Option<Box<ThreadedSha256>>,
-    },
-}
-
-/// A batch being processed: its events and what became of them.
-type Batch = std::thread::JoinHandle<(Vec<Ev>, io::Result<Vec<Done>>)>;
-
-/// A processed frame.
-enum Done {
-    Bytes(Vec<u8>),
-    Piece {
-        bytes: Vec<u8>,
-        sha: [u8; 32],
-        crc: u64,
-        len: u64,
-        reused: bool,
-    },
-    None,
 }
 
 enum State {
@@ -535,96 +504,6 @@ impl<W: Write> Write for ChunkedWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// Compresses each Frame and Chunk event, on `workers` threads when there is enough to share;
-/// a chunk whose frame the index holds is copied instead.
-/// A worker's zstd contexts and scratch buffer, kept for the writer's life (a context's tables
-/// are megabytes; making them per batch cost more than the small frames they compress).
-pub(crate) struct Codecs {
-    c: zstd::bulk::Compressor<'static>,
-    d: zstd::bulk::Decompressor<'static>,
-    scratch: Vec<u8>,
-}
-
-type CodecPool = std::sync::Arc<std::sync::Mutex<Vec<Codecs>>>;
-
-fn process(
-    events: &[Ev],
-    frames: Option<&FrameIndex>,
-    workers: usize,
-    pool: &CodecPool,
-) -> io::Result<Vec<Done>> {
-    let work: usize = events
-        .iter()
-        .map(|e| match e {
-            Ev::Frame(b) | Ev::Chunk { data: b, .. } => b.len(),
-            _ => 0,
-        })
-        .sum();
-    let workers = if work < 256 << 10 { 1 } else { workers.max(1) };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: Vec<std::sync::Mutex<Option<io::Result<Done>>>> =
-        events.iter().map(|_| std::sync::Mutex::new(None)).collect();
-    let run = || -> io::Result<()> {
-        let popped = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut k = match popped {
-            Some(k) => k,
-            None => Codecs {
-                c: zstd::bulk::Compressor::new(ZSTD_LEVEL)?,
-                d: zstd::bulk::Decompressor::new()?,
-                scratch: Vec::new(),
-            },
-        };
-        let Codecs { c, d, scratch } = &mut k;
-        loop {
-            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let Some(ev) = events.get(i) else { break };
-            let r = match ev {
-                Ev::Frame(b) => c.compress(b).map(Done::Bytes),
-                Ev::Chunk { data, .. } => {
-                    let sha: [u8; 32] = Sha256::digest(data).into();
-                    let crc = crc64::update(0, data);
-                    let found = frames.and_then(|f| f.reuse(&sha, data, d, scratch));
-                    let reused = found.is_some();
-                    match found.map(Ok).unwrap_or_else(|| c.compress(data)) {
-                        Ok(bytes) => Ok(Done::Piece {
-                            bytes,
-                            sha,
-                            crc,
-                            len: data.len() as u64,
-                            reused,
-                        }),
-                        Err(e) => Err(e),
-                    }
-                }
-                _ => Ok(Done::None),
-            };
-            *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
-        }
-        pool.lock().unwrap_or_else(|p| p.into_inner()).push(k);
-        Ok(())
-    };
-    if workers == 1 {
-        run()?;
-    } else {
-        std::thread::scope(|s| -> io::Result<()> {
-            let hs: Vec<_> = (0..workers).map(|_| s.spawn(run)).collect();
-            for h in hs {
-                h.join()
-                    .map_err(|_| io::Error::other("a compression worker panicked"))??;
-            }
-            Ok(())
-        })?;
-    }
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or(Ok(Done::None))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 use super::toc::Metadata;
 use super::*;
 use proptest::prelude::*;
+use sha2::{Digest as _, Sha256};
 use std::io::Read;
 use std::sync::Arc;
 
