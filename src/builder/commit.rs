@@ -37,13 +37,13 @@ pub(super) fn commit(
     };
     // A step that changed nothing still has a layer, an empty tar, as BuildKit 0.13 writes it
     // (its history entry is not an empty_layer one).
-    // The same step's previous layer: a rebuild copies the frames of the files it still has.
+    // The same step's previous build: a rebuild copies the frames of the files it still has.
     let previous = match ctx.opts.compression {
-        kiln_store::Compression::ZstdChunked => ctx
-            .store
-            .steps()
-            .previous(&row.slot, &row.key.to_hex(), &state.key.to_hex())?
-            .and_then(|r| r.layer),
+        kiln_store::Compression::ZstdChunked => {
+            ctx.store
+                .steps()
+                .previous(&row.slot, &row.key.to_hex(), &state.key.to_hex())?
+        }
         _ => None,
     };
     let layer =
@@ -132,23 +132,28 @@ fn no_space(ctx: &Ctx<'_>, step: &plan::Step, entries: &[TarEntry], e: BuildErro
     )
 }
 
-/// Writes a layer blob from sorted entries; a zstd:chunked layer copies the frames of content
-/// that `previous` (a layer in the store) holds.
+/// Writes a layer blob from sorted entries. A zstd:chunked layer copies the frames of content
+/// that `previous`'s layer (the same step's last build) holds: as they are for files that are
+/// hard links to that build's snapshot (the same inode, so the same bytes: COPY links the files
+/// it did not change), after checking them against the content for the rest.
 pub(super) fn encode(
     ctx: &Ctx<'_>,
     entries: &[TarEntry],
-    previous: Option<&LayerRecord>,
+    previous: Option<&kiln_store::StepRecord>,
 ) -> Result<LayerRecord, BuildError> {
     let ingest = ctx.store.ingest_prehashed()?;
     let enc = match ctx.opts.compression {
         kiln_store::Compression::ZstdChunked => {
             let mut frames = kiln_store::chunked::FrameIndex::default();
-            if let Some(p) = previous {
+            let mut known = None;
+            if let Some((p, layer)) = previous.and_then(|p| Some((p, p.layer.as_ref()?))) {
+                let blob = ctx.store.blob_path(&layer.digest);
                 // Unreadable or not chunked: nothing to copy, the layer is compressed whole.
-                let _ = frames.add_blob(&ctx.store.blob_path(&p.digest));
+                let _ = frames.add_blob(&blob);
+                known = known_files(ctx, entries, p, &blob);
             }
             let frames = (!frames.is_empty()).then(|| std::sync::Arc::new(frames));
-            LayerEncoder::chunked(ingest, frames)
+            LayerEncoder::chunked(ingest, frames, known)
         }
         c => LayerEncoder::new(ingest, c)?,
     };
@@ -172,4 +177,43 @@ pub(super) fn encode(
         size: d.size,
         uncompressed_size: d.uncompressed_size,
     })
+}
+
+/// The regular files among `entries` that are the same inode as the file at the same path in
+/// `previous`'s snapshot, with their frames in its layer `blob` (None when there are none).
+fn known_files(
+    ctx: &Ctx<'_>,
+    entries: &[TarEntry],
+    previous: &kiln_store::StepRecord,
+    blob: &std::path::Path,
+) -> Option<std::sync::Arc<kiln_store::chunked::KnownFiles>> {
+    use rayon::prelude::*;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let snap = ctx.store.snapshot(&previous.chain_id?).ok()??;
+    let old = ctx.store.snapshot_fs(&snap);
+    let names: std::collections::HashSet<Vec<u8>> = entries
+        .par_iter()
+        .filter_map(|e| {
+            let diff::EntrySource::Host(path) = &e.source else {
+                return None;
+            };
+            let m = std::fs::symlink_metadata(path).ok()?;
+            if !m.is_file() || m.nlink() < 2 || m.len() == 0 {
+                return None;
+            }
+            let o =
+                std::fs::symlink_metadata(old.join(std::ffi::OsStr::from_bytes(&e.name))).ok()?;
+            (o.dev() == m.dev() && o.ino() == m.ino()).then(|| e.name.clone())
+        })
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    let known = kiln_store::chunked::KnownFiles::read(blob, &|n| names.contains(n)).ok()??;
+    tracing::debug!(
+        files = known.len(),
+        "files unchanged since the previous build"
+    );
+    Some(std::sync::Arc::new(known))
 }

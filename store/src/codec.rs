@@ -356,13 +356,18 @@ impl<W: Write> LayerEncoder<W> {
         Self::with_workers(out, compression, zstd_workers())
     }
 
-    /// A zstd:chunked encoder that copies the frames of unchanged content from `frames`.
-    pub fn chunked(out: W, frames: Option<std::sync::Arc<crate::chunked::FrameIndex>>) -> Self {
+    /// A zstd:chunked encoder that copies the frames of unchanged content from `frames`, and
+    /// takes `known` files' frames as they are.
+    pub fn chunked(
+        out: W,
+        frames: Option<std::sync::Arc<crate::chunked::FrameIndex>>,
+        known: Option<std::sync::Arc<crate::chunked::KnownFiles>>,
+    ) -> Self {
         LayerEncoder {
-            inner: Compressor::Chunked(Box::new(crate::chunked::ChunkedWriter::new(
-                ThreadedHashWriter::new(out),
-                frames,
-            ))),
+            inner: Compressor::Chunked(Box::new(
+                crate::chunked::ChunkedWriter::new(ThreadedHashWriter::new(out), frames)
+                    .with_known(known),
+            )),
             diff: ThreadedSha256::new(),
         }
     }

@@ -74,3 +74,111 @@ impl FrameIndex {
         (n == data.len() && scratch[..] == *data).then_some(bytes)
     }
 }
+
+/// A file of an older blob whose content is known to be what it was (the same inode of an
+/// immutable snapshot): its frames, digests and checksum are taken from that blob's metadata
+/// without reading, hashing or compressing the content again.
+#[derive(Clone, Debug)]
+pub(super) struct Known {
+    pub(super) digest: [u8; 32],
+    pub(super) crc: u64,
+    pub(super) chunks: Vec<([u8; 32], FrameSpan)>,
+}
+
+/// The files of one older blob that a layer may take as they are (see [`Known`]).
+pub struct KnownFiles {
+    file: File,
+    files: HashMap<Vec<u8>, (u64, Known)>,
+}
+
+impl KnownFiles {
+    /// The files of the zstd:chunked blob at `path` that `wanted` names, with their frames as
+    /// kiln's writer cuts them (a chunk per [`super::CHUNK`] bytes). None when the blob is not
+    /// chunked or its metadata does not read; files whose metadata is incomplete are left out.
+    pub fn read(path: &Path, wanted: &dyn Fn(&[u8]) -> bool) -> io::Result<Option<KnownFiles>> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        let Some(meta) = toc::Metadata::read(&file, size)? else {
+            return Ok(None);
+        };
+        let (Ok(t), Ok(ts)) = (meta.toc(), meta.tarsplit()) else {
+            return Ok(None);
+        };
+        let limit = meta.footer.metadata_start();
+        let mut crcs: HashMap<Vec<u8>, u64> = HashMap::new();
+        #[derive(serde::Deserialize)]
+        struct Line {
+            #[serde(rename = "type")]
+            kind: u8,
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            payload: Option<String>,
+        }
+        for line in ts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let Ok(l) = serde_json::from_slice::<Line>(line) else {
+                continue;
+            };
+            if l.kind != 1 || !wanted(l.name.as_bytes()) {
+                continue;
+            }
+            use base64::Engine as _;
+            let crc = l
+                .payload
+                .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok());
+            if let Some(c) = crc {
+                crcs.insert(l.name.into_bytes(), u64::from_be_bytes(c));
+            }
+        }
+        let mut files = HashMap::new();
+        for f in toc::files(&t) {
+            let name = f.name.as_bytes();
+            let (Some(digest), Some(&crc)) = (f.digest, crcs.get(name)) else {
+                continue;
+            };
+            let pieces = f.size.div_ceil(super::CHUNK as u64) as usize;
+            let chunks: Option<Vec<([u8; 32], FrameSpan)>> =
+                f.chunks.iter().map(|(d, s)| Some(((*d)?, *s))).collect();
+            let Some(chunks) = chunks.filter(|c| {
+                c.len() == pieces && c.iter().all(|(_, s)| s.end > s.offset && s.end <= limit)
+            }) else {
+                continue;
+            };
+            files.insert(
+                name.to_vec(),
+                (
+                    f.size,
+                    Known {
+                        digest,
+                        crc,
+                        chunks,
+                    },
+                ),
+            );
+        }
+        Ok(Some(KnownFiles { file, files }))
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The file `name` if it is known with this size.
+    pub(super) fn get(&self, name: &[u8], size: u64) -> Option<&Known> {
+        self.files
+            .get(name)
+            .filter(|(s, _)| *s == size)
+            .map(|(_, k)| k)
+    }
+
+    pub(super) fn read_frame(&self, span: FrameSpan) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; (span.end - span.offset) as usize];
+        self.file.read_exact_at(&mut buf, span.offset)?;
+        Ok(buf)
+    }
+}

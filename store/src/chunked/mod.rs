@@ -20,7 +20,8 @@ mod header;
 pub mod toc;
 mod work;
 
-pub use frames::FrameIndex;
+use frames::Known;
+pub use frames::{FrameIndex, KnownFiles};
 
 use crate::codec::{ThreadedSha256, ZSTD_LEVEL};
 use header::{Pending, BLOCK};
@@ -84,6 +85,12 @@ pub struct ChunkedWriter<W: Write> {
     chunk: Vec<u8>,
     /// A file of several chunks: its sha256, computed on a thread of its own.
     file_hash: Option<Box<ThreadedSha256>>,
+    /// Bytes of the current chunk so far.
+    fill: usize,
+    /// Files whose frames are taken from an older blob as they are, and the current one.
+    known: Option<std::sync::Arc<KnownFiles>>,
+    known_cur: Option<Known>,
+    known_piece: usize,
     content_left: u64,
     /// Padding after the current content.
     pad: u64,
@@ -113,6 +120,10 @@ impl<W: Write> ChunkedWriter<W> {
             segment: Vec::new(),
             chunk: Vec::new(),
             file_hash: None,
+            fill: 0,
+            known: None,
+            known_cur: None,
+            known_piece: 0,
             content_left: 0,
             pad: 0,
             events: Vec::new(),
@@ -131,7 +142,8 @@ impl<W: Write> ChunkedWriter<W> {
 
     fn push(&mut self, ev: Ev) -> io::Result<()> {
         self.event_bytes += match &ev {
-            Ev::Frame(b) | Ev::Segment(b) | Ev::Chunk { data: b, .. } => b.len(),
+            Ev::Frame(b) | Ev::Segment(b) => b.len(),
+            Ev::Chunk { len, .. } => *len as usize,
             Ev::Entry(_) => 256,
         };
         self.events.push(ev);
@@ -168,6 +180,7 @@ impl<W: Write> ChunkedWriter<W> {
         }
         let parsed = header::parse(&h, std::mem::take(&mut self.pending));
         let content = parsed.content;
+        let name = parsed.name.clone();
         let seg = std::mem::take(&mut self.segment);
         self.push(Ev::Segment(seg))?;
         self.push(Ev::Entry(Box::new(parsed)))?;
@@ -176,7 +189,15 @@ impl<W: Write> ChunkedWriter<W> {
             self.push(Ev::Frame(raw))?;
             self.content_left = content;
             self.pad = (BLOCK as u64 - content % BLOCK as u64) % BLOCK as u64;
-            self.file_hash = (content > CHUNK as u64).then(|| Box::new(ThreadedSha256::new()));
+            self.known_cur = self
+                .known
+                .as_ref()
+                .and_then(|k| k.get(&name, content))
+                .cloned();
+            self.known_piece = 0;
+            self.fill = 0;
+            self.file_hash = (content > CHUNK as u64 && self.known_cur.is_none())
+                .then(|| Box::new(ThreadedSha256::new()));
             self.state = State::Content { left: content };
         } else {
             self.state = State::Header;
@@ -190,21 +211,44 @@ impl<W: Write> ChunkedWriter<W> {
         }
         let mut rest = data;
         while !rest.is_empty() {
-            let n = rest.len().min(CHUNK - self.chunk.len());
-            self.chunk.extend_from_slice(&rest[..n]);
+            let n = rest.len().min(CHUNK - self.fill);
+            // A known file's bytes are not kept: its frames come from the older blob.
+            if self.known_cur.is_none() {
+                self.chunk.extend_from_slice(&rest[..n]);
+            }
+            self.fill += n;
             rest = &rest[n..];
             self.content_left -= n as u64;
-            if self.chunk.len() == CHUNK || self.content_left == 0 {
-                let data = std::mem::replace(
-                    &mut self.chunk,
-                    Vec::with_capacity(CHUNK.min(self.content_left as usize)),
-                );
-                let file_sha = if self.content_left == 0 {
-                    self.file_hash.take()
-                } else {
-                    None
+            if self.fill == CHUNK || self.content_left == 0 {
+                let len = std::mem::take(&mut self.fill) as u64;
+                let last = self.content_left == 0;
+                let ev = match &self.known_cur {
+                    Some(k) => {
+                        let chunk = k.chunks[self.known_piece];
+                        self.known_piece += 1;
+                        Ev::Chunk {
+                            data: Vec::new(),
+                            len,
+                            file_sha: None,
+                            known: Some(chunk),
+                            file_known: last.then_some((k.digest, k.crc)),
+                        }
+                    }
+                    None => Ev::Chunk {
+                        data: std::mem::replace(
+                            &mut self.chunk,
+                            Vec::with_capacity(CHUNK.min(self.content_left as usize)),
+                        ),
+                        len,
+                        file_sha: if last { self.file_hash.take() } else { None },
+                        known: None,
+                        file_known: None,
+                    },
                 };
-                self.push(Ev::Chunk { data, file_sha })?;
+                if last {
+                    self.known_cur = None;
+                }
+                self.push(ev)?;
             }
         }
         Ok(())
@@ -217,10 +261,11 @@ impl<W: Write> ChunkedWriter<W> {
         let events = std::mem::take(&mut self.events);
         self.event_bytes = 0;
         let frames = self.frames.clone();
+        let known = self.known.clone();
         let workers = self.workers;
         let pool = self.codecs.clone();
         let batch = std::thread::spawn(move || {
-            let done = process(&events, frames.as_deref(), workers, &pool);
+            let done = process(&events, frames.as_deref(), known.as_deref(), workers, &pool);
             (events, done)
         });
         let previous = self.inflight.replace(batch);
@@ -271,7 +316,11 @@ impl<W: Write> ChunkedWriter<W> {
                 Ok(())
             }
             (
-                Ev::Chunk { file_sha, .. },
+                Ev::Chunk {
+                    file_sha,
+                    file_known,
+                    ..
+                },
                 Done::Piece {
                     bytes,
                     sha,
@@ -317,11 +366,14 @@ impl<W: Write> ChunkedWriter<W> {
                     if let Some(f) = file_sha {
                         e.digest = f.finish()?.0.to_string();
                     }
+                    if let Some((d, _)) = file_known {
+                        e.digest = format!("sha256:{}", crate::digest::to_hex(&d));
+                    }
                 }
-                cur.crc = if cur.pieces == 0 {
-                    crc
-                } else {
-                    crc64::combine(cur.crc, crc, len)
+                cur.crc = match file_known {
+                    Some((_, c)) => c,
+                    None if cur.pieces == 0 => crc,
+                    None => crc64::combine(cur.crc, crc, len),
                 };
                 cur.done += len;
                 cur.pieces += 1;
@@ -381,11 +433,24 @@ impl<W: Write> ChunkedWriter<W> {
         self.tarsplit.extend_from_slice(line.as_bytes());
     }
 
+    /// Takes the frames, digests and checksums of `known` files from their older blob as they
+    /// are (the caller vouches that their content is unchanged, see [`KnownFiles`]).
+    pub fn with_known(mut self, known: Option<std::sync::Arc<KnownFiles>>) -> Self {
+        self.known = known.filter(|k| !k.is_empty());
+        self
+    }
+
     /// Writes the last frames and the metadata; returns the output and the content bytes whose
     /// frames were copied from the frame index.
     pub fn finish(mut self) -> io::Result<(W, u64)> {
         // A stream that is not a whole tar (cut inside an entry, or no tar at all) still comes
         // out as the same bytes: what is left goes in a plain frame, the TOC stays partial.
+        if self.known_cur.is_some() && matches!(self.state, State::Content { .. }) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the tar stream ended inside a file whose frames were being copied",
+            ));
+        }
         let mut tail = std::mem::take(&mut self.raw);
         if matches!(self.state, State::Content { .. }) {
             tail.extend_from_slice(&std::mem::take(&mut self.chunk));

@@ -231,6 +231,34 @@ fn a_rebuild_copies_unchanged_frames_and_equals_a_fresh_encode() {
 }
 
 #[test]
+fn known_files_are_taken_as_they_are_and_give_the_same_blob() {
+    let mut files = sample();
+    let (old, _) = encode(&tar_of(&files), None);
+    files[1].1[10] = b'y';
+    let tar = tar_of(&files);
+    let (fresh, _) = encode(&tar, None);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("blob");
+    std::fs::write(&p, &old).unwrap();
+    let changed = files[1].0.clone();
+    let known = KnownFiles::read(&p, &|n| n != changed.as_bytes())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        known.len(),
+        3,
+        "f0, the long name and the big file (not the empty one)"
+    );
+    let mut w = ChunkedWriter::new(Vec::new(), None).with_known(Some(Arc::new(known)));
+    for piece in tar.chunks(1000) {
+        w.write_all(piece).unwrap();
+    }
+    let (blob, reused) = w.finish().unwrap();
+    assert!(blob == fresh, "the same bytes as a fresh encode");
+    assert_eq!(reused, files[4].1.len() as u64 + 5 + 4);
+}
+
+#[test]
 fn a_frame_that_does_not_hold_its_content_is_not_used() {
     let files = sample();
     let tar = tar_of(&files);

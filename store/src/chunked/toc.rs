@@ -274,6 +274,10 @@ pub struct FrameSpan {
 /// A file's content in a blob: `[offset, end)` holds its frames, one per chunk.
 #[derive(Clone, Debug)]
 pub struct FileFrames {
+    pub name: String,
+    pub size: u64,
+    /// The whole content's sha256.
+    pub digest: Option<[u8; 32]>,
     pub offset: u64,
     pub end: u64,
     /// Each chunk's content sha256 (None for chunks of zeros or unreadable digests) and frame.
@@ -320,6 +324,9 @@ pub fn files(toc: &Toc) -> Vec<FileFrames> {
                 .collect()
         };
         out.push(FileFrames {
+            name: e.name.clone(),
+            size: e.size as u64,
+            digest: key(&e.digest),
             offset: e.offset.max(0) as u64,
             end: e.end_offset.max(0) as u64,
             chunks,

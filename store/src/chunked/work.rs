@@ -1,6 +1,8 @@
 //! The chunked writer's units of work: the events the parser makes, in stream order, and their
 //! processing on worker threads (compress a frame, or find it among older blobs' frames).
 
+use super::frames::KnownFiles;
+use super::toc::FrameSpan;
 use super::{crc64, header, FrameIndex, ThreadedSha256, ZSTD_LEVEL};
 use sha2::{Digest as _, Sha256};
 use std::io;
@@ -13,11 +15,15 @@ pub(super) enum Ev {
     Segment(Vec<u8>),
     /// A tar entry; its content (if any) follows as chunks.
     Entry(Box<header::Parsed>),
-    /// A piece of the current entry's content; the last piece of a file of several carries the
-    /// file's sha256.
+    /// A piece of the current entry's content (`len` bytes): its bytes, or, for a known file,
+    /// its frame in the older blob and its sha256. The last piece of a file of several carries
+    /// the file's sha256 (being computed), and a known file's last piece its digest and CRC-64.
     Chunk {
         data: Vec<u8>,
+        len: u64,
         file_sha: Option<Box<ThreadedSha256>>,
+        known: Option<([u8; 32], FrameSpan)>,
+        file_known: Option<([u8; 32], u64)>,
     },
 }
 
@@ -37,8 +43,6 @@ pub(super) enum Done {
     None,
 }
 
-/// Compresses each Frame and Chunk event, on `workers` threads when there is enough to share;
-/// a chunk whose frame the index holds is copied instead.
 /// A worker's zstd contexts and scratch buffer, kept for the writer's life (a context's tables
 /// are megabytes; making them per batch cost more than the small frames they compress).
 pub(crate) struct Codecs {
@@ -49,16 +53,21 @@ pub(crate) struct Codecs {
 
 pub(super) type CodecPool = std::sync::Arc<std::sync::Mutex<Vec<Codecs>>>;
 
+/// Compresses each Frame and Chunk event, on `workers` threads when there is enough to share;
+/// a known chunk's frame is copied as it is, and a chunk whose frame the index holds is copied
+/// once it decompresses to the chunk.
 pub(super) fn process(
     events: &[Ev],
     frames: Option<&FrameIndex>,
+    known: Option<&KnownFiles>,
     workers: usize,
     pool: &CodecPool,
 ) -> io::Result<Vec<Done>> {
     let work: usize = events
         .iter()
         .map(|e| match e {
-            Ev::Frame(b) | Ev::Chunk { data: b, .. } => b.len(),
+            Ev::Frame(b) => b.len(),
+            Ev::Chunk { len, .. } => *len as usize,
             _ => 0,
         })
         .sum();
@@ -82,6 +91,20 @@ pub(super) fn process(
             let Some(ev) = events.get(i) else { break };
             let r = match ev {
                 Ev::Frame(b) => c.compress(b).map(Done::Bytes),
+                Ev::Chunk {
+                    known: Some((sha, span)),
+                    len,
+                    ..
+                } => match known {
+                    Some(k) => k.read_frame(*span).map(|bytes| Done::Piece {
+                        bytes,
+                        sha: *sha,
+                        crc: 0,
+                        len: *len,
+                        reused: true,
+                    }),
+                    None => Err(io::Error::other("a known chunk without its blob")),
+                },
                 Ev::Chunk { data, .. } => {
                     let sha: [u8; 32] = Sha256::digest(data).into();
                     let crc = crc64::update(0, data);
