@@ -14,6 +14,9 @@ use std::io::Write;
 const MERGE_GAP: u64 = 16 << 10;
 /// The most range requests one layer takes; closer ranges merge until it fits.
 const MAX_REQUESTS: usize = 32;
+/// The most metadata (TOC, tar-split, footer) a partial pull reads (a layer of a million files
+/// has about 100 MiB).
+const MAX_METADATA: u64 = 512 << 20;
 
 /// What a partial fetch moved.
 #[derive(Clone, Copy, Debug, Default)]
@@ -24,13 +27,24 @@ pub struct Moved {
     pub local: u64,
 }
 
-/// The frames of every zstd:chunked layer in the store, by content digest.
-pub fn local_frames(store: &Store) -> Result<FrameIndex> {
+/// The frames of every zstd:chunked layer in the store, by content digest: read once per
+/// process and store (layers pulled meanwhile are missing from it, which costs only bytes).
+pub fn local_frames(store: &Store) -> Result<std::sync::Arc<FrameIndex>> {
+    type Cached = Option<(std::path::PathBuf, std::sync::Arc<FrameIndex>)>;
+    static CACHE: Mutex<Cached> = Mutex::new(None);
+    let mut cached = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((root, ix)) = cached.as_ref() {
+        if root == store.root() {
+            return Ok(ix.clone());
+        }
+    }
     let mut ix = FrameIndex::default();
     for l in store.layers_of(Compression::Zstd)? {
         // A blob that is not chunked (or unreadable) adds nothing.
         let _ = ix.add_blob(&store.blob_path(&l.digest));
     }
+    let ix = std::sync::Arc::new(ix);
+    *cached = Some((store.root().to_path_buf(), ix.clone()));
     Ok(ix)
 }
 
@@ -129,7 +143,8 @@ pub(super) fn fetch(
             }
         }
     };
-    if start == 0 || start + foot_len > l.size {
+    // The metadata is read into memory: a position that makes it huge is not followed.
+    if start == 0 || start + foot_len > l.size || l.size - start > MAX_METADATA {
         return Ok(None);
     }
     let Some(resp) = range(c, repo, scope, &l.digest, start, l.size)? else {
@@ -182,9 +197,10 @@ pub(super) fn fetch(
                 moved.fetched += n;
             }
             Piece::Local(src, span) => {
-                let bytes = frames.read(*src, *span).map_err(|e| {
-                    RegistryError::Invalid(format!("read a local layer's frame: {e}"))
-                })?;
+                // A local layer that does not read (removed meanwhile): fetch the blob whole.
+                let Ok(bytes) = frames.read(*src, *span) else {
+                    return Ok(None);
+                };
                 ingest
                     .write_all(&bytes)
                     .map_err(|e| read_error(c, &what, e))?;

@@ -8,10 +8,19 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+/// Blobs kept open by a frame index; the others are opened for each read.
+const OPEN_SOURCES: usize = 64;
+
+/// Where a frame index reads a blob.
+pub(super) enum Source {
+    Open(File),
+    Path(std::path::PathBuf),
+}
+
 /// Content frames of other blobs that a new blob may copy, by the content's sha256.
 #[derive(Default)]
 pub struct FrameIndex {
-    pub(super) sources: Vec<File>,
+    pub(super) sources: Vec<Source>,
     pub(super) frames: HashMap<[u8; 32], (u32, FrameSpan)>,
 }
 
@@ -27,7 +36,13 @@ impl FrameIndex {
         let Ok(t) = meta.toc() else { return Ok(0) };
         let frames = toc::content_frames(&t, meta.footer.metadata_start());
         let src = self.sources.len() as u32;
-        self.sources.push(f);
+        // A few blobs stay open; past that each read opens its blob (a store's layers must not
+        // use up the process's file descriptors).
+        self.sources.push(if self.sources.len() < OPEN_SOURCES {
+            Source::Open(f)
+        } else {
+            Source::Path(path.to_path_buf())
+        });
         let n = frames.len();
         for (d, span) in frames {
             self.frames.entry(d).or_insert((src, span));
@@ -51,7 +66,10 @@ impl FrameIndex {
     /// The compressed bytes of a frame.
     pub fn read(&self, src: u32, span: FrameSpan) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; (span.end - span.offset) as usize];
-        self.sources[src as usize].read_exact_at(&mut buf, span.offset)?;
+        match &self.sources[src as usize] {
+            Source::Open(f) => f.read_exact_at(&mut buf, span.offset)?,
+            Source::Path(p) => File::open(p)?.read_exact_at(&mut buf, span.offset)?,
+        }
         Ok(buf)
     }
 
