@@ -55,22 +55,11 @@ pmu=(--ulimit nofile=1024:20000 --ulimit nproc=4096:4096)
 "${b[@]}" tag "$("${b[@]}" images -q | head -1)" busybox-base
 "${pm[@]}" load -q -i "$work/base.tar" >/dev/null
 if $docker_ok; then "$kiln" --root "$work/kiln-base" save --format docker busybox-base | "$docker" load -q >/dev/null; fi
-cat >"$work/registry.yml" <<CONFIG
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$port
-CONFIG
 restart_registry() {
   pkill -f "docker-registry serve $work/registry.yml" 2>/dev/null || true
   sleep 0.1
   rm -rf "$work/registry"
-  docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-  until curl -s "http://127.0.0.1:$port/v2/" >/dev/null; do sleep 0.02; done
+  start_registry "$work" "$port"
 }
 
 : >"$work/times"

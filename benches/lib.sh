@@ -48,3 +48,20 @@ EXPOSE 80
 CMD ["sh","-c","echo hi"]
 DOCKERFILE
 }
+
+# start_registry DIR PORT: Debian's docker-registry on 127.0.0.1:PORT, storing under
+# DIR/registry (its config is DIR/registry.yml); returns once it answers.
+start_registry() {
+  cat >"$1/registry.yml" <<CONFIG
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $1/registry
+http:
+  addr: 127.0.0.1:$2
+CONFIG
+  docker-registry serve "$1/registry.yml" >/dev/null 2>&1 &
+  until curl -s "http://127.0.0.1:$2/v2/" >/dev/null; do sleep 0.02; done
+}

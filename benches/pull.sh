@@ -29,18 +29,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-cat >"$work/registry.yml" <<CONFIG
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$port
-CONFIG
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-until curl -s "http://127.0.0.1:$port/v2/" >/dev/null; do sleep 0.02; done
+start_registry "$work" "$port"
 
 echo "pull.sh: preparing in $work ..." >&2
 ctx=$work/ctx

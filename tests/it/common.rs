@@ -253,6 +253,15 @@ pub fn busybox_image(name: &str, tools: &[&str]) -> Option<(Kiln, PathBuf, Strin
     Some((k, rootfs, id))
 }
 
+/// `podman run`'s limits on this machine: its defaults ask for more open files than the hard
+/// limit allows.
+pub const PODMAN_ULIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:20000",
+    "--ulimit",
+    "nproc=4096:4096",
+];
+
 /// podman with its own root and run root under `dir` (vfs: no overlay mounts to leave behind),
 /// and runc (crun refuses this machine's hybrid cgroups), never the machine's own storage.
 pub fn podman(dir: &Path) -> Command {

@@ -129,14 +129,8 @@ fn unprivileged_containers_build_in_place_and_push_the_image_a_normal_build_make
     ]);
     sh(podman().arg("load").arg("-i").arg(&archive));
     let o = podman()
-        .args([
-            "run",
-            "--rm",
-            "--ulimit",
-            "nofile=1024:20000",
-            "--ulimit",
-            "nproc=4096:4096",
-        ])
+        .args(["run", "--rm"])
+        .args(PODMAN_ULIMITS)
         .args(given)
         .args([
             "localhost/runner:latest",

@@ -241,14 +241,8 @@ fn chunked_layers_rebuild_from_frames_and_pull_only_what_changed() {
             c
         };
         sh(&mut pm(&["pull", "-q", "--tls-verify=false", &name(2)]));
-        let got = sh(&mut pm(&[
-            "run",
-            "--rm",
-            "--ulimit",
-            "nofile=1024:20000",
-            "--ulimit",
-            "nproc=4096:4096",
-            &name(2),
+        let got = sh(pm(&["run", "--rm"]).args(PODMAN_ULIMITS).args([
+            name(2).as_str(),
             "cat",
             "/app/d3/f3",
         ]));
