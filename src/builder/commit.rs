@@ -147,10 +147,12 @@ pub(super) fn encode(
             let mut frames = kiln_store::chunked::FrameIndex::default();
             let mut known = None;
             if let Some((p, layer)) = previous.and_then(|p| Some((p, p.layer.as_ref()?))) {
-                let blob = ctx.store.blob_path(&layer.digest);
                 // Unreadable or not chunked: nothing to copy, the layer is compressed whole.
-                let _ = frames.add_blob(&blob);
-                known = known_files(ctx, entries, p, &blob);
+                let path = ctx.store.blob_path(&layer.digest);
+                if let Ok(Some(blob)) = kiln_store::chunked::ChunkedBlob::open(&path) {
+                    let _ = frames.add(&blob);
+                    known = known_files(ctx, entries, p, &blob);
+                }
             }
             let frames = (!frames.is_empty()).then(|| std::sync::Arc::new(frames));
             LayerEncoder::chunked(ingest, frames, known)
@@ -185,7 +187,7 @@ fn known_files(
     ctx: &Ctx<'_>,
     entries: &[TarEntry],
     previous: &kiln_store::StepRecord,
-    blob: &std::path::Path,
+    blob: &kiln_store::chunked::ChunkedBlob,
 ) -> Option<std::sync::Arc<kiln_store::chunked::KnownFiles>> {
     use rayon::prelude::*;
     use std::os::unix::ffi::OsStrExt;
@@ -210,7 +212,7 @@ fn known_files(
     if names.is_empty() {
         return None;
     }
-    let known = kiln_store::chunked::KnownFiles::read(blob, &|n| names.contains(n)).ok()??;
+    let known = kiln_store::chunked::KnownFiles::new(blob, &|n| names.contains(n)).ok()??;
     tracing::debug!(
         files = known.len(),
         "files unchanged since the previous build"

@@ -278,21 +278,12 @@ fn plan(
 /// The tar bytes between files with content, from tar-split: before the first, between each
 /// two, and after the last (what kiln's writer puts in one frame each).
 fn gaps(tarsplit: &[u8]) -> Option<Vec<Vec<u8>>> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        #[serde(rename = "type")]
-        kind: u8,
-        #[serde(default)]
-        size: u64,
-        #[serde(default)]
-        payload: Option<String>,
-    }
     let mut out = Vec::new();
     let mut cur = Vec::new();
-    for line in tarsplit.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let e: Line = serde_json::from_slice(line).ok()?;
+    for e in toc::tarsplit_entries(tarsplit) {
+        let e = e?;
         match e.kind {
-            2 => cur.extend_from_slice(&auth::base64_decode(e.payload.as_deref()?)?),
+            2 => cur.extend_from_slice(&e.payload?),
             1 if e.size > 0 => out.push(std::mem::take(&mut cur)),
             _ => {}
         }

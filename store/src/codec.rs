@@ -308,8 +308,9 @@ impl Drop for ThreadedSha256 {
 /// Compresses a tar stream written into it, hashing both sides on the way (each hash on a
 /// thread of its own).
 pub struct LayerEncoder<W: Write> {
-    inner: Compressor<ThreadedHashWriter<W>>,
-    diff: ThreadedSha256,
+    /// The tar bytes, hashed (the DiffID) on their way into the compressor, whose output is
+    /// hashed (the blob digest) on its way out.
+    inner: ThreadedHashWriter<Compressor<ThreadedHashWriter<W>>>,
 }
 
 /// Passes writes on and hashes them on another thread.
@@ -364,11 +365,10 @@ impl<W: Write> LayerEncoder<W> {
         known: Option<std::sync::Arc<crate::chunked::KnownFiles>>,
     ) -> Self {
         LayerEncoder {
-            inner: Compressor::Chunked(Box::new(
+            inner: ThreadedHashWriter::new(Compressor::Chunked(Box::new(
                 crate::chunked::ChunkedWriter::new(ThreadedHashWriter::new(out), frames)
                     .with_known(known),
-            )),
-            diff: ThreadedSha256::new(),
+            ))),
         }
     }
 
@@ -388,15 +388,14 @@ impl<W: Write> LayerEncoder<W> {
             }
         };
         Ok(LayerEncoder {
-            inner: c,
-            diff: ThreadedSha256::new(),
+            inner: ThreadedHashWriter::new(c),
         })
     }
 
     /// Ends the compressed stream; returns the digests and the output writer.
     pub fn finish(self) -> io::Result<(LayerDigests, W)> {
-        let (diff_id, uncompressed_size) = self.diff.finish()?;
-        let (hashed, reused) = self.inner.finish()?;
+        let (diff_id, uncompressed_size, compressor) = self.inner.finish()?;
+        let (hashed, reused) = compressor.finish()?;
         let (digest, size, w) = hashed.finish()?;
         Ok((
             LayerDigests {
@@ -413,9 +412,7 @@ impl<W: Write> LayerEncoder<W> {
 
 impl<W: Write> Write for LayerEncoder<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.diff.update(&buf[..n]);
-        Ok(n)
+        self.inner.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()

@@ -17,6 +17,42 @@ pub(super) enum Source {
     Path(std::path::PathBuf),
 }
 
+/// A zstd:chunked blob opened, its metadata and TOC read: what a frame index and a rebuild's
+/// known files both take, so the previous layer's metadata is read once.
+pub struct ChunkedBlob {
+    path: std::path::PathBuf,
+    file: File,
+    meta: toc::Metadata,
+    toc: toc::Toc,
+}
+
+impl ChunkedBlob {
+    /// The blob at `path`; None when it is not zstd:chunked or its TOC does not read.
+    pub fn open(path: &Path) -> io::Result<Option<ChunkedBlob>> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        let Some(meta) = toc::Metadata::read(&file, size)? else {
+            return Ok(None);
+        };
+        let Ok(toc) = meta.toc() else {
+            return Ok(None);
+        };
+        Ok(Some(ChunkedBlob {
+            path: path.to_path_buf(),
+            file,
+            meta,
+            toc,
+        }))
+    }
+}
+
+/// The bytes of `span` in `f`.
+fn read_span(f: &File, span: FrameSpan) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; (span.end - span.offset) as usize];
+    f.read_exact_at(&mut buf, span.offset)?;
+    Ok(buf)
+}
+
 /// Content frames of other blobs that a new blob may copy, by the content's sha256.
 #[derive(Default)]
 pub struct FrameIndex {
@@ -28,20 +64,22 @@ impl FrameIndex {
     /// Adds the content frames of the zstd:chunked blob at `path`; returns how many (0 when the
     /// blob is not chunked or its metadata does not read).
     pub fn add_blob(&mut self, path: &Path) -> io::Result<usize> {
-        let f = File::open(path)?;
-        let size = f.metadata()?.len();
-        let Some(meta) = toc::Metadata::read(&f, size)? else {
-            return Ok(0);
-        };
-        let Ok(t) = meta.toc() else { return Ok(0) };
-        let frames = toc::content_frames(&t, meta.footer.metadata_start());
+        match ChunkedBlob::open(path)? {
+            Some(blob) => self.add(&blob),
+            None => Ok(0),
+        }
+    }
+
+    /// Adds the content frames of an opened blob; returns how many.
+    pub fn add(&mut self, blob: &ChunkedBlob) -> io::Result<usize> {
+        let frames = toc::content_frames(&blob.toc, blob.meta.footer.metadata_start());
         let src = self.sources.len() as u32;
         // A few blobs stay open; past that each read opens its blob (a store's layers must not
         // use up the process's file descriptors).
         self.sources.push(if self.sources.len() < OPEN_SOURCES {
-            Source::Open(f)
+            Source::Open(blob.file.try_clone()?)
         } else {
-            Source::Path(path.to_path_buf())
+            Source::Path(blob.path.clone())
         });
         let n = frames.len();
         for (d, span) in frames {
@@ -65,12 +103,10 @@ impl FrameIndex {
 
     /// The compressed bytes of a frame.
     pub fn read(&self, src: u32, span: FrameSpan) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; (span.end - span.offset) as usize];
         match &self.sources[src as usize] {
-            Source::Open(f) => f.read_exact_at(&mut buf, span.offset)?,
-            Source::Path(p) => File::open(p)?.read_exact_at(&mut buf, span.offset)?,
+            Source::Open(f) => read_span(f, span),
+            Source::Path(p) => read_span(&File::open(p)?, span),
         }
-        Ok(buf)
     }
 
     /// The frame for `data` (sha256 `sha`) if one is indexed and decompresses to exactly `data`.
@@ -110,47 +146,31 @@ pub struct KnownFiles {
 }
 
 impl KnownFiles {
-    /// The files of the zstd:chunked blob at `path` that `wanted` names, with their frames as
-    /// kiln's writer cuts them (a chunk per [`super::CHUNK`] bytes). None when the blob is not
-    /// chunked or its metadata does not read; files whose metadata is incomplete are left out.
-    pub fn read(path: &Path, wanted: &dyn Fn(&[u8]) -> bool) -> io::Result<Option<KnownFiles>> {
-        let file = File::open(path)?;
-        let size = file.metadata()?.len();
-        let Some(meta) = toc::Metadata::read(&file, size)? else {
+    /// The files of `blob` that `wanted` names, with their frames as kiln's writer cuts them (a
+    /// chunk per [`super::CHUNK`] bytes). None when its tar-split does not read; files whose
+    /// metadata is incomplete are left out.
+    pub fn new(
+        blob: &ChunkedBlob,
+        wanted: &dyn Fn(&[u8]) -> bool,
+    ) -> io::Result<Option<KnownFiles>> {
+        let Ok(ts) = blob.meta.tarsplit() else {
             return Ok(None);
         };
-        let (Ok(t), Ok(ts)) = (meta.toc(), meta.tarsplit()) else {
-            return Ok(None);
-        };
-        let limit = meta.footer.metadata_start();
+        let limit = blob.meta.footer.metadata_start();
         let mut crcs: HashMap<Vec<u8>, u64> = HashMap::new();
-        #[derive(serde::Deserialize)]
-        struct Line {
-            #[serde(rename = "type")]
-            kind: u8,
-            #[serde(default)]
-            name: String,
-            #[serde(default)]
-            payload: Option<String>,
-        }
-        for line in ts.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-            let Ok(l) = serde_json::from_slice::<Line>(line) else {
-                continue;
-            };
-            if l.kind != 1 || !wanted(l.name.as_bytes()) {
+        for e in toc::tarsplit_entries(&ts).flatten() {
+            if e.kind != 1 || !wanted(&e.name) {
                 continue;
             }
-            use base64::Engine as _;
-            let crc = l
+            let crc = e
                 .payload
-                .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
                 .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok());
             if let Some(c) = crc {
-                crcs.insert(l.name.into_bytes(), u64::from_be_bytes(c));
+                crcs.insert(e.name, u64::from_be_bytes(c));
             }
         }
         let mut files = HashMap::new();
-        for f in toc::files(&t) {
+        for f in toc::files(&blob.toc) {
             let name = f.name.as_bytes();
             let (Some(digest), Some(&crc)) = (f.digest, crcs.get(name)) else {
                 continue;
@@ -175,7 +195,10 @@ impl KnownFiles {
                 ),
             );
         }
-        Ok(Some(KnownFiles { file, files }))
+        Ok(Some(KnownFiles {
+            file: blob.file.try_clone()?,
+            files,
+        }))
     }
 
     pub fn len(&self) -> usize {
@@ -195,8 +218,6 @@ impl KnownFiles {
     }
 
     pub(super) fn read_frame(&self, span: FrameSpan) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; (span.end - span.offset) as usize];
-        self.file.read_exact_at(&mut buf, span.offset)?;
-        Ok(buf)
+        read_span(&self.file, span)
     }
 }

@@ -21,7 +21,7 @@ pub mod toc;
 mod work;
 
 use frames::Known;
-pub use frames::{FrameIndex, KnownFiles};
+pub use frames::{ChunkedBlob, FrameIndex, KnownFiles};
 
 use crate::codec::{ThreadedSha256, ZSTD_LEVEL};
 use header::{Pending, BLOCK};

@@ -204,12 +204,17 @@ fn tar_split_rebuilds_the_tar_with_checksums() {
     assert_eq!(out, tar);
 }
 
-fn index_of(blob: &[u8]) -> Arc<FrameIndex> {
+/// `blob` as a file, opened (it stays readable after its directory is gone).
+fn opened(blob: &[u8]) -> ChunkedBlob {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("blob");
     std::fs::write(&p, blob).unwrap();
+    ChunkedBlob::open(&p).unwrap().expect("a chunked blob")
+}
+
+fn index_of(blob: &[u8]) -> Arc<FrameIndex> {
     let mut ix = FrameIndex::default();
-    assert!(ix.add_blob(&p).unwrap() > 0);
+    assert!(ix.add(&opened(blob)).unwrap() > 0);
     Arc::new(ix)
 }
 
@@ -237,11 +242,8 @@ fn known_files_are_taken_as_they_are_and_give_the_same_blob() {
     files[1].1[10] = b'y';
     let tar = tar_of(&files);
     let (fresh, _) = encode(&tar, None);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("blob");
-    std::fs::write(&p, &old).unwrap();
     let changed = files[1].0.clone();
-    let known = KnownFiles::read(&p, &|n| n != changed.as_bytes())
+    let known = KnownFiles::new(&opened(&old), &|n| n != changed.as_bytes())
         .unwrap()
         .unwrap();
     assert_eq!(
@@ -263,11 +265,8 @@ fn a_frame_that_does_not_hold_its_content_is_not_used() {
     let files = sample();
     let tar = tar_of(&files);
     let (blob, _) = encode(&tar, None);
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("blob");
-    std::fs::write(&p, &blob).unwrap();
     let mut ix = FrameIndex::default();
-    ix.add_blob(&p).unwrap();
+    ix.add(&opened(&blob)).unwrap();
     // Point every digest at the first content frame: only f0's own entry is true.
     let first = ix.get(&Sha256::digest(b"hello").into()).unwrap();
     for v in ix.frames.values_mut() {
@@ -307,14 +306,9 @@ proptest! {
         }
         let tar = tar_of(&files);
         let (fresh, _) = encode(&tar, None);
-        let ix = {
-            let dir = tempfile::tempdir().unwrap();
-            let p = dir.path().join("blob");
-            std::fs::write(&p, &old).unwrap();
-            let mut ix = FrameIndex::default();
-            ix.add_blob(&p).unwrap();
-            Arc::new(ix)
-        };
+        let mut ix = FrameIndex::default();
+        ix.add(&opened(&old)).unwrap();
+        let ix = Arc::new(ix);
         let (incremental, _) = encode(&tar, Some(ix));
         prop_assert!(incremental == fresh);
     }

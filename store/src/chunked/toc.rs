@@ -263,6 +263,54 @@ impl Metadata {
     }
 }
 
+/// One line of a tar-split stream: raw archive bytes (`kind` 2, in `payload`), or a file entry
+/// (`kind` 1) with its name, size and, for content, its CRC-64 big-endian in `payload`.
+pub struct TarSplitEntry {
+    pub kind: u8,
+    pub name: Vec<u8>,
+    pub size: u64,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The lines of a tar-split stream, in order; None for a line that does not parse.
+pub fn tarsplit_entries(lines: &[u8]) -> impl Iterator<Item = Option<TarSplitEntry>> + '_ {
+    #[derive(Deserialize)]
+    struct Line {
+        #[serde(rename = "type")]
+        kind: u8,
+        #[serde(default)]
+        name: String,
+        #[serde(default)]
+        name_raw: Option<String>,
+        #[serde(default)]
+        size: u64,
+        #[serde(default)]
+        payload: Option<String>,
+    }
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(move |line| {
+            let l: Line = serde_json::from_slice(line).ok()?;
+            let name = match &l.name_raw {
+                Some(raw) => b64(raw)?,
+                None => l.name.into_bytes(),
+            };
+            let payload = match &l.payload {
+                Some(p) => Some(b64(p)?),
+                None => None,
+            };
+            Some(TarSplitEntry {
+                kind: l.kind,
+                name,
+                size: l.size,
+                payload,
+            })
+        })
+}
+
 /// A frame of file content in a blob: the bytes `[offset, end)` decompress to content whose
 /// sha256 is the key it is found under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

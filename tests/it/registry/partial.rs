@@ -63,18 +63,19 @@ fn top_layer(k: &Kiln, name: &str) -> (String, serde_json::Value) {
     (digest, top)
 }
 
+/// The store's blob of a manifest's layer descriptor.
+fn blob_file(k: &Kiln, layer: &serde_json::Value) -> fs::File {
+    let hex = layer["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    fs::File::open(k.root().join("blobs/sha256").join(hex)).unwrap()
+}
+
 /// A layer blob's metadata size (TOC, tar-split, footer with their frame headers) and the
 /// compressed size of `path`'s frames.
 fn sizes(k: &Kiln, layer: &serde_json::Value, path: &str) -> (u64, u64) {
-    let f = fs::File::open(
-        k.root().join("blobs/sha256").join(
-            layer["digest"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("sha256:"),
-        ),
-    )
-    .unwrap();
+    let f = blob_file(k, layer);
     let size = layer["size"].as_u64().unwrap();
     let meta = Metadata::read(&f, size)
         .unwrap()
@@ -293,15 +294,7 @@ fn chunked_layers_rebuild_from_frames_and_pull_only_what_changed() {
     );
     let (_, plain) = top_layer(&a, "plain");
     assert!(plain.get("annotations").is_none(), "{plain}");
-    let f = fs::File::open(
-        a.root().join("blobs/sha256").join(
-            plain["digest"]
-                .as_str()
-                .unwrap()
-                .trim_start_matches("sha256:"),
-        ),
-    )
-    .unwrap();
+    let f = blob_file(&a, &plain);
     assert!(Footer::read(&f, plain["size"].as_u64().unwrap())
         .unwrap()
         .is_none());
