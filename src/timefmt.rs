@@ -217,10 +217,22 @@ pub fn source_date_epoch(value: Option<&str>) -> Result<Option<i64>, String> {
     if v.is_empty() {
         return Ok(None);
     }
-    v.trim()
-        .parse()
+    epoch_seconds(&v)
         .map(Some)
-        .map_err(|_| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds"))
+        .map_err(|why| format!("SOURCE_DATE_EPOCH={v:?} {why}"))
+}
+
+/// A time in seconds since 1970 as a layer can carry it (a tar header's 11 octal digits), or
+/// why not (to follow the name of what gave it).
+pub fn epoch_seconds(v: &str) -> Result<i64, String> {
+    match v.trim().parse::<i64>() {
+        Ok(s) if (0..8i64.pow(11)).contains(&s) => Ok(s),
+        Ok(_) => Err(format!(
+            "is out of range: a layer's times run from 0 to {} seconds",
+            8i64.pow(11) - 1
+        )),
+        Err(_) => Err("is not a number of seconds".into()),
+    }
 }
 
 #[cfg(test)]

@@ -159,10 +159,9 @@ pub(super) fn encode(
         }
         c => LayerEncoder::new(ingest, c)?,
     };
-    let opts = TarOptions {
-        source_date_epoch: ctx.opts.source_date_epoch,
-    };
-    let enc = diff::write_entries(entries, enc, &opts)?;
+    // The step's layer keeps its files' times; the image's timestamp mode is applied to a copy
+    // when the image is made (`image::retime`), so the cached step serves every mode.
+    let enc = diff::write_entries(entries, enc, &TarOptions::default())?;
     let (d, ingest) = enc.finish()?;
     if d.reused > 0 {
         tracing::debug!(

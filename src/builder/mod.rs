@@ -57,7 +57,10 @@ pub struct BuildOptions {
     pub compression: Compression,
     pub labels: BTreeMap<String, String>,
     pub snapshotter: crate::snapshotter::Kind,
-    pub source_date_epoch: Option<i64>,
+    /// What the image's layers, config and history say of time: their own (default),
+    /// clamped to SOURCE_DATE_EPOCH, or all one `--timestamp`. Steps are keyed and cached
+    /// without it: it applies when the image is made.
+    pub times: crate::diff::Times,
     /// Names the Dockerfile across builds (its absolute path), so a miss can be explained
     /// against the last build of the same step.
     pub dockerfile_id: String,
@@ -249,9 +252,9 @@ pub fn build(
         numbers.push(n + 1);
         n += 1 + s.steps.len();
     }
-    let now = opts
-        .source_date_epoch
-        .unwrap_or_else(kiln_store::store::now);
+    // The time of files a step makes (heredocs, COPY's parent dirs): the real one, as the
+    // step's layer keeps times; the image's mode rewrites it with the rest.
+    let now = kiln_store::store::now();
     // When a step copies from the context, walk it while the stat cache loads.
     let uses_context = plan.stages.iter().any(|s| {
         s.steps.iter().any(|st| {
@@ -345,14 +348,15 @@ pub fn build(
         .unwrap_or_else(|p| p.into_inner())
         .clone()
         .ok_or_else(|| BuildError::Internal("target stage did not run".into()))?;
-    let mut config = state.config;
+    let mut config = state.config.clone();
     if !opts.labels.is_empty() {
         let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
         for (k, v) in &opts.labels {
             labels.insert(k.clone(), v.clone());
         }
     }
-    let layers = ensure_compression(store, &state.layers, opts.compression)?;
+    let layers = image_layers(store, &state, opts)?;
+    config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     let image = image::create_image(store, &config, layers, &opts.tags)?;
     tracing::debug!("image committed");
     Ok(Outcome {
@@ -364,16 +368,31 @@ pub fn build(
     })
 }
 
-/// The stored layers in the wanted compression, transcoding a cached layer when needed (a
-/// `--compression gzip` build after zstd ones). Both encodings stay recorded under one DiffID.
-fn ensure_compression(
+/// The image's layers in the wanted compression and timestamp mode: a cached layer is
+/// transcoded (a `--compression gzip` build after zstd ones) and the build's own layers retimed
+/// (the base image's stay as they are, shared with it); each variant is recorded once.
+fn image_layers(
     store: &Store,
-    layers: &[LayerRecord],
-    want: Compression,
+    state: &stage::StageState,
+    opts: &BuildOptions,
 ) -> Result<Vec<LayerRecord>, BuildError> {
-    layers
+    state
+        .layers
         .iter()
-        .map(|l| Ok(crate::image::archive::layer_in(store, l, want)?))
+        .enumerate()
+        .map(|(i, l)| {
+            let times = if i < state.base_layers {
+                crate::diff::Times::Keep
+            } else {
+                opts.times
+            };
+            Ok(image::retime::layer_with_times(
+                store,
+                l,
+                times,
+                opts.compression,
+            )?)
+        })
         .collect()
 }
 

@@ -20,6 +20,9 @@ pub(super) struct StageState {
     /// What the stage is built on, for explaining a changed base.
     pub(super) base: String,
     pub(super) layers: Vec<LayerRecord>,
+    /// How many of `layers`, from the bottom, are a base image's (kept as they are when the
+    /// build's layers are retimed).
+    pub(super) base_layers: usize,
     /// Snapshot fs dirs, bottom to top.
     pub(super) lowers: Vec<PathBuf>,
     pub(super) config: ImageConfig,
@@ -91,6 +94,7 @@ fn base_state(
             key: plan::base_key("scratch"),
             base: "scratch".into(),
             layers: vec![],
+            base_layers: 0,
             lowers: vec![],
             config: empty_config(),
         }),
@@ -102,6 +106,7 @@ fn base_state(
                 key: plan::base_key(&img.manifest.digest.to_string()),
                 base: format!("image {r} ({})", img.manifest.digest),
                 layers: img.layers.clone(),
+                base_layers: img.layers.len(),
                 lowers: snaps.iter().map(|s| ctx.store.snapshot_fs(s)).collect(),
                 config: ctx.configs[r].clone(),
             })
@@ -167,7 +172,8 @@ pub(super) fn run_stage(
         secs: t0.elapsed().as_secs_f64(),
     });
     // Timestamps: a step's is when it was first built (its cache row), so a rebuild from cache
-    // gives the same image ID; metadata entries take the last step's; SOURCE_DATE_EPOCH wins.
+    // gives the same image ID; metadata entries take the last step's; SOURCE_DATE_EPOCH and
+    // --timestamp win.
     let base_created = state
         .config
         .created
@@ -198,7 +204,7 @@ pub(super) fn run_stage(
     }
     // History: the stage's entries in order; metadata entries are empty layers and take the
     // time of the step before them.
-    let stamp = |t: i64| timefmt::rfc3339(ctx.opts.source_date_epoch.unwrap_or(t));
+    let stamp = |t: i64| timefmt::rfc3339(ctx.opts.times.stamp(t));
     let mut last = step_times
         .first()
         .copied()

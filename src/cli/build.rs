@@ -55,6 +55,11 @@ pub struct BuildArgs {
     /// stream) or gzip
     #[arg(long, value_name = "ALGO", default_value = "zstd", value_parser = ["zstd", "zstd:chunked", "zstd:plain", "gzip"])]
     compression: String,
+    /// Set every time in the image to SECONDS since 1970: each file's, directory's and link's
+    /// mtime in the build's layers, the config's created and the history's (buildah's flag).
+    /// Without it, SOURCE_DATE_EPOCH sets created and history and clamps newer mtimes
+    #[arg(long, value_name = "SECONDS")]
+    timestamp: Option<String>,
     /// Set a label on the image (KEY=VALUE); may be repeated
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
@@ -356,6 +361,14 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
     let source_date_epoch =
         crate::timefmt::source_date_epoch(build_args.get("SOURCE_DATE_EPOCH").map(String::as_str))
             .map_err(anyhow::Error::msg)?;
+    let times = match (&args.timestamp, source_date_epoch) {
+        (Some(t), _) => crate::diff::Times::Set(
+            crate::timefmt::epoch_seconds(t)
+                .map_err(|why| anyhow::anyhow!("invalid --timestamp {t:?}: it {why}"))?,
+        ),
+        (None, Some(s)) => crate::diff::Times::Clamp(s),
+        (None, None) => crate::diff::Times::Keep,
+    };
     let (name, path, bytes) = read_dockerfile(args.file.as_deref(), &args.context)?;
     let df =
         Dockerfile::parse(&name, &bytes).map_err(|e| anyhow::anyhow!(lint::format_error(&e)))?;
@@ -404,7 +417,7 @@ fn run_build(ctx: &Ctx, args: BuildArgs, tags: Vec<String>) -> Result<i32> {
         },
         labels,
         snapshotter,
-        source_date_epoch,
+        times,
         dockerfile_id,
     };
     let mode = if args.quiet {

@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod overlay;
 pub mod tar;
+pub mod times;
 pub mod walk;
 
 pub use self::tar::{write_entries, write_tree, EntrySource, TarEntry, TarOptions};
@@ -11,6 +12,7 @@ pub use apply::{
     apply_layer, apply_layer_mapped, chain, escape_text, escaped, ApplyError, ApplyStats,
 };
 pub(crate) use tar::join as join_rel;
+pub use times::{Times, TimesWriter};
 
 #[cfg(test)]
 mod differ_tests;

@@ -4,13 +4,15 @@
 //! prefix (directories end in `/`), uname/gname are empty, ownership is numeric, names and link
 //! targets over 100 bytes and all xattrs go in PAX records (never GNU long-name entries), hard
 //! links are preserved (the first path in sort order holds the data), sockets are skipped, and
-//! with `source_date_epoch` every mtime is clamped to it (reproducible-builds.org's definition).
+//! and each mtime goes through the options' [`Times`] (kept, clamped to SOURCE_DATE_EPOCH as
+//! reproducible-builds.org defines it, or set).
 //!
 //! The differs hand [`write_entries`] a sorted change list; whiteouts (`.wh.NAME`) and opaque
 //! markers (`.wh..wh..opq`) are empty regular files with mode 0, owner 0:0 and mtime 0 (as
-//! containerd writes them), so they never carry a build's timestamp. `trusted.overlay.*` xattrs
+//! containerd writes them; `--timestamp` sets it too), so they never carry a build's timestamp. `trusted.overlay.*` xattrs
 //! are overlayfs bookkeeping and never reach a layer.
 
+use super::times::Times;
 use crate::sys;
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -22,8 +24,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, Default)]
 pub struct TarOptions {
-    /// Clamp every mtime to this (SOURCE_DATE_EPOCH).
-    pub source_date_epoch: Option<i64>,
+    /// What becomes of each entry's mtime.
+    pub times: Times,
 }
 
 /// One entry of a layer tar, by relative path (no trailing slash).
@@ -116,7 +118,7 @@ pub fn write_entries<W: Write>(entries: &[TarEntry], out: W, opts: &TarOptions) 
                 h.set_mode(0);
                 h.set_uid(0);
                 h.set_gid(0);
-                h.set_mtime(0);
+                h.set_mtime(opts.times.apply(0).max(0) as u64);
                 h.set_size(0);
                 set_name(&mut h, &entry.name, &mut pax);
                 if !pax.is_empty() {
@@ -142,11 +144,7 @@ pub fn write_entries<W: Write>(entries: &[TarEntry], out: W, opts: &TarOptions) 
         h.set_mode(meta.mode() & 0o7777);
         h.set_uid(meta.uid() as u64);
         h.set_gid(meta.gid() as u64);
-        let mtime = match opts.source_date_epoch {
-            Some(sde) => meta.mtime().min(sde),
-            None => meta.mtime(),
-        };
-        h.set_mtime(mtime.max(0) as u64);
+        h.set_mtime(opts.times.apply(meta.mtime()).max(0) as u64);
         h.set_size(0);
         let mut data: Option<fs::File> = None;
         if ft.is_dir() {

@@ -1,7 +1,7 @@
 //! Layer tar write/apply tests: the malicious-tar suite (every escape attempt rejected or
 //! contained, nothing written outside the root) and write/apply round trips on random trees.
 
-use super::{apply_layer, write_tree, TarOptions};
+use super::{apply_layer, write_tree, TarOptions, Times};
 use crate::rootfs::Root;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -379,7 +379,7 @@ fn source_date_epoch_clamps_mtimes() {
         src.path(),
         Vec::new(),
         &TarOptions {
-            source_date_epoch: Some(1000),
+            times: Times::Clamp(1000),
         },
     )
     .unwrap();
@@ -394,7 +394,7 @@ fn source_date_epoch_clamps_mtimes() {
         src.path(),
         Vec::new(),
         &TarOptions {
-            source_date_epoch: Some(1000),
+            times: Times::Clamp(1000),
         },
     )
     .unwrap();

@@ -5,6 +5,7 @@ pub mod archive;
 pub mod import;
 pub mod oci;
 pub mod reference;
+pub mod retime;
 
 use crate::timefmt;
 use kiln_store::{BlobRef, Digest, ImageRecord, LayerRecord, NewImage, Store};

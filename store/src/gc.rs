@@ -204,6 +204,11 @@ impl Store {
                 tx.execute("DELETE FROM layers WHERE digest = ?1", [d])?;
                 tx.execute("DELETE FROM blobs WHERE digest = ?1", [d])?;
             }
+            // A retimed layer's row goes with the last encoding of the layer it names.
+            tx.execute(
+                "DELETE FROM layer_times WHERE variant NOT IN (SELECT diff_id FROM layers)",
+                [],
+            )?;
             let snaps: Vec<(String, String)> = {
                 let mut st = tx.prepare("SELECT chain_id, dir FROM snapshots")?;
                 let v = st

@@ -138,6 +138,14 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE(network, ip)
      );
      CREATE INDEX endpoints_container ON endpoints(container);",
+    // 5: a build layer with its times rewritten (`--timestamp`, SOURCE_DATE_EPOCH): the layer
+    // with DiffID diff_id in timestamp mode `times` is the layer with DiffID `variant`.
+    "CREATE TABLE layer_times(
+        diff_id TEXT NOT NULL,
+        times TEXT NOT NULL,
+        variant TEXT NOT NULL,
+        PRIMARY KEY(diff_id, times)
+     );",
 ];
 
 /// Seconds since the Unix epoch, now.

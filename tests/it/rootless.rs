@@ -221,6 +221,24 @@ fn ordinary_users_build_run_push_and_pull_the_image_root_builds() {
         vec![root_id.clone(), root_id.clone()],
         "rootless builds give root's image ID"
     );
+    // With every time fixed (--timestamp, from the cache), root and a user still agree.
+    let ts = [
+        "build",
+        "-q",
+        "--timestamp",
+        "1600000000",
+        "-t",
+        "app-ts",
+        "ctx",
+    ];
+    let mut c = root.cmd();
+    let root_ts = image_id(&sh(c.current_dir(w).args(ts)));
+    assert_ne!(root_ts, root_id);
+    assert_eq!(
+        image_id(&a.ok(&bin, w, &ts, &[])),
+        root_ts,
+        "--timestamp as root and as a user"
+    );
     let info = a.ok(&bin, w, &["info"], &[]);
     assert!(info.contains("Rootless: true"), "{info}");
     assert!(info.contains("65537 uids"), "{info}");

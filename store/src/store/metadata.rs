@@ -294,6 +294,35 @@ impl Store {
         Ok(None)
     }
 
+    /// A stored encoding of layer `diff_id` with its times rewritten in mode `times`, when that
+    /// layer was made and is still stored.
+    pub fn retimed_layer(&self, diff_id: &Digest, times: &str) -> Result<Option<LayerRecord>> {
+        let db = self.db();
+        let mut st = db.prepare_cached(
+            "SELECT l.digest, l.diff_id, l.media_type, l.size, l.uncompressed_size
+             FROM layer_times t JOIN layers l ON l.diff_id = t.variant
+             WHERE t.diff_id = ?1 AND t.times = ?2 ORDER BY l.digest LIMIT 1",
+        )?;
+        Ok(st
+            .query_row(params![diff_id.to_string(), times], layer_row)
+            .optional()?)
+    }
+
+    /// Records that layer `diff_id` in timestamp mode `times` is layer `variant` (recorded
+    /// first, so a row never names a layer that was not stored).
+    pub fn record_retimed_layer(
+        &self,
+        diff_id: &Digest,
+        times: &str,
+        variant: &Digest,
+    ) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO layer_times(diff_id, times, variant) VALUES (?1, ?2, ?3)",
+            params![diff_id.to_string(), times, variant.to_string()],
+        )?;
+        Ok(())
+    }
+
     /// Every stored layer in compression family `c` (zstd:chunked and plain zstd are one).
     pub fn layers_of(&self, c: Compression) -> Result<Vec<LayerRecord>> {
         let db = self.db();

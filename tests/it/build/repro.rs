@@ -301,3 +301,157 @@ pub(super) fn a_store_on_overlayfs_builds_with_the_native_snapshotter() {
     assert_eq!(names, vec!["new"]);
     assert!(store.verify().unwrap().is_empty());
 }
+
+/// The context's files, copied to `dir` with `cp -r` (every mtime is the copy's time), then
+/// given `touch -d` time `when` (None: left as copied).
+fn checkout(src: &Path, dir: &Path, when: Option<&str>) {
+    sh(Command::new("cp").arg("-r").arg(src).arg(dir));
+    if let Some(w) = when {
+        sh(Command::new("find")
+            .arg(dir)
+            .args(["-exec", "touch", "-h", "-d", w, "{}", "+"]));
+    }
+}
+
+/// Every entry's mtime in the image's layers above its first (the base's).
+fn build_layer_mtimes(k: &Kiln, name: &str) -> Vec<(String, u64)> {
+    let store = k.store();
+    let img = kiln::image::resolve(&store, name).unwrap().image;
+    let mut out = Vec::new();
+    for l in &img.layers[1..] {
+        let plain = kiln::store::codec::decompress(store.open_blob(&l.digest).unwrap()).unwrap();
+        let mut a = tar::Archive::new(plain);
+        for e in a.entries().unwrap() {
+            let e = e.unwrap();
+            out.push((
+                e.path().unwrap().display().to_string(),
+                e.header().mtime().unwrap(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+pub(super) fn timestamp_mode_gives_one_digest_from_any_checkout_and_keeps_the_cache() {
+    let Some((k, ctx)) = setup() else { return };
+    if !needs(&["docker-registry"]) {
+        return;
+    }
+    fs::create_dir_all(ctx.join("d/e")).unwrap();
+    fs::write(ctx.join("d/e/one"), "1\n").unwrap();
+    fs::write(ctx.join("two"), "2\n").unwrap();
+    std::os::unix::fs::symlink("two", ctx.join("link")).unwrap();
+    dockerfile(
+        &ctx,
+        "FROM base\nCOPY . /src\nRUN echo ran > /ran && mkdir -p /made && rm /etc/motd\nWORKDIR /w\n",
+    );
+    let w = k.dir.path();
+    checkout(&ctx, &w.join("fresh"), None);
+    checkout(&ctx, &w.join("old"), Some("2001-02-03 04:05:06"));
+    checkout(&ctx, &w.join("now"), Some("now"));
+    let ts = "1600000000";
+    let with = |dir: &str, args: &[&str]| {
+        let mut a = vec!["--no-cache"];
+        a.extend_from_slice(args);
+        build(&k, &w.join(dir), &a).0
+    };
+    // The mode: one digest whatever the checkout's times.
+    let set: Vec<String> = ["fresh", "old", "now"]
+        .iter()
+        .map(|d| with(d, &["--timestamp", ts, "-t", &format!("ts-{d}")]))
+        .collect();
+    assert_eq!(
+        set[0], set[1],
+        "--timestamp: a checkout from 2001 gives the same image"
+    );
+    assert_eq!(
+        set[0], set[2],
+        "--timestamp: a checkout touched now gives the same image"
+    );
+    let times = build_layer_mtimes(&k, "ts-old");
+    assert!(times.iter().any(|(p, _)| p == "ran"), "{times:?}");
+    assert!(
+        times.iter().all(|(_, m)| *m == 1_600_000_000),
+        "every entry of the build's layers has the timestamp: {times:?}"
+    );
+    let cfg = config(&k, "ts-old");
+    assert_eq!(cfg.created.as_deref(), Some("2020-09-13T12:26:40Z"));
+    let hist: Vec<&str> = cfg
+        .history
+        .iter()
+        .skip(1)
+        .filter_map(|h| h.created.as_deref())
+        .collect();
+    assert!(
+        !hist.is_empty() && hist.iter().all(|c| *c == "2020-09-13T12:26:40Z"),
+        "{hist:?}"
+    );
+    // SOURCE_DATE_EPOCH without the mode clamps: files newer than the epoch agree, files older
+    // keep their own times (the documented behaviour).
+    let sde = |dir: &str| with(dir, &["--build-arg", "SOURCE_DATE_EPOCH=1700000000"]);
+    let (fresh, now, old) = (sde("fresh"), sde("now"), sde("old"));
+    assert_eq!(
+        fresh, now,
+        "clamped: both checkouts are newer than the epoch"
+    );
+    assert_ne!(
+        fresh, old,
+        "clamped: a checkout older than the epoch keeps its times"
+    );
+    // Without either, the checkout's times are the image's.
+    assert_ne!(with("fresh", &[]), with("old", &[]));
+
+    // The cache serves every mode: a default build, then each mode from the cache, runs no step
+    // and gives the digest of a build that ran every step. (The cached COPY layer has the times
+    // of the checkout that first built it, "fresh": keys cover contents, not times.)
+    let (_, progress) = build(&k, &w.join("now"), &[]);
+    assert_eq!(counts(&progress), (3, 0), "{progress}");
+    let (id, progress) = build(&k, &w.join("now"), &["--timestamp", ts, "-t", "ts-cached"]);
+    assert_eq!(counts(&progress), (3, 0), "{progress}");
+    assert_eq!(id, set[0], "--timestamp from the cache");
+    let (id, progress) = build(
+        &k,
+        &w.join("now"),
+        &["--build-arg", "SOURCE_DATE_EPOCH=1700000000"],
+    );
+    assert_eq!(counts(&progress), (3, 0), "{progress}");
+    assert_eq!(id, fresh, "SOURCE_DATE_EPOCH from the cache");
+    // ...and the variant made once is found again.
+    assert_eq!(
+        build(&k, &w.join("now"), &["--timestamp", ts]).0,
+        set[0],
+        "the retimed layers are reused"
+    );
+
+    // Push and pull keep the digest.
+    let reg = crate::registry::Registry::start(None);
+    let name = format!("{}/repro/app:ts", reg.host());
+    k.ok(&["tag", "ts-cached", &name]);
+    let manifest = |k: &Kiln| {
+        kiln::image::resolve(&k.store(), &name)
+            .unwrap()
+            .image
+            .manifest
+            .digest
+    };
+    let pushed = manifest(&k);
+    k.ok(&["push", &name]);
+    let (k2, _, _) = busybox_image("base", &[]).unwrap();
+    k2.ok(&["pull", &name]);
+    assert_eq!(
+        manifest(&k2),
+        pushed,
+        "pull gives the manifest that was pushed"
+    );
+    let v: serde_json::Value = serde_json::from_str(&k2.ok(&["inspect", &name])).unwrap();
+    assert_eq!(v[0]["Id"].as_str().unwrap(), set[0]);
+    // Bad values are refused naming the flag.
+    let o = build_raw(&k, &w.join("now"), &["--timestamp", "yesterday"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("invalid --timestamp \"yesterday\": it is not a number of seconds"),
+        "{err}"
+    );
+}
