@@ -14,7 +14,9 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 mod archives;
+mod diff;
 pub use archives::*;
+pub use diff::*;
 
 #[derive(Args, Debug)]
 pub struct ImagesArgs {

@@ -382,6 +382,8 @@ pub enum ImageCommand {
     Import(images::ImportArgs),
     /// Show the history of an image
     History(images::HistoryArgs),
+    /// Show why two images differ: config fields, then files (names, IDs or archives)
+    Diff(images::ImageDiffArgs),
     /// Remove images no container uses: untagged ones, or with -a every one
     Prune(images::ImagePruneArgs),
 }
@@ -432,6 +434,7 @@ fn image(ctx: &Ctx, c: ImageCommand) -> Result<i32> {
         ImageCommand::Tag(a) => images::tag(ctx, a),
         ImageCommand::Push(a) => registry::push(ctx, a),
         ImageCommand::Pull(a) => registry::pull(ctx, a),
+        ImageCommand::Diff(a) => images::image_diff(ctx, a),
         ImageCommand::Save(a) => images::save(ctx, a),
         ImageCommand::Load(a) => images::load(ctx, a),
         ImageCommand::Import(a) => images::import(ctx, a),

@@ -2,6 +2,7 @@
 //! images from layers, `import` of rootfs tarballs, and archive `load`/`save` (see `archive`).
 
 pub mod archive;
+pub mod compare;
 pub mod import;
 pub mod oci;
 pub mod reference;
