@@ -198,11 +198,14 @@ fn change_detail(c: &FileChange) -> String {
             "type" => format!("type {} → {}", a.kind, b.kind),
             "mode" => format!("mode {} → {}", a.mode, b.mode),
             "owner" => format!("owner {}:{} → {}:{}", a.uid, a.gid, b.uid, b.gid),
-            "size" => format!(
-                "size {} → {}",
-                timefmt::human_size(a.size),
-                timefmt::human_size(b.size)
-            ),
+            "size" => {
+                let (x, y) = (timefmt::human_size(a.size), timefmt::human_size(b.size));
+                if x == y {
+                    format!("size {} → {} bytes", a.size, b.size)
+                } else {
+                    format!("size {x} → {y}")
+                }
+            }
             "link" => format!(
                 "link {} → {}",
                 a.link.as_deref().unwrap_or("(none)"),
