@@ -26,6 +26,7 @@ impl Snapshotter for Overlay {
             fs::create_dir_all(d)?;
         }
         let base = store.root().join("snapshots");
+        let lowers = stackable(store, lowers)?;
         let lower = lowerdirs(&base, lowers.iter().rev(), &dirs.empty);
         Ok(Active {
             rootfs: Rootfs::Overlay {
@@ -62,6 +63,62 @@ impl Snapshotter for Overlay {
             _ => Ok(()),
         }
     }
+}
+
+/// The most lower layers overlayfs stacks (the kernel's OVL_MAX_STACK).
+pub const MAX_LOWERS: usize = 500;
+
+/// Deeper chains flatten their bottom layers in multiples of this many, so consecutive steps of a
+/// deep build share one flattened snapshot.
+const FLAT_BLOCK: usize = 250;
+
+/// `lowers` (bottom first) as overlay can stack them: as they are up to [`MAX_LOWERS`], else
+/// with the bottom ones replaced by one flattened snapshot of them.
+fn stackable(store: &Store, lowers: &[PathBuf]) -> io::Result<Vec<PathBuf>> {
+    if lowers.len() <= MAX_LOWERS {
+        return Ok(lowers.to_vec());
+    }
+    let k = lowers.len() - lowers.len() % FLAT_BLOCK;
+    let flat = flattened(store, &lowers[..k])?;
+    Ok(std::iter::once(flat)
+        .chain(lowers[k..].iter().cloned())
+        .collect())
+}
+
+/// The merged tree of snapshot dirs `lowers` (bottom first) as one directory, made once:
+/// `snapshots/flat-<hash of the dirs>/fs`, beside a `lowers` file naming the snapshot dirs it was
+/// made of (GC keeps it while they all live).
+fn flattened(store: &Store, lowers: &[PathBuf]) -> io::Result<PathBuf> {
+    let base = store.root().join("snapshots");
+    let names: Vec<String> = lowers
+        .iter()
+        .map(|p| {
+            p.strip_prefix(&base)
+                .ok()
+                .and_then(|r| r.components().next())
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string())
+        })
+        .collect();
+    let list = names.join("\n") + "\n";
+    let hash = blake3::hash(list.as_bytes()).to_hex();
+    let dest = base.join(format!("flat-{}", &hash[..32]));
+    if dest.join("lowers").is_file() {
+        return Ok(dest.join("fs"));
+    }
+    let tmp = store.prepare_snapshot_dir().map_err(io::Error::other)?;
+    let view = super::view::View::new(lowers.iter().rev().cloned().collect());
+    super::native::materialize(&view, &tmp.path().join("fs"))?;
+    fs::write(tmp.path().join("lowers"), list)?;
+    match fs::rename(tmp.path(), &dest) {
+        Ok(()) => {
+            let _ = tmp.keep();
+        }
+        // Another process made it first.
+        Err(_) if dest.join("lowers").is_file() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(dest.join("fs"))
 }
 
 /// Overlay `lowerdir` entries for snapshot dirs given top first: relative to `base` (the init

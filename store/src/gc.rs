@@ -247,7 +247,11 @@ impl Store {
             .flatten()
         {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !live_snapshot_dirs.contains(&name) {
+            // A flattened snapshot of a deep chain lives while every snapshot it was made of does.
+            let flat_live = name.starts_with("flat-")
+                && fs::read_to_string(e.path().join("lowers"))
+                    .is_ok_and(|l| l.lines().all(|d| live_snapshot_dirs.contains(d)));
+            if !live_snapshot_dirs.contains(&name) && !flat_live {
                 report.bytes_reclaimed += remove_any(&e.path())
                     .map_err(|er| io_err(format!("remove {}", e.path().display()), er))?;
                 report.snapshots_removed += 1;

@@ -22,6 +22,7 @@ mod registry;
 mod restart;
 mod rootless;
 mod run;
+mod scale;
 mod security;
 mod snapshot;
 mod stack;

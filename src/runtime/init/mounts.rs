@@ -27,6 +27,9 @@ pub trait Syscall {
     fn mknodat(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: u32, dev: u64) -> io::Result<()>;
 }
 
+/// The longest option string mount(2) takes (a page, with its terminating NUL).
+const MOUNT_DATA_MAX: usize = 4095;
+
 /// The kernel.
 pub struct Linux;
 
@@ -39,6 +42,23 @@ impl Syscall for Linux {
         flags: MsFlags,
         data: &str,
     ) -> io::Result<()> {
+        // mount(2) takes one page of options: a deep stack of lower dirs goes one by one.
+        if fstype == "overlay" && data.len() >= MOUNT_DATA_MAX {
+            let layers = data
+                .split(',')
+                .find_map(|o| o.strip_prefix("lowerdir="))
+                .map(|l| l.split(':').count())
+                .unwrap_or(0);
+            return sys::proc::mount_overlay_lowerdir_plus(target, data).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{layers} lower layers: their overlay options ({} bytes) do not fit mount(2)'s page, and the new mount API's lowerdir+ (Linux 6.8) failed: {e}",
+                        data.len()
+                    ),
+                )
+            });
+        }
         sys::proc::mount(source, target, fstype, flags, data)
     }
     fn mknodat(&self, dir: BorrowedFd<'_>, name: &OsStr, mode: u32, dev: u64) -> io::Result<()> {
