@@ -40,39 +40,6 @@ pub fn mount(
     )?)
 }
 
-/// Mounts overlayfs at `target` through the new mount API (fsopen, fsconfig, fsmount,
-/// move_mount), each lower dir as its own `lowerdir+` (Linux 6.8), for a stack whose option
-/// string does not fit mount(2)'s one page. `data` is the option string mount(2) would take;
-/// relative lower dirs are resolved from the current directory, as mount(2) resolves them.
-pub fn mount_overlay_lowerdir_plus(target: &OsStr, data: &str) -> io::Result<()> {
-    use rustix::mount::{
-        fsconfig_create, fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
-        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags,
-    };
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
-    for opt in data.split(',') {
-        match opt.split_once('=') {
-            Some(("lowerdir", dirs)) => {
-                for d in dirs.split(':') {
-                    fsconfig_set_string(&fs, "lowerdir+", d)?;
-                }
-            }
-            Some((k, v)) => fsconfig_set_string(&fs, k, v)?,
-            None => fsconfig_set_flag(&fs, opt)?,
-        }
-    }
-    fsconfig_create(&fs)?;
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())?;
-    move_mount(
-        &mnt,
-        "",
-        rustix::fs::CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )?;
-    Ok(())
-}
-
 /// waitpid(2) for one child, retried on EINTR: its exit code, or 128+N when signal N killed it.
 pub fn wait_exit_code(pid: nix::unistd::Pid) -> io::Result<i32> {
     use nix::sys::wait::{waitpid, WaitStatus};

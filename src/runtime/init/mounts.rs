@@ -49,7 +49,7 @@ impl Syscall for Linux {
                 .find_map(|o| o.strip_prefix("lowerdir="))
                 .map(|l| l.split(':').count())
                 .unwrap_or(0);
-            return sys::proc::mount_overlay_lowerdir_plus(target, data).map_err(|e| {
+            return sys::mount_overlay_lowerdir_plus(target, data).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
