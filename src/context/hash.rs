@@ -1,14 +1,14 @@
-//! Content hashes of context files, with a stat cache in the store's database.
+//! Content hashes of context files, with a stat cache in the store (one file per context root,
+//! `kiln_store::StatFile`: read whole, searched in place).
 //!
 //! Only the files a COPY/ADD selects are hashed. Each costs one `lstat`; when its stat tuple
 //! (size, mtime ns, ctime ns, inode, mode) equals the cached one, the cached blake3 is used,
 //! otherwise the content is read and hashed again. mtime alone is never trusted: an edit that
 //! keeps size and mtime still changes ctime (moby/buildkit#2592 and #4817 are that mistake).
-//! Hashing runs in parallel (rayon); new rows are written in one transaction at the end.
+//! Hashing runs in parallel (rayon); new entries are merged into the file at the end.
 
-use kiln_store::{StatTuple, Store};
+use kiln_store::{StatFile, StatTuple, Store};
 use rayon::prelude::*;
-use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// A stat-cache row to write: absolute path, stat tuple, blake3.
+/// A stat-cache entry to write: path relative to the root, stat tuple, blake3.
 type NewRow = (Vec<u8>, StatTuple, [u8; 32]);
 
 /// One hashed file.
@@ -31,7 +31,7 @@ pub struct FileHash {
 pub struct Hasher<'a> {
     store: Option<&'a Store>,
     root: PathBuf,
-    cache: HashMap<Vec<u8>, (StatTuple, [u8; 32])>,
+    cache: StatFile,
     fresh: Mutex<Vec<NewRow>>,
     /// Files whose content was read (stat cache misses), for benchmarks and tests.
     pub rehashed: std::sync::atomic::AtomicUsize,
@@ -59,17 +59,13 @@ impl<'a> Hasher<'a> {
     /// A hasher for the context at `root` (made absolute), using the store's stat cache if given.
     pub fn new(store: Option<&'a Store>, root: &Path) -> io::Result<Hasher<'a>> {
         let root = fs::canonicalize(root)?;
-        // Keyed by context-relative path here, so a lookup needs no allocation.
-        let prefix = root.as_os_str().as_bytes().len() + 1;
+        // Keyed by context-relative path, so a lookup needs no allocation.
         let cache = match store {
             Some(s) => s
                 .stat_cache()
-                .under(root.as_os_str().as_bytes())
-                .map_err(io::Error::other)?
-                .into_iter()
-                .map(|(k, v)| (k[prefix.min(k.len())..].to_vec(), v))
-                .collect(),
-            None => HashMap::new(),
+                .load(root.as_os_str().as_bytes())
+                .map_err(io::Error::other)?,
+            None => StatFile::default(),
         };
         Ok(Hasher {
             store,
@@ -106,12 +102,11 @@ impl<'a> Hasher<'a> {
                 }
             };
         if let Some((cached, h)) = self.cache.get(rel.as_bytes()) {
-            if *cached == stat {
-                return Ok(FileHash { stat, hash: *h });
+            if cached == stat {
+                return Ok(FileHash { stat, hash: h });
             }
         }
         let full = self.root.join(rel);
-        let key = full.as_os_str().as_bytes();
         let fmt = stat.mode & libc::S_IFMT;
         let hash = if fmt == libc::S_IFREG {
             self.rehashed
@@ -121,10 +116,11 @@ impl<'a> Hasher<'a> {
             // The file changed while being hashed: don't remember a hash that may be torn.
             let after = fs::symlink_metadata(&full).map(|m| stat_tuple(&m)).ok();
             if after == Some(stat) {
-                self.fresh
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((key.to_vec(), stat, h));
+                self.fresh.lock().unwrap_or_else(|p| p.into_inner()).push((
+                    rel.as_bytes().to_vec(),
+                    stat,
+                    h,
+                ));
             }
             h
         } else if fmt == libc::S_IFLNK {
@@ -139,7 +135,9 @@ impl<'a> Hasher<'a> {
     pub fn save(&self) -> io::Result<()> {
         let rows = std::mem::take(&mut *self.fresh.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(s) = self.store {
-            s.stat_cache().put(&rows).map_err(io::Error::other)?;
+            s.stat_cache()
+                .save(self.root.as_os_str().as_bytes(), &self.cache, rows)
+                .map_err(io::Error::other)?;
         }
         Ok(())
     }

@@ -209,6 +209,10 @@ impl Store {
                 "DELETE FROM layer_times WHERE variant NOT IN (SELECT diff_id FROM layers)",
                 [],
             )?;
+            tx.execute(
+                "DELETE FROM layer_annotations WHERE digest NOT IN (SELECT digest FROM layers)",
+                [],
+            )?;
             let snaps: Vec<(String, String)> = {
                 let mut st = tx.prepare("SELECT chain_id, dir FROM snapshots")?;
                 let v = st

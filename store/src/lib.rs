@@ -17,6 +17,7 @@ pub mod containers;
 pub mod digest;
 pub mod gc;
 pub mod networks;
+pub mod statfile;
 pub mod steps;
 pub mod store;
 
@@ -26,7 +27,8 @@ pub use containers::{ContainerRow, ContainerState, Containers};
 pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
 pub use networks::{EndpointRow, NetworkRecord, Networks};
-pub use steps::{StatCache, StatRow, StatTuple, StepCache, StepRecord};
+pub use statfile::{StatCache, StatFile};
+pub use steps::{StatRow, StatTuple, StepCache, StepRecord};
 pub use store::{
     chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,
     Store,

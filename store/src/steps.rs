@@ -17,7 +17,6 @@ use crate::digest::Digest;
 use crate::store::{now, LayerRecord, Store};
 use crate::Result;
 use rusqlite::{params, OptionalExtension};
-use std::collections::HashMap;
 
 /// A stat-cache row: the stat tuple and the content's blake3.
 pub type StatRow = (StatTuple, [u8; 32]);
@@ -94,11 +93,6 @@ pub struct StepCache<'s> {
     store: &'s Store,
 }
 
-/// The context stat cache (`store.stat_cache()`).
-pub struct StatCache<'s> {
-    store: &'s Store,
-}
-
 impl Store {
     /// The build step cache.
     pub fn steps(&self) -> StepCache<'_> {
@@ -106,8 +100,8 @@ impl Store {
     }
 
     /// The context stat cache.
-    pub fn stat_cache(&self) -> StatCache<'_> {
-        StatCache { store: self }
+    pub fn stat_cache(&self) -> crate::statfile::StatCache<'_> {
+        crate::statfile::StatCache { store: self }
     }
 }
 
@@ -186,69 +180,6 @@ impl StepCache<'_> {
             let now = now();
             for k in keys {
                 st.execute(params![k, now])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-}
-
-impl StatCache<'_> {
-    /// Stat-cache rows for every path under `prefix` (an absolute directory, no trailing slash).
-    pub fn under(&self, prefix: &[u8]) -> Result<HashMap<Vec<u8>, StatRow>> {
-        let db = self.store.db();
-        let mut lo = prefix.to_vec();
-        lo.push(b'/');
-        let mut hi = prefix.to_vec();
-        hi.push(b'/' + 1);
-        let mut st = db.prepare_cached(
-            "SELECT path, size, mtime_ns, ctime_ns, ino, mode, hash FROM stat_cache WHERE path >= ?1 AND path < ?2",
-        )?;
-        let rows = st.query_map(params![lo, hi], |r| {
-            let hash: Vec<u8> = r.get(6)?;
-            let mut h = [0u8; 32];
-            if hash.len() == 32 {
-                h.copy_from_slice(&hash);
-            }
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                (
-                    StatTuple {
-                        size: r.get::<_, i64>(1)? as u64,
-                        mtime_ns: r.get(2)?,
-                        ctime_ns: r.get(3)?,
-                        ino: r.get::<_, i64>(4)? as u64,
-                        mode: r.get(5)?,
-                    },
-                    h,
-                ),
-            ))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Stores freshly computed hashes, in one transaction.
-    pub fn put(&self, rows: &[(Vec<u8>, StatTuple, [u8; 32])]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut db = self.store.db();
-        let tx = db.transaction()?;
-        {
-            let mut st = tx.prepare_cached(
-                "INSERT OR REPLACE INTO stat_cache(path, size, mtime_ns, ctime_ns, ino, mode, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for (p, t, h) in rows {
-                st.execute(params![
-                    p,
-                    t.size as i64,
-                    t.mtime_ns,
-                    t.ctime_ns,
-                    t.ino as i64,
-                    t.mode,
-                    &h[..]
-                ])?;
             }
         }
         tx.commit()?;

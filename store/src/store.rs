@@ -146,6 +146,13 @@ const MIGRATIONS: &[&str] = &[
         variant TEXT NOT NULL,
         PRIMARY KEY(diff_id, times)
      );",
+    // 6: the context stat cache moved to one file per context (`statfile.rs`); a zstd:chunked
+    // layer's manifest annotations, read from its blob once.
+    "DROP TABLE stat_cache;
+     CREATE TABLE layer_annotations(
+        digest TEXT PRIMARY KEY,
+        json TEXT NOT NULL
+     );",
 ];
 
 /// Seconds since the Unix epoch, now.

@@ -215,7 +215,8 @@ pub enum FileType<'a> {
 #[derive(Default)]
 pub struct SelectedFiles {
     c: Canon,
-    root: Option<Canon>,
+    /// Where the open root's length goes in `c` (its record is written in place).
+    root: Option<usize>,
 }
 
 impl SelectedFiles {
@@ -226,10 +227,17 @@ impl SelectedFiles {
     /// Starts a source root; the files that follow belong to it.
     pub fn root(&mut self, name: &str, is_dir: bool) {
         self.end_root();
-        let mut r = Canon::new();
-        r.str(input::files::ROOT_NAME, name)
+        self.open_root();
+        self.c
+            .str(input::files::ROOT_NAME, name)
             .flag(input::files::ROOT_IS_DIR, is_dir);
-        self.root = Some(r);
+    }
+
+    /// Opens a root record in place: its tag, then a length filled in by `end_root`.
+    fn open_root(&mut self) {
+        self.c.buf.push(input::files::ROOT);
+        self.c.buf.extend_from_slice(&[0; 8]);
+        self.root = Some(self.c.buf.len());
     }
 
     /// A file of the current root.
@@ -241,20 +249,27 @@ impl SelectedFiles {
             FileType::Symlink(t) => ("l", t),
             FileType::Special(t) => ("s", t),
         };
-        let mut ic = Canon::new();
-        ic.str(f::PATH, rel)
+        if self.root.is_none() {
+            self.open_root();
+        }
+        // The nested file record written in place (the bytes `nested(ROOT_FILE, ..)` of a
+        // Canon of these fields would write): no allocation or copy per file.
+        let c = &mut self.c;
+        let inner = 5 * 9 + rel.len() + t.len() + target.len() + 4 + content.len();
+        c.buf.reserve(9 + inner);
+        c.buf.push(f::ROOT_FILE);
+        c.buf.extend_from_slice(&(inner as u64).to_le_bytes());
+        c.str(f::PATH, rel)
             .str(f::TYPE, t)
             .str(f::TARGET, target)
             .bytes(f::MODE, &mode.to_le_bytes())
             .bytes(f::CONTENT, content);
-        self.root
-            .get_or_insert_with(Canon::new)
-            .nested(f::ROOT_FILE, &ic);
     }
 
     fn end_root(&mut self) {
-        if let Some(r) = self.root.take() {
-            self.c.nested(input::files::ROOT, &r);
+        if let Some(start) = self.root.take() {
+            let len = (self.c.buf.len() - start) as u64;
+            self.c.buf[start - 8..start].copy_from_slice(&len.to_le_bytes());
         }
     }
 

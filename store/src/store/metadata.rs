@@ -357,10 +357,31 @@ impl Store {
         if Compression::from_media_type(&l.media_type) != Some(Compression::Zstd) {
             return Ok(BTreeMap::new());
         }
+        // Read from the blob's end once (the TOC is megabytes for a big layer), then kept.
+        let key = l.digest.to_string();
+        let kept: Option<String> = self
+            .db()
+            .query_row(
+                "SELECT json FROM layer_annotations WHERE digest = ?1",
+                [&key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(a) = kept.and_then(|j| serde_json::from_str(&j).ok()) {
+            return Ok(a);
+        }
         let f = self.open_blob(&l.digest)?;
         let meta = crate::chunked::toc::Metadata::read(&f, l.size)
             .map_err(|e| io_err(format!("read layer {}", l.digest), e))?;
-        Ok(meta.map(|m| m.annotations()).unwrap_or_default())
+        let a = meta.map(|m| m.annotations()).unwrap_or_default();
+        self.db().execute(
+            "INSERT OR REPLACE INTO layer_annotations(digest, json) VALUES (?1, ?2)",
+            params![
+                key,
+                serde_json::to_string(&a).expect("annotations serialize")
+            ],
+        )?;
+        Ok(a)
     }
 
     pub fn snapshot(&self, chain_id: &Digest) -> Result<Option<SnapshotRecord>> {

@@ -255,10 +255,19 @@ pub(super) fn detached_containers_publish_ports_list_log_stop_and_remove() {
             "base",
             "sh",
             "-c",
-            "trap 'exit 7' TERM; while true; do sleep 0.05; done",
+            "trap 'exit 7' TERM; echo trapped; while true; do sleep 0.05; done",
         ],
     );
     let id = out.trim().to_string();
+    // A stop before the shell has set its trap would end it with 143, not 7.
+    let t = std::time::Instant::now();
+    while !k.ok(&["logs", &id]).contains("trapped") {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "the trap was never set"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     k.ok(&["stop", &id[..12]]);
     assert!(k.ok(&["ps", "-a"]).contains("Exited (7)"));
     k.ok(&["rm", &id]);
