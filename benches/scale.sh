@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# How kiln's costs grow (issue: scale), beside Docker/BuildKit where it does the same work and a
+# dockerd answers at DOCKER_HOST (the client is $DOCKER, default docker), in the same run:
+#
+#   context files  5k / 20k / 80k    cold build, no-op rebuild, one file changed   kiln, docker
+#   layers         10 / 100 / 500    build (cold), run --rm to exit                kiln, docker
+#   tags           100 / 1k / 10k    tag, images, rmi (one tag each)                kiln
+#   containers     50 / 500          run -d (each), ps, rm -f (each)                kiln
+#
+# Context files are 1-100 lines of text in 200x13 directories (generated, never committed).
+# Tags past the first few are made by writing the store's refs table directly (python3's
+# sqlite3; 10,000 `kiln tag` calls would take minutes), then index.json is rewritten by the
+# first timed `kiln tag`. Containers run `sleep` with --network none (the default bridge's
+# per-container setup is measured by run.sh). Medians of ROUNDS (default 5) for the repeated
+# commands; SIZES_FILES, SIZES_LAYERS, SIZES_TAGS, SIZES_CONTAINERS override the sizes.
+#
+# Writes a table (stdout) and $OUT/scale.json; OUT defaults to benches/results. Not a test:
+# run it by hand on an idle machine, as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${ROUNDS:-5}
+out=${OUT:-$PWD/benches/results}
+mkdir -p "$out"
+source benches/lib.sh
+need scale.sh python3 busybox:busybox-static
+build_kiln
+work=$(mktemp -d /var/tmp/kiln-scale.XXXXXX)
+docker=${DOCKER:-docker}
+docker_ok=false
+if [[ -n ${DOCKER_HOST:-} ]] && "$docker" info >/dev/null 2>&1; then docker_ok=true; fi
+cleanup() {
+  "$kiln" --root "$work/store" rm -f $("$kiln" --root "$work/store" ps -aq 2>/dev/null) >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+export KILN_ROOT=$work/store
+fixtures/busybox/make-base.sh busybox-base "$kiln" >/dev/null
+if $docker_ok; then "$kiln" save --format docker busybox-base | "$docker" load -q >/dev/null; fi
+
+: >"$work/times"
+# timed GROUP SIZE WHAT TOOL COMMAND...: appends "group size what tool ms".
+timed() {
+  local group=$1 size=$2 what=$3 tool=$4
+  shift 4
+  sync
+  local t0=${EPOCHREALTIME/./}
+  if ! "$@" >/dev/null 2>"$work/err"; then
+    echo "scale.sh: $tool failed at $group $size $what: $(tail -1 "$work/err")" >&2
+    echo "$group $size $what $tool fail" >>"$work/times"
+    return 0
+  fi
+  local t1=${EPOCHREALTIME/./}
+  echo "$group $size $what $tool $(((t1 - t0) / 1000))" >>"$work/times"
+}
+
+# context DIR N: N small text files in 200x13 directories, and the Dockerfile.
+context() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = sys.argv[1], int(sys.argv[2])
+for i in range(n):
+    d = f"{root}/d{i % 200}/e{i % 13}"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i}", "w") as f:
+        f.write(f"{i}\n" * (1 + i % 100))
+with open(f"{root}/Dockerfile", "w") as f:
+    f.write("FROM busybox-base\nWORKDIR /app\nCOPY . /app\nRUN ls /app | wc -l > /count\nCMD [\"sh\"]\n")
+PY
+}
+
+for n in ${SIZES_FILES:-5000 20000 80000}; do
+  echo "scale.sh: context of $n files" >&2
+  ctx=$work/ctx-$n
+  context "$ctx" "$n"
+  timed files "$n" cold kiln "$kiln" build -q -t files "$ctx"
+  $docker_ok && timed files "$n" cold docker env DOCKER_BUILDKIT=1 "$docker" build --network host --no-cache -q -t files "$ctx"
+  # Each tool's no-op follows its own build of the context as it is now (the other tool's
+  # change would otherwise make it a rebuild).
+  for r in $(seq "$rounds"); do
+    echo "change $r" >>"$ctx/d1/e1/f1"
+    timed files "$n" one-file kiln "$kiln" build -q -t files "$ctx"
+    timed files "$n" no-op kiln "$kiln" build -q -t files "$ctx"
+    if $docker_ok; then
+      echo "change $r" >>"$ctx/d2/e2/f2"
+      timed files "$n" one-file docker env DOCKER_BUILDKIT=1 "$docker" build --network host -q -t files "$ctx"
+      timed files "$n" no-op docker env DOCKER_BUILDKIT=1 "$docker" build --network host -q -t files "$ctx"
+    fi
+  done
+  rm -rf "$ctx"
+done
+
+for n in ${SIZES_LAYERS:-10 100 500}; do
+  echo "scale.sh: $n layers" >&2
+  ctx=$work/layers-$n
+  mkdir -p "$ctx"
+  {
+    echo "FROM busybox-base"
+    for i in $(seq $((n - 1))); do echo "x$i" >"$ctx/f$i"; echo "COPY f$i /f$i"; done
+    echo "RUN echo $n > /f$n"
+  } >"$ctx/Dockerfile"
+  timed layers "$n" build kiln "$kiln" build -q -t "layers$n" "$ctx"
+  $docker_ok && timed layers "$n" build docker env DOCKER_BUILDKIT=1 "$docker" build --network host --no-cache -q -t "layers$n" "$ctx"
+  for r in $(seq "$rounds"); do
+    timed layers "$n" run kiln "$kiln" run --rm --network none "layers$n" true
+    $docker_ok && timed layers "$n" run docker "$docker" run --rm --network none "layers$n" true
+  done
+done
+
+for n in ${SIZES_TAGS:-100 1000 10000}; do
+  echo "scale.sh: $n tags" >&2
+  python3 - "$work/store/kiln.db" "$n" <<'PY'
+import sqlite3, sys, time
+db, n = sys.argv[1], int(sys.argv[2])
+c = sqlite3.connect(db)
+m = c.execute("SELECT manifest FROM refs WHERE name LIKE '%busybox-base%'").fetchone()[0]
+c.execute("DELETE FROM refs WHERE name LIKE 'docker.io/scale/%'")
+c.executemany("INSERT INTO refs(name, manifest, updated) VALUES (?, ?, ?)",
+              [(f"docker.io/scale/t{i}:latest", m, int(time.time())) for i in range(n)])
+c.commit()
+PY
+  "$kiln" tag busybox-base scale/warm:1 >/dev/null
+  for r in $(seq "$rounds"); do
+    timed tags "$n" tag kiln "$kiln" tag busybox-base "scale/new:$r"
+    timed tags "$n" images kiln "$kiln" images
+    timed tags "$n" rmi kiln "$kiln" rmi "scale/new:$r"
+  done
+done
+
+for n in ${SIZES_CONTAINERS:-50 500}; do
+  echo "scale.sh: $n containers" >&2
+  t0=${EPOCHREALTIME/./}
+  for i in $(seq "$n"); do "$kiln" run -d --network none busybox-base sleep 100000 >/dev/null; done
+  t1=${EPOCHREALTIME/./}
+  echo "containers $n run-d-each kiln $(((t1 - t0) / 1000 / n))" >>"$work/times"
+  # kiln's own processes (the supervisors), PSS per container.
+  pss=$(for p in $(pgrep -f "__kiln-" || true); do awk '/^Pss:/ {s += $2} END {print s + 0}' "/proc/$p/smaps_rollup" 2>/dev/null || true; done | awk '{s += $1} END {print s + 0}')
+  echo "containers $n pss-kib-each kiln $((pss / n))" >>"$work/times"
+  for r in $(seq "$rounds"); do timed containers "$n" ps kiln "$kiln" ps; done
+  t0=${EPOCHREALTIME/./}
+  "$kiln" rm -f $("$kiln" ps -aq) >/dev/null
+  t1=${EPOCHREALTIME/./}
+  echo "containers $n rm-f-each kiln $(((t1 - t0) / 1000 / n))" >>"$work/times"
+done
+
+# Medians per (group, size, what, tool); a failure shows as "fails".
+awk -v json="$out/scale.json" '
+  { k = $1 " " $2 " " $3 " " $4; if (!(k in v)) order[++n] = k; v[k] = v[k] " " $5 }
+  function median(s,   a, m, i, j, x) {
+    m = split(s, a, " ")
+    for (i = 1; i <= m; i++) if (a[i] == "fail") return "fails"
+    for (i = 2; i <= m; i++) { x = a[i]; for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]; a[j + 1] = x }
+    return (m % 2) ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
+  }
+  END {
+    printf "| group | size | what | tool | median |\n|---|---|---|---|---|\n"
+    printf "{\n  \"results\": [\n" > json
+    for (i = 1; i <= n; i++) {
+      split(order[i], f, " "); m = median(v[order[i]])
+      unit = (f[3] ~ /pss/) ? " KiB" : " ms"
+      printf "| %s | %s | %s | %s | %s%s |\n", f[1], f[2], f[3], f[4], m, (m == "fails" ? "" : unit)
+      printf "    {\"group\": \"%s\", \"size\": %s, \"what\": \"%s\", \"tool\": \"%s\", \"median\": %s}%s\n", f[1], f[2], f[3], f[4], (m == "fails" ? "null" : m), (i < n ? "," : "") > json
+    }
+    printf "  ]\n}\n" > json
+  }' "$work/times"
+echo
+echo "wrote $out/scale.json"
