@@ -321,6 +321,16 @@ pub fn layer_in(store: &Store, layer: &LayerRecord, c: Compression) -> Result<La
             why: format!("uncompressed content has digest {}", d.diff_id),
         });
     }
+    commit_layer(store, ingest, &d, c)
+}
+
+/// Moves an encoded layer into place and records it in compression `c`.
+pub(crate) fn commit_layer(
+    store: &Store,
+    ingest: kiln_store::Ingest,
+    d: &kiln_store::LayerDigests,
+    c: Compression,
+) -> Result<LayerRecord> {
     ingest.commit(Some(d.digest))?;
     let rec = LayerRecord {
         digest: d.digest,

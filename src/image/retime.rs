@@ -3,7 +3,7 @@
 //! whose tar headers carry the mode's times, made once and recorded beside the layer
 //! (`layer_times`), so a rebuild in either mode runs no step again.
 
-use super::archive::layer_in;
+use super::archive::{commit_layer, layer_in};
 use super::{io_err, Result};
 use crate::diff::{Times, TimesWriter};
 use kiln_store::chunked::{ChunkedBlob, FrameIndex};
@@ -47,15 +47,7 @@ pub fn layer_with_times(
         .finish()
         .map_err(io_err(format!("rewrite the times of {what}")))?;
     let (d, ingest) = enc.finish().map_err(io_err("finish layer"))?;
-    ingest.commit(Some(d.digest))?;
-    let rec = LayerRecord {
-        digest: d.digest,
-        diff_id: d.diff_id,
-        media_type: c.media_type().into(),
-        size: d.size,
-        uncompressed_size: d.uncompressed_size,
-    };
-    store.record_layer(&rec)?;
+    let rec = commit_layer(store, ingest, &d, c)?;
     store.record_retimed_layer(&layer.diff_id, &key, &rec.diff_id)?;
     Ok(rec)
 }

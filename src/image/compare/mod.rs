@@ -160,6 +160,28 @@ pub fn diff(store: &Store, a: &Opened, b: &Opened) -> Result<ImageDiff> {
     })
 }
 
+/// Each key of `a` or `b` (but `skip`) whose value differs, in key order.
+fn changed_keys(
+    a: &serde_json::Map<String, Value>,
+    b: &serde_json::Map<String, Value>,
+    skip: &[&str],
+    out: &mut Vec<ConfigChange>,
+) {
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    for k in keys.into_iter().filter(|k| !skip.contains(&k.as_str())) {
+        let (x, y) = (a.get(k), b.get(k));
+        if x != y {
+            out.push(ConfigChange {
+                field: k.clone(),
+                a: x.cloned().unwrap_or(Value::Null),
+                b: y.cloned().unwrap_or(Value::Null),
+            });
+        }
+    }
+}
+
 /// The config fields that differ: the run config's keys (`Env`, `Cmd`, `Entrypoint`,
 /// `WorkingDir`, `User`, `Labels`, `ExposedPorts`, `Volumes`, `Healthcheck`...), the top-level
 /// fields but the layers' DiffIDs (the files say what those change), and each history entry.
@@ -175,39 +197,12 @@ pub fn config_changes(a: &ImageConfig, b: &ImageConfig) -> Vec<ConfigChange> {
         obj(&ja, "config").unwrap_or_default(),
         obj(&jb, "config").unwrap_or_default(),
     );
-    let mut keys: Vec<&String> = ra.keys().chain(rb.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        let (x, y) = (ra.get(k), rb.get(k));
-        if x != y {
-            out.push(ConfigChange {
-                field: k.clone(),
-                a: x.cloned().unwrap_or(Value::Null),
-                b: y.cloned().unwrap_or(Value::Null),
-            });
-        }
-    }
+    changed_keys(&ra, &rb, &[], &mut out);
     let (ta, tb) = (
         ja.as_object().unwrap_or(&empty),
         jb.as_object().unwrap_or(&empty),
     );
-    let mut keys: Vec<&String> = ta.keys().chain(tb.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    for k in keys {
-        if matches!(k.as_str(), "config" | "rootfs" | "history") {
-            continue;
-        }
-        let (x, y) = (ta.get(k), tb.get(k));
-        if x != y {
-            out.push(ConfigChange {
-                field: k.clone(),
-                a: x.cloned().unwrap_or(Value::Null),
-                b: y.cloned().unwrap_or(Value::Null),
-            });
-        }
-    }
+    changed_keys(ta, tb, &["config", "rootfs", "history"], &mut out);
     let (ha, hb) = (&a.history, &b.history);
     for i in 0..ha.len().max(hb.len()) {
         let (x, y) = (ha.get(i), hb.get(i));
