@@ -106,6 +106,8 @@ fn flattened(store: &Store, lowers: &[PathBuf]) -> io::Result<PathBuf> {
     if dest.join("lowers").is_file() {
         return Ok(dest.join("fs"));
     }
+    // GC stays away from the half-made copy in ingest/ (a `run` holds no build's lease).
+    let _lease = store.lease().map_err(io::Error::other)?;
     let tmp = store.prepare_snapshot_dir().map_err(io::Error::other)?;
     let view = super::view::View::new(lowers.iter().rev().cloned().collect());
     super::native::materialize(&view, &tmp.path().join("fs"))?;
