@@ -9,9 +9,11 @@ pub(super) fn source_date_epoch_builds_are_reproducible_across_context_copies() 
     fs::create_dir_all(ctx.join("d")).unwrap();
     fs::write(ctx.join("d/one"), "1\n").unwrap();
     fs::write(ctx.join("two"), "2\n").unwrap();
+    // The RUN lists modes, owners, sizes and names, not times: a step's output with the
+    // checkout's mtimes (to the minute, in `ls -l`) is not the same from a later copy.
     dockerfile(
         &ctx,
-        "FROM base\nCOPY . /src\nRUN ls -ln /src > /listing\nWORKDIR /w\nCOPY <<EOF /inline\nx\nEOF\n",
+        "FROM base\nCOPY . /src\nRUN ls -Rn /src | awk '{print $1, $3, $4, $5, $NF}' > /listing\nWORKDIR /w\nCOPY <<EOF /inline\nx\nEOF\n",
     );
     let sde = "1700000000";
     // SOURCE_DATE_EPOCH from the environment...
