@@ -20,10 +20,8 @@
 # benches/results. Not a test: run it by hand on an idle machine, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${ROUNDS:-5}
-out=${OUT:-$PWD/benches/results}
-mkdir -p "$out"
 source benches/lib.sh
+results_setup 5
 need e2e.sh buildah podman runc skopeo docker-registry curl busybox:busybox-static
 build_kiln
 work=$(mktemp -d /var/tmp/kiln-e2e.XXXXXX)

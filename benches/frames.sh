@@ -12,10 +12,8 @@
 # defaults to benches/results). Not a test: run it by hand on an idle machine, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${ROUNDS:-7}
-out=${OUT:-$PWD/benches/results}
-mkdir -p "$out"
 source benches/lib.sh
+results_setup 7
 need frames.sh busybox:busybox-static
 build_kiln
 work=$(mktemp -d /var/tmp/kiln-frames.XXXXXX)

@@ -20,6 +20,14 @@ need() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# results_setup DEFAULT_ROUNDS: sets $rounds (ROUNDS, else the default) and $out (OUT, else
+# benches/results), and makes $out.
+results_setup() {
+  rounds=${ROUNDS:-$1}
+  out=${OUT:-$PWD/benches/results}
+  mkdir -p "$out"
+}
+
 # build_kiln: a release build of kiln; sets $kiln to it.
 build_kiln() {
   cargo build --release -q

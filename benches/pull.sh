@@ -16,10 +16,8 @@
 # Not a test: run it by hand on an idle machine, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${ROUNDS:-5}
-out=${OUT:-$PWD/benches/results}
-mkdir -p "$out"
 source benches/lib.sh
+results_setup 5
 need pull.sh docker-registry skopeo podman runc curl zstd busybox:busybox-static
 build_kiln
 work=$(mktemp -d /var/tmp/kiln-pull-bench.XXXXXX)

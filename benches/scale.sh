@@ -18,10 +18,8 @@
 # run it by hand on an idle machine, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${ROUNDS:-5}
-out=${OUT:-$PWD/benches/results}
-mkdir -p "$out"
 source benches/lib.sh
+results_setup 5
 need scale.sh python3 busybox:busybox-static
 build_kiln
 work=$(mktemp -d /var/tmp/kiln-scale.XXXXXX)
