@@ -348,14 +348,14 @@ pub fn build(
         .unwrap_or_else(|p| p.into_inner())
         .clone()
         .ok_or_else(|| BuildError::Internal("target stage did not run".into()))?;
-    let mut config = state.config.clone();
+    let layers = image_layers(store, &state, opts)?;
+    let mut config = state.config;
     if !opts.labels.is_empty() {
         let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
         for (k, v) in &opts.labels {
             labels.insert(k.clone(), v.clone());
         }
     }
-    let layers = image_layers(store, &state, opts)?;
     config.rootfs.diff_ids = layers.iter().map(|l| l.diff_id).collect();
     let image = image::create_image(store, &config, layers, &opts.tags)?;
     tracing::debug!("image committed");
