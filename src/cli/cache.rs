@@ -59,14 +59,6 @@ pub fn run(ctx: &Ctx, c: CacheCommand) -> Result<i32> {
     }
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n - 1).collect::<String>())
-    }
-}
-
 fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     let store = ctx.store()?;
     let steps = store.steps().all()?;
@@ -100,7 +92,7 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     for s in &steps {
         rows.push(vec![
             s.key[..12].to_string(),
-            truncate(&s.instruction, 40),
+            super::ui::truncate(&s.instruction, 40),
             timefmt::ago(s.created, now),
             timefmt::ago(s.last_used, now),
             s.hits.to_string(),

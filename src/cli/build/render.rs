@@ -2,6 +2,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::cli::ui::truncate;
 
 /// Renders build progress: plain lines, one spinner per running step on a TTY, or nothing.
 pub(super) enum Render {
@@ -99,15 +100,6 @@ impl Progress for Render {
                 }
             }
         }
-    }
-}
-
-pub(super) fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        let t: String = s.chars().take(max.saturating_sub(1)).collect();
-        format!("{t}…")
     }
 }
 

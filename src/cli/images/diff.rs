@@ -139,7 +139,7 @@ fn config_lines(c: &ConfigChange, out: &mut Vec<String>) {
             out.push(format!(
                 "  {} ({}): {}",
                 c.field,
-                shorten(&label, 60),
+                crate::cli::ui::truncate(&label, 61),
                 parts.join(", ")
             ));
         }
@@ -149,14 +149,6 @@ fn config_lines(c: &ConfigChange, out: &mut Vec<String>) {
             compact(&c.a),
             compact(&c.b)
         )),
-    }
-}
-
-fn shorten(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
     }
 }
 

@@ -31,6 +31,16 @@ impl From<CompressionArg> for Compression {
     }
 }
 
+/// `s` cut to at most `max` characters, the last one `…` when it was cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let t: String = s.chars().take(max.saturating_sub(1)).collect();
+        format!("{t}…")
+    }
+}
+
 /// Loads a compose project (`compose` and `stack` both read one), printing its warnings.
 pub fn load_compose(
     files: &[std::path::PathBuf],
