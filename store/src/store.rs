@@ -27,6 +27,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 mod content;
+mod index;
 mod metadata;
 
 /// The store format version in `<root>/kiln-version`.
@@ -153,6 +154,14 @@ const MIGRATIONS: &[&str] = &[
         digest TEXT PRIMARY KEY,
         json TEXT NOT NULL
      );",
+    // 7: the refs version, bumped with every change to refs; index.json records the version it
+    // was made from, so a tag splices its line into the file instead of rewriting it whole
+    // (`store/index.rs`).
+    "CREATE TABLE counters(
+        name TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+     );
+     INSERT INTO counters(name, value) VALUES ('refs', 0);",
 ];
 
 /// Seconds since the Unix epoch, now.
@@ -400,13 +409,18 @@ fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
 
 /// Writes `dest` atomically: a temp file in `tmp_dir` (same filesystem), fsync, rename, fsync dir.
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_parts(tmp_dir, dest, &[bytes])
+}
+
+/// `write_atomic` of the concatenation of `parts`.
+pub(crate) fn write_atomic_parts(tmp_dir: &Path, dest: &Path, parts: &[&[u8]]) -> Result<()> {
     let mut t = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(tmp_dir)
         .map_err(|e| io_err(format!("create temp file in {}", tmp_dir.display()), e))?;
     // In 256 KiB writes: one multi-megabyte write(2) costs several times more in the kernel
     // (page allocation) on the machines measured.
-    for part in bytes.chunks(256 << 10) {
+    for part in parts.iter().flat_map(|p| p.chunks(256 << 10)) {
         t.write_all(part)
             .map_err(|e| io_err("write temp file", e))?;
     }

@@ -189,6 +189,93 @@ fn images_refs_and_index_json() {
     assert!(s.verify().unwrap().is_empty(), "{:?}", s.verify());
 }
 
+/// index.json as a whole regeneration from the refs table writes it.
+fn regenerated(s: &Store) -> Vec<u8> {
+    let path = s.root().join("index.json");
+    let spliced = std::fs::read(&path).unwrap();
+    s.write_index().unwrap();
+    let whole = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &spliced).unwrap();
+    whole
+}
+
+#[test]
+fn index_json_splices_stay_equal_to_regenerating_it() {
+    let (_d, s) = store();
+    let l = layer(&s, b"layer");
+    let imgs: Vec<NewImage> = (0..3)
+        .map(|i| image(&s, vec![l.clone()], &i.to_string()))
+        .collect();
+    s.commit_image(&imgs[0], &[]).unwrap();
+    s.commit_image(&imgs[1], &[]).unwrap();
+    // Tags added, moved and removed in a scrambled order; the file after each change is the one
+    // a regeneration writes.
+    for step in 0..60u32 {
+        let name = format!("docker.io/t/n{}:{}", (step * 7) % 13, step % 3);
+        match step % 4 {
+            0 | 1 => {
+                s.set_ref(&name, &imgs[(step % 2) as usize].manifest.digest)
+                    .unwrap();
+            }
+            2 => {
+                s.remove_ref(&name).unwrap();
+            }
+            _ => s
+                .commit_image(&imgs[2], &[name.clone(), format!("{name}-b")])
+                .unwrap(),
+        }
+        let now = std::fs::read(s.root().join("index.json")).unwrap();
+        assert_eq!(
+            String::from_utf8(now).unwrap(),
+            String::from_utf8(regenerated(&s)).unwrap(),
+            "step {step}"
+        );
+    }
+    assert!(s.verify().unwrap().is_empty(), "{:?}", s.verify());
+
+    // A file left behind (a crash between the commit and the write; another kiln's change not
+    // yet written) is not spliced but regenerated.
+    let stale = std::fs::read(s.root().join("index.json")).unwrap();
+    s.set_ref("docker.io/t/lost:1", &imgs[0].manifest.digest)
+        .unwrap();
+    std::fs::write(s.root().join("index.json"), &stale).unwrap();
+    s.set_ref("docker.io/t/next:1", &imgs[0].manifest.digest)
+        .unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.root().join("index.json")).unwrap()).unwrap();
+    let names: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert!(names.contains(&"docker.io/t/lost:1") && names.contains(&"docker.io/t/next:1"));
+    assert!(s.verify().unwrap().is_empty(), "{:?}", s.verify());
+
+    // Writers on other threads (each its own Store, as separate kiln processes are): the last
+    // file holds every tag.
+    let root = s.root().to_path_buf();
+    let m = imgs[1].manifest.digest;
+    std::thread::scope(|sc| {
+        for t in 0..4 {
+            let root = root.clone();
+            sc.spawn(move || {
+                let s = Store::open(&root).unwrap();
+                for i in 0..10 {
+                    s.set_ref(&format!("docker.io/c/t{t}:{i}"), &m).unwrap();
+                }
+            });
+        }
+    });
+    let now = std::fs::read(s.root().join("index.json")).unwrap();
+    assert_eq!(now, regenerated(&s));
+    assert!(s.verify().unwrap().is_empty(), "{:?}", s.verify());
+}
+
 #[test]
 fn gc_keeps_roots_and_sweeps_the_rest() {
     let (_d, s) = store();

@@ -1,5 +1,6 @@
 //! Metadata: leases, images, refs (and the OCI index.json they make), layers and snapshots.
 
+use super::index::RefChange;
 use super::*;
 use crate::codec::Compression;
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ impl Store {
             }
         }
         let now = now();
-        {
+        let index = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut blob = tx.prepare_cached(
@@ -73,17 +74,33 @@ impl Store {
                     params![t, m, now],
                 )?;
             }
+            let index = if tags.is_empty() {
+                None
+            } else {
+                let version = Self::bump_refs_version(&tx)?;
+                let changes: Vec<RefChange> = tags
+                    .iter()
+                    .map(|t| {
+                        Ok(RefChange {
+                            name: t.clone(),
+                            target: Some(Self::index_target(&tx, &m)?),
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Some((version, changes))
+            };
             tx.commit()?;
-        }
-        if !tags.is_empty() {
-            self.write_index()?;
+            index
+        };
+        if let Some((version, changes)) = index {
+            self.update_index(version, &changes)?;
         }
         Ok(())
     }
 
     /// Points `name` at an image already in the store; returns what it pointed at before.
     pub fn set_ref(&self, name: &str, manifest: &Digest) -> Result<Option<Digest>> {
-        let prev = {
+        let (prev, version, change) = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let prev = tx
@@ -107,16 +124,22 @@ impl Store {
                 "INSERT OR REPLACE INTO refs(name, manifest, updated) VALUES (?1, ?2, ?3)",
                 params![name, manifest.to_string(), now()],
             )?;
+            let version = Self::bump_refs_version(&tx)?;
+            let target = Self::index_target(&tx, &manifest.to_string())?;
             tx.commit()?;
-            prev.map(parse_digest).transpose()?
+            let change = RefChange {
+                name: name.to_string(),
+                target: Some(target),
+            };
+            (prev.map(parse_digest).transpose()?, version, change)
         };
-        self.write_index()?;
+        self.update_index(version, &[change])?;
         Ok(prev)
     }
 
     /// Removes the tag `name`; returns what it pointed at.
     pub fn remove_ref(&self, name: &str) -> Result<Option<Digest>> {
-        let prev = {
+        let (prev, version) = {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let prev = tx
@@ -124,13 +147,19 @@ impl Store {
                     r.get::<_, String>(0)
                 })
                 .optional()?;
+            if prev.is_none() {
+                return Ok(None);
+            }
             tx.execute("DELETE FROM refs WHERE name = ?1", [name])?;
+            let version = Self::bump_refs_version(&tx)?;
             tx.commit()?;
-            prev.map(parse_digest).transpose()?
+            (prev.map(parse_digest).transpose()?, version)
         };
-        if prev.is_some() {
-            self.write_index()?;
-        }
+        let change = RefChange {
+            name: name.to_string(),
+            target: None,
+        };
+        self.update_index(version, &[change])?;
         Ok(prev)
     }
 
@@ -156,6 +185,13 @@ impl Store {
     }
 
     /// The tags pointing at an image, sorted.
+    /// How many tags point at `manifest` (without reading them: an image can have thousands).
+    pub fn ref_count(&self, manifest: &Digest) -> Result<usize> {
+        let db = self.db();
+        let mut st = db.prepare_cached("SELECT COUNT(*) FROM refs WHERE manifest = ?1")?;
+        Ok(st.query_row([manifest.to_string()], |r| r.get::<_, i64>(0))? as usize)
+    }
+
     pub fn refs_of(&self, manifest: &Digest) -> Result<Vec<String>> {
         let db = self.db();
         let mut st =
@@ -480,46 +516,5 @@ impl Store {
                 .ok_or_else(|| Error::NotFound(format!("snapshot {chain_id}")));
         }
         Ok(rec)
-    }
-
-    /// Regenerates index.json from the refs table: one descriptor per tag, sorted by name, each
-    /// annotated with its full reference. Serialized by index.lock so the last writer has read
-    /// the latest refs.
-    pub fn write_index(&self) -> Result<()> {
-        let lock = open_lock(&self.root.join("index.lock"))?;
-        lock.lock().map_err(|e| io_err("lock index.lock", e))?;
-        let entries: Vec<(String, String, String, u64)> = {
-            let db = self.db();
-            let mut st = db.prepare_cached(
-                "SELECT r.name, i.manifest, i.media_type, b.size FROM refs r
-                 JOIN images i ON i.manifest = r.manifest JOIN blobs b ON b.digest = i.manifest
-                 ORDER BY r.name",
-            )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        // Written as compact JSON straight into one buffer: with thousands of tags this is the
-        // cost of every `tag` and `rmi` (a JSON value tree and pretty printing took 3x as long).
-        let js = |s: &str| serde_json::to_string(s).expect("a string serializes");
-        let mut bytes = Vec::with_capacity(128 + entries.len() * 320);
-        bytes.extend_from_slice(b"{\"schemaVersion\":2,\"mediaType\":");
-        bytes.extend_from_slice(js(MEDIA_TYPE_OCI_INDEX).as_bytes());
-        bytes.extend_from_slice(b",\"manifests\":[");
-        for (i, (name, digest, mt, size)) in entries.iter().enumerate() {
-            if i > 0 {
-                bytes.push(b',');
-            }
-            let name = js(name);
-            bytes.extend_from_slice(
-                format!(
-                    "\n{{\"mediaType\":{},\"digest\":{},\"size\":{size},\"annotations\":{{\"io.containerd.image.name\":{name},\"org.opencontainers.image.ref.name\":{name}}}}}",
-                    js(mt),
-                    js(digest)
-                )
-                .as_bytes(),
-            );
-        }
-        bytes.extend_from_slice(b"\n]}\n");
-        write_atomic(&self.ingest_dir(), &self.root.join("index.json"), &bytes)
     }
 }
