@@ -217,21 +217,29 @@ pub struct RmiArgs {
 pub fn rmi(ctx: &Ctx, a: RmiArgs) -> Result<i32> {
     let store = ctx.store()?;
     let mut failed = false;
+    let mut deleted = false;
     for name in &a.images {
-        if let Err(e) = rmi_one(&store, name, a.force) {
-            super::ui::report(&e);
-            failed = true;
+        match rmi_one(&store, name, a.force) {
+            Ok(d) => deleted |= d,
+            Err(e) => {
+                super::ui::report(&e);
+                failed = true;
+            }
         }
     }
-    // Reclaim the space now if no build or import is in flight; `system prune` does it otherwise.
-    store.gc(GcOptions {
-        prune_dangling: false,
-        wait: false,
-    })?;
+    // Reclaim the space now if an image went and no build or import is in flight; `system
+    // prune` does it otherwise. Removing a tag alone frees nothing.
+    if deleted {
+        store.gc(GcOptions {
+            prune_dangling: false,
+            wait: false,
+        })?;
+    }
     Ok(if failed { 1 } else { 0 })
 }
 
-fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
+/// Removes one image or tag; true if an image was deleted.
+fn rmi_one(store: &Store, name: &str, force: bool) -> Result<bool> {
     let removed = crate::image::remove(store, name, force)?;
     for t in &removed.untagged {
         let shown = Reference::parse(t)
@@ -242,7 +250,7 @@ fn rmi_one(store: &Store, name: &str, force: bool) -> Result<()> {
     if let Some(id) = removed.deleted {
         println!("Deleted: {id}");
     }
-    Ok(())
+    Ok(removed.deleted.is_some())
 }
 
 #[derive(Args, Debug)]

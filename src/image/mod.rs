@@ -306,19 +306,19 @@ pub struct Removed {
 pub fn remove(store: &Store, name: &str, force: bool) -> Result<Removed> {
     let r = resolve(store, name)?;
     let m = r.image.manifest.digest;
-    let tags = store.refs_of(&m)?;
+    let tags = store.ref_count(&m)?;
     let to_untag: Vec<String> = match &r.reference {
-        Some(reference) if tags.len() > 1 => vec![reference.to_string()],
-        _ if tags.len() > 1 && !force => {
+        Some(reference) if tags > 1 => vec![reference.to_string()],
+        _ if tags > 1 && !force => {
             return Err(ImageError::Conflict(format!(
             "unable to delete {} (must be forced) - image is referenced in multiple repositories",
             r.image.id().short()
         )))
         }
-        _ => tags.clone(),
+        _ => store.refs_of(&m)?,
     };
     let users = store.containers().using(&m)?;
-    let last = to_untag.len() == tags.len();
+    let last = to_untag.len() == tags;
     if last && !users.is_empty() && !force {
         return Err(ImageError::Conflict(format!(
             "unable to remove repository reference {name:?} (must force) - container {} is using its referenced image {}",
