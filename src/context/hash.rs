@@ -78,19 +78,23 @@ impl<'a> Hasher<'a> {
 
     /// Hashes the context-relative `paths`, in parallel; results in the same order.
     pub fn hash(&self, paths: &[&str]) -> io::Result<Vec<FileHash>> {
-        paths.par_iter().map(|rel| self.one(rel, None)).collect()
+        paths
+            .par_iter()
+            .map_init(|| 0, |next, rel| self.one(rel, None, next))
+            .collect()
     }
 
-    /// Like [`Hasher::hash`] for paths whose stat tuple the walk already took.
+    /// Like [`Hasher::hash`] for paths whose stat tuple the walk already took. In the walk's
+    /// order, each cache lookup is one comparison (`StatFile::get_near`).
     pub fn hash_stat(&self, paths: &[(&str, StatTuple)]) -> io::Result<Vec<FileHash>> {
         paths
             .par_iter()
             .with_min_len(256)
-            .map(|(rel, st)| self.one(rel, Some(*st)))
+            .map_init(|| 0, |next, (rel, st)| self.one(rel, Some(*st), next))
             .collect()
     }
 
-    fn one(&self, rel: &str, known: Option<StatTuple>) -> io::Result<FileHash> {
+    fn one(&self, rel: &str, known: Option<StatTuple>, next: &mut usize) -> io::Result<FileHash> {
         let stat =
             match known {
                 Some(s) => s,
@@ -101,7 +105,7 @@ impl<'a> Hasher<'a> {
                     })?)
                 }
             };
-        if let Some((cached, h)) = self.cache.get(rel.as_bytes()) {
+        if let Some((cached, h)) = self.cache.get_near(rel.as_bytes(), next) {
             if cached == stat {
                 return Ok(FileHash { stat, hash: h });
             }

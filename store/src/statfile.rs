@@ -1,9 +1,10 @@
 //! The context stat cache as one file per context root, `<root>/stat-cache/<hash of the root>`:
-//! every file's stat tuple and content hash, sorted by relative path, read in one `read` and
-//! searched in place (no row per file, no allocation per file, no hash map to build), so an
-//! unchanged file costs one `statx` and a binary search.
+//! every file's stat tuple and content hash, sorted by relative path in the context walk's order
+//! ([`path_order`]), read in one `read` and searched in place (no row per file, no allocation per
+//! file, no hash map to build). Lookups in walk order find each file next to the last one, so an
+//! unchanged file costs one `statx` and one comparison.
 //!
-//! Layout: `KILNSC01`, the entry count (u64 LE), the entries, then the blake3 of all of that.
+//! Layout: `KILNSC02`, the entry count (u64 LE), the entries, then the blake3 of all of that.
 //! An entry: path length (u16 LE), the path, size (u64), mtime_ns (i64), ctime_ns (i64), ino
 //! (u64), mode (u32), the 32-byte content hash. The file is a cache: it is replaced by rename
 //! without fsync, and one that does not check (torn by a crash, cut, edited) reads as empty, so
@@ -15,8 +16,18 @@ use std::fs;
 use std::io::Write;
 use std::path::PathBuf;
 
-const MAGIC: &[u8; 8] = b"KILNSC01";
+const MAGIC: &[u8; 8] = b"KILNSC02";
 const FIXED: usize = 8 + 8 + 8 + 8 + 4 + 32;
+
+/// The walk's order of relative paths: depth first with names sorted, so a directory's subtree
+/// follows it directly. That is byte order with '/' below every other byte.
+pub fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let key = |c: u8| if c == b'/' { 0 } else { c };
+    match a.iter().zip(b).find(|(x, y)| x != y) {
+        Some((&x, &y)) => key(x).cmp(&key(y)),
+        None => a.len().cmp(&b.len()),
+    }
+}
 
 /// A loaded stat cache: the file's bytes and where each entry starts.
 #[derive(Default)]
@@ -42,7 +53,7 @@ impl StatFile {
         for _ in 0..count {
             let len = u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize;
             let path = bytes.get(at + 2..at + 2 + len)?;
-            if prev.is_some_and(|p| p >= path) {
+            if prev.is_some_and(|p| path_order(p, path).is_ge()) {
                 return None;
             }
             prev = Some(path);
@@ -79,10 +90,23 @@ impl StatFile {
 
     /// The stat tuple and hash recorded for `path` (relative to the context root).
     pub fn get(&self, path: &[u8]) -> Option<StatRow> {
+        self.get_near(path, &mut 0)
+    }
+
+    /// [`StatFile::get`] that looks at entry `*next` first and leaves `*next` after what it
+    /// found: lookups in walk order cost one comparison each.
+    pub fn get_near(&self, path: &[u8], next: &mut usize) -> Option<StatRow> {
+        if let Some(&o) = self.offsets.get(*next) {
+            if self.path_at(o) == path {
+                *next += 1;
+                return Some(self.row_at(o));
+            }
+        }
         let i = self
             .offsets
-            .binary_search_by(|&o| self.path_at(o).cmp(path))
+            .binary_search_by(|&o| path_order(self.path_at(o), path))
             .ok()?;
+        *next = i + 1;
         Some(self.row_at(self.offsets[i]))
     }
 
@@ -97,7 +121,7 @@ impl StatFile {
     /// The entries of `self` with `fresh` (relative path, stat, hash) merged in, fresh ones
     /// winning, as file bytes.
     fn merged(&self, mut fresh: Vec<(Vec<u8>, StatTuple, [u8; 32])>) -> Vec<u8> {
-        fresh.sort_by(|a, b| a.0.cmp(&b.0));
+        fresh.sort_by(|a, b| path_order(&a.0, &b.0));
         fresh.dedup_by(|a, b| a.0 == b.0);
         let mut out = Vec::with_capacity(self.bytes.len() + fresh.len() * (2 + FIXED + 64));
         out.extend_from_slice(MAGIC);
@@ -120,7 +144,7 @@ impl StatFile {
             .peekable();
         loop {
             match (old.peek(), new.peek()) {
-                (Some(&&o), Some(n)) => match self.path_at(o).cmp(&n.0) {
+                (Some(&&o), Some(n)) => match path_order(self.path_at(o), &n.0) {
                     std::cmp::Ordering::Less => {
                         push(&mut out, self.path_at(o), self.row_at(o));
                         old.next();
@@ -247,5 +271,37 @@ mod tests {
         let mut bad = bytes;
         bad[0] = b'X';
         assert!(StatFile::parse(bad).is_none());
+    }
+
+    #[test]
+    fn walk_order_lookups_are_found_next_to_the_last() {
+        // The walk's order: "a" and its subtree before "a.b", "a-" and "a.b" sort by byte.
+        let walk: [&[u8]; 7] = [b"a", b"a/x", b"a/x/y", b"a-", b"a.b", b"a.b/c", b"b"];
+        assert!(walk.windows(2).all(|w| path_order(w[0], w[1]).is_lt()));
+        let f = StatFile::parse(
+            StatFile::default().merged(
+                walk.iter()
+                    .rev()
+                    .enumerate()
+                    .map(|(i, p)| (p.to_vec(), t(i as u64), [i as u8; 32]))
+                    .collect(),
+            ),
+        )
+        .unwrap();
+        let mut next = 0;
+        for (i, p) in walk.iter().enumerate() {
+            assert_eq!(next, i, "{:?} is found where the last lookup left off", p);
+            assert_eq!(
+                f.get_near(p, &mut next).map(|r| r.1[0]),
+                Some((6 - i) as u8)
+            );
+        }
+        // Out of order and missing: found by search, and the hint follows.
+        let mut next = 0;
+        assert!(f.get_near(b"a.b", &mut next).is_some());
+        assert_eq!(next, 5);
+        assert!(f.get_near(b"a/zz", &mut next).is_none());
+        assert!(f.get_near(b"a", &mut next).is_some());
+        assert_eq!(next, 1);
     }
 }
