@@ -54,11 +54,17 @@ pub fn base_name(p: &str) -> String {
 /// What `srcs` select among `entries` (the context walk under `root`: depth first, ignore-aware),
 /// or why one of them selects nothing it should.
 pub fn pick(srcs: &[String], entries: &[Entry], root: &Path) -> Result<Vec<Pick>, String> {
-    let by_path: HashMap<&str, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.path.as_str(), i))
-        .collect();
+    // Built only for a named source or a symlink: `COPY . /app` of a big context needs no map.
+    let by_path_cell = std::cell::OnceCell::new();
+    let by_path = || -> &HashMap<&str, usize> {
+        by_path_cell.get_or_init(|| {
+            entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.path.as_str(), i))
+                .collect()
+        })
+    };
     // (root name, is_dir, matched entry index or None for the context root)
     let mut picked: Vec<(String, bool, Option<usize>)> = Vec::new();
     for src in srcs {
@@ -77,7 +83,7 @@ pub fn pick(srcs: &[String], entries: &[Entry], root: &Path) -> Result<Vec<Pick>
                 }
             }
         } else {
-            match by_path.get(c.as_str()) {
+            match by_path().get(c.as_str()) {
                 Some(&i) if !entries[i].implied || entries[i].kind == EntryKind::Dir => {
                     picked.push((base_name(&c), entries[i].kind == EntryKind::Dir, Some(i)))
                 }
@@ -100,7 +106,7 @@ pub fn pick(srcs: &[String], entries: &[Entry], root: &Path) -> Result<Vec<Pick>
         if entries[i].kind != EntryKind::Symlink {
             continue;
         }
-        let j = follow(entries, &by_path, root, i)?;
+        let j = follow(entries, by_path(), root, i)?;
         *is_dir = entries[j].kind == EntryKind::Dir;
         *at = Some(j);
     }

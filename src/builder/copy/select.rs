@@ -45,11 +45,8 @@ pub fn select_context(
         .map(|&i| (entries[i].path.as_str(), entries[i].stat))
         .collect();
     let hashes = hasher.hash_stat(&list).map_err(|e| e.to_string())?;
-    let hash_of: HashMap<usize, [u8; 32]> = wanted
-        .iter()
-        .zip(&hashes)
-        .map(|(i, h)| (*i, h.hash))
-        .collect();
+    // `wanted` is sorted: an entry's hash is found by search, with no map to build.
+    let hash_of = |i: usize| wanted.binary_search(&i).ok().map(|k| hashes[k].hash);
     let root = hasher.root();
     let mut out = Vec::new();
     for ((name, is_dir, at), path) in picked.into_iter().zip(paths) {
@@ -57,7 +54,7 @@ pub fn select_context(
             Some(i) if is_dir => entries[i].path.len() + 1,
             _ => 0,
         };
-        let mut items = Vec::new();
+        let mut items = Vec::with_capacity(span(at, is_dir).len() + 1);
         if at.is_none() {
             // The context root itself: its own directory entry carries no metadata worth copying.
             items.push(Item {
@@ -80,7 +77,9 @@ pub fn select_context(
             } else {
                 e.path[base_len..].to_string()
             };
-            let host = root.join(&e.path);
+            let mut host = PathBuf::with_capacity(root.as_os_str().len() + 1 + e.path.len());
+            host.push(root);
+            host.push(&e.path);
             let kind = match e.kind {
                 EntryKind::Dir => Kind::Dir,
                 EntryKind::Symlink => Kind::Symlink(
@@ -101,7 +100,7 @@ pub fn select_context(
                     e.stat.mtime_ns.rem_euclid(1_000_000_000),
                 ),
                 data: Data::Host(host),
-                hash: hash_of.get(&i).copied().unwrap_or([0; 32]),
+                hash: hash_of(i).unwrap_or([0; 32]),
                 size: e.stat.size,
                 unchanged: false,
             });
