@@ -11,6 +11,7 @@
 pub mod dockerignore;
 pub mod hash;
 pub mod select;
+mod walk;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -142,83 +143,9 @@ impl Context {
     }
 
     /// Lists every path the build may see, depth first with names sorted (a directory's
-    /// subtree follows it directly), each with its stat tuple. Directories are read in parallel;
-    /// each entry is stat'ed relative to its directory (fstatat), never by a full path.
+    /// subtree follows it directly), each with its stat tuple. See `walk.rs`.
     pub fn walk(&self) -> Result<Vec<Entry>, ContextError> {
-        self.walk_dir("")
-    }
-
-    fn walk_dir(&self, rel: &str) -> Result<Vec<Entry>, ContextError> {
-        use rayon::prelude::*;
-        let dir = if rel.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(rel)
-        };
-        let mut listed: Vec<(String, fs::Metadata)> = Vec::new();
-        for e in fs::read_dir(&dir).map_err(io(&dir))? {
-            let e = e.map_err(io(&dir))?;
-            let meta = e.metadata().map_err(io(&e.path()))?;
-            listed.push((e.file_name().to_string_lossy().into_owned(), meta));
-        }
-        listed.sort_by(|a, b| a.0.cmp(&b.0));
-        let filter = !self.matcher.is_empty();
-        // This directory's entries in order; directories to descend into are marked.
-        let mut here: Vec<(Entry, bool)> = Vec::with_capacity(listed.len());
-        for (name, meta) in listed {
-            let path = if rel.is_empty() {
-                name
-            } else {
-                format!("{rel}/{name}")
-            };
-            let ft = meta.file_type();
-            let kind = if ft.is_dir() {
-                EntryKind::Dir
-            } else if ft.is_symlink() {
-                EntryKind::Symlink
-            } else if ft.is_file() {
-                EntryKind::File
-            } else {
-                EntryKind::Other
-            };
-            let excluded = filter && self.matcher.excludes(&path);
-            let descend =
-                kind == EntryKind::Dir && (!excluded || self.matcher.may_include_below(&path));
-            if excluded && !descend {
-                continue;
-            }
-            here.push((
-                Entry {
-                    path,
-                    kind,
-                    implied: excluded,
-                    stat: hash::stat_tuple(&meta),
-                },
-                descend,
-            ));
-        }
-        // Subdirectories in parallel, then spliced in after their own entries.
-        let below: Vec<Result<Vec<Entry>, ContextError>> = here
-            .par_iter()
-            .map(|(e, descend)| {
-                if *descend {
-                    self.walk_dir(&e.path)
-                } else {
-                    Ok(Vec::new())
-                }
-            })
-            .collect();
-        let mut out = Vec::new();
-        for ((e, _), b) in here.into_iter().zip(below) {
-            let b = b?;
-            // An excluded directory is listed only as the parent of something re-included.
-            if e.implied && b.is_empty() {
-                continue;
-            }
-            out.push(e);
-            out.extend(b);
-        }
-        Ok(out)
+        walk::walk(self)
     }
 }
 
@@ -267,6 +194,42 @@ mod tests {
         .map(|(p, i)| (p.to_string(), *i))
         .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn walk_lists_every_entry_in_path_order_with_its_stat() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        for f in ["a/x", "a.b/y", "a-", "b/c/d/e", "z"] {
+            let p = r.join(f);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, f).unwrap();
+        }
+        std::os::unix::fs::symlink("a", r.join("l")).unwrap();
+        let got = Context::open(r, None).unwrap().walk().unwrap();
+        let paths: Vec<&str> = got.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["a", "a/x", "a-", "a.b", "a.b/y", "b", "b/c", "b/c/d", "b/c/d/e", "l", "z"]
+        );
+        // The stat cache's order is the walk's.
+        assert!(paths.windows(2).all(|w| kiln_store::statfile::path_order(
+            w[0].as_bytes(),
+            w[1].as_bytes()
+        )
+        .is_lt()));
+        for e in &got {
+            let m = fs::symlink_metadata(r.join(&e.path)).unwrap();
+            assert_eq!(e.stat, hash::stat_tuple(&m), "{}", e.path);
+        }
+        assert_eq!(
+            got[9].kind,
+            EntryKind::Symlink,
+            "a link to a directory is not followed"
+        );
+        // A directory that cannot be read is named.
+        let err = Context::open(&r.join("nope"), None).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
     }
 
     #[test]
