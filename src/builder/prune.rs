@@ -33,16 +33,8 @@ pub fn layer_size(r: &StepRecord) -> u64 {
 }
 
 /// The step-layer digests some image also uses (their bytes are shared, not reclaimable).
-pub fn shared_layers(store: &Store, steps: &[StepRecord]) -> kiln_store::Result<HashSet<String>> {
-    let mut out = HashSet::new();
-    for s in steps {
-        if let Some(l) = &s.layer {
-            if !store.images_using_layer(&l.digest)?.is_empty() {
-                out.insert(l.digest.to_string());
-            }
-        }
-    }
-    Ok(out)
+pub fn shared_layers(store: &Store) -> kiln_store::Result<HashSet<String>> {
+    store.step_layers_used_by_images()
 }
 
 /// RUN cache mounts (`<root>/cache-mounts/<id>`): how many, and their bytes.
@@ -59,7 +51,7 @@ pub fn cache_mounts(store: &Store) -> (usize, u64) {
 pub fn prune(store: &Store, opts: &PruneOptions) -> kiln_store::Result<Pruned> {
     let now = kiln_store::store::now();
     let mut steps = store.steps().all()?;
-    let shared = shared_layers(store, &steps)?;
+    let shared = shared_layers(store)?;
     // With a storage limit, the most recently used entries up to it stay.
     let mut kept_bytes = 0u64;
     let mut doomed = Vec::new();

@@ -61,7 +61,7 @@ pub fn run(ctx: &Ctx, c: CacheCommand) -> Result<i32> {
 
 fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
     let store = ctx.store()?;
-    let steps = store.steps().all()?;
+    let steps = store.steps().list()?;
     if a.format == "json" {
         let v: Vec<serde_json::Value> = steps
             .iter()
@@ -72,8 +72,8 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
                     "created": timefmt::rfc3339(s.created),
                     "last_used": timefmt::rfc3339(s.last_used),
                     "hits": s.hits,
-                    "layer": s.layer.as_ref().map(|l| l.digest.to_string()),
-                    "layer_size": crate::builder::prune::layer_size(s),
+                    "layer": s.layer,
+                    "layer_size": s.layer_size,
                 })
             })
             .collect();
@@ -97,7 +97,7 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
             timefmt::ago(s.last_used, now),
             s.hits.to_string(),
             if s.layer.is_some() {
-                timefmt::human_size(crate::builder::prune::layer_size(s))
+                timefmt::human_size(s.layer_size)
             } else {
                 "0B".into()
             },
@@ -110,7 +110,7 @@ fn ls(ctx: &Ctx, a: LsArgs) -> Result<i32> {
 fn du(ctx: &Ctx) -> Result<i32> {
     let store = ctx.store()?;
     let steps = store.steps().all()?;
-    let shared = crate::builder::prune::shared_layers(&store, &steps)?;
+    let shared = crate::builder::prune::shared_layers(&store)?;
     let mut seen = HashSet::new();
     let (mut total, mut shared_bytes) = (0u64, 0u64);
     let mut snap_bytes = 0u64;

@@ -9,7 +9,7 @@ use crate::image::{familiar_tags, parse_tags, read_config, read_manifest, resolv
 use crate::timefmt;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use kiln_store::{Compression, GcOptions, ImageRecord, Store};
+use kiln_store::{Compression, GcOptions, ImageSummary, Store};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -43,7 +43,7 @@ pub struct ImagesArgs {
 struct Row {
     repository: String,
     tag: String,
-    image: ImageRecord,
+    image: ImageSummary,
 }
 
 pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
@@ -56,8 +56,8 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
         None => None,
     };
     let mut rows = Vec::new();
-    for image in store.images()? {
-        let tags = store.refs_of(&image.manifest.digest)?;
+    for mut image in store.image_list()? {
+        let tags = std::mem::take(&mut image.tags);
         if tags.is_empty() {
             if filter.is_none() {
                 rows.push(Row {
@@ -120,7 +120,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
             .then(x.repository.cmp(&y.repository))
             .then(x.tag.cmp(&y.tag))
     });
-    let id = |i: &ImageRecord| {
+    let id = |i: &ImageSummary| {
         if a.no_trunc {
             i.id().to_string()
         } else {
@@ -144,10 +144,10 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
                 "ID": id(&r.image),
                 "Repository": r.repository,
                 "Tag": r.tag,
-                "Digest": r.image.manifest.digest.to_string(),
+                "Digest": r.image.manifest.to_string(),
                 "CreatedAt": r.image.created.map(timefmt::rfc3339).unwrap_or_default(),
                 "CreatedSince": r.image.created.map(|c| timefmt::ago(c, now)).unwrap_or_else(|| "N/A".into()),
-                "Size": timefmt::human_size(r.image.size()),
+                "Size": timefmt::human_size(r.image.size),
             }));
         }
         if a.format == "json" {
@@ -179,7 +179,7 @@ pub fn images(ctx: &Ctx, a: ImagesArgs) -> Result<i32> {
                     .created
                     .map(|c| timefmt::ago(c, now))
                     .unwrap_or_else(|| "N/A".into()),
-                timefmt::human_size(r.image.size()),
+                timefmt::human_size(r.image.size),
             ]);
         }
         out = table(&t);

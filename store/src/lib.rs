@@ -28,10 +28,10 @@ pub use digest::Digest;
 pub use gc::{GcOptions, GcReport, Usage};
 pub use networks::{EndpointRow, NetworkRecord, Networks};
 pub use statfile::{StatCache, StatFile};
-pub use steps::{StatRow, StatTuple, StepCache, StepRecord};
+pub use steps::{StatRow, StatTuple, StepCache, StepListing, StepRecord};
 pub use store::{
-    chain_ids, BlobRef, ContainerRecord, ImageRecord, LayerRecord, Lease, NewImage, SnapshotRecord,
-    Store,
+    chain_ids, BlobRef, ContainerRecord, ImageRecord, ImageSummary, LayerRecord, Lease, NewImage,
+    SnapshotRecord, Store,
 };
 
 use std::path::PathBuf;

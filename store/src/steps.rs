@@ -1,4 +1,5 @@
-//! The build step cache and the context stat cache, both rows in `kiln.db`.
+//! The build step cache, rows in `kiln.db`, and the context stat cache's tuple (the cache itself
+//! is one file per context: `statfile.rs`).
 //!
 //! A step-cache row maps a step key (blake3, hex) to what executing the step produced: the layer
 //! (a row in `layers`, absent when the step changed nothing) and the ChainID of the snapshot stack
@@ -9,7 +10,7 @@
 //! Rows are inserted only after the layer blob and snapshot they name are durable and recorded
 //! (the store's invariant); GC keeps every step-cache layer and snapshot alive until the row goes.
 //!
-//! The stat cache maps an absolute context path to its stat tuple (size, mtime ns, ctime ns,
+//! The stat cache maps a context path to its stat tuple (size, mtime ns, ctime ns,
 //! inode, mode) and the blake3 of its content. A hit needs every field equal: mtime alone is never
 //! trusted (a same-size edit within one mtime tick still changes ctime).
 
@@ -34,6 +35,19 @@ pub struct StepRecord {
     pub created: i64,
     pub last_used: i64,
     pub hits: i64,
+}
+
+/// A step-cache row as `cache ls` lists it: no inputs, no layer row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepListing {
+    pub key: String,
+    pub instruction: String,
+    pub created: i64,
+    pub last_used: i64,
+    pub hits: i64,
+    pub layer: Option<String>,
+    /// The layer's compressed size (0 without one).
+    pub layer_size: u64,
 }
 
 /// A file's stat tuple, as the stat cache compares it.
@@ -130,6 +144,27 @@ impl StepCache<'_> {
     }
 
     /// Every step-cache row, most recently used first.
+    /// Every row, most recently used first, for listing: one indexed scan of the table.
+    pub fn list(&self) -> Result<Vec<StepListing>> {
+        let db = self.store.db();
+        let mut st = db.prepare(
+            "SELECT key, instruction, created, last_used, hits, layer, layer_size FROM step_cache
+             ORDER BY last_used DESC, key",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(StepListing {
+                key: r.get(0)?,
+                instruction: r.get(1)?,
+                created: r.get(2)?,
+                last_used: r.get(3)?,
+                hits: r.get(4)?,
+                layer: r.get(5)?,
+                layer_size: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn all(&self) -> Result<Vec<StepRecord>> {
         let db = self.store.db();
         let sql = format!(
@@ -149,8 +184,8 @@ impl StepCache<'_> {
         }
         let db = self.store.db();
         db.execute(
-            "INSERT OR IGNORE INTO step_cache(key, slot, parent, layer, chain_id, instruction, inputs, created, last_used, hits)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0)",
+            "INSERT OR IGNORE INTO step_cache(key, slot, parent, layer, chain_id, instruction, inputs, created, last_used, hits, layer_size)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, ?10)",
             params![
                 rec.key,
                 rec.slot,
@@ -160,7 +195,8 @@ impl StepCache<'_> {
                 rec.instruction,
                 rec.inputs,
                 rec.created,
-                rec.last_used
+                rec.last_used,
+                rec.layer.as_ref().map_or(0, |l| l.size)
             ],
         )?;
         Ok(())
@@ -206,6 +242,19 @@ impl StepCache<'_> {
 
 impl Store {
     /// The images (manifest digests) whose layers include the blob `layer`.
+    /// The step-cache layers some image also uses (in any encoding of the same DiffID), in one
+    /// query.
+    pub fn step_layers_used_by_images(&self) -> Result<std::collections::HashSet<String>> {
+        let db = self.db();
+        let mut st = db.prepare_cached(
+            "SELECT DISTINCT s.layer FROM step_cache s JOIN layers l ON l.digest = s.layer
+             WHERE EXISTS (SELECT 1 FROM layers v JOIN image_layers il ON il.layer = v.digest
+                           WHERE v.diff_id = l.diff_id)",
+        )?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn images_using_layer(&self, layer: &Digest) -> Result<Vec<Digest>> {
         let db = self.db();
         let mut st = db.prepare_cached(

@@ -156,12 +156,30 @@ const MIGRATIONS: &[&str] = &[
      );",
     // 7: the refs version, bumped with every change to refs; index.json records the version it
     // was made from, so a tag splices its line into the file instead of rewriting it whole
-    // (`store/index.rs`).
+    // (`store/src/store/index.rs`).
     "CREATE TABLE counters(
         name TEXT PRIMARY KEY,
         value INTEGER NOT NULL
      );
      INSERT INTO counters(name, value) VALUES ('refs', 0);",
+    // 8: an image's size (its layers' uncompressed bytes) and a step's layer size on their
+    // rows; the step cache indexed by last use; and an index on every column a foreign key
+    // names, so deleting a blob, layer or image checks its users by lookup (without them GC
+    // scanned every image's layers and every cache entry per row it deleted: a prune of 1,000
+    // images in a store of 100,000 blobs took 71 s). `images` with ten thousand images and
+    // `cache ls` with a hundred thousand entries read their own rows, in order, and no others.
+    "ALTER TABLE images ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+     UPDATE images SET size = (SELECT COALESCE(SUM(l.uncompressed_size), 0)
+        FROM image_layers il JOIN layers l ON l.digest = il.layer
+        WHERE il.manifest = images.manifest);
+     ALTER TABLE step_cache ADD COLUMN layer_size INTEGER NOT NULL DEFAULT 0;
+     UPDATE step_cache SET layer_size =
+        COALESCE((SELECT size FROM layers WHERE digest = step_cache.layer), 0);
+     CREATE INDEX step_cache_used ON step_cache(last_used DESC, key);
+     CREATE INDEX image_layers_layer ON image_layers(layer);
+     CREATE INDEX step_cache_layer ON step_cache(layer);
+     CREATE INDEX images_config ON images(config);
+     CREATE INDEX containers_image ON containers(image);",
 ];
 
 /// Seconds since the Unix epoch, now.
@@ -198,6 +216,25 @@ pub struct NewImage {
     pub layers: Vec<LayerRecord>,
     /// The config's `created`, as Unix seconds.
     pub created: Option<i64>,
+}
+
+/// An image as `images` lists it: without its layers, with its tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSummary {
+    pub manifest: Digest,
+    pub config: Digest,
+    pub created: Option<i64>,
+    /// Its layers' uncompressed bytes ([`ImageRecord::size`]).
+    pub size: u64,
+    /// The tags pointing at it, sorted.
+    pub tags: Vec<String>,
+}
+
+impl ImageSummary {
+    /// The image ID: the config digest.
+    pub fn id(&self) -> Digest {
+        self.config
+    }
 }
 
 /// An image in the store.

@@ -3,7 +3,7 @@
 use super::index::RefChange;
 use super::*;
 use crate::codec::Compression;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 impl Store {
     /// Takes a lease: GC will not run until it is dropped.
@@ -56,9 +56,18 @@ impl Store {
             }
             drop(blob);
             let m = img.manifest.digest.to_string();
+            let size: u64 = img.layers.iter().map(|l| l.uncompressed_size).sum();
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO images(manifest, config, media_type, created, added) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![m, img.config.digest.to_string(), img.manifest.media_type, img.created, now],
+                "INSERT OR IGNORE INTO images(manifest, config, media_type, created, added, size)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    m,
+                    img.config.digest.to_string(),
+                    img.manifest.media_type,
+                    img.created,
+                    now,
+                    size
+                ],
             )?;
             if inserted > 0 {
                 for (i, l) in img.layers.iter().enumerate() {
@@ -245,6 +254,31 @@ impl Store {
     }
 
     /// Every image, newest first.
+    /// Every image with its size and tags, newest first: what `images` lists, in two queries.
+    pub fn image_list(&self) -> Result<Vec<ImageSummary>> {
+        let db = self.db();
+        let mut tags: HashMap<String, Vec<String>> = HashMap::new();
+        let mut st = db.prepare_cached("SELECT manifest, name FROM refs ORDER BY name")?;
+        for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (m, name) = r?;
+            tags.entry(m).or_default().push(name);
+        }
+        let mut st = db.prepare_cached(
+            "SELECT manifest, config, created, size FROM images ORDER BY added DESC, manifest",
+        )?;
+        let rows = st.query_map([], |r| {
+            let m: String = r.get(0)?;
+            Ok(ImageSummary {
+                tags: tags.remove(&m).unwrap_or_default(),
+                manifest: parse_digest(m)?,
+                config: parse_digest(r.get(1)?)?,
+                created: r.get(2)?,
+                size: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn images(&self) -> Result<Vec<ImageRecord>> {
         self.load_images(None)
     }
