@@ -85,6 +85,8 @@ impl Store {
             blobs.insert(c);
         }
         let mut chains = HashSet::new();
+        // The DiffIDs of live layers: every stored encoding of one lives as long as it does.
+        let mut live_diffs: HashSet<String> = HashSet::new();
         let mut st = tx.prepare(
             "SELECT il.manifest, l.digest, l.diff_id FROM image_layers il JOIN layers l ON l.digest = il.layer
              ORDER BY il.manifest, il.idx",
@@ -113,29 +115,36 @@ impl Store {
             if let Ok(d) = diff.parse() {
                 diffs.push(d);
             }
+            live_diffs.insert(diff);
         }
         flush(&mut diffs);
         // The step cache: its layers and the snapshot stacks after each step stay until
         // the row goes (`kiln cache prune`).
-        let mut st = tx.prepare("SELECT layer, chain_id FROM step_cache")?;
+        let mut st = tx.prepare(
+            "SELECT s.layer, s.chain_id, l.diff_id FROM step_cache s
+             LEFT JOIN layers l ON l.digest = s.layer",
+        )?;
         for r in st.query_map([], |r| {
             Ok((
                 r.get::<_, Option<String>>(0)?,
                 r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
             ))
         })? {
-            let (layer, chain) = r?;
+            let (layer, chain, diff) = r?;
             blobs.extend(layer);
             chains.extend(chain);
+            live_diffs.extend(diff);
         }
-        // Other encodings of a live layer (kept for export and push) live as long as it does.
-        let mut st = tx.prepare(
-            "SELECT v.digest FROM layers v WHERE v.diff_id IN
-               (SELECT l.diff_id FROM image_layers il JOIN layers l ON l.digest = il.layer
-                UNION SELECT l.diff_id FROM step_cache s JOIN layers l ON l.digest = s.layer)",
-        )?;
-        for r in st.query_map([], |r| r.get::<_, String>(0))? {
-            blobs.insert(r?);
+        // Other encodings of a live layer (kept for export and push) live as long as it does:
+        // one pass over the layers, matched in memory (an IN over a UNION of every image's
+        // layers took most of a GC in a big store).
+        let mut st = tx.prepare("SELECT digest, diff_id FROM layers")?;
+        for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (digest, diff) = r?;
+            if live_diffs.contains(&diff) {
+                blobs.insert(digest);
+            }
         }
         // A live snapshot needs the ones below it (step-cache chains name only the top).
         let mut st = tx.prepare("SELECT chain_id, parent FROM snapshots")?;
@@ -282,26 +291,50 @@ impl Store {
             r.get(0)
         })?;
         u.containers = db.query_row("SELECT COUNT(*) FROM containers", [], |r| r.get(0))?;
-        // Blobs reachable from any image, and those reachable from kept (tagged or in use) images.
-        let reach = |filter: &str| -> rusqlite::Result<u64> {
-            db.query_row(
-                &format!(
-                    "WITH kept AS (SELECT manifest, config FROM images {filter}),
-                     used AS (SELECT manifest AS d FROM kept UNION SELECT config FROM kept
-                              UNION SELECT il.layer FROM image_layers il JOIN kept k ON k.manifest = il.manifest)
-                     SELECT COALESCE(SUM(b.size), 0) FROM blobs b JOIN used ON used.d = b.digest"
-                ),
-                [],
-                |r| r.get(0),
-            )
+        // Blobs reachable from any image, and those reachable from kept (tagged or in use)
+        // images: one pass over each table, matched in memory.
+        let kept_images: HashSet<String> = {
+            let mut st =
+                db.prepare("SELECT manifest FROM refs UNION SELECT image FROM containers")?;
+            let v = st
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            v
         };
-        u.image_bytes = reach("")?;
-        let kept = reach(
-            "WHERE manifest IN (SELECT manifest FROM refs) OR manifest IN (SELECT image FROM containers)",
-        )?;
-        u.image_reclaimable = u.image_bytes - kept.min(u.image_bytes);
-        let rows_bytes: u64 =
-            db.query_row("SELECT COALESCE(SUM(size), 0) FROM blobs", [], |r| r.get(0))?;
+        let (mut used, mut kept) = (HashSet::new(), HashSet::new());
+        let (mut rows_bytes, mut kept_bytes) = (0u64, 0u64);
+        {
+            let mut st = db.prepare("SELECT manifest, config FROM images")?;
+            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (m, c) = r?;
+                if kept_images.contains(&m) {
+                    kept.insert(m.clone());
+                    kept.insert(c.clone());
+                }
+                used.insert(m);
+                used.insert(c);
+            }
+            let mut st = db.prepare("SELECT manifest, layer FROM image_layers")?;
+            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (m, l) = r?;
+                if kept_images.contains(&m) {
+                    kept.insert(l.clone());
+                }
+                used.insert(l);
+            }
+            let mut st = db.prepare("SELECT digest, size FROM blobs")?;
+            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
+                let (d, size) = r?;
+                rows_bytes += size;
+                if used.contains(&d) {
+                    u.image_bytes += size;
+                }
+                if kept.contains(&d) {
+                    kept_bytes += size;
+                }
+            }
+        }
+        u.image_reclaimable = u.image_bytes - kept_bytes.min(u.image_bytes);
         let (_, live_chains) = self.mark(&db)?;
         let mut st = db.prepare("SELECT chain_id, size FROM snapshots")?;
         for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {

@@ -415,3 +415,30 @@ fn the_wal_stays_bounded_across_processes() {
     let s = Store::open(d.path()).unwrap();
     assert_eq!(s.refs_of(&img.manifest.digest).unwrap().len(), 300);
 }
+
+#[test]
+fn usage_counts_shared_blobs_once_and_what_only_dangling_images_use() {
+    let (_d, s) = store();
+    let shared = layer(&s, b"shared layer");
+    let own = layer(&s, b"only the dangling image's layer");
+    let tagged = image(&s, vec![shared.clone()], "tagged");
+    let dangling = image(&s, vec![shared.clone(), own.clone()], "dangling");
+    s.commit_image(&tagged, &["t:1".into()]).unwrap();
+    s.commit_image(&dangling, &[]).unwrap();
+    let u = s.usage().unwrap();
+    assert_eq!((u.images, u.images_tagged), (2, 1));
+    let size = |b: &BlobRef| b.size;
+    let all = size(&tagged.manifest)
+        + size(&tagged.config)
+        + size(&dangling.manifest)
+        + size(&dangling.config)
+        + shared.size
+        + own.size;
+    assert_eq!(u.image_bytes, all, "the shared layer counts once");
+    assert_eq!(
+        u.image_reclaimable,
+        size(&dangling.manifest) + size(&dangling.config) + own.size,
+        "what only the dangling image uses"
+    );
+    assert_eq!(u.orphan_bytes, 0);
+}
