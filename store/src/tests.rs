@@ -442,3 +442,46 @@ fn usage_counts_shared_blobs_once_and_what_only_dangling_images_use() {
     );
     assert_eq!(u.orphan_bytes, 0);
 }
+
+#[test]
+fn schema_8_fills_image_and_step_sizes_in_a_store_made_before_it() {
+    let (d, s) = store();
+    let l = layer(&s, b"a layer of some bytes");
+    let img = image(&s, vec![l.clone()], "old");
+    s.commit_image(&img, &["old:1".into()]).unwrap();
+    s.steps()
+        .record(&crate::StepRecord {
+            key: "k".repeat(64),
+            slot: "slot".into(),
+            parent: "p".repeat(64),
+            layer: Some(l.clone()),
+            chain_id: None,
+            instruction: "RUN x".into(),
+            inputs: "{}".into(),
+            created: 1,
+            last_used: 2,
+            hits: 0,
+        })
+        .unwrap();
+    // Back to schema 7: without the columns and indexes 8 adds.
+    s.db()
+        .execute_batch(
+            "DROP INDEX step_cache_used; DROP INDEX image_layers_layer; DROP INDEX step_cache_layer;
+             DROP INDEX images_config; DROP INDEX containers_image;
+             ALTER TABLE images DROP COLUMN size; ALTER TABLE step_cache DROP COLUMN layer_size;
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+    drop(s);
+    let s = Store::open(d.path()).unwrap();
+    let listed = s.image_list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].size, l.uncompressed_size);
+    assert_eq!(listed[0].tags, vec!["old:1".to_string()]);
+    let steps = s.steps().list().unwrap();
+    assert_eq!(steps[0].layer_size, l.size);
+    assert_eq!(
+        steps[0].layer.as_deref(),
+        Some(l.digest.to_string().as_str())
+    );
+}
