@@ -5,6 +5,9 @@
 #   context files  5k / 20k / 80k    cold build, no-op rebuild, one file changed   kiln, docker
 #   layers         10 / 100 / 500    build (cold), run --rm to exit                kiln, docker
 #   tags           100 / 1k / 10k    tag, images, rmi (one tag each)                kiln
+#   store          10k images, 100k cache entries, 1M blobs: images, ps, cache ls,  kiln
+#                  system df, tag, rmi; cache prune of 1k and 10k entries; system
+#                  prune of 100 and 1,000 untagged images
 #   containers     50 / 500          run -d (each), ps, rm -f (each)                kiln
 #
 # Context files are 1-100 lines of text in 200x13 directories (generated, never committed).
@@ -12,9 +15,11 @@
 # sqlite3; 10,000 `kiln tag` calls would take minutes), then index.json is rewritten by the
 # first timed `kiln tag`. Containers run `sleep` with --network none (the default bridge's
 # per-container setup is measured by run.sh). Medians of ROUNDS (default 5) for the repeated
-# commands; SIZES_FILES, SIZES_LAYERS, SIZES_TAGS, SIZES_CONTAINERS override the sizes.
+# commands; SIZES_FILES, SIZES_LAYERS, SIZES_TAGS, SIZES_CONTAINERS override the sizes, and
+# STORE_IMAGES, STORE_CACHE, STORE_BLOBS the big store's; an empty value skips a group.
 #
-# Writes a table (stdout) and $OUT/scale.json; OUT defaults to benches/results. Not a test:
+# Writes a table (stdout), $OUT/scale.json and $OUT/scale.svg (benches/scale-chart.py: how each
+# cost grows, log-log, kiln beside Docker); OUT defaults to benches/results. Not a test:
 # run it by hand on an idle machine, as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,7 +71,7 @@ with open(f"{root}/Dockerfile", "w") as f:
 PY
 }
 
-for n in ${SIZES_FILES:-5000 20000 80000}; do
+for n in ${SIZES_FILES-5000 20000 80000}; do
   echo "scale.sh: context of $n files" >&2
   ctx=$work/ctx-$n
   context "$ctx" "$n"
@@ -87,7 +92,7 @@ for n in ${SIZES_FILES:-5000 20000 80000}; do
   rm -rf "$ctx"
 done
 
-for n in ${SIZES_LAYERS:-10 100 500}; do
+for n in ${SIZES_LAYERS-10 100 500}; do
   echo "scale.sh: $n layers" >&2
   ctx=$work/layers-$n
   mkdir -p "$ctx"
@@ -104,7 +109,7 @@ for n in ${SIZES_LAYERS:-10 100 500}; do
   done
 done
 
-for n in ${SIZES_TAGS:-100 1000 10000}; do
+for n in ${SIZES_TAGS-100 1000 10000}; do
   echo "scale.sh: $n tags" >&2
   python3 - "$work/store/kiln.db" "$n" <<'PY'
 import sqlite3, sys, time
@@ -124,7 +129,94 @@ PY
   done
 done
 
-for n in ${SIZES_CONTAINERS:-50 500}; do
+# A big store: STORE_IMAGES images of (STORE_BLOBS / STORE_IMAGES - 2) layers each, one tag
+# each, and STORE_CACHE step-cache entries on those layers, written straight into a fresh store's
+# tables and blob files (tiny blobs: these commands read rows, not layers).
+if [[ -n ${STORE_IMAGES-10000} ]]; then
+  ni=${STORE_IMAGES:-10000} nc=${STORE_CACHE:-100000} nb=${STORE_BLOBS:-1000000}
+  echo "scale.sh: a store of $ni images, $nc cache entries, $nb blobs" >&2
+  big=$work/big
+  KILN_ROOT=$big "$kiln" images >/dev/null
+  python3 - "$big" "$ni" "$nc" "$nb" <<'PY'
+import hashlib, json, os, sqlite3, sys, time
+root, n_images, n_cache, n_blobs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+layers_per = max(1, (n_blobs - 2 * n_images) // n_images)
+bdir = f"{root}/blobs/sha256"
+db = sqlite3.connect(f"{root}/kiln.db")
+db.execute("PRAGMA synchronous=OFF")
+now = int(time.time())
+def blob(data, mt):
+    h = hashlib.sha256(data).hexdigest()
+    with open(f"{bdir}/{h}", "wb") as f:
+        f.write(data)
+    return "sha256:" + h
+blobs, layers, images, il, refs, cache = [], [], [], [], [], []
+all_layers = []
+for i in range(n_images):
+    ls = []
+    for j in range(layers_per):
+        data = f"layer {i} {j}\n".encode()
+        d = blob(data, "")
+        ls.append((d, len(data)))
+        blobs.append((d, len(data), "application/vnd.oci.image.layer.v1.tar+zstd", now))
+        layers.append((d, d, "application/vnd.oci.image.layer.v1.tar+zstd", len(data), len(data)))
+    all_layers.extend(ls)
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "created": "2026-01-01T00:00:00Z",
+                      "config": {"Cmd": ["sh"]},
+                      "rootfs": {"type": "layers", "diff_ids": [d for d, _ in ls]}}).encode()
+    c = blob(cfg, "")
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": len(cfg)},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+zstd", "digest": d, "size": s} for d, s in ls]}).encode()
+    m = blob(man, "")
+    blobs.append((c, len(cfg), "application/vnd.oci.image.config.v1+json", now))
+    blobs.append((m, len(man), "application/vnd.oci.image.manifest.v1+json", now))
+    images.append((m, c, "application/vnd.oci.image.manifest.v1+json", now, now, sum(s for _, s in ls)))
+    il.extend((m, j, d) for j, (d, _) in enumerate(ls))
+    refs.append((f"docker.io/store/i{i}:latest", m, now))
+for k in range(n_cache):
+    d = all_layers[k % len(all_layers)][0]
+    key = hashlib.blake2b(f"key {k}".encode(), digest_size=32).hexdigest()
+    parent = hashlib.blake2b(f"parent {k}".encode(), digest_size=32).hexdigest()
+    cache.append((key, f"slot{k % 5000}", parent, d, None, f"RUN echo {k}", "{}", now - k, now - k, 0, all_layers[k % len(all_layers)][1]))
+db.executemany("INSERT OR IGNORE INTO blobs(digest, size, media_type, created) VALUES (?,?,?,?)", blobs)
+db.executemany("INSERT OR IGNORE INTO layers(digest, diff_id, media_type, size, uncompressed_size) VALUES (?,?,?,?,?)", layers)
+db.executemany("INSERT INTO images(manifest, config, media_type, created, added, size) VALUES (?,?,?,?,?,?)", images)
+db.executemany("INSERT INTO image_layers(manifest, idx, layer) VALUES (?,?,?)", il)
+db.executemany("INSERT INTO refs(name, manifest, updated) VALUES (?,?,?)", refs)
+db.executemany("INSERT INTO step_cache(key, slot, parent, layer, chain_id, instruction, inputs, created, last_used, hits, layer_size) VALUES (?,?,?,?,?,?,?,?,?,?,?)", cache)
+db.commit()
+print(f"{len(images)} images, {len(blobs)} blobs, {len(cache)} cache entries", file=sys.stderr)
+PY
+  bk() { KILN_ROOT=$big "$kiln" "$@"; }
+  bk tag store/i0 store/warm:1 >/dev/null
+  for r in $(seq "$rounds"); do
+    for c in images ps "cache ls" "system df"; do
+      timed store "$ni" "${c// /-}" kiln bk $c
+    done
+    timed store "$ni" tag kiln bk tag store/i1 "store/new:$r"
+    timed store "$ni" rmi-tag kiln bk rmi "store/new:$r"
+    # The image's last tag: the image goes, and GC runs.
+    timed store "$ni" rmi-image kiln bk rmi "store/i$((r + 1))"
+  done
+  # Pruning: the oldest 1,000 entries, then the next 10,000 (last used one second apart).
+  timed store "$ni" cache-prune-1000 kiln bk cache prune -a --filter "until=$((nc - 1000))s"
+  timed store "$ni" cache-prune-10000 kiln bk cache prune -a --filter "until=$((nc - 11000))s"
+  # 100, then 1,000 images untagged (their refs rows removed) and pruned.
+  for d in 100 1000; do
+    python3 - "$big/kiln.db" "$d" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+rows = c.execute("SELECT name FROM refs WHERE name LIKE 'docker.io/store/i%' ORDER BY name DESC LIMIT ?", (int(sys.argv[2]),)).fetchall()
+c.executemany("DELETE FROM refs WHERE name = ?", rows)
+c.execute("UPDATE counters SET value = value + 1 WHERE name = 'refs'")
+c.commit()
+PY
+    timed store "$ni" "system-prune-$d" kiln bk system prune -f
+  done
+fi
+
+for n in ${SIZES_CONTAINERS-50 500}; do
   echo "scale.sh: $n containers" >&2
   t0=${EPOCHREALTIME/./}
   for i in $(seq "$n"); do "$kiln" run -d --network none busybox-base sleep 100000 >/dev/null; done
@@ -160,5 +252,6 @@ awk -v json="$out/scale.json" '
     }
     printf "  ]\n}\n" > json
   }' "$work/times"
+python3 benches/scale-chart.py "$out/scale.json" "$out/scale.svg" >/dev/null
 echo
-echo "wrote $out/scale.json"
+echo "wrote $out/scale.json and $out/scale.svg"
