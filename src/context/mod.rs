@@ -227,6 +227,15 @@ mod tests {
             EntryKind::Symlink,
             "a link to a directory is not followed"
         );
+        // A name that is not UTF-8 is stat'ed by its own bytes and listed by its lossy form.
+        use std::os::unix::ffi::OsStrExt;
+        fs::write(r.join(std::ffi::OsStr::from_bytes(b"b/c/\xffx")), "x").unwrap();
+        let got = Context::open(r, None).unwrap().walk().unwrap();
+        let odd = got
+            .iter()
+            .find(|e| e.path == "b/c/\u{fffd}x")
+            .expect("listed");
+        assert_eq!((odd.kind, odd.stat.size), (EntryKind::File, 1));
         // A directory that cannot be read is named.
         let err = Context::open(&r.join("nope"), None).unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");

@@ -3,10 +3,11 @@
 //!
 //! It is the first cost of every build that uses the context, paid per file: with 80,000 files
 //! a no-op rebuild is mostly this walk. So each directory is read with raw `getdents64` into one
-//! buffer, its names kept in one string, each entry stat'ed with `statx` relative to the
-//! directory's descriptor (no path lookup from the root, only the fields the stat tuple needs),
-//! and the only allocation per entry is its path. Subdirectories are walked in parallel, each
-//! into a list of its own, and the lists are joined once at the end (each entry moved once).
+//! buffer, its names kept in one byte buffer, each entry stat'ed with `statx` relative to the
+//! directory's descriptor by its own bytes (no path lookup from the root, only the fields the
+//! stat tuple needs), and the only allocation per entry is its path. Subdirectories are walked in
+//! parallel, each into a list of its own, and the lists are joined once at the end (each entry
+//! moved once).
 //! Symlinks are never followed. An excluded directory is entered only when an exception could
 //! re-include something below it, and is listed (marked `implied`) only when something was.
 
@@ -46,8 +47,9 @@ fn err(ctx: &Context, rel: &str, e: rustix::io::Errno) -> ContextError {
 }
 
 fn walk_dir(ctx: &Context, fd: &OwnedFd, rel: &str) -> Result<Walked, ContextError> {
-    // The names, in one string; (start, end) of each.
-    let mut names = String::new();
+    // The names as the directory has them (bytes: a name need not be UTF-8), in one buffer;
+    // (start, end) of each. Paths are their lossy UTF-8 form, as they always were.
+    let mut names: Vec<u8> = Vec::new();
     let mut spans: Vec<(usize, usize)> = Vec::new();
     let mut buf = vec![MaybeUninit::<u8>::uninit(); 32 << 10];
     let mut dir = RawDir::new(fd.as_fd(), &mut buf);
@@ -58,23 +60,25 @@ fn walk_dir(ctx: &Context, fd: &OwnedFd, rel: &str) -> Result<Walked, ContextErr
             continue;
         }
         let start = names.len();
-        names.push_str(&String::from_utf8_lossy(name));
+        names.extend_from_slice(name);
         spans.push((start, names.len()));
     }
-    spans.sort_unstable_by(|a, b| names[a.0..a.1].cmp(&names[b.0..b.1]));
+    let lossy = |&(a, b): &(usize, usize)| String::from_utf8_lossy(&names[a..b]);
+    spans.sort_unstable_by(|x, y| lossy(x).cmp(&lossy(y)));
     let filter = !ctx.matcher().is_empty();
-    let mut entries: Vec<(Entry, bool)> = Vec::with_capacity(spans.len());
-    for &(a, b) in &spans {
-        let name = &names[a..b];
+    // Each entry, whether to walk into it, and its name's bytes.
+    let mut entries: Vec<(Entry, bool, (usize, usize))> = Vec::with_capacity(spans.len());
+    for span in &spans {
+        let name = lossy(span);
         let mut path = String::with_capacity(rel.len() + 1 + name.len());
         if !rel.is_empty() {
             path.push_str(rel);
             path.push('/');
         }
-        path.push_str(name);
+        path.push_str(&name);
         let st = rustix::fs::statx(
             fd,
-            name,
+            &names[span.0..span.1],
             AtFlags::SYMLINK_NOFOLLOW | AtFlags::STATX_DONT_SYNC,
             StatxFlags::TYPE
                 | StatxFlags::MODE
@@ -113,19 +117,23 @@ fn walk_dir(ctx: &Context, fd: &OwnedFd, rel: &str) -> Result<Walked, ContextErr
                 stat,
             },
             descend,
+            *span,
         ));
     }
     drop(buf);
     // Subdirectories in parallel, each opened relative to this one (never following a link).
-    let dirs: Vec<&Entry> = entries.iter().filter(|(_, d)| *d).map(|(e, _)| e).collect();
+    let dirs: Vec<(&Entry, (usize, usize))> = entries
+        .iter()
+        .filter(|(_, d, _)| *d)
+        .map(|(e, _, span)| (e, *span))
+        .collect();
     let below: Vec<Result<Walked, ContextError>> = dirs
         .par_iter()
         .with_max_len(1)
-        .map(|e| {
-            let name = e.path.rsplit('/').next().unwrap_or(&e.path);
+        .map(|&(e, (a, b))| {
             let sub = rustix::fs::openat(
                 fd,
-                name,
+                &names[a..b],
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
@@ -135,7 +143,7 @@ fn walk_dir(ctx: &Context, fd: &OwnedFd, rel: &str) -> Result<Walked, ContextErr
         .collect();
     let mut below = below.into_iter();
     let mut out = Vec::with_capacity(entries.len());
-    for (e, descend) in entries {
+    for (e, descend, _) in entries {
         let b = if descend {
             Some(below.next().expect("one walk per directory")?)
         } else {
