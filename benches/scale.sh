@@ -119,6 +119,8 @@ m = c.execute("SELECT manifest FROM refs WHERE name LIKE '%busybox-base%'").fetc
 c.execute("DELETE FROM refs WHERE name LIKE 'docker.io/scale/%'")
 c.executemany("INSERT INTO refs(name, manifest, updated) VALUES (?, ?, ?)",
               [(f"docker.io/scale/t{i}:latest", m, int(time.time())) for i in range(n)])
+# A refs change index.json has not seen: the next kiln tag regenerates it whole.
+c.execute("UPDATE counters SET value = value + 1 WHERE name = 'refs'")
 c.commit()
 PY
   "$kiln" tag busybox-base scale/warm:1 >/dev/null
@@ -127,6 +129,9 @@ PY
     timed tags "$n" images kiln "$kiln" images
     timed tags "$n" rmi kiln "$kiln" rmi "scale/new:$r"
   done
+  # index.json lists every tag (the timed commands spliced a file of this size).
+  python3 -c 'import json, sys; n = len(json.load(open(sys.argv[1]))["manifests"]); sys.exit(n < int(sys.argv[2]))' "$work/store/index.json" "$n" ||
+    { echo "scale.sh: index.json does not list the $n tags" >&2; exit 1; }
 done
 
 # A big store: STORE_IMAGES images of (STORE_BLOBS / STORE_IMAGES - 2) layers each, one tag
@@ -185,11 +190,15 @@ db.executemany("INSERT INTO images(manifest, config, media_type, created, added,
 db.executemany("INSERT INTO image_layers(manifest, idx, layer) VALUES (?,?,?)", il)
 db.executemany("INSERT INTO refs(name, manifest, updated) VALUES (?,?,?)", refs)
 db.executemany("INSERT INTO step_cache(key, slot, parent, layer, chain_id, instruction, inputs, created, last_used, hits, layer_size) VALUES (?,?,?,?,?,?,?,?,?,?,?)", cache)
+# A refs change index.json has not seen: the next kiln tag regenerates it whole.
+db.execute("UPDATE counters SET value = value + 1 WHERE name = 'refs'")
 db.commit()
 print(f"{len(images)} images, {len(blobs)} blobs, {len(cache)} cache entries", file=sys.stderr)
 PY
   bk() { KILN_ROOT=$big "$kiln" "$@"; }
   bk tag store/i0 store/warm:1 >/dev/null
+  python3 -c 'import json, sys; n = len(json.load(open(sys.argv[1]))["manifests"]); sys.exit(n < int(sys.argv[2]))' "$big/index.json" "$ni" ||
+    { echo "scale.sh: index.json does not list the $ni tags" >&2; exit 1; }
   for r in $(seq "$rounds"); do
     for c in images ps "cache ls" "system df"; do
       timed store "$ni" "${c// /-}" kiln bk $c
