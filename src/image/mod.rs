@@ -306,19 +306,19 @@ pub struct Removed {
 pub fn remove(store: &Store, name: &str, force: bool) -> Result<Removed> {
     let r = resolve(store, name)?;
     let m = r.image.manifest.digest;
-    let tags = store.ref_count(&m)?;
-    let to_untag: Vec<String> = match &r.reference {
-        Some(reference) if tags > 1 => vec![reference.to_string()],
-        _ if tags > 1 && !force => {
+    // Whether other tags remain is all that matters, not how many there are.
+    let several = store.ref_count_up_to(&m, 2)? > 1;
+    let (to_untag, last): (Vec<String>, bool) = match &r.reference {
+        Some(reference) if several => (vec![reference.to_string()], false),
+        _ if several && !force => {
             return Err(ImageError::Conflict(format!(
             "unable to delete {} (must be forced) - image is referenced in multiple repositories",
             r.image.id().short()
         )))
         }
-        _ => store.refs_of(&m)?,
+        _ => (store.refs_of(&m)?, true),
     };
     let users = store.containers().using(&m)?;
-    let last = to_untag.len() == tags;
     if last && !users.is_empty() && !force {
         return Err(ImageError::Conflict(format!(
             "unable to remove repository reference {name:?} (must force) - container {} is using its referenced image {}",

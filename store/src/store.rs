@@ -473,16 +473,27 @@ pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
 
 /// `write_atomic` of the concatenation of `parts`.
 pub(crate) fn write_atomic_parts(tmp_dir: &Path, dest: &Path, parts: &[&[u8]]) -> Result<()> {
+    write_atomic_with(tmp_dir, dest, |f| {
+        // In 256 KiB writes: one multi-megabyte write(2) costs several times more in the kernel
+        // (page allocation) on the machines measured.
+        for part in parts.iter().flat_map(|p| p.chunks(256 << 10)) {
+            f.write_all(part)?;
+        }
+        Ok(())
+    })
+}
+
+/// `write_atomic` of what `fill` writes into the temp file.
+pub(crate) fn write_atomic_with(
+    tmp_dir: &Path,
+    dest: &Path,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> Result<()> {
     let mut t = tempfile::Builder::new()
         .prefix(".tmp-")
         .tempfile_in(tmp_dir)
         .map_err(|e| io_err(format!("create temp file in {}", tmp_dir.display()), e))?;
-    // In 256 KiB writes: one multi-megabyte write(2) costs several times more in the kernel
-    // (page allocation) on the machines measured.
-    for part in parts.iter().flat_map(|p| p.chunks(256 << 10)) {
-        t.write_all(part)
-            .map_err(|e| io_err("write temp file", e))?;
-    }
+    fill(t.as_file_mut()).map_err(|e| io_err("write temp file", e))?;
     t.as_file()
         .sync_all()
         .map_err(|e| io_err("fsync temp file", e))?;

@@ -4,9 +4,10 @@
 //! carries the value it was made from (the `dev.kiln.refs-version` annotation). The process that
 //! made change V then, under index.lock:
 //! - does nothing if index.json is already at V or later (a later writer regenerated it whole);
-//! - splices its own entries into index.json if it is at V - 1: the file is read, the few lines
-//!   found by binary search on the sorted names and replaced, and the rest copied as bytes, so a
-//!   tag costs a copy of the file rather than a query and formatting of every tag;
+//! - splices its own entries into index.json if it is at V - 1: the few lines are found by a
+//!   binary search on the sorted names that reads only the lines it looks at, and the rest of the
+//!   file is copied in the kernel (copy_file_range), so a tag costs a copy of the file rather
+//!   than a query and formatting of every tag;
 //! - otherwise (a crash between commit and write, a concurrent writer's change not yet written, an
 //!   older kiln's file) regenerates it whole from the table, reading the counter in the same read
 //!   transaction.
@@ -15,6 +16,7 @@
 //! index at every moment.
 
 use super::*;
+use std::borrow::Cow;
 
 /// The annotation that records the refs version index.json was made from.
 const VERSION_KEY: &str = "dev.kiln.refs-version";
@@ -67,8 +69,8 @@ impl Store {
         let lock = open_lock(&self.root.join("index.lock"))?;
         lock.lock().map_err(|e| io_err("lock index.lock", e))?;
         let path = self.root.join("index.json");
-        if let Ok(old) = fs::read(&path) {
-            if let Some(index) = Index::parse(&old) {
+        if let Ok(old) = File::open(&path) {
+            if let Some(index) = Index::open(&old) {
                 if index.version >= version {
                     return Ok(());
                 }
@@ -76,7 +78,9 @@ impl Store {
                     if let Some(edits) = index.edits(changes) {
                         let tail = tail(version);
                         let pieces = index.pieces(&edits, &tail);
-                        return write_atomic_parts(&self.ingest_dir(), &path, &pieces);
+                        return write_atomic_with(&self.ingest_dir(), &path, |f| {
+                            index.write(&pieces, f)
+                        });
                     }
                 }
             }
@@ -165,48 +169,143 @@ fn assemble<'a>(lines: impl Iterator<Item = &'a [u8]>, version: i64) -> Vec<u8> 
     out
 }
 
-/// index.json as `assemble` writes it. Its descriptors are seen as units of "\n{...}," (the
-/// last one's comma is virtual), so that adding, replacing and removing are all the same cut.
-struct Index<'a> {
-    version: i64,
-    /// From the first descriptor's "\n" to the last one's "}".
-    body: &'a [u8],
+/// The bytes of index.json's body, in memory (tests) or read from the file as needed: a splice
+/// reads the head, the tail and the few units its binary search looks at, not the whole file.
+trait Body {
+    fn len(&self) -> usize;
+    /// Bytes [a, b).
+    fn get(&self, a: usize, b: usize) -> Option<Cow<'_, [u8]>>;
 }
 
-impl<'a> Index<'a> {
-    /// None for anything but the exact layout `assemble` writes (then the caller regenerates).
-    fn parse(bytes: &'a [u8]) -> Option<Index<'a>> {
-        let rest = bytes.strip_prefix(HEAD.as_bytes())?;
-        let tail = tail_prefix();
-        let end = rest.len().saturating_sub(96);
-        let at = end + find(&rest[end..], tail.as_bytes())?;
-        let version = std::str::from_utf8(&rest[at + tail.len()..])
-            .ok()?
-            .strip_suffix("\"}}\n")?
-            .parse()
+impl Body for &[u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+    fn get(&self, a: usize, b: usize) -> Option<Cow<'_, [u8]>> {
+        <[u8]>::get(self, a..b).map(Cow::Borrowed)
+    }
+}
+
+/// The body of an index.json file: bytes [start, start + len) of it.
+struct FileBody<'f> {
+    file: &'f File,
+    start: u64,
+    len: usize,
+}
+
+impl Body for FileBody<'_> {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn get(&self, a: usize, b: usize) -> Option<Cow<'_, [u8]>> {
+        use std::os::unix::fs::FileExt;
+        if a > b || b > self.len {
+            return None;
+        }
+        let mut buf = vec![0; b - a];
+        self.file
+            .read_exact_at(&mut buf, self.start + a as u64)
             .ok()?;
-        let body = &rest[..at];
-        if !(body.is_empty() || body.starts_with(b"\n{") && body.ends_with(b"}")) {
+        Some(Cow::Owned(buf))
+    }
+}
+
+/// How far a search for a unit's edge reads (a unit is one tag's descriptor, well under this).
+const WINDOW: usize = 8 << 10;
+
+/// A piece of the new file: bytes of the old body, or new bytes.
+#[derive(Clone, Copy)]
+enum Piece<'a> {
+    Old(usize, usize),
+    New(&'a [u8]),
+}
+
+/// index.json as `assemble` writes it. Its descriptors are seen as units of "\n{...}," (the
+/// last one's comma is virtual), so that adding, replacing and removing are all the same cut.
+struct Index<B: Body> {
+    version: i64,
+    /// From the first descriptor's "\n" to the last one's "}".
+    body: B,
+}
+
+/// Parses the version from the file's last bytes (`tail`, which start at `tail_at` within the
+/// part after the head); returns where the body ends and the version.
+fn parse_tail(tail: &[u8], tail_at: usize) -> Option<(usize, i64)> {
+    let prefix = tail_prefix();
+    let at = find(tail, prefix.as_bytes())?;
+    let version = std::str::from_utf8(&tail[at + prefix.len()..])
+        .ok()?
+        .strip_suffix("\"}}\n")?
+        .parse()
+        .ok()?;
+    Some((tail_at + at, version))
+}
+
+#[cfg(test)]
+impl<'a> Index<&'a [u8]> {
+    /// None for anything but the exact layout `assemble` writes (then the caller regenerates).
+    fn parse(bytes: &'a [u8]) -> Option<Index<&'a [u8]>> {
+        let rest = bytes.strip_prefix(HEAD.as_bytes())?;
+        let from = rest.len().saturating_sub(96);
+        let (end, version) = parse_tail(&rest[from..], from)?;
+        Index::checked(version, &rest[..end])
+    }
+}
+
+impl<'f> Index<FileBody<'f>> {
+    /// [`Index::parse`] of an open file, reading only its head and tail.
+    fn open(file: &'f File) -> Option<Index<FileBody<'f>>> {
+        use std::os::unix::fs::FileExt;
+        let len = file.metadata().ok()?.len() as usize;
+        let mut head = vec![0; HEAD.len()];
+        file.read_exact_at(&mut head, 0).ok()?;
+        if head != HEAD.as_bytes() {
+            return None;
+        }
+        let rest = len.checked_sub(HEAD.len())?;
+        let from = rest.saturating_sub(96);
+        let mut tail = vec![0; rest - from];
+        file.read_exact_at(&mut tail, (HEAD.len() + from) as u64)
+            .ok()?;
+        let (end, version) = parse_tail(&tail, from)?;
+        let body = FileBody {
+            file,
+            start: HEAD.len() as u64,
+            len: end,
+        };
+        Index::checked(version, body)
+    }
+}
+
+impl<B: Body> Index<B> {
+    fn checked(version: i64, body: B) -> Option<Index<B>> {
+        let n = body.len();
+        if n > 0 && (&*body.get(0, 2.min(n))? != b"\n{" || &*body.get(n - 1, n)? != b"}") {
             return None;
         }
         Some(Index { version, body })
     }
 
     /// The unit starting at `start` (a "\n"): its end (after its comma, or the body's end).
-    fn unit_end(&self, start: usize) -> usize {
-        match self.body[start + 1..].iter().position(|&b| b == b'\n') {
-            Some(n) => start + 1 + n,
-            None => self.body.len(),
+    fn unit_end(&self, start: usize) -> Option<usize> {
+        let n = self.body.len();
+        let to = (start + 1 + WINDOW).min(n);
+        let w = self.body.get(start + 1, to)?;
+        match w.iter().position(|&b| b == b'\n') {
+            Some(k) => Some(start + 1 + k),
+            None if to == n => Some(n),
+            None => None,
         }
     }
 
-    /// The tag name of the unit at `start`.
-    fn name_at(&self, start: usize) -> Option<String> {
-        let l = &self.body[start..self.unit_end(start)];
+    /// The tag name of the unit at `start`, and its end.
+    fn name_at(&self, start: usize) -> Option<(String, usize)> {
+        let end = self.unit_end(start)?;
+        let l = self.body.get(start, end)?;
         let key = b"\"io.containerd.image.name\":";
-        let at = find(l, key)? + key.len();
+        let at = find(&l, key)? + key.len();
         let mut de = serde_json::Deserializer::from_slice(&l[at..]);
-        serde::Deserialize::deserialize(&mut de).ok()
+        Some((serde::Deserialize::deserialize(&mut de).ok()?, end))
     }
 
     /// Where `name` is: (its unit's start, its end if it is there).
@@ -215,9 +314,11 @@ impl<'a> Index<'a> {
         // lo and hi are unit starts (or the end); each step looks at the unit holding the middle.
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let start = self.body[lo..=mid].iter().rposition(|&b| b == b'\n')? + lo;
-            let end = self.unit_end(start);
-            match self.name_at(start)?.as_str().cmp(name) {
+            let from = mid.saturating_sub(WINDOW).max(lo);
+            let w = self.body.get(from, mid + 1)?;
+            let start = w.iter().rposition(|&b| b == b'\n')? + from;
+            let (found, end) = self.name_at(start)?;
+            match found.as_str().cmp(name) {
                 std::cmp::Ordering::Less => lo = end,
                 std::cmp::Ordering::Greater => hi = start,
                 std::cmp::Ordering::Equal => return Some((start, Some(end))),
@@ -266,32 +367,60 @@ impl<'a> Index<'a> {
     }
 
     /// Bytes [a, b) of the body with its virtual last comma.
-    fn virtual_slice(&self, a: usize, b: usize) -> [&'a [u8]; 2] {
+    fn virtual_slice(&self, a: usize, b: usize) -> [Piece<'static>; 2] {
         let n = self.body.len();
         let comma: &'static [u8] = if b > n && a <= n { b"," } else { b"" };
-        [&self.body[a.min(n)..b.min(n)], comma]
+        [Piece::Old(a.min(n), b.min(n)), Piece::New(comma)]
     }
 
     /// The new file, as pieces to write in order: the head, the body with `edits` made, the tail
     /// (which carries the new version).
-    fn pieces<'b>(&'b self, edits: &'b [Edit], tail: &'b [u8]) -> Vec<&'b [u8]> {
-        let mut out: Vec<&[u8]> = vec![HEAD.as_bytes()];
+    fn pieces<'b>(&self, edits: &'b [Edit], tail: &'b [u8]) -> Vec<Piece<'b>> {
+        let mut out: Vec<Piece<'b>> = vec![Piece::New(HEAD.as_bytes())];
         let mut next = 0;
         for e in edits {
             out.extend(self.virtual_slice(next, e.start));
             if let Some(u) = &e.unit {
-                out.push(u);
+                out.push(Piece::New(u));
             }
             next = e.end;
         }
         out.extend(self.virtual_slice(next, self.virtual_pos(self.body.len())));
         // Every unit ends in a comma now; the array's last one must not.
-        if let Some(last) = out[1..].iter_mut().rev().find(|p| !p.is_empty()) {
-            debug_assert!(last.ends_with(b","));
-            *last = &last[..last.len() - 1];
+        let empty = |p: &Piece<'_>| match p {
+            Piece::Old(a, b) => a == b,
+            Piece::New(s) => s.is_empty(),
+        };
+        if let Some(last) = out[1..].iter_mut().rev().find(|p| !empty(p)) {
+            *last = match *last {
+                Piece::Old(a, b) => Piece::Old(a, b - 1),
+                Piece::New(s) => Piece::New(&s[..s.len() - 1]),
+            };
         }
-        out.push(tail);
+        out.push(Piece::New(tail));
         out
+    }
+}
+
+impl Index<FileBody<'_>> {
+    /// Writes `pieces` to `out`: new bytes as they are, old ones copied from the file in the
+    /// kernel (copy_file_range), never through this process.
+    fn write(&self, pieces: &[Piece<'_>], out: &mut File) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        for p in pieces {
+            match *p {
+                Piece::New(s) => out.write_all(s)?,
+                Piece::Old(a, b) => {
+                    let mut src = self.body.file;
+                    src.seek(SeekFrom::Start(self.body.start + a as u64))?;
+                    let n = std::io::copy(&mut src.take((b - a) as u64), out)?;
+                    if n != (b - a) as u64 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -330,10 +459,39 @@ mod tests {
         assemble(lines.iter().map(|l| &l[..]), version)
     }
 
-    fn splice(index: &Index<'_>, version: i64, changes: &[RefChange]) -> Option<Vec<u8>> {
+    /// The splice in memory, and the same splice of the bytes as a file: both must agree.
+    fn splice(index: &Index<&[u8]>, version: i64, changes: &[RefChange]) -> Option<Vec<u8>> {
         let edits = index.edits(changes)?;
         let tail = tail(version);
-        Some(index.pieces(&edits, &tail).concat())
+        let mem: Vec<u8> = index
+            .pieces(&edits, &tail)
+            .iter()
+            .flat_map(|p| match *p {
+                Piece::Old(a, b) => index.body[a..b].to_vec(),
+                Piece::New(s) => s.to_vec(),
+            })
+            .collect();
+        let mut whole = HEAD.as_bytes().to_vec();
+        whole.extend_from_slice(index.body);
+        whole.extend_from_slice(&super::tail(index.version));
+        let src = tempfile::tempfile().unwrap();
+        (&src).write_all(&whole).unwrap();
+        let on_disk = Index::open(&src).expect("the same bytes parse as a file");
+        assert_eq!(on_disk.version, index.version);
+        let edits = on_disk.edits(changes).expect("the same edits");
+        let mut out = tempfile::tempfile().unwrap();
+        on_disk
+            .write(&on_disk.pieces(&edits, &tail), &mut out)
+            .unwrap();
+        use std::io::{Read, Seek};
+        out.rewind().unwrap();
+        let mut file = Vec::new();
+        out.read_to_end(&mut file).unwrap();
+        assert_eq!(
+            file, mem,
+            "the file splice writes what the in-memory one does"
+        );
+        Some(mem)
     }
 
     fn set(name: &str, t: Option<u8>) -> RefChange {

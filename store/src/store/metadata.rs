@@ -194,11 +194,18 @@ impl Store {
     }
 
     /// The tags pointing at an image, sorted.
-    /// How many tags point at `manifest` (without reading them: an image can have thousands).
-    pub fn ref_count(&self, manifest: &Digest) -> Result<usize> {
+    /// How many tags point at `manifest`, counting no further than `limit` (an image can have
+    /// thousands, and `rmi` only asks whether there is more than one).
+    pub fn ref_count_up_to(&self, manifest: &Digest, limit: usize) -> Result<usize> {
         let db = self.db();
-        let mut st = db.prepare_cached("SELECT COUNT(*) FROM refs WHERE manifest = ?1")?;
-        Ok(st.query_row([manifest.to_string()], |r| r.get::<_, i64>(0))? as usize)
+        let mut st = db.prepare_cached(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM refs WHERE manifest = ?1 LIMIT ?2)",
+        )?;
+        Ok(
+            st.query_row(params![manifest.to_string(), limit as i64], |r| {
+                r.get::<_, i64>(0)
+            })? as usize,
+        )
     }
 
     pub fn refs_of(&self, manifest: &Digest) -> Result<Vec<String>> {
