@@ -76,11 +76,19 @@ fn remove_any(p: &Path) -> io::Result<u64> {
 
 impl Store {
     /// The marked sets: blob digests and snapshot ChainIDs reachable from the roots.
-    fn mark(&self, tx: &rusqlite::Connection) -> Result<(HashSet<String>, HashSet<String>)> {
+    /// `image_blob(manifest, blob)` sees each image's manifest, config and layers as they are
+    /// read (`usage` sums sizes from them without reading the tables again).
+    fn mark(
+        &self,
+        tx: &rusqlite::Connection,
+        mut image_blob: impl FnMut(&str, &str),
+    ) -> Result<(HashSet<String>, HashSet<String>)> {
         let mut blobs = HashSet::new();
         let mut st = tx.prepare("SELECT manifest, config FROM images")?;
         for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
             let (m, c) = r?;
+            image_blob(&m, &m);
+            image_blob(&m, &c);
             blobs.insert(m);
             blobs.insert(c);
         }
@@ -107,6 +115,7 @@ impl Store {
             ))
         })? {
             let (m, layer, diff) = r?;
+            image_blob(&m, &layer);
             if cur.as_deref() != Some(&m) {
                 flush(&mut diffs);
                 cur = Some(m);
@@ -201,7 +210,7 @@ impl Store {
                     }
                 }
             }
-            let (blobs, chains) = self.mark(&tx)?;
+            let (blobs, chains) = self.mark(&tx, |_, _| {})?;
             let all: Vec<String> = {
                 let mut st = tx.prepare("SELECT digest FROM blobs")?;
                 let v = st
@@ -292,7 +301,8 @@ impl Store {
         })?;
         u.containers = db.query_row("SELECT COUNT(*) FROM containers", [], |r| r.get(0))?;
         // Blobs reachable from any image, and those reachable from kept (tagged or in use)
-        // images: one pass over each table, matched in memory.
+        // images: seen by the mark pass (which reads every image's blobs anyway), then summed in
+        // one pass over the blobs.
         let kept_images: HashSet<String> = {
             let mut st =
                 db.prepare("SELECT manifest FROM refs UNION SELECT image FROM containers")?;
@@ -302,26 +312,14 @@ impl Store {
             v
         };
         let (mut used, mut kept) = (HashSet::new(), HashSet::new());
+        let (_, live_chains) = self.mark(&db, |m, blob| {
+            if kept_images.contains(m) {
+                kept.insert(blob.to_string());
+            }
+            used.insert(blob.to_string());
+        })?;
         let (mut rows_bytes, mut kept_bytes) = (0u64, 0u64);
         {
-            let mut st = db.prepare("SELECT manifest, config FROM images")?;
-            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-                let (m, c) = r?;
-                if kept_images.contains(&m) {
-                    kept.insert(m.clone());
-                    kept.insert(c.clone());
-                }
-                used.insert(m);
-                used.insert(c);
-            }
-            let mut st = db.prepare("SELECT manifest, layer FROM image_layers")?;
-            for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-                let (m, l) = r?;
-                if kept_images.contains(&m) {
-                    kept.insert(l.clone());
-                }
-                used.insert(l);
-            }
             let mut st = db.prepare("SELECT digest, size FROM blobs")?;
             for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
                 let (d, size) = r?;
@@ -335,7 +333,6 @@ impl Store {
             }
         }
         u.image_reclaimable = u.image_bytes - kept_bytes.min(u.image_bytes);
-        let (_, live_chains) = self.mark(&db)?;
         let mut st = db.prepare("SELECT chain_id, size FROM snapshots")?;
         for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))? {
             let (chain, size) = r?;
