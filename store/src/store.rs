@@ -468,15 +468,10 @@ fn snapshot_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SnapshotRecord> {
 
 /// Writes `dest` atomically: a temp file in `tmp_dir` (same filesystem), fsync, rename, fsync dir.
 pub fn write_atomic(tmp_dir: &Path, dest: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_parts(tmp_dir, dest, &[bytes])
-}
-
-/// `write_atomic` of the concatenation of `parts`.
-pub(crate) fn write_atomic_parts(tmp_dir: &Path, dest: &Path, parts: &[&[u8]]) -> Result<()> {
     write_atomic_with(tmp_dir, dest, |f| {
         // In 256 KiB writes: one multi-megabyte write(2) costs several times more in the kernel
         // (page allocation) on the machines measured.
-        for part in parts.iter().flat_map(|p| p.chunks(256 << 10)) {
+        for part in bytes.chunks(256 << 10) {
             f.write_all(part)?;
         }
         Ok(())

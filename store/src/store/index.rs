@@ -177,6 +177,7 @@ trait Body {
     fn get(&self, a: usize, b: usize) -> Option<Cow<'_, [u8]>>;
 }
 
+#[cfg(test)]
 impl Body for &[u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
